@@ -1,0 +1,50 @@
+"""``python -m nfkd COMMAND``: each command lives in its own module and is imported only when used."""
+from __future__ import annotations
+
+import sys
+
+from .errors import NfkdError
+
+COMMANDS = {
+    "info": ("nfkd.cli_info", "print a checkpoint's architecture, sizes, parameters and metadata"),
+    "data": ("nfkd.data.cli", "list datasets or check one (dims, splits, statistics)"),
+    "train": ("nfkd.cli_train", "train a teacher or a plain student"),
+    "distill": ("nfkd.cli_train", "train a student from a teacher (none|lkd|ilkd|skd)"),
+    "evaluate": ("nfkd.cli_evaluate", "test log-likelihood / bpd of a checkpoint as JSON"),
+    "experiment": ("nfkd.experiment", "teacher vs students table (paper Table 1 layout)"),
+    "demo": ("nfkd.demo", "the main job on an embedded dataset: train, distill, export, benchmark, report"),
+    "serve": ("nfkd.serve", "HTTP density-estimation service"),
+}
+
+
+def usage() -> str:
+    rows = "\n".join(f"  {name:<11} {doc}" for name, (_, doc) in COMMANDS.items())
+    return f"usage: python -m nfkd COMMAND [ARGS]\n\ncommands:\n{rows}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"nfkd: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    import importlib
+
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as exc:
+        print(f"nfkd: command {name!r} is not available in this build ({exc})", file=sys.stderr)
+        return 2
+    try:
+        entry = getattr(module, "main_" + name, None) or module.main
+        return int(entry(rest) or 0)
+    except NfkdError as exc:
+        print(f"nfkd {name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""One-file model checkpoints that cannot run code when loaded.
+
+The file is a safetensors container (weights) whose JSON header carries the architecture, its
+config and free-form metadata (dataset, normalization statistics, training summary) plus a
+SHA-256 of the tensor bytes.  Loading parses JSON and raw tensor bytes only: a pickle (what
+``torch.save`` writes) is refused before any of it is interpreted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .errors import CheckpointError
+from .flows import Flow, build_flow
+
+FORMAT = "nfkd-checkpoint"
+FORMAT_VERSION = "1"
+MAX_HEADER = 64 * 1024 * 1024
+
+
+@dataclass
+class Checkpoint:
+    flow: Flow
+    arch: str
+    config: dict[str, Any]
+    metadata: dict[str, Any]
+    sha256: str  # of the whole file, for export manifests and serving
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(flow: Flow, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+    """Save a flow (config + weights + metadata) to one file, atomically."""
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in flow.state_dict().items()}
+    payload = st_save(tensors)  # header + data, used only to hash the tensor bytes
+    header_len = struct.unpack("<Q", payload[:8])[0]
+    digest = hashlib.sha256(payload[8 + header_len :]).hexdigest()
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": flow.arch,
+        "config": json.dumps(flow.config, sort_keys=True),
+        "metadata": json.dumps(metadata or {}, sort_keys=True, default=_jsonable),
+        "tensor_sha256": digest,
+        "num_parameters": str(flow.num_parameters()),
+    }
+    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    return Path(path)
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def _read_verified(path: Path) -> tuple[bytes, dict[str, str]]:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; expected an nfkd checkpoint file (e.g. student.pt)")
+    data = path.read_bytes()
+    hint = "expected an nfkd checkpoint (safetensors container written by nfkd.save)"
+    if data[:1] == b"\x80" or data[:2] == b"PK":
+        raise CheckpointError(
+            f"{path} is a pickle / torch.save file; nfkd refuses to unpickle files because loading a pickle "
+            f"can run arbitrary code ({hint})"
+        )
+    if len(data) < 10:
+        raise CheckpointError(f"{path} is truncated or empty ({len(data)} bytes); {hint}")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > MAX_HEADER or data[8:9] != b"{":
+        raise CheckpointError(f"{path} is not an nfkd checkpoint: its header is unreadable; {hint}")
+    if 8 + header_len > len(data):
+        raise CheckpointError(f"{path} is truncated: header says {header_len} bytes, file has {len(data) - 8}")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is corrupt: header is not valid JSON ({exc})") from None
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not an nfkd checkpoint (no '{FORMAT}' marker)")
+    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    if 8 + header_len + max(ends, default=0) > len(data):
+        raise CheckpointError(f"{path} is truncated: tensor data ends before the offsets its header lists")
+    digest = hashlib.sha256(data[8 + header_len :]).hexdigest()
+    if digest != meta.get("tensor_sha256"):
+        raise CheckpointError(f"{path} is corrupt: the tensor bytes do not match the checksum stored in its header")
+    return data, meta
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read, verify and rebuild; every failure is one CheckpointError with the reason."""
+    path = Path(path)
+    data, meta = _read_verified(path)
+    try:
+        tensors = st_load(data)
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path} is corrupt: {exc}") from None
+    try:
+        config = json.loads(meta["config"])
+        metadata = json.loads(meta.get("metadata", "{}"))
+        arch = meta["arch"]
+        flow = build_flow(arch, **config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the model from its config ({exc})") from None
+    missing, unexpected = _compare_keys(flow, tensors)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match its {arch} config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    try:
+        flow.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{path} does not match its {arch} config: {first}") from None
+    flow.to(map_location).eval()
+    flow.checkpoint_metadata = metadata
+    return Checkpoint(flow, arch, config, metadata, hashlib.sha256(data).hexdigest())
+
+
+def _compare_keys(flow: Flow, tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    expected = set(flow.state_dict())
+    return sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Flow:
+    """Load a flow from an nfkd checkpoint file (eval mode)."""
+    return load_checkpoint(path, map_location).flow
+
+
+def describe(ckpt: Checkpoint) -> str:
+    """Human-readable summary for ``python -m nfkd info``."""
+    flow = ckpt.flow
+    lines = [
+        f"architecture : {ckpt.arch}",
+        f"config       : {json.dumps(ckpt.config, sort_keys=True)}",
+        f"event shape  : {tuple(flow.event_shape)}  (dim {flow.dim})",
+        f"noise shapes : {[tuple(s[1:]) for s in flow.noise_shapes(1)]}",
+        f"parameters   : {flow.num_parameters():,}",
+        f"taps         : {', '.join(flow.tap_names())}",
+        f"sha256       : {ckpt.sha256}",
+    ]
+    for key, value in sorted(ckpt.metadata.items()):
+        text = json.dumps(value, default=str)
+        lines.append(f"{key:<13}: {text if len(text) < 200 else text[:197] + '...'}")
+    return "\n".join(lines)

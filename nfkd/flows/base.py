@@ -1,0 +1,152 @@
+"""The flow protocol shared by every architecture.
+
+A flow is a bijection from data x to a list of per-level *standard normal* noise tensors
+(learned priors are folded into the bijection), so that
+
+    log p(x) = sum_levels log N(eps_l; 0, I) + log|det d eps / d x|
+
+and sampling from given noise is simply ``inverse(noise)``.  Distillation needs the same noise to
+drive teacher and student at every level, and export needs noise as a graph input: both follow
+from this one convention.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InputError
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class FlowOutput:
+    """Result of the data -> noise direction."""
+
+    latents: list[Tensor]  # standardized noise per level, N(0, I) under the model
+    logdet: Tensor  # [B] log|det J| of the whole map x -> latents
+    taps: dict[str, Tensor] = field(default_factory=dict)  # named intermediate states
+
+
+@dataclass
+class InverseOutput:
+    """Result of the noise -> data direction."""
+
+    x: Tensor
+    taps: dict[str, Tensor] = field(default_factory=dict)
+
+
+def standard_normal_logpdf(z: Tensor) -> Tensor:
+    """Per-sample log N(z; 0, I), summed over all non-batch dimensions."""
+    return -0.5 * (z.pow(2).flatten(1).sum(1) + z[0].numel() * LOG_2PI)
+
+
+def check_finite_input(x: Tensor, event_shape: Sequence[int], what: str = "x") -> Tensor:
+    """One clear error for the bad inputs users actually send (never a NaN later on)."""
+    if not isinstance(x, Tensor):
+        raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(f"{what} must be a floating-point tensor, got dtype {x.dtype}; convert with .float()")
+    expected = tuple(event_shape)
+    if x.dim() != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+        raise InputError(
+            f"{what} has shape {tuple(x.shape)}; expected (batch, {', '.join(map(str, expected))})"
+        )
+    if x.shape[0] == 0:
+        raise InputError(f"{what} is an empty batch")
+    if not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten()[:5].tolist()
+        raise InputError(f"{what} contains NaN or Inf (first bad rows: {bad})")
+    return x
+
+
+class Flow(nn.Module):
+    """Base class: subclasses implement ``forward``, ``inverse``, ``noise_shapes``, ``tap_names``."""
+
+    arch: str = "flow"
+
+    def __init__(self, **config) -> None:
+        super().__init__()
+        self.config = dict(config)
+
+    # --- to implement -------------------------------------------------------------------------
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, taps: bool = False) -> FlowOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def inverse(self, noise: Sequence[Tensor], taps: bool = False) -> InverseOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    def noise_shapes(self, batch: int) -> list[tuple[int, ...]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def tap_names(self) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # --- shared API ---------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return math.prod(self.event_shape)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _ref(self) -> Tensor:
+        return next(iter(self.parameters()))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log p(x) in nats per sample, in the user's units (input normalization included)."""
+        check_finite_input(x, self.event_shape)
+        return self.log_prob_unchecked(x)
+
+    def log_prob_unchecked(self, x: Tensor) -> Tensor:
+        out = self.forward(x)
+        return sum(standard_normal_logpdf(z) for z in out.latents) + out.logdet
+
+    def sample_noise(
+        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> list[Tensor]:
+        ref = self._ref()
+        return [
+            torch.randn(s, generator=generator, device=ref.device, dtype=ref.dtype) * temperature
+            for s in self.noise_shapes(n)
+        ]
+
+    def check_noise(self, noise: Sequence[Tensor] | Tensor) -> list[Tensor]:
+        if isinstance(noise, Tensor):
+            noise = [noise]
+        noise = list(noise)
+        if not noise:
+            raise InputError("noise is empty")
+        expected = self.noise_shapes(noise[0].shape[0])
+        if len(noise) != len(expected):
+            raise InputError(f"expected {len(expected)} noise tensors (one per level), got {len(noise)}")
+        for i, (z, s) in enumerate(zip(noise, expected)):
+            if tuple(z.shape) != tuple(s):
+                raise InputError(f"noise[{i}] has shape {tuple(z.shape)}; expected {tuple(s)}")
+            if not bool(torch.isfinite(z).all()):
+                raise InputError(f"noise[{i}] contains NaN or Inf")
+        return noise
+
+    def sample(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        noise: Sequence[Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Draw n samples at a temperature, or decode the given per-level (unit) noise."""
+        if noise is None:
+            if n <= 0:
+                raise InputError(f"n must be positive, got {n}")
+            noise = self.sample_noise(n, temperature, generator)
+        else:
+            noise = [z * temperature for z in self.check_noise(noise)]
+        return self.inverse(noise).x

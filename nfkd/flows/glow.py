@@ -1,0 +1,162 @@
+"""Glow for images (multi-scale) and Glow-1D for tables (one level), on the shared flow protocol."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .base import Flow, FlowOutput, InverseOutput
+from .layers import FixedAffine, FlowStep, ZeroConv2d, squeeze2d, unsqueeze2d
+
+
+class SplitPrior(nn.Module):
+    """Conditional Gaussian prior of the factored-out half at a split: N(mean(z1), exp(logs(z1)))."""
+
+    def __init__(self, keep_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.net = ZeroConv2d(keep_ch, 2 * out_ch)
+        self.out_ch = out_ch
+
+    def forward(self, z1: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.net(z1)
+        return h[:, : self.out_ch], h[:, self.out_ch :]
+
+
+class Glow(Flow):
+    """Glow (Kingma & Dhariwal 2018): L levels of [squeeze, K steps, split with learned prior].
+
+    Inputs are dequantized images in [-0.5, 0.5]; ``log_prob`` is the continuous density in nats.
+    ``latents[l]`` is the standardized noise of the half factored out at level l (last: the top).
+    """
+
+    arch = "glow"
+
+    def __init__(
+        self,
+        in_shape: Sequence[int] = (3, 32, 32),
+        levels: int = 3,
+        steps: int = 8,
+        hidden: int = 512,
+        additive: bool = False,
+        n_levels_data: int = 256,
+    ) -> None:
+        in_shape = tuple(int(v) for v in in_shape)
+        super().__init__(
+            in_shape=list(in_shape), levels=levels, steps=steps, hidden=hidden, additive=additive,
+            n_levels_data=n_levels_data,
+        )
+        c, h, w = in_shape
+        if h % (2**levels) or w % (2**levels):
+            raise ValueError(f"image size {h}x{w} must be divisible by 2**levels = {2**levels}")
+        self._in_shape = in_shape
+        self.levels = nn.ModuleList()
+        self.priors = nn.ModuleList()
+        self._noise_shapes: list[tuple[int, int, int]] = []
+        for lvl in range(levels):
+            c, h, w = c * 4, h // 2, w // 2
+            self.levels.append(nn.ModuleList([FlowStep(c, hidden, image=True, additive=additive) for _ in range(steps)]))
+            if lvl < levels - 1:
+                keep = c // 2
+                self.priors.append(SplitPrior(keep, c - keep))
+                self._noise_shapes.append((c - keep, h, w))
+                c = keep
+        self._noise_shapes.append((c, h, w))
+        self.top_mean = nn.Parameter(torch.zeros(c, h, w))
+        self.top_logs = nn.Parameter(torch.zeros(c, h, w))
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self._in_shape
+
+    def noise_shapes(self, batch: int) -> list[tuple[int, ...]]:
+        return [(batch, *s) for s in self._noise_shapes]
+
+    def tap_names(self) -> list[str]:
+        return [f"level{i}.end" for i in range(len(self.levels))]
+
+    def forward(self, x: Tensor, taps: bool = False) -> FlowOutput:
+        logdet = x.new_zeros(x.shape[0])
+        latents: list[Tensor] = []
+        named: dict[str, Tensor] = {}
+        h = x
+        for lvl, steps in enumerate(self.levels):
+            h = squeeze2d(h)
+            for step in steps:
+                h, ld = step(h)
+                logdet = logdet + ld
+            if taps:
+                named[f"level{lvl}.end"] = h
+            if lvl < len(self.levels) - 1:
+                keep = h.shape[1] // 2
+                z1, z2 = h[:, :keep], h[:, keep:]
+                mean, logs = self.priors[lvl](z1)
+                latents.append((z2 - mean) * torch.exp(-logs))
+                logdet = logdet - logs.flatten(1).sum(1)
+                h = z1
+        latents.append((h - self.top_mean) * torch.exp(-self.top_logs))
+        logdet = logdet - self.top_logs.sum()
+        return FlowOutput(latents, logdet, named)
+
+    def inverse(self, noise: Sequence[Tensor], taps: bool = False) -> InverseOutput:
+        named: dict[str, Tensor] = {}
+        h = noise[-1] * torch.exp(self.top_logs) + self.top_mean
+        for lvl in reversed(range(len(self.levels))):
+            if lvl < len(self.levels) - 1:
+                mean, logs = self.priors[lvl](h)
+                h = torch.cat([h, noise[lvl] * torch.exp(logs) + mean], 1)
+            if taps:
+                named[f"level{lvl}.end"] = h
+            for step in reversed(self.levels[lvl]):
+                h = step.inverse(h)
+            h = unsqueeze2d(h)
+        return InverseOutput(h, named)
+
+
+def bits_per_dim(log_prob: Tensor, dims: int, n_levels: int = 256) -> Tensor:
+    """Discrete bits/dim of a continuous density on [-0.5, 0.5] with bins of width 1/n_levels."""
+    return (-log_prob + dims * math.log(n_levels)) / (dims * math.log(2.0))
+
+
+class Glow1D(Flow):
+    """The paper's tabular Glow: fixed input normalization, then K x [ActNorm, LU linear, coupling]."""
+
+    arch = "glow1d"
+
+    def __init__(self, dim: int, steps: int = 5, hidden: int = 32, additive: bool = False) -> None:
+        super().__init__(dim=dim, steps=steps, hidden=hidden, additive=additive)
+        if dim < 2:
+            raise ValueError("Glow1D needs at least 2 features for its coupling layers")
+        self._dim = dim
+        self.normalize = FixedAffine(dim)
+        self.steps = nn.ModuleList([FlowStep(dim, hidden, image=False, additive=additive) for _ in range(steps)])
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return (self._dim,)
+
+    def noise_shapes(self, batch: int) -> list[tuple[int, ...]]:
+        return [(batch, self._dim)]
+
+    def tap_names(self) -> list[str]:
+        return [f"block{i}" for i in range(len(self.steps))]
+
+    def forward(self, x: Tensor, taps: bool = False) -> FlowOutput:
+        h, logdet = self.normalize(x)
+        named: dict[str, Tensor] = {}
+        for i, step in enumerate(self.steps):
+            h, ld = step(h)
+            logdet = logdet + ld
+            if taps:
+                named[f"block{i}"] = h
+        return FlowOutput([h], logdet, named)
+
+    def inverse(self, noise: Sequence[Tensor], taps: bool = False) -> InverseOutput:
+        h = noise[0]
+        named: dict[str, Tensor] = {}
+        for i in reversed(range(len(self.steps))):
+            if taps:
+                named[f"block{i}"] = h
+            h = self.steps[i].inverse(h)
+        return InverseOutput(self.normalize.inverse(h), named)

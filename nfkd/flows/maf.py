@@ -1,0 +1,96 @@
+"""Masked Autoregressive Flow (Papamakarios et al. 2017) on the shared flow protocol."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .base import Flow, FlowOutput, InverseOutput
+from .layers import MADE, BatchNormFlow, FixedAffine, Permutation
+
+
+class MAFBlock(nn.Module):
+    """MADE, optional batch-norm, then a fixed permutation (order reversal by default)."""
+
+    def __init__(self, dim: int, hidden: int, n_hidden: int, activation: str, batch_norm: bool, perm: Tensor) -> None:
+        super().__init__()
+        self.made = MADE(dim, hidden, n_hidden, activation)
+        self.bn = BatchNormFlow(dim) if batch_norm else None
+        self.perm = Permutation(perm)
+
+    def layers(self) -> list[nn.Module]:
+        return [m for m in (self.made, self.bn, self.perm) if m is not None]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self.layers():
+            x, ld = layer(x)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, y: Tensor) -> Tensor:
+        for layer in reversed(self.layers()):
+            y = layer.inverse(y)
+        return y
+
+
+class MAF(Flow):
+    arch = "maf"
+
+    def __init__(
+        self,
+        dim: int,
+        blocks: int = 6,
+        hidden: int = 32,
+        n_hidden: int = 2,
+        activation: str = "relu",
+        batch_norm: bool = False,
+        permutation: str = "reverse",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(dim=dim, blocks=blocks, hidden=hidden, n_hidden=n_hidden, activation=activation,
+                         batch_norm=batch_norm, permutation=permutation, seed=seed)
+        if activation not in ("relu", "tanh"):
+            raise ValueError("activation must be 'relu' or 'tanh'")
+        if permutation not in ("reverse", "random"):
+            raise ValueError("permutation must be 'reverse' or 'random'")
+        self._dim = dim
+        self.normalize = FixedAffine(dim)
+        g = torch.Generator().manual_seed(seed)
+        perms = [
+            torch.arange(dim - 1, -1, -1) if permutation == "reverse" else torch.randperm(dim, generator=g)
+            for _ in range(blocks)
+        ]
+        self.blocks = nn.ModuleList(
+            [MAFBlock(dim, hidden, n_hidden, activation, batch_norm, p) for p in perms]
+        )
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return (self._dim,)
+
+    def noise_shapes(self, batch: int) -> list[tuple[int, ...]]:
+        return [(batch, self._dim)]
+
+    def tap_names(self) -> list[str]:
+        return [f"block{i}" for i in range(len(self.blocks))]
+
+    def forward(self, x: Tensor, taps: bool = False) -> FlowOutput:
+        h, logdet = self.normalize(x)
+        named: dict[str, Tensor] = {}
+        for i, block in enumerate(self.blocks):
+            h, ld = block(h)
+            logdet = logdet + ld
+            if taps:
+                named[f"block{i}"] = h
+        return FlowOutput([h], logdet, named)
+
+    def inverse(self, noise: Sequence[Tensor], taps: bool = False) -> InverseOutput:
+        h = noise[0]
+        named: dict[str, Tensor] = {}
+        for i in reversed(range(len(self.blocks))):
+            if taps:
+                named[f"block{i}"] = h
+            h = self.blocks[i].inverse(h)
+        return InverseOutput(self.normalize.inverse(h), named)

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Keep CI on 2 cores predictable.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    root = Path(os.environ.get("NFKD_DATA_ROOT", SHARED))
+    if not root.exists():
+        pytest.skip(f"shared datasets not found at {root}")
+    return root
