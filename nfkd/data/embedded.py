@@ -21,7 +21,6 @@ __all__ = ["load_digits_table", "load_breast_cancer_table", "load_wine_table", "
 MAGIC_FILE = "magic/magic04.data"
 MAGIC_FEATURES = ("fLength", "fWidth", "fSize", "fConc", "fConc1", "fAsym", "fM3Long", "fM3Trans", "fAlpha", "fDist")
 MAGIC_CLASSES = frozenset({"g", "h"})
-DIGITS_LEVELS = 17  # load_digits pixels are integers 0..16
 
 
 def seeded_splits(name: str, data: np.ndarray, seed: int, source: str) -> TabularSplits:

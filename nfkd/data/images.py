@@ -5,6 +5,7 @@ Images stay as integer levels here; the model-space conversion (uniform dequanti
 """
 from __future__ import annotations
 
+import codecs
 import math
 import pickle
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, InputError
 from .layout import CELEBA_SOURCE, CIFAR_SOURCE, corrupt, missing
 from .quantize import dequantize, quantize, reduce_bits
 from .splits import tail_split
@@ -28,9 +29,10 @@ CIFAR_TEST = "test_batch"
 CELEBA_DIR = "celeba/img_align_celeba"
 CELEBA_CROP = 148 / 178  # standard pipeline: 148x148 centre crop of the 178x218 aligned images
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DIGITS_LEVELS = 17  # load_digits pixels are integers 0..16
 
 
-@dataclass
+@dataclass(eq=False)
 class ImageSet:
     """uint8 images [N, C, H, W] with levels 0..n_levels-1 (n_levels = 2**n_bits unless given)."""
 
@@ -44,9 +46,10 @@ class ImageSet:
         if self.n_levels is None:
             self.n_levels = 2 ** self.n_bits
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise DataError(f"{self.name}: images must be uint8 [N, C, H, W], got {self.images.dtype} {self.images.shape}")
+            got = f"{self.images.dtype} {self.images.shape}"
+            raise InputError(f"{self.name}: images must be uint8 [N, C, H, W], got {got}")
         if self.labels is not None and (self.labels.dtype != np.int64 or self.labels.shape != (len(self.images),)):
-            raise DataError(f"{self.name}: labels must be int64 [N], got {self.labels.dtype} {self.labels.shape}")
+            raise InputError(f"{self.name}: labels must be int64 [N], got {self.labels.dtype} {self.labels.shape}")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -61,7 +64,7 @@ class ImageSet:
         return ImageSet(name or self.name, np.ascontiguousarray(self.images[index]), labels, self.n_bits, self.n_levels)
 
 
-@dataclass
+@dataclass(eq=False)
 class ImageSplits:
     """Train / validation / test image sets of one dataset."""
 
@@ -83,7 +86,9 @@ def split_images(images: ImageSet, seed: int = 0, val_frac: float = 0.1, test_fr
     """Seeded split, same convention as the tabular sets: perm = RandomState(seed).permutation(N),
     test = last int(test_frac N) shuffled images, val = last int(val_frac * rest) before them."""
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
-        raise DataError(f"split fractions must be in [0, 1) with a non-empty train split, got val={val_frac}, test={test_frac}")
+        raise InputError(
+            f"split fractions must be in [0, 1) and leave a train split, got val={val_frac}, test={test_frac}"
+        )
     n = len(images)
     n_test = int(test_frac * n)
     n_val = int(val_frac * (n - n_test))
@@ -98,11 +103,13 @@ def split_images(images: ImageSet, seed: int = 0, val_frac: float = 0.1, test_fr
 class _ArrayUnpickler(pickle.Unpickler):
     """CIFAR batches are pickles; allow only what a dict of numpy arrays and lists needs."""
 
-    def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
+    def find_class(self, module: str, name: str):
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in ("_reconstruct", "scalar"):
             return getattr(_multiarray(), name)
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
+        if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes in protocol 2
+            return codecs.encode
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR batch holds only arrays and lists")
 
 
@@ -145,7 +152,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def load_cifar10(root: str | Path, split: str = "train") -> ImageSet:
     """CIFAR-10 from the official python batches; train = whichever data_batch_1..5 are present."""
     if split not in ("train", "test"):
-        raise DataError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
     folder = cifar_dir(root)
     names = [f for f in CIFAR_TRAIN if (folder / f).is_file()] if split == "train" else [CIFAR_TEST]
     if not names or not (folder / names[0]).is_file():
@@ -200,13 +207,14 @@ def celeba_dir(root: str | Path) -> Path:
     for cand in (root / CELEBA_DIR, root / "img_align_celeba", root):
         if cand.is_dir() and any(p.suffix.lower() == ".jpg" for p in cand.iterdir()):
             return cand
-    raise missing("CelebA", root / CELEBA_DIR, f"Expected {CELEBA_DIR}/*.jpg under the data root {root}.\n{CELEBA_SOURCE}")
+    layout = f"Expected {CELEBA_DIR}/*.jpg under the data root {root}.\n{CELEBA_SOURCE}"
+    raise missing("CelebA", root / CELEBA_DIR, layout)
 
 
 def load_celeba(root: str | Path, size: int = 64, limit: int | None = None) -> ImageSet:
     """CelebA aligned faces (name-sorted), centre-cropped and resized to size x size."""
     if size < 1:
-        raise DataError(f"CelebA size must be positive, got {size}")
+        raise InputError(f"CelebA size must be positive, got {size}")
     files = [p for p in _image_files(celeba_dir(root)) if p.suffix.lower() == ".jpg"]
     files = files[:limit] if limit is not None else files
     out = np.empty((len(files), 3, size, size), dtype=np.uint8)
@@ -256,5 +264,6 @@ def load_digits_images(seed: int | None = None) -> ImageSet:
     if seed is not None:
         perm = np.random.RandomState(seed).permutation(len(labels))
         images, labels = images[perm], labels[perm]
-    return ImageSet("digits", np.ascontiguousarray(images), labels, n_bits=math.ceil(math.log2(17)), n_levels=17)
+    n_bits = math.ceil(math.log2(DIGITS_LEVELS))  # 5: the smallest bit depth holding 17 levels
+    return ImageSet("digits", np.ascontiguousarray(images), labels, n_bits=n_bits, n_levels=DIGITS_LEVELS)
 

@@ -17,7 +17,7 @@ from ..errors import DataError
 _STAT_CHUNK_ROWS = 1 << 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TabularSplits:
     """A tabular dataset split three ways; arrays are float32 [N, D], C-contiguous."""
 

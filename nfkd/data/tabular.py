@@ -19,7 +19,8 @@ from .splits import TabularSplits, make_splits, require_rows, tail_split
 
 __all__ = ["load_power", "load_gas", "load_hepmass", "load_miniboone", "load_bsds300"]
 
-POWER_COLUMNS = 7  # raw columns in power/data.npy; columns 1 and 3 are dropped -> 6
+# power/data.npy columns: active power, reactive power, voltage, intensity, 3 sub-meterings, time.
+POWER_COLUMNS = 8  # columns 1 (reactive power) and 3 (intensity) are dropped -> 6
 GAS_DROPPED = ("Meth", "Eth", "Time")
 GAS_SENSORS = 16  # sensor columns left after dropping GAS_DROPPED; correlation removal -> 8
 GAS_CORRELATION = 0.98
@@ -34,6 +35,14 @@ BSDS300_KEYS = ("train", "validation", "test")
 def _float(data: np.ndarray) -> np.ndarray:
     """Keep float32/float64 as stored (the original computes in the file's precision)."""
     return data if np.issubdtype(data.dtype, np.floating) else data.astype(np.float64)
+
+
+def _require_spread(std: np.ndarray, path: Path) -> None:
+    """A constant column would normalize to NaN (0/0): report it instead of training on NaN."""
+    flat = np.flatnonzero(np.asarray(std) == 0)
+    if flat.size:
+        raise DataError(f"{path}: column(s) {flat.tolist()} are constant, so normalizing them gives NaN; "
+                        "the file is not the standard preprocessed file")
 
 
 def _maf_tail_split(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -52,9 +61,11 @@ def load_power(root: str | Path) -> TabularSplits:
     require_rows("POWER", raw.shape[0], path)
     rng = np.random.RandomState(42)
     # rng.shuffle(data) then np.delete(columns 3 and 1): a row shuffle draws the same numbers as
-    # rng.permutation(N) (both depend only on N), and it commutes with dropping columns, so one
-    # gather does both without a Python-level row-swap loop over 2M rows.
-    data = raw[rng.permutation(raw.shape[0])][:, [0, 2, 4, 5, 6]].astype(np.float64, copy=False)
+    # rng.permutation(N) (both depend only on N), and it commutes with dropping columns, so a
+    # gather does both without a Python-level row-swap loop over 2M rows. The result must be
+    # C-ordered like np.delete's: column fancy-indexing returns Fortran order, and numpy's
+    # mean/std round differently on it (last-bit differences after normalization).
+    data = np.ascontiguousarray(raw[rng.permutation(raw.shape[0])][:, [0, 2, 4, 5, 6, 7]], dtype=np.float64)
     n = data.shape[0]
     voltage_noise = 0.01 * rng.rand(n, 1)  # drawn in the original's order: voltage, gap, sub-meters
     gap_noise = 0.001 * rng.rand(n, 1)
@@ -66,6 +77,7 @@ def load_power(root: str | Path) -> TabularSplits:
     train, val, test = _maf_tail_split(data)
     fit = data[: len(train) + len(val)]  # == np.vstack((train, val)), without the copy
     mu, s = fit.mean(axis=0), fit.std(axis=0)
+    _require_spread(s, path)
     data -= mu
     data /= s
     return make_splits("power", train, val, test, f"POWER (MAF preprocessing) from {path}")
@@ -119,14 +131,27 @@ def load_gas(root: str | Path) -> TabularSplits:
     del values
     keep = _correlation_survivors(df.corr().to_numpy(), GAS_CORRELATION)
     df = df.iloc[:, keep]
-    df = (df - df.mean()) / df.std()  # whole-file statistics (pandas, ddof=1), before splitting
+    std = df.std()
+    _require_spread(std.to_numpy(), path)
+    df = (df - df.mean()) / std  # whole-file statistics (pandas, ddof=1), before splitting
     data = df.to_numpy(dtype=np.float64)
     # GAS's own order: test = last int(0.1 N), then validation = last int(0.1 * rest).
     train, val, test = _maf_tail_split(data)
     return make_splits("gas", train, val, test, f"GAS (MAF preprocessing) from {path}")
 
 
-def _read_hepmass_csv(path: Path, columns: int):
+def _first_row_fields(path: Path) -> int:
+    with open(path, "r", errors="replace") as f:
+        f.readline()
+        return len(f.readline().rstrip("\r\n").split(","))
+
+
+def _read_hepmass_csv(path: Path, columns: int, check_rows: bool):
+    """pandas read as in MAF (``index_col=False``), plus column-count checks it lacks.
+
+    Short rows would silently become NaN columns; ``check_rows`` catches that in the first
+    data row (only for the train file: the test file's trailing column is dropped anyway).
+    """
     import pandas as pd
 
     try:
@@ -134,8 +159,11 @@ def _read_hepmass_csv(path: Path, columns: int):
     except Exception as exc:
         raise corrupt(path, "a HEPMASS CSV file", exc) from exc
     if df.shape[1] != columns:
+        raise DataError(f"{path}: expected {columns} columns ('# label' first), found {df.shape[1]}")
+    if check_rows and len(df) and _first_row_fields(path) != columns:
         raise DataError(
-            f"{path}: expected {columns} columns ('# label' first), found {df.shape[1]}"
+            f"{path}: expected {columns} comma-separated values per row, "
+            f"found {_first_row_fields(path)} in the first data row"
         )
     return df
 
@@ -150,8 +178,8 @@ def _numeric(df, path: Path) -> np.ndarray:
 def load_hepmass(root: str | Path) -> TabularSplits:
     """UCI HEPMASS '1000' signal events (21-d): label==1 rows, minus features with repeated values."""
     train_path, test_path = require_maf_files("hepmass", Path(root))
-    train_df = _read_hepmass_csv(train_path, HEPMASS_TRAIN_COLUMNS)
-    test_df = _read_hepmass_csv(test_path, HEPMASS_TEST_COLUMNS)
+    train_df = _read_hepmass_csv(train_path, HEPMASS_TRAIN_COLUMNS, check_rows=True)
+    test_df = _read_hepmass_csv(test_path, HEPMASS_TEST_COLUMNS, check_rows=False)
     # Signal events only (label == 1), then drop the label; the test file also loses its last column.
     train_df = train_df[_numeric(train_df.iloc[:, :1], train_path)[:, 0] == 1].iloc[:, 1:]
     test_df = test_df[_numeric(test_df.iloc[:, :1], test_path)[:, 0] == 1].iloc[:, 1:-1]
@@ -165,8 +193,7 @@ def load_hepmass(root: str | Path) -> TabularSplits:
     check_finite(_numeric(test_df, test_path), test_path, list(map(str, test_df.columns)))
     require_rows("HEPMASS", len(train_df), train_path)
     mu, s = train_df.mean(), train_df.std()  # pandas, ddof=1, whole train file (validation included)
-    if (s.to_numpy() == 0).any():
-        raise DataError(f"{train_path}: feature(s) {list(s.index[s.to_numpy() == 0])} are constant among signal rows")
+    _require_spread(s.to_numpy(), train_path)
     train = ((train_df - mu) / s).to_numpy(dtype=np.float64)
     test = ((test_df - mu) / s).to_numpy(dtype=np.float64)
     # MAF's filter counts how often each feature's *smallest* value occurs (the first entry of
@@ -190,6 +217,7 @@ def load_miniboone(root: str | Path) -> TabularSplits:
     train, val, test = _maf_tail_split(data)
     fit = data[: len(train) + len(val)]  # == np.vstack((train, val))
     mu, s = fit.mean(axis=0), fit.std(axis=0)
+    _require_spread(s, path)
     train, val, test = ((x - mu) / s for x in (train, val, test))
     return make_splits("miniboone", train, val, test, f"MINIBOONE (MAF preprocessing) from {path}")
 
