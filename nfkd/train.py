@@ -1,0 +1,359 @@
+"""One training loop for teachers and students (plain or distilled).
+
+- AdamW, linear warmup then cosine decay, gradient clipping;
+- model selection by validation NLL (never by a loss that includes KD terms), early stopping;
+- a tqdm bar with NLL and each KD term, metrics as JSONL, a loss-curve PNG;
+- atomic training-state files every N steps and ``resume=True`` (a killed run continues where it
+  stopped, bit for bit: the batch, dequantization and SKD noise come from saved generators);
+- a guard that skips a NaN/Inf step, halves the learning rate and restores the last good state;
+- CPU or CUDA, and DistributedDataParallel under ``torchrun`` (gloo on CPU): every rank draws the
+  same global batch and keeps its shard, so gradients equal one process on the global batch.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .checkpoint import atomic_write_bytes, save
+from .distill import KDConfig, StudentObjective
+from .errors import InputError
+from .flows import Flow, initialize_actnorm
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    warmup: int = 100
+    min_lr_ratio: float = 0.05  # cosine decays to lr * this
+    clip_grad: float = 5.0
+    eval_every: int = 100
+    patience: int = 10  # evaluations without validation improvement before stopping
+    checkpoint_every: int = 200
+    snapshot_every: int = 25  # in-memory "last good state" for the NaN guard
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+    eval_batch: int = 4096
+    max_bad_steps: int = 20
+
+
+@dataclass
+class TrainData:
+    """Training and validation data as tensors: float rows, or uint8 images with ``n_levels``."""
+
+    train: Tensor
+    val: Tensor
+    n_levels: int | None = None  # images: number of intensity levels (uniform dequantization)
+
+    @property
+    def is_image(self) -> bool:
+        return self.n_levels is not None
+
+    def to_model(self, batch: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Images: (k + U[0,1)) / n_levels − 0.5; tables: as they are (float32)."""
+        if not self.is_image:
+            return batch.float()
+        u = torch.rand(batch.shape, generator=generator) if generator is not None else torch.full(batch.shape, 0.5)
+        return (batch.float() + u) / self.n_levels - 0.5
+
+
+@dataclass
+class TrainResult:
+    flow: Flow
+    best_val_nll: float
+    best_step: int
+    steps_done: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_steps: int = 0
+    skd_excluded: int = 0
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def mean_nll(flow: Flow, data: Tensor, td: TrainData, batch: int = 4096, device: str = "cpu") -> float:
+    """Validation NLL in nats per sample (images: at the bin centres, deterministic)."""
+    was = flow.training
+    flow.eval()
+    total, n = 0.0, 0
+    for i in range(0, len(data), batch):
+        x = td.to_model(data[i : i + batch], None).to(device)
+        total += float(-flow.log_prob_unchecked(x).double().sum())
+        n += len(x)
+    flow.train(was)
+    return total / max(1, n)
+
+
+def _state_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+class Trainer:
+    def __init__(
+        self,
+        flow: Flow,
+        data: TrainData,
+        cfg: TrainConfig,
+        out_dir: str | os.PathLike,
+        teacher: Flow | None = None,
+        kd: KDConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if len(data.train) == 0 or len(data.val) == 0:
+            raise InputError("training and validation splits must both be non-empty")
+        self.flow, self.data, self.cfg = flow.to(cfg.device), data, cfg
+        self.kd = kd or KDConfig()
+        self.teacher = teacher.to(cfg.device) if teacher is not None else None
+        self.out = Path(out_dir)
+        self.metadata = dict(metadata or {})
+        self.rank, self.world = _rank_world()
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch size {cfg.batch_size} must divide evenly over {self.world} processes")
+        torch.manual_seed(cfg.seed)
+        self.batch_gen = torch.Generator().manual_seed(cfg.seed)
+        self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.objective = StudentObjective(self.flow, self.teacher, self.kd)
+        self.opt = torch.optim.AdamW(self.flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step = 0
+        self.lr_scale = 1.0
+        self.best_val = math.inf
+        self.best_step = -1
+        self.best_state: dict[str, Tensor] | None = None
+        self.evals_without_improvement = 0
+        self.skipped = 0
+        self.skd_excluded = 0
+        self.history: list[dict[str, Any]] = []
+        self.good: dict[str, Any] | None = None
+        self.nan_hook = None  # tests inject a NaN through this: fn(step, loss) -> loss
+
+    # ---- state ---------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.out / "train_state.pt"
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "lr_scale": self.lr_scale, "best_val": self.best_val, "best_step": self.best_step,
+            "best_state": self.best_state, "evals_without_improvement": self.evals_without_improvement,
+            "skipped": self.skipped, "skd_excluded": self.skd_excluded,
+            "model": self.flow.state_dict(), "opt": self.opt.state_dict(),
+            "batch_gen": self.batch_gen.get_state(), "noise_gen": self.noise_gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "history": json.dumps(self.history),
+        }
+
+    def save_state(self) -> None:
+        if self.rank == 0:
+            atomic_write_bytes(self.state_path, _state_bytes(self._state()))
+
+    def load_state(self) -> bool:
+        if not self.state_path.exists():
+            return False
+        # weights_only=True: tensors and plain containers only, no code can run.
+        st = torch.load(self.state_path, map_location=self.cfg.device, weights_only=True)
+        self.flow.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        self.batch_gen.set_state(st["batch_gen"])
+        self.noise_gen.set_state(st["noise_gen"])
+        torch.set_rng_state(st["torch_rng"])
+        for key in ("step", "lr_scale", "best_val", "best_step", "best_state", "evals_without_improvement",
+                    "skipped", "skd_excluded"):
+            setattr(self, key, st[key])
+        self.history = json.loads(st["history"])
+        return True
+
+    def _snapshot(self) -> None:
+        self.good = {"model": copy.deepcopy(self.flow.state_dict()), "opt": copy.deepcopy(self.opt.state_dict())}
+
+    def _restore_good(self) -> None:
+        if self.good is not None:
+            self.flow.load_state_dict(self.good["model"])
+            self.opt.load_state_dict(self.good["opt"])
+
+    # ---- loop ----------------------------------------------------------------------------------
+    def _batch(self) -> Tensor:
+        idx = torch.randint(0, len(self.data.train), (self.cfg.batch_size,), generator=self.batch_gen)
+        x = self.data.to_model(self.data.train[idx], self.batch_gen)
+        return x[self.rank :: self.world].to(self.cfg.device)
+
+    def _noise(self, n: int) -> list[Tensor] | None:
+        if self.kd.method != "skd":
+            return None
+        shapes = self.flow.noise_shapes(n)
+        noise = [torch.randn(s, generator=self.noise_gen) for s in shapes]
+        return [z[self.rank :: self.world].to(self.cfg.device) for z in noise]
+
+    def _set_lr(self) -> float:
+        lr = self.cfg.lr * lr_factor(self.step, self.cfg) * self.lr_scale
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def run(self, resume: bool = False) -> TrainResult:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = resume and self.load_state()
+        if not resumed:
+            init_idx = torch.arange(min(len(self.data.train), max(cfg.batch_size, 512)))
+            initialize_actnorm(self.flow, self.data.to_model(self.data.train[init_idx], None).to(cfg.device))
+        model = self.objective
+        if self.world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(self.objective, broadcast_buffers=False)
+        self.flow.train()
+        self._snapshot()
+        t0 = time.time()
+        bar = None
+        if cfg.progress and self.rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=self.kd.method if self.teacher else "train",
+                       dynamic_ncols=True, leave=False)
+        metrics = (self.out / "metrics.jsonl").open("a") if self.rank == 0 else None
+        running: dict[str, float] = {}
+        bad_in_row = 0
+        try:
+            while self.step < cfg.steps:
+                lr = self._set_lr()
+                x = self._batch()
+                noise = self._noise(self.kd.skd_batch or cfg.batch_size)
+                loss, terms = model(x, noise)
+                if self.nan_hook is not None:
+                    loss = self.nan_hook(self.step, loss)
+                self.opt.zero_grad(set_to_none=True)
+                ok = bool(torch.isfinite(loss))
+                if ok:
+                    loss.backward()
+                    gnorm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), cfg.clip_grad)
+                    ok = bool(torch.isfinite(gnorm))
+                if not ok:  # the guard: skip, lower the lr, go back to the last good state
+                    self.skipped += 1
+                    bad_in_row += 1
+                    self.lr_scale *= 0.5
+                    self._restore_good()
+                    if metrics:
+                        metrics.write(json.dumps({"step": self.step, "event": "nonfinite_step_skipped",
+                                                  "lr_scale": self.lr_scale}) + "\n")
+                    if bad_in_row > cfg.max_bad_steps:
+                        raise RuntimeError(f"{bad_in_row} non-finite steps in a row; giving up (lower the lr?)")
+                    self.step += 1
+                    continue
+                bad_in_row = 0
+                self.opt.step()
+                self.step += 1
+                self.skd_excluded += int(terms.get("skd_excluded", 0))
+                for k, v in terms.items():
+                    running[k] = 0.9 * running.get(k, float(v)) + 0.1 * float(v)
+                if self.step % cfg.snapshot_every == 0:
+                    self._snapshot()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in running.items() if k != "skd_excluded"})
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    stop = self._evaluate(lr, running, metrics)
+                    if stop:
+                        break
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save_state()
+        finally:
+            if bar is not None:
+                bar.close()
+            if metrics:
+                metrics.close()
+        self.save_state()
+        if self.best_state is not None:
+            self.flow.load_state_dict(self.best_state)
+        self.flow.eval()
+        result = TrainResult(self.flow, self.best_val, self.best_step, self.step, time.time() - t0,
+                             self.history, self.skipped, self.skd_excluded)
+        if self.rank == 0:
+            self._finish(result)
+        return result
+
+    def _evaluate(self, lr: float, running: dict[str, float], metrics) -> bool:
+        val = mean_nll(self.flow, self.data.val, self.data, self.cfg.eval_batch, self.cfg.device)
+        self.flow.train()
+        improved = val < self.best_val
+        if improved:
+            self.best_val, self.best_step = val, self.step
+            self.best_state = copy.deepcopy(self.flow.state_dict())
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
+        row = {"step": self.step, "lr": lr, "val_nll": val, **{f"train_{k}": v for k, v in running.items()}}
+        self.history.append(row)
+        if metrics:
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+        return self.evals_without_improvement >= self.cfg.patience
+
+    def _finish(self, result: TrainResult) -> None:
+        summary = {
+            "best_val_nll": result.best_val_nll, "best_step": result.best_step, "steps": result.steps_done,
+            "seconds": round(result.seconds, 2), "skipped_nonfinite_steps": result.skipped_steps,
+            "skd_excluded_samples": result.skd_excluded, "method": self.kd.method if self.teacher else "none",
+            "train_config": asdict(self.cfg), "kd": {k: v for k, v in asdict(self.kd).items()},
+        }
+        meta = {**self.metadata, "training": summary}
+        save(self.flow, self.out / "model.pt", metadata=meta)
+        plot_curves(self.history, self.out / "loss_curve.png")
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [h["val_nll"] for h in history], label="validation NLL (nats)")
+    if "train_nll" in history[0]:
+        dim_hint = history[0].get("dim", None)
+        ax2 = ax.twinx()
+        for key in [k for k in history[0] if k.startswith("train_") and k != "train_skd_excluded"]:
+            ax2.plot(steps, [h.get(key, np.nan) for h in history], "--", alpha=0.6, label=key)
+        ax2.set_ylabel("train terms (per dim)")
+        ax2.legend(loc="upper center", fontsize=7)
+        del dim_hint
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation NLL")
+    ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train_flow(flow: Flow, data: TrainData, cfg: TrainConfig, out_dir, teacher: Flow | None = None,
+               kd: KDConfig | None = None, metadata: dict | None = None, resume: bool = False) -> TrainResult:
+    """Convenience wrapper: build a Trainer and run it."""
+    return Trainer(flow, data, cfg, out_dir, teacher, kd, metadata).run(resume=resume)
