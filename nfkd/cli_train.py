@@ -1,0 +1,114 @@
+"""``python -m nfkd train`` (teacher or plain student) and ``python -m nfkd distill`` (KD student)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+from .checkpoint import load
+from .distill import METHODS, KDConfig
+from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
+from .presets import PRESETS, resolve
+from .train import TrainConfig, train_flow
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="dataset name (python -m nfkd data list)")
+    parser.add_argument("--data-root", default=None, help="folder with the dataset files (or NFKD_DATA_ROOT)")
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS), help="architecture preset")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (paper: 5e-5 for images)")
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--clip-grad", type=float, default=5.0)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--checkpoint-every", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--out", required=True, help="output folder (model.pt, metrics.jsonl, loss_curve.png)")
+    parser.add_argument("--steps-arch", type=int, default=None, help="override K (flow steps / MAF blocks)")
+    parser.add_argument("--hidden", type=int, default=None, help="override hidden width")
+
+
+def _train_config(args) -> TrainConfig:
+    return TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, clip_grad=args.clip_grad,
+        eval_every=args.eval_every, patience=args.patience, checkpoint_every=args.checkpoint_every,
+        seed=args.seed, device=args.device, progress=not args.no_progress,
+    )
+
+
+def _overrides(args, arch: str) -> dict:
+    key = "blocks" if arch == "maf" else "steps"
+    return {key: args.steps_arch, "hidden": args.hidden}
+
+
+def _maybe_init_distributed() -> None:
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+
+
+def _report(result, flow, data, args) -> None:
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    if rank == 0:
+        summary = evaluate(flow, data, "val", device=args.device)
+        print(json.dumps({"out": args.out, "best_step": result.best_step, "val": summary}, indent=1))
+
+
+def main_train(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nfkd train", description="Train a teacher or a plain student.")
+    _common(parser)
+    parser.add_argument("--arch", required=True, choices=["glow", "glow1d", "maf"])
+    parser.add_argument("--role", default="teacher", choices=["teacher", "student"])
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _maybe_init_distributed()
+    data = get_data(args.data, args.data_root, seed=args.seed)
+    torch.manual_seed(args.seed)
+    flow = flow_for(data, resolve(args.arch, args.role, args.preset, _overrides(args, args.arch)))
+    meta = {**data_metadata(data), "role": args.role, "preset": args.preset}
+    result = train_flow(flow, train_data(data), _train_config(args), args.out, metadata=meta, resume=args.resume)
+    _report(result, result.flow, data, args)
+    return 0
+
+
+def main_distill(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nfkd distill", description="Train a student from a teacher.")
+    _common(parser)
+    parser.add_argument("--teacher", required=True, help="teacher checkpoint (.pt)")
+    parser.add_argument("--method", default="skd", choices=METHODS)
+    parser.add_argument("--lambda-nll", type=float, default=None, help="λ0 (default: the paper's for the method)")
+    parser.add_argument("--lambda-kd", type=float, default=None, help="λ1, weight of (I)LKD")
+    parser.add_argument("--lambda-skd", type=float, default=None, help="λ2, weight of SKD")
+    parser.add_argument("--distance", default="l1", choices=["l1", "mse"], help="(I)LKD distance")
+    parser.add_argument("--sample-distance", default="l1", choices=["l1", "mse"])
+    parser.add_argument("--temperature", type=float, default=1.0, help="SKD noise temperature")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _maybe_init_distributed()
+    teacher = load(args.teacher, map_location=args.device)
+    data = get_data(args.data, args.data_root, seed=args.seed)
+    torch.manual_seed(args.seed)
+    flow = flow_for(data, resolve(teacher.arch, "student", args.preset, _overrides(args, teacher.arch)))
+    weights = None
+    if any(v is not None for v in (args.lambda_nll, args.lambda_kd, args.lambda_skd)):
+        from .distill import PAPER_WEIGHTS
+
+        base = PAPER_WEIGHTS[args.method]
+        weights = tuple(v if v is not None else b for v, b in zip((args.lambda_nll, args.lambda_kd, args.lambda_skd), base))
+    kd = KDConfig(method=args.method, weights=weights, latent_distance=args.distance,
+                  sample_distance=args.sample_distance, temperature=args.temperature)
+    meta = {**data_metadata(data), "role": "student", "teacher": os.path.abspath(args.teacher), "preset": args.preset}
+    result = train_flow(flow, train_data(data), _train_config(args), args.out, teacher=teacher if args.method != "none" else None,
+                        kd=kd, metadata=meta, resume=args.resume)
+    _report(result, result.flow, data, args)
+    return 0
