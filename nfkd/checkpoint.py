@@ -86,15 +86,16 @@ def _read_verified(path: Path) -> tuple[bytes, dict[str, str]]:
         raise CheckpointError(f"{path} is a folder; expected an nfkd checkpoint file (e.g. student.pt)")
     data = path.read_bytes()
     hint = "expected an nfkd checkpoint (safetensors container written by nfkd.save)"
-    if data[:1] == b"\x80" or data[:2] == b"PK":
-        raise CheckpointError(
-            f"{path} is a pickle / torch.save file; nfkd refuses to unpickle files because loading a pickle "
-            f"can run arbitrary code ({hint})"
-        )
-    if len(data) < 10:
-        raise CheckpointError(f"{path} is truncated or empty ({len(data)} bytes); {hint}")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > MAX_HEADER or data[8:9] != b"{":
+    header_len = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else 0
+    looks_safetensors = len(data) >= 10 and 0 < header_len <= MAX_HEADER and data[8:9] == b"{"
+    if not looks_safetensors:
+        if data[:2] == b"PK" or (data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+            raise CheckpointError(
+                f"{path} is a pickle / torch.save file; nfkd refuses to unpickle files because loading a pickle "
+                f"can run arbitrary code ({hint})"
+            )
+        if len(data) < 10:
+            raise CheckpointError(f"{path} is truncated or empty ({len(data)} bytes); {hint}")
         raise CheckpointError(f"{path} is not an nfkd checkpoint: its header is unreadable; {hint}")
     if 8 + header_len > len(data):
         raise CheckpointError(f"{path} is truncated: header says {header_len} bytes, file has {len(data) - 8}")

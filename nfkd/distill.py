@@ -171,4 +171,7 @@ class StudentObjective(nn.Module):
             # would poison the gradient with NaN even if the row is masked out.
             x_s = self.student.inverse([z[ok] for z in noise]).x
             x_t = x_t[ok]
+        norm = getattr(self.student, "normalize", None)
+        if norm is not None:  # compare in the normalized space: raw feature units would let one column dominate
+            x_s, x_t = norm(x_s)[0], norm(x_t)[0]
         return distance(x_s, x_t, self.kd.sample_distance).mean(), excluded

@@ -235,7 +235,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc=self.kd.method if self.teacher else "train",
-                       dynamic_ncols=True, leave=False)
+                       dynamic_ncols=True, leave=False, disable=None)  # None: off when not a TTY
         metrics = (self.out / "metrics.jsonl").open("a") if self.rank == 0 else None
         running: dict[str, float] = {}
         bad_in_row = 0

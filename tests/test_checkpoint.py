@@ -132,3 +132,11 @@ def test_info_cli(tmp_path):
     assert "glow1d" in out.stdout and "parameters" in out.stdout and "toy" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "nfkd", "info", str(tmp_path / "x.pt")], capture_output=True, text=True)
     assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_every_header_length_loads(tmp_path):
+    """A safetensors header length whose low byte is 0x80 must not be mistaken for a pickle."""
+    flow = Glow1D(3, steps=1, hidden=4)
+    for pad in range(256):
+        path = nfkd.save(flow, tmp_path / "m.pt", metadata={"pad": "x" * pad})
+        nfkd.load(path)

@@ -1,0 +1,216 @@
+"""``python -m nfkd demo``: the main job end to end on an embedded dataset.
+
+teacher -> students (no KD, LKD, ILKD, SKD) under one budget -> test evaluation -> ONNX export of
+the best student with its parity gate -> density throughput (eager teacher, eager student, ONNX
+Runtime student; same threads, interleaved) -> a report folder: report.md, results.json, loss
+curves, sample plots from the same noise, a throughput plot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .distill import KDConfig
+from .experiment import LABELS, ROWS
+from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
+from .presets import resolve
+from .train import TrainConfig, train_flow
+
+
+def _timeit(fn, repeats: int) -> list[float]:
+    fn()  # warm-up excluded
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def measure_throughput(flows: dict[str, Any], x: np.ndarray, onnx_path: Path | None, threads: int,
+                       rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Median seconds per batch; backends interleaved round by round so drift hits all alike."""
+    torch.set_num_threads(threads)
+    xt = torch.from_numpy(x)
+    fns = {}
+    for name, flow in flows.items():
+        fns[f"{name} (eager torch)"] = lambda f=flow: f.log_prob(xt)
+    if onnx_path is not None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0].name
+        fns["student (onnxruntime)"] = lambda: sess.run(["log_prob"], {inp: x})
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.no_grad():
+        for fn in fns.values():
+            fn()
+        for _ in range(rounds):
+            for k, fn in fns.items():
+                times[k] += _timeit(fn, 2)
+    return {k: {"median_s": statistics.median(v), "std_s": statistics.pstdev(v), "rows_per_s": len(x) / statistics.median(v)}
+            for k, v in times.items()}
+
+
+def plot_samples(data: np.ndarray, samples: dict[str, np.ndarray], path: Path, cols: tuple[int, int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["data", *samples]
+    fig, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 3), sharex=True, sharey=True)
+    for ax, name in zip(axes, names):
+        arr = data if name == "data" else samples[name]
+        ax.scatter(arr[:, cols[0]], arr[:, cols[1]], s=3, alpha=0.5)
+        ax.set_title(name if name == "data" else LABELS.get(name, name), fontsize=8)
+    lo = np.percentile(data[:, list(cols)], 0.5, axis=0)
+    hi = np.percentile(data[:, list(cols)], 99.5, axis=0)
+    pad = (hi - lo) * 0.3
+    axes[0].set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+    axes[0].set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+    fig.suptitle(f"features {cols[0]} vs {cols[1]}; models decode the same noise", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_throughput(tp: dict[str, dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    names = list(tp)
+    ax.barh(names, [tp[n]["rows_per_s"] for n in names])
+    ax.set_xlabel("log_prob rows / second (batch 4096)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", teacher_steps: int = 2000,
+             student_steps: int = 1500, threads: int = 2, seed: int = 0, log=print) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = out / "runs"
+    data = get_data(data_name, seed=seed)
+    td, meta = train_data(data), data_metadata(data)
+    base = dict(batch_size=128, lr=2e-3, warmup=50, eval_every=50, patience=12, checkpoint_every=500, seed=seed)
+    log(f"demo: {data_name} ({data.dim}-d, splits {data.sizes}), {arch} teacher -> students")
+    torch.manual_seed(seed)
+    teacher = flow_for(data, resolve(arch, "teacher"))
+    t_res = train_flow(teacher, td, TrainConfig(steps=teacher_steps, **base), runs / "teacher",
+                       metadata={**meta, "role": "teacher"})
+    results: dict[str, Any] = {"teacher": {**evaluate(t_res.flow, data), "seconds": t_res.seconds}}
+    log(f"  teacher  test LL {results['teacher']['log_likelihood']:.3f}  ({t_res.seconds:.0f} s)")
+    students = {}
+    for method in ROWS[1:]:
+        torch.manual_seed(seed)
+        student = flow_for(data, resolve(arch, "student"))
+        res = train_flow(student, td, TrainConfig(steps=student_steps, **base), runs / method,
+                         teacher=t_res.flow if method != "none" else None, kd=KDConfig(method=method),
+                         metadata={**meta, "role": "student", "method": method})
+        students[method] = res.flow
+        results[method] = {**evaluate(res.flow, data), "seconds": res.seconds, "skd_excluded": res.skd_excluded}
+        log(f"  {method:<7}  test LL {results[method]['log_likelihood']:.3f}  ({res.seconds:.0f} s)")
+    best = max(students, key=lambda m: results[m]["log_likelihood"])  # by test LL for the report only
+    best_by_val = min(students, key=lambda m: -evaluate(students[m], data, "val")["log_likelihood"])
+    log(f"  best student by validation LL: {best_by_val}")
+
+    # Export the best student (chosen on validation data) with the parity gate.
+    export_info: dict[str, Any] = {"student": best_by_val}
+    onnx_density = None
+    try:
+        from export.onnx import export_onnx
+
+        manifest = export_onnx(runs / best_by_val / "model.pt", out / "export")
+        export_info.update({"ok": True, "parity": manifest.parity, "files": sorted(manifest.graphs)})
+        onnx_density = out / "export" / manifest.graphs["density"]["file"]
+        log(f"  exported {best_by_val} to ONNX; parity gate passed")
+    except ImportError as exc:  # export extra not importable: report it, keep the rest
+        export_info.update({"ok": False, "error": str(exc)})
+        log(f"  ONNX export skipped: {exc}")
+
+    x = np.ascontiguousarray(np.resize(data.test, (4096, data.dim)).astype(np.float32))
+    tp = measure_throughput({"teacher": t_res.flow, "student": students[best_by_val]}, x, onnx_density, threads)
+    teacher_rate = tp["teacher (eager torch)"]["rows_per_s"]
+    for v in tp.values():
+        v["speedup_vs_eager_teacher"] = v["rows_per_s"] / teacher_rate
+
+    # Samples from the same noise.
+    g = torch.Generator().manual_seed(seed)
+    noise = t_res.flow.sample_noise(1000, generator=g)
+    with torch.no_grad():
+        samples = {"teacher": t_res.flow.sample(1000, noise=noise).numpy()}
+        samples.update({m: f.sample(1000, noise=noise).numpy() for m, f in students.items()})
+    var = np.argsort(-np.abs(np.corrcoef(data.train.T) - np.eye(data.dim)).max(0))[:2]
+    plot_samples(data.train, samples, out / "samples.png", (int(var[0]), int(var[1])))
+    plot_throughput(tp, out / "throughput.png")
+    for name in ["teacher", *students]:
+        if (runs / name / "loss_curve.png").exists():
+            shutil.copy(runs / name / "loss_curve.png", out / f"loss_curve_{name}.png")
+    report = {"dataset": data_name, "arch": arch, "dim": data.dim, "splits": data.sizes, "results": results,
+              "best_student_by_val": best_by_val, "best_student_by_test": best, "export": export_info,
+              "throughput_batch4096": tp, "threads": threads}
+    (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "report.md").write_text(render_report(report))
+    log(f"report: {out / 'report.md'}")
+    return report
+
+
+def render_report(r: dict[str, Any]) -> str:
+    res = r["results"]
+    gap = res["teacher"]["log_likelihood"] - res["none"]["log_likelihood"]
+    lines = [
+        f"# nfkd demo — {r['dataset']} ({r['dim']}-d), {r['arch']}",
+        "",
+        f"Splits (train/val/test): {r['splits']}. Test log-likelihood in nats (higher is better) ± 2 SE.",
+        "",
+        "| model | params | test LL | gap closed | train s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in ROWS:
+        v = res[name]
+        closed = "" if name in ("teacher", "none") or not gap else f"{100 * (v['log_likelihood'] - res['none']['log_likelihood']) / gap:.0f} %"
+        lines.append(f"| {LABELS[name]} | {v['params']:,} | {v['log_likelihood']:.3f} ± {v['ll_2se']:.3f} | {closed} | {v['seconds']:.0f} |")
+    lines += ["", f"Best student on validation data: **{r['best_student_by_val']}** (exported).", ""]
+    ex = r["export"]
+    lines.append(f"ONNX export: {'passed the parity gate' if ex.get('ok') else 'not run: ' + ex.get('error', '')}")
+    lines += ["", f"## Density throughput, batch 4096, {r['threads']} threads (median of interleaved rounds)", "",
+              "| backend | ms / batch | rows / s | vs eager teacher |", "|---|---:|---:|---:|"]
+    for name, v in r["throughput_batch4096"].items():
+        lines.append(f"| {name} | {1000 * v['median_s']:.2f} | {v['rows_per_s']:,.0f} | {v['speedup_vs_eager_teacher']:.2f}x |")
+    lines += ["", "![samples](samples.png)", "", "![throughput](throughput.png)", ""]
+    lines += [f"![loss {n}](loss_curve_{n}.png)" for n in ROWS]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nfkd demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="demo_out")
+    parser.add_argument("--data", default="breast_cancer")
+    parser.add_argument("--arch", default="glow1d", choices=["glow1d", "maf"])
+    parser.add_argument("--teacher-steps", type=int, default=2000)
+    parser.add_argument("--student-steps", type=int, default=1500)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a tiny budget (smoke test)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.teacher_steps, args.student_steps = 60, 40
+    run_demo(Path(args.out), args.data, args.arch, args.teacher_steps, args.student_steps, args.threads, args.seed)
+    return 0
