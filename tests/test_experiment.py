@@ -1,0 +1,33 @@
+"""Experiment table: the summary arithmetic against hand values, and a tiny end-to-end run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nfkd.experiment import markdown_table, run_experiment, summarize
+from nfkd.train import TrainConfig
+
+
+def _runs(values):
+    return [{"log_likelihood": v, "params": 10, "seconds": 1.0} for v in values]
+
+
+def test_summary_mean_std_and_gap_closed():
+    runs = {"teacher": _runs([-1.0, -2.0, -3.0]), "none": _runs([-5.0, -6.0, -7.0]), "ilkd": _runs([-4.0, -4.0, -4.0])}
+    s = summarize(runs)
+    assert s["teacher"]["mean"] == pytest.approx(-2.0) and s["teacher"]["std"] == pytest.approx(1.0)
+    # gap = -2 - (-6) = 4; ILKD closes (-4 - (-6)) / 4 = 50 %.
+    assert s["ilkd"]["gap_closed"] == pytest.approx(0.5)
+    assert s["none"]["gap_closed"] == pytest.approx(0.0) and s["teacher"]["gap_closed"] == pytest.approx(1.0)
+
+
+def test_tiny_experiment_end_to_end(tmp_path):
+    cfg = TrainConfig(steps=15, batch_size=32, eval_every=5, progress=False, warmup=2)
+    res = run_experiment("wine", "glow1d", 2, tmp_path, teacher_cfg=cfg, student_cfg=cfg, methods=["none", "lkd"],
+                         log=lambda *_: None)
+    assert len(res["runs"]["teacher"]) == 2 and len(res["runs"]["lkd"]) == 2
+    table = (tmp_path / "table.md").read_text()
+    assert "Student + LKD" in table and "± " in table
+    assert json.loads((tmp_path / "results.json").read_text())["seeds"] == 2
+    assert markdown_table(res) == table
