@@ -6,6 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# Triton reads TRITON_INTERPRET when it is first imported (torch.compile imports it too): without a
+# GPU, kernels must run in the interpreter, so set it before any test imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Keep CI on 2 cores predictable.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

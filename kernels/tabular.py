@@ -1,0 +1,552 @@
+"""Whole-flow Triton kernels for the tabular students (Glow-1D and MAF; D <= 64, hidden <= 128).
+
+One launch computes a whole flow for BLOCK_B rows per program: the state of those rows stays in
+registers from the input load to the final store (no intermediate tensor in global memory), and
+each program reads every weight once per step/block from one packed buffer (L2-resident; reused
+across its BLOCK_B rows).  The packed buffer is derived once from ``fold()`` output (cached on the
+folded module, invalidated when its buffers change) - it is a re-layout, not a second model:
+
+* every matrix is stored transposed ([in, out], row-major) and zero-padded to powers of two
+  (DP = pow2(D) >= 16, HP = pow2(hidden) >= 16, so ``tl.dot`` shapes are legal); the zero padding
+  keeps padded columns exactly 0 through the whole flow, masks handle the tails of rows/columns;
+* **Glow-1D**: the coupling split needs no slicing in registers: the first coupling layer's rows
+  for the b-half are zero (the net sees only x_a), and the last layer writes shift / scale straight
+  into the b-half columns; ``where(col is b-half, (h + shift) * sigmoid(s), h)`` is the coupling;
+* **MAF**: each block's permutation is folded into the *next* block's weights (columns of the first
+  MADE layer, rows of mu/alpha and of the batch-norm affine), so the state is never permuted in
+  registers.  log p needs only |z|^2 (permutation invariant); sampling gathers the noise once
+  through the accumulated inverse permutation on load;
+* the constant log-det (normalization, ActNorm, LU, batch-norm) plus ``-D/2 log 2 pi`` is one
+  float in the buffer header (no host sync per call).
+
+MAF sampling runs ALL blocks x D sequential MADE passes in one launch (``maf_sample``).
+
+PyTorch reference: ``folded.log_prob`` / ``folded.sample`` of the same ``fold()`` output
+(``reference_log_prob`` / ``reference_sample`` below).
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from . import _env
+from ._env import alloc, device_fn, next_pow2, version_key
+
+_env.select_mode()
+
+import triton  # noqa: E402  (after _env: the interpreter switch must precede @triton.jit)
+import triton.language as tl  # noqa: E402
+
+LOG_2PI = math.log(2 * math.pi)
+MAX_D, MAX_HIDDEN = 128, 256  # beyond this the register tiles spill badly: use PyTorch
+DOT_PRECISION = "ieee"  # fp32 exact; "tf32x3" is the tensor-core alternative (see bench/gpu_check.py)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared device helpers
+# ---------------------------------------------------------------------------------------------
+@device_fn
+def _mm(a, b, USE_DOT: tl.constexpr, PREC: tl.constexpr):
+    """[M, K] @ [K, N]: tensor cores via tl.dot (all dims >= 16) or broadcast-multiply + sum."""
+    if USE_DOT:
+        c = tl.dot(a, b, input_precision=PREC)
+    else:
+        c = tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    return c
+
+
+@device_fn
+def _mat_idx(R: tl.constexpr, C: tl.constexpr):
+    """Row-major offsets of an R x C block (computed once per kernel, outside the loops)."""
+    return tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]
+
+
+@device_fn
+def _load_vec(ptr, N: tl.constexpr):
+    return tl.load(ptr + tl.arange(0, N))
+
+
+@device_fn
+def _tanh(x):
+    # tanh from exp (no libdevice dependency; exact limits +-1 at overflow)
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@device_fn
+def _logsigmoid(s):
+    return tl.minimum(s, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(s)))
+
+
+@device_fn
+def _act(x, TANH: tl.constexpr):
+    if TANH:
+        y = _tanh(x)
+    else:
+        y = tl.maximum(x, 0.0)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Glow-1D
+# ---------------------------------------------------------------------------------------------
+def _glow1d_offsets(DP: int, HP: int) -> dict[str, int]:
+    o = {}
+    o["WT"] = 0
+    o["B"] = o["WT"] + DP * DP
+    o["WIT"] = o["B"] + DP
+    o["BI"] = o["WIT"] + DP * DP
+    o["W0"] = o["BI"] + DP
+    o["B0"] = o["W0"] + DP * HP
+    o["W1"] = o["B0"] + HP
+    o["B1"] = o["W1"] + HP * HP
+    o["W2S"] = o["B1"] + HP
+    o["B2S"] = o["W2S"] + HP * DP
+    o["W2C"] = o["B2S"] + DP
+    o["B2C"] = o["W2C"] + HP * DP
+    o["STEP"] = o["B2C"] + DP
+    return o
+
+
+@device_fn
+def _g1d_net(h, base, i_dh, i_hh, i_hd, DP: tl.constexpr, HP: tl.constexpr, ADDITIVE: tl.constexpr,
+             USE_DOT: tl.constexpr, PREC: tl.constexpr):
+    """Coupling net of one Glow-1D step on the full padded state; shift/s live in b-half columns."""
+    O_W0: tl.constexpr = 2 * DP * DP + 2 * DP
+    O_B0: tl.constexpr = O_W0 + DP * HP
+    O_W1: tl.constexpr = O_B0 + HP
+    O_B1: tl.constexpr = O_W1 + HP * HP
+    O_W2S: tl.constexpr = O_B1 + HP
+    O_B2S: tl.constexpr = O_W2S + HP * DP
+    O_W2C: tl.constexpr = O_B2S + DP
+    O_B2C: tl.constexpr = O_W2C + HP * DP
+    t = _mm(h, tl.load(base + O_W0 + i_dh), USE_DOT, PREC) + _load_vec(base + O_B0, HP)[None, :]
+    t = tl.maximum(t, 0.0)
+    t = _mm(t, tl.load(base + O_W1 + i_hh), USE_DOT, PREC) + _load_vec(base + O_B1, HP)[None, :]
+    t = tl.maximum(t, 0.0)
+    shift = _mm(t, tl.load(base + O_W2S + i_hd), USE_DOT, PREC) + _load_vec(base + O_B2S, DP)[None, :]
+    if ADDITIVE:
+        s = shift
+    else:
+        s = _mm(t, tl.load(base + O_W2C + i_hd), USE_DOT, PREC) + _load_vec(base + O_B2C, DP)[None, :]
+    return shift, s
+
+
+@triton.jit
+def _glow1d_log_prob_kernel(
+    x_ptr, out_ptr, w_ptr, B, D, CA, n_steps, sxb, sxd,
+    ADDITIVE: tl.constexpr, DP: tl.constexpr, HP: tl.constexpr, BLOCK_B: tl.constexpr,
+    USE_DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    STEP: tl.constexpr = 2 * DP * DP + 2 * DP + DP * HP + HP + HP * HP + HP + 2 * HP * DP + 2 * DP
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, DP)
+    rm = rows < B
+    cm = cols < D
+    is_b = (cols >= CA) & cm
+    h = tl.load(x_ptr + rows[:, None].to(tl.int64) * sxb + cols[None, :] * sxd,
+                mask=rm[:, None] & cm[None, :], other=0.0).to(tl.float32)
+    i_dd = _mat_idx(DP, DP)
+    i_dh = _mat_idx(DP, HP)
+    i_hh = _mat_idx(HP, HP)
+    i_hd = _mat_idx(HP, DP)
+    ld = tl.zeros([BLOCK_B], dtype=tl.float32)
+    for k in range(n_steps):
+        base = w_ptr + DP + k * STEP
+        h = _mm(h, tl.load(base + i_dd), USE_DOT, PREC) + _load_vec(base + DP * DP, DP)[None, :]
+        shift, s = _g1d_net(h, base, i_dh, i_hh, i_hd, DP, HP, ADDITIVE, USE_DOT, PREC)
+        if ADDITIVE:
+            h = h + shift  # shift is exactly 0 outside the b-half (zero-padded weights)
+        else:
+            h = tl.where(is_b[None, :], (h + shift) * tl.sigmoid(s), h)
+            ld += tl.sum(tl.where(is_b[None, :], _logsigmoid(s), 0.0), axis=1)
+    const = tl.load(w_ptr)
+    lp = ld + const - 0.5 * tl.sum(h * h, axis=1)
+    tl.store(out_ptr + rows, lp, mask=rm)
+
+
+@triton.jit
+def _glow1d_sample_kernel(
+    z_ptr, out_ptr, w_ptr, B, D, CA, n_steps, temperature, szb, szd, sob, sod,
+    ADDITIVE: tl.constexpr, DP: tl.constexpr, HP: tl.constexpr, BLOCK_B: tl.constexpr,
+    USE_DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    STEP: tl.constexpr = 2 * DP * DP + 2 * DP + DP * HP + HP + HP * HP + HP + 2 * HP * DP + 2 * DP
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, DP)
+    rm = rows < B
+    cm = cols < D
+    is_b = (cols >= CA) & cm
+    m2 = rm[:, None] & cm[None, :]
+    h = tl.load(z_ptr + rows[:, None].to(tl.int64) * szb + cols[None, :] * szd, mask=m2, other=0.0)
+    h = h.to(tl.float32) * temperature
+    i_dd = _mat_idx(DP, DP)
+    i_dh = _mat_idx(DP, HP)
+    i_hh = _mat_idx(HP, HP)
+    i_hd = _mat_idx(HP, DP)
+    for kk in range(n_steps):
+        base = w_ptr + DP + (n_steps - 1 - kk) * STEP
+        shift, s = _g1d_net(h, base, i_dh, i_hh, i_hd, DP, HP, ADDITIVE, USE_DOT, PREC)
+        if ADDITIVE:
+            h = h - shift
+        else:
+            h = tl.where(is_b[None, :], h / tl.sigmoid(s) - shift, h)
+        h = _mm(h, tl.load(base + DP * DP + DP + i_dd), USE_DOT, PREC) \
+            + _load_vec(base + 2 * DP * DP + DP, DP)[None, :]
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * sob + cols[None, :] * sod, h, mask=m2)
+
+
+# ---------------------------------------------------------------------------------------------
+# MAF
+# ---------------------------------------------------------------------------------------------
+def _maf_offsets(DP: int, HP: int, NH: int) -> dict[str, int]:
+    o = {"W0": 0}
+    o["B0"] = DP * HP
+    o["WH"] = o["B0"] + HP
+    o["WMU"] = o["WH"] + (NH - 1) * (HP * HP + HP)
+    o["BMU"] = o["WMU"] + HP * DP
+    o["WA"] = o["BMU"] + DP
+    o["BA"] = o["WA"] + HP * DP
+    o["PS"] = o["BA"] + DP
+    o["PSH"] = o["PS"] + DP
+    o["CL"] = o["PSH"] + DP
+    o["STEP"] = o["CL"] + DP
+    return o
+
+
+@device_fn
+def _made(x, base, NH, i_dh, i_hh, i_hd, DP: tl.constexpr, HP: tl.constexpr, TANH: tl.constexpr,
+          USE_DOT: tl.constexpr, PREC: tl.constexpr):
+    """mu and soft-clamped alpha of one (permutation-folded) MADE block."""
+    O_B0: tl.constexpr = DP * HP
+    O_WH: tl.constexpr = O_B0 + HP
+    HSTEP: tl.constexpr = HP * HP + HP
+    t = _mm(x, tl.load(base + i_dh), USE_DOT, PREC) + _load_vec(base + O_B0, HP)[None, :]
+    t = _act(t, TANH)
+    for j in range(NH - 1):
+        hb = base + O_WH + j * HSTEP
+        t = _act(_mm(t, tl.load(hb + i_hh), USE_DOT, PREC) + _load_vec(hb + HP * HP, HP)[None, :], TANH)
+    o_mu = base + O_WH + (NH - 1) * HSTEP
+    mu = _mm(t, tl.load(o_mu + i_hd), USE_DOT, PREC) + _load_vec(o_mu + HP * DP, DP)[None, :]
+    o_a = o_mu + HP * DP + DP
+    raw = _mm(t, tl.load(o_a + i_hd), USE_DOT, PREC) + _load_vec(o_a + HP * DP, DP)[None, :]
+    c = _load_vec(o_a + HP * DP + 3 * DP, DP)  # clamp (same value in every slot)
+    alpha = c[None, :] * _tanh(raw / c[None, :])
+    return mu, alpha
+
+
+@triton.jit
+def _maf_log_prob_kernel(
+    x_ptr, out_ptr, w_ptr, B, D, n_blocks, NH, sxb, sxd,
+    TANH: tl.constexpr, DP: tl.constexpr, HP: tl.constexpr, BLOCK_B: tl.constexpr,
+    USE_DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    HDR: tl.constexpr = 4 * DP
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, DP)
+    rm = rows < B
+    cm = cols < D
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * sxb + cols[None, :] * sxd,
+                mask=rm[:, None] & cm[None, :], other=0.0).to(tl.float32)
+    h = (x - _load_vec(w_ptr, DP)[None, :]) * _load_vec(w_ptr + DP, DP)[None, :]
+    h = tl.where(cm[None, :], h, 0.0)
+    bstep = DP * HP + HP + (NH - 1) * (HP * HP + HP) + 2 * HP * DP + 5 * DP
+    i_dh = _mat_idx(DP, HP)
+    i_hh = _mat_idx(HP, HP)
+    i_hd = _mat_idx(HP, DP)
+    ld = tl.zeros([BLOCK_B], dtype=tl.float32)
+    for k in range(n_blocks):
+        base = w_ptr + HDR + k * bstep
+        mu, alpha = _made(h, base, NH, i_dh, i_hh, i_hd, DP, HP, TANH, USE_DOT, PREC)
+        o_ps = base + DP * HP + HP + (NH - 1) * (HP * HP + HP) + 2 * HP * DP + 2 * DP
+        u = (h - mu) * tl.exp(-alpha)
+        h = u * _load_vec(o_ps, DP)[None, :] + _load_vec(o_ps + DP, DP)[None, :]
+        ld -= tl.sum(tl.where(cm[None, :], alpha, 0.0), axis=1)
+    const = tl.load(w_ptr + 3 * DP)
+    lp = ld + const - 0.5 * tl.sum(h * h, axis=1)
+    tl.store(out_ptr + rows, lp, mask=rm)
+
+
+@triton.jit
+def _maf_sample_kernel(
+    z_ptr, out_ptr, w_ptr, gidx_ptr, B, D, n_blocks, NH, temperature, szb, szd, sob, sod,
+    TANH: tl.constexpr, DP: tl.constexpr, HP: tl.constexpr, BLOCK_B: tl.constexpr,
+    USE_DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    HDR: tl.constexpr = 4 * DP
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, DP)
+    rm = rows < B
+    cm = cols < D
+    m2 = rm[:, None] & cm[None, :]
+    g = tl.load(gidx_ptr + cols)  # accumulated inverse permutation (padded with 0)
+    h = tl.load(z_ptr + rows[:, None].to(tl.int64) * szb + g[None, :] * szd, mask=m2, other=0.0)
+    h = h.to(tl.float32) * temperature
+    bstep = DP * HP + HP + (NH - 1) * (HP * HP + HP) + 2 * HP * DP + 5 * DP
+    i_dh = _mat_idx(DP, HP)
+    i_hh = _mat_idx(HP, HP)
+    i_hd = _mat_idx(HP, DP)
+    for kk in range(n_blocks):
+        base = w_ptr + HDR + (n_blocks - 1 - kk) * bstep
+        o_ps = base + DP * HP + HP + (NH - 1) * (HP * HP + HP) + 2 * HP * DP + 2 * DP
+        u = (h - _load_vec(o_ps + DP, DP)[None, :]) / _load_vec(o_ps, DP)[None, :]
+        x = tl.zeros([BLOCK_B, DP], dtype=tl.float32)
+        for _it in range(D):  # pass i fixes coordinate i (autoregressive order); D passes in all
+            mu, alpha = _made(x, base, NH, i_dh, i_hh, i_hd, DP, HP, TANH, USE_DOT, PREC)
+            x = u * tl.exp(alpha) + mu
+        h = x
+    h = h * _load_vec(w_ptr + 2 * DP, DP)[None, :] + _load_vec(w_ptr, DP)[None, :]
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * sob + cols[None, :] * sod, h, mask=m2)
+
+
+# ---------------------------------------------------------------------------------------------
+# packing (once per folded module, cached) and launchers
+# ---------------------------------------------------------------------------------------------
+class Packed:
+    """Padded weight buffer of one folded tabular flow plus its launch constants."""
+
+    def __init__(self, **kw) -> None:
+        self.__dict__.update(kw)
+
+
+_PACK_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, Packed]]" = weakref.WeakKeyDictionary()
+
+
+def supports(folded) -> bool:
+    """Whether the tabular kernels handle this folded flow (else use the PyTorch folded path)."""
+    arch = getattr(folded, "arch", "")
+    if arch == "glow1d":
+        d = folded.event_shape[0]
+        ok = all(s.coupling.n_layers == 3 for s in folded.steps)
+        return ok and d <= MAX_D and folded.steps[0].coupling.w0.shape[0] <= MAX_HIDDEN
+    if arch == "maf":
+        d = folded.event_shape[0]
+        b0 = folded.blocks[0]
+        ok = all(b.n_layers >= 2 and b.tanh == b0.tanh for b in folded.blocks)
+        return ok and d <= MAX_D and b0.w0.shape[0] <= MAX_HIDDEN
+    return False
+
+
+def _put(buf: Tensor, off: int, mat: Tensor, rows: int, cols: int) -> None:
+    """Write mat (r x c) zero-padded into a rows x cols row-major block at off."""
+    blk = torch.zeros(rows, cols, dtype=buf.dtype)
+    blk[: mat.shape[0], : mat.shape[1]] = mat
+    buf[off: off + rows * cols] = blk.reshape(-1)
+
+
+def _pack_glow1d(folded) -> Packed:
+    D = folded.event_shape[0]
+    c0 = folded.steps[0].coupling
+    H = c0.w0.shape[0]
+    DP, HP = next_pow2(D, 16), next_pow2(H, 16)
+    o = _glow1d_offsets(DP, HP)
+    K = len(folded.steps)
+    buf = torch.zeros(DP + K * o["STEP"], dtype=torch.float64)
+    buf[0] = float(folded.logdet_const.double()) - 0.5 * D * LOG_2PI
+    ca = c0.c_a
+    cb = D - ca
+    for k, st in enumerate(folded.steps):
+        base = DP + k * o["STEP"]
+        cp = st.coupling
+        g = lambda n: getattr(cp, n).detach().double().cpu()  # noqa: E731
+        _put(buf, base + o["WT"], st.weight.double().cpu().T, DP, DP)
+        _put(buf, base + o["B"], st.bias.double().cpu()[None], 1, DP)
+        _put(buf, base + o["WIT"], st.weight_inv.double().cpu().T, DP, DP)
+        _put(buf, base + o["BI"], st.bias_inv.double().cpu()[None], 1, DP)
+        _put(buf, base + o["W0"], g("w0").T, DP, HP)  # rows >= c_a stay 0: the net sees x_a only
+        _put(buf, base + o["B0"], g("b0")[None], 1, HP)
+        _put(buf, base + o["W1"], g("w1").T, HP, HP)
+        _put(buf, base + o["B1"], g("b1")[None], 1, HP)
+        w2, b2 = g("w2"), g("b2")
+        ws = torch.zeros(H, D, dtype=torch.float64)
+        ws[:, ca:] = w2[:cb].T
+        bs = torch.zeros(1, D, dtype=torch.float64)
+        bs[0, ca:] = b2[:cb]
+        _put(buf, base + o["W2S"], ws, HP, DP)
+        _put(buf, base + o["B2S"], bs, 1, DP)
+        if not cp.additive:
+            wc = torch.zeros(H, D, dtype=torch.float64)
+            wc[:, ca:] = w2[cb:].T
+            bc = torch.zeros(1, D, dtype=torch.float64)
+            bc[0, ca:] = b2[cb:]
+            _put(buf, base + o["W2C"], wc, HP, DP)
+            _put(buf, base + o["B2C"], bc, 1, DP)
+    dev = folded.logdet_const.device
+    return Packed(arch="glow1d", buf=buf.float().to(dev), D=D, DP=DP, HP=HP, CA=ca, n=K,
+                  additive=bool(c0.additive))
+
+
+def _pack_maf(folded) -> Packed:
+    D = folded.event_shape[0]
+    b0 = folded.blocks[0]
+    H = b0.w0.shape[0]
+    NH = b0.n_layers - 1
+    if any(b.n_layers - 1 != NH for b in folded.blocks):
+        raise ValueError("all MADE blocks must have the same depth")
+    DP, HP = next_pow2(D, 16), next_pow2(H, 16)
+    o = _maf_offsets(DP, HP, NH)
+    HDR = 4 * DP
+    K = len(folded.blocks)
+    buf = torch.zeros(HDR + K * o["STEP"], dtype=torch.float64)
+    inv_scale = folded.inv_scale.double().cpu()
+    buf[0:D] = folded.loc.double().cpu()
+    buf[DP: DP + D] = inv_scale
+    buf[2 * DP: 2 * DP + D] = 1.0 / inv_scale
+    buf[3 * DP] = float(folded.logdet_const.double()) - 0.5 * D * LOG_2PI
+    q = torch.arange(D)  # block k input x_k[j] = state[q[j]]
+    for k, blk in enumerate(folded.blocks):
+        base = HDR + k * o["STEP"]
+        inv_q = torch.argsort(q)
+        ws = [(getattr(blk, f"w{i}").double().cpu(), getattr(blk, f"b{i}").double().cpu()) for i in range(blk.n_layers)]
+        w0, bb0 = ws[0]
+        _put(buf, base + o["W0"], w0[:, inv_q].T, DP, HP)
+        _put(buf, base + o["B0"], bb0[None], 1, HP)
+        for j in range(NH - 1):
+            wh, bh = ws[1 + j]
+            off = base + o["WH"] + j * (HP * HP + HP)
+            _put(buf, off, wh.T, HP, HP)
+            _put(buf, off + HP * HP, bh[None], 1, HP)
+        wl, bl = ws[-1]
+        _put(buf, base + o["WMU"], wl[:D][inv_q].T, HP, DP)
+        _put(buf, base + o["BMU"], bl[:D][inv_q][None], 1, DP)
+        _put(buf, base + o["WA"], wl[D:][inv_q].T, HP, DP)
+        _put(buf, base + o["BA"], bl[D:][inv_q][None], 1, DP)
+        ps = torch.ones(DP, dtype=torch.float64)
+        ps[:D] = blk.post_scale.double().cpu()[inv_q]
+        buf[base + o["PS"]: base + o["PS"] + DP] = ps
+        _put(buf, base + o["PSH"], blk.post_shift.double().cpu()[inv_q][None], 1, DP)
+        buf[base + o["CL"]: base + o["CL"] + DP] = float(blk.alpha_clamp)
+        q = q[blk.perm.cpu()]
+    gidx = torch.zeros(DP, dtype=torch.int32)
+    gidx[:D] = torch.argsort(q).to(torch.int32)
+    dev = folded.logdet_const.device
+    return Packed(arch="maf", buf=buf.float().to(dev), gidx=gidx.to(dev), D=D, DP=DP, HP=HP, NH=NH, n=K,
+                  tanh=bool(b0.tanh))
+
+
+def pack(folded) -> Packed:
+    """The packed weights of a folded Glow-1D / MAF, cached until its buffers change."""
+    key = version_key(folded)
+    hit = _PACK_CACHE.get(folded)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    if not supports(folded):
+        raise ValueError(f"tabular kernels do not support this {getattr(folded, 'arch', '?')} flow")
+    with torch.no_grad():
+        p = _pack_glow1d(folded) if folded.arch == "glow1d" else _pack_maf(folded)
+    _PACK_CACHE[folded] = (key, p)
+    return p
+
+
+def _launch_cfg(p: Packed, kernel, block_b: int | None, num_warps: int | None):
+    interp = _env.is_interpreted(kernel)
+    if block_b is None:
+        block_b = 16 if interp else (32 if p.HP * max(p.HP, p.DP) >= 8192 else 64)
+    if num_warps is None:
+        num_warps = 8 if p.HP * max(p.HP, p.DP) >= 8192 else 4
+    return block_b, num_warps
+
+
+def _check_device(kernel, x: Tensor, p: Packed) -> None:
+    if not _env.can_launch(kernel, x.device):
+        mode = "interpreted (CPU tensors)" if _env.is_interpreted(kernel) else "compiled (CUDA tensors)"
+        raise RuntimeError(f"Triton kernels are {mode}; got a tensor on {x.device}")
+    if p.buf.device != x.device:
+        raise ValueError(f"folded flow is on {p.buf.device}, input on {x.device}")
+
+
+def tabular_log_prob(folded, x: Tensor, *, out: Tensor | None = None, block_b: int | None = None,
+                     num_warps: int | None = None, use_dot: bool = True, precision: str | None = None) -> Tensor:
+    """log p(x) [B] of a folded Glow-1D or MAF in one launch (float32)."""
+    p = pack(folded)
+    kernel = _glow1d_log_prob_kernel if p.arch == "glow1d" else _maf_log_prob_kernel
+    _check_device(kernel, x, p)
+    if x.dim() != 2 or x.shape[1] != p.D:
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, {p.D})")
+    B = x.shape[0]
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        x = x.float()
+    out = alloc((B,), x.device) if out is None else out
+    block_b, num_warps = _launch_cfg(p, kernel, block_b, num_warps)
+    prec = precision or DOT_PRECISION
+    grid = (triton.cdiv(B, block_b),)
+    if p.arch == "glow1d":
+        kernel[grid](x, out, p.buf, B, p.D, p.CA, p.n, x.stride(0), x.stride(1),
+                     ADDITIVE=p.additive, DP=p.DP, HP=p.HP, BLOCK_B=block_b, USE_DOT=use_dot, PREC=prec,
+                     num_warps=num_warps)
+    else:
+        kernel[grid](x, out, p.buf, B, p.D, p.n, p.NH, x.stride(0), x.stride(1),
+                     TANH=p.tanh, DP=p.DP, HP=p.HP, BLOCK_B=block_b, USE_DOT=use_dot, PREC=prec,
+                     num_warps=num_warps)
+    return out
+
+
+def _noise_temperature(noise, temperature) -> tuple[Tensor, float]:
+    z = noise[0] if isinstance(noise, (list, tuple)) else noise
+    if isinstance(temperature, Tensor):  # per-row / tensor temperature: multiply in torch
+        return z * temperature, 1.0
+    if z.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        z = z.float()
+    return z, float(temperature)
+
+
+def _sample(folded, noise, temperature, out, block_b, num_warps, use_dot, precision, arch) -> Tensor:
+    p = pack(folded)
+    if p.arch != arch:
+        raise ValueError(f"expected a folded {arch}, got {p.arch}")
+    z, t = _noise_temperature(noise, temperature)
+    kernel = _glow1d_sample_kernel if arch == "glow1d" else _maf_sample_kernel
+    _check_device(kernel, z, p)
+    if z.dim() != 2 or z.shape[1] != p.D:
+        raise ValueError(f"noise has shape {tuple(z.shape)}; expected (batch, {p.D})")
+    B = z.shape[0]
+    out = alloc((B, p.D), z.device) if out is None else out
+    block_b, num_warps = _launch_cfg(p, kernel, block_b, num_warps)
+    prec = precision or DOT_PRECISION
+    grid = (triton.cdiv(B, block_b),)
+    if arch == "glow1d":
+        kernel[grid](z, out, p.buf, B, p.D, p.CA, p.n, t, z.stride(0), z.stride(1), out.stride(0), out.stride(1),
+                     ADDITIVE=p.additive, DP=p.DP, HP=p.HP, BLOCK_B=block_b, USE_DOT=use_dot, PREC=prec,
+                     num_warps=num_warps)
+    else:
+        kernel[grid](z, out, p.buf, p.gidx, B, p.D, p.n, p.NH, t, z.stride(0), z.stride(1),
+                     out.stride(0), out.stride(1),
+                     TANH=p.tanh, DP=p.DP, HP=p.HP, BLOCK_B=block_b, USE_DOT=use_dot, PREC=prec,
+                     num_warps=num_warps)
+    return out
+
+
+def maf_sample(folded, noise: Tensor | Sequence[Tensor], temperature: float | Tensor = 1.0, *,
+               out: Tensor | None = None, block_b: int | None = None, num_warps: int | None = None,
+               use_dot: bool = True, precision: str | None = None) -> Tensor:
+    """``folded.sample(noise, temperature)`` of a folded MAF: all blocks x D MADE passes, one launch."""
+    return _sample(folded, noise, temperature, out, block_b, num_warps, use_dot, precision, "maf")
+
+
+def glow1d_sample(folded, noise: Tensor | Sequence[Tensor], temperature: float | Tensor = 1.0, *,
+                  out: Tensor | None = None, block_b: int | None = None, num_warps: int | None = None,
+                  use_dot: bool = True, precision: str | None = None) -> Tensor:
+    """``folded.sample(noise, temperature)`` of a folded Glow-1D in one launch."""
+    return _sample(folded, noise, temperature, out, block_b, num_warps, use_dot, precision, "glow1d")
+
+
+def tabular_sample(folded, noise, temperature=1.0, **kw) -> Tensor:
+    return (maf_sample if folded.arch == "maf" else glow1d_sample)(folded, noise, temperature, **kw)
+
+
+# PyTorch references (the same fold() output, any dtype)
+def reference_log_prob(folded, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return folded.log_prob(x)
+
+
+def reference_sample(folded, noise, temperature=1.0) -> Tensor:
+    with torch.no_grad():
+        return folded.sample([noise] if isinstance(noise, Tensor) else noise, temperature)
+
+
+__all__ = ["tabular_log_prob", "maf_sample", "glow1d_sample", "tabular_sample", "pack", "supports",
+           "reference_log_prob", "reference_sample"]
