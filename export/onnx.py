@@ -1,0 +1,466 @@
+"""ONNX export of a trained flow: ``density.onnx`` and ``sample.onnx`` with a dynamic batch, gated by parity.
+
+    python -m export.onnx student.pt [-o DIR] [--fp16] [--opset N] [--maf-sampling auto|loop|unrolled]
+
+Graphs (batch dimension ``B`` dynamic, everything else static):
+
+- ``density.onnx``: ``x`` [B, *event_shape] -> ``log_prob`` [B] (nats, user units) and ``latent``
+  [B, D] (all levels' standardized noise, flattened per level and concatenated in level order;
+  ``manifest.latent_layout`` gives each level's offset and shape);
+- ``sample.onnx``: ``noise_0`` .. ``noise_{L-1}`` (shapes from ``flow.noise_shapes``) and
+  ``temperature`` [1] -> ``x`` [B, *event_shape]. Noise is an input (graphs stay deterministic;
+  runtimes draw it with numpy).
+
+Both graphs are traced from ``nfkd.fold.fold(flow)`` -- the one inference form -- never from a
+second copy of the model. MAF sampling needs D sequential MADE passes per block; it is exported
+either as an ONNX ``Loop`` (``torch.while_loop``; one MADE body per block) or unrolled (D copies
+per block). ``'auto'`` picks the loop: it measured faster in ONNX Runtime (see README) and its graph
+and export time do not grow with D.
+
+Every export runs the parity gate (``export.parity``) in ONNX Runtime against the eager float64
+flow. Files are written to a temporary folder beside ``out_dir`` and moved into place only after
+the gate passes; on failure an ``ExportError`` is raised and nothing is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+import nfkd
+from nfkd.checkpoint import load_checkpoint
+from nfkd.errors import ExportError, NfkdError
+from nfkd.flows import Flow
+from nfkd.flows.base import LOG_2PI
+from nfkd.fold import FoldedFlow, FoldedMAF, fold
+
+from . import parity
+from .check import check_tensorrt_compat
+from .manifest import MANIFEST_NAME, Manifest, sha256_bytes
+
+DENSITY_FILE = "density.onnx"
+SAMPLE_FILE = "sample.onnx"
+DEFAULT_MAX_BATCH = 65536
+MAF_SAMPLING_CHOICES = ("auto", "loop", "unrolled")
+# What 'auto' resolves to, from the ORT CPU measurements in export/README.md (loop was faster at
+# batch 1 and 4096 for D=8 and D=63, and exports in seconds where unrolled D=63 takes minutes).
+MAF_SAMPLING_AUTO = "loop"
+# Engines and caches that an older export may have left; stale once the graphs change.
+STALE_ON_REEXPORT = ("density.plan", "sample.plan")
+
+
+# --------------------------------------------------------------------------------------------
+# The traced modules: thin wrappers around the folded flow (dtype casts at the boundary only).
+# --------------------------------------------------------------------------------------------
+class DensityGraph(nn.Module):
+    """x -> (log_prob, latent). Float32 at the boundary; the Gaussian term is reduced in float32."""
+
+    def __init__(self, folded: FoldedFlow, dim: int) -> None:
+        super().__init__()
+        self.folded = folded
+        self.dtype = folded.logdet_const.dtype
+        self.gauss_const = 0.5 * dim * LOG_2PI  # sum over levels of log N's normalizer
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        latents, logdet = self.folded(x.to(self.dtype))
+        flat = [z.flatten(1).float() for z in latents]
+        latent = flat[0] if len(flat) == 1 else torch.cat(flat, 1)
+        log_prob = logdet.float() - 0.5 * (latent * latent).sum(1) - self.gauss_const
+        return log_prob, latent
+
+
+class SampleGraph(nn.Module):
+    """(noise per level, temperature) -> x, i.e. ``folded.inverse([z * temperature])``."""
+
+    def __init__(self, folded: FoldedFlow, maf_sampling: str | None) -> None:
+        super().__init__()
+        self.folded = folded
+        self.dtype = folded.logdet_const.dtype
+        self.maf_loop = isinstance(folded, FoldedMAF) and maf_sampling == "loop"
+
+    def forward(self, noise: list[Tensor], temperature: Tensor) -> Tensor:
+        t = temperature.to(self.dtype)
+        z = [n.to(self.dtype) * t for n in noise]
+        x = _maf_inverse_loop(self.folded, z) if self.maf_loop else self.folded.inverse(z)
+        return x.float()
+
+
+def _maf_inverse_loop(folded: FoldedMAF, noise: Sequence[Tensor]) -> Tensor:
+    """``FoldedMAF.inverse`` with each block's D sequential MADE passes as one ``torch.while_loop``.
+
+    Same buffers, same arithmetic as ``FoldedMADE.inverse`` (x starts at 0; pass i fixes
+    coordinate i); only the Python loop becomes a graph loop (ONNX ``Loop``).
+    """
+    h = noise[0]
+    for blk in reversed(folded.blocks):
+        u = (h[:, blk.inv_perm] - blk.post_shift) / blk.post_scale
+
+        def cond(i: Tensor, x: Tensor, _d: int = blk.dim) -> Tensor:
+            return i < _d
+
+        def body(i: Tensor, x: Tensor, _blk=blk, _u=u) -> tuple[Tensor, Tensor]:
+            mu, alpha = _blk.mu_alpha(x)
+            return i + 1, _u * torch.exp(alpha) + mu
+
+        _, h = torch.while_loop(cond, body, (torch.zeros((), dtype=torch.int64), torch.zeros_like(u)))
+    return h / folded.inv_scale + folded.loc
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch.onnx / onnxscript log optional-dependency (torchvision) and opset-conversion notices; keep
+    the CLI to its one summary line. Errors still surface as exceptions."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript")]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, old):
+            lg.setLevel(lvl)
+
+
+_REGISTRY_CACHE: dict[Any, Any] = {}
+
+
+@contextlib.contextmanager
+def _reuse_torchlib_registry():
+    """torch.onnx rebuilds its aten->ONNX registry (~2 s) on every export call; reuse one per opset.
+
+    Only an optimization: the registry is read-only while exporting without a custom translation
+    table. Guarded, so that a torch release without this private hook simply exports uncached.
+    """
+    try:
+        from torch.onnx._internal.exporter import _registration as reg
+
+        cls = reg.ONNXRegistry
+        original = cls.__dict__["from_torchlib"]
+        build = original.__func__
+    except Exception:  # pragma: no cover - private API moved: export uncached
+        yield
+        return
+
+    def cached(klass, *args, **kwargs):
+        key = (klass, args, tuple(sorted(kwargs.items())))
+        if key not in _REGISTRY_CACHE:
+            _REGISTRY_CACHE[key] = build(klass, *args, **kwargs)
+        return _REGISTRY_CACHE[key]
+
+    cls.from_torchlib = classmethod(cached)
+    try:
+        yield
+    finally:
+        cls.from_torchlib = original
+
+
+def _to_onnx(
+    module: nn.Module, args: tuple, dynamic_shapes: Any, input_names: list[str], output_names: list[str],
+    opset: int | None, what: str,
+) -> onnx.ModelProto:
+    try:
+        with _quiet_exporter(), _reuse_torchlib_registry(), torch.no_grad():
+            prog = torch.onnx.export(
+                module.eval(), args, dynamo=True, dynamic_shapes=dynamic_shapes, input_names=input_names,
+                output_names=output_names, opset_version=opset, verbose=False, optimize=True, report=False,
+            )
+    except Exception as exc:  # torch.export / onnxscript raise many types; report one line
+        first = next((ln for ln in str(exc).strip().splitlines() if ln.strip()), type(exc).__name__)
+        raise ExportError(f"torch.onnx.export (dynamo) failed for the {what} graph: {type(exc).__name__}: {first}") from exc
+    model = prog.model_proto
+    _name_batch_dims(model, {*input_names, *output_names})
+    return model
+
+
+def _name_batch_dims(model: onnx.ModelProto, names: set[str]) -> None:
+    """Write the dynamic batch dimension of every graph input / output as 'B'."""
+    for v in list(model.graph.input) + list(model.graph.output):
+        if v.name in names and v.type.tensor_type.shape.dim:
+            d0 = v.type.tensor_type.shape.dim[0]
+            if not d0.HasField("dim_value"):
+                d0.dim_param = "B"
+
+
+def _save_graph(model: onnx.ModelProto, path: Path) -> None:
+    """Serialize one graph (weights inline). Tests patch this to tamper with a graph before the gate."""
+    onnx.save_model(model, str(path))
+
+
+def _io_spec(name: str, shape: Sequence[int | str], dtype: str = "float32") -> dict[str, Any]:
+    return {"name": name, "shape": list(shape), "dtype": dtype}
+
+
+def _opset_of(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _resolve_maf_sampling(arch: str, maf_sampling: str) -> str | None:
+    if maf_sampling not in MAF_SAMPLING_CHOICES:
+        raise ExportError(f"maf_sampling must be one of {MAF_SAMPLING_CHOICES}, got {maf_sampling!r}")
+    if arch != "maf":
+        return None
+    return MAF_SAMPLING_AUTO if maf_sampling == "auto" else maf_sampling
+
+
+def build_graphs(
+    flow: Flow, fp16: bool = False, opset: int | None = None, maf_sampling: str = "auto",
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> tuple[dict[str, onnx.ModelProto], str | None, list[str]]:
+    """Trace fold(flow) into the density and sample ONNX models. Returns (models, maf mode used, notes)."""
+    flow = flow.eval()
+    folded = fold(flow, torch.float16 if fp16 else torch.float32)
+    mode = _resolve_maf_sampling(flow.arch, maf_sampling)
+    notes: list[str] = []
+    ex_b = 3  # example batch (not 0/1, which torch.export would specialize)
+    batch = torch.export.Dim("B", min=1, max=max(2, int(max_batch)))
+    x = torch.zeros(ex_b, *flow.event_shape)
+    density = _to_onnx(
+        DensityGraph(folded, flow.dim), (x,), {"x": {0: batch}}, ["x"], ["log_prob", "latent"], opset, "density"
+    )
+    noise = [torch.zeros(s) for s in flow.noise_shapes(ex_b)]
+    names = [f"noise_{i}" for i in range(len(noise))]
+    dyn = ([{0: batch} for _ in noise], None)
+    args = (noise, torch.ones(1))
+    try:
+        sample = _to_onnx(SampleGraph(folded, mode), args, dyn, [*names, "temperature"], ["x"], opset, "sample")
+    except ExportError as exc:
+        if not (mode == "loop" and maf_sampling == "auto"):
+            raise
+        notes.append(f"loop form failed to export ({exc}); fell back to unrolled")
+        mode = "unrolled"
+        sample = _to_onnx(SampleGraph(folded, mode), args, dyn, [*names, "temperature"], ["x"], opset, "sample")
+    for m in (density, sample):
+        m.metadata_props.add(key="nfkd.arch", value=flow.arch)
+        m.metadata_props.add(key="nfkd.version", value=nfkd.__version__)
+    return {"density": density, "sample": sample}, mode, notes
+
+
+def ort_runners(density_bytes: bytes, sample_bytes: bytes, n_levels: int, threads: int | None = None):
+    """(density(x) -> (log_prob, latent), sample(noise, temperature) -> x) on ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.log_severity_level = 3
+    dens = ort.InferenceSession(density_bytes, so, providers=["CPUExecutionProvider"])
+    samp = ort.InferenceSession(sample_bytes, so, providers=["CPUExecutionProvider"])
+    names = [f"noise_{i}" for i in range(n_levels)]
+
+    def density(x: np.ndarray):
+        lp, lat = dens.run(["log_prob", "latent"], {"x": np.ascontiguousarray(x, np.float32)})
+        return lp, lat
+
+    def sample(noise: Sequence[np.ndarray], temperature: float) -> np.ndarray:
+        feeds = {n: np.ascontiguousarray(z, np.float32) for n, z in zip(names, noise)}
+        feeds["temperature"] = np.asarray([temperature], np.float32)
+        return samp.run(["x"], feeds)[0]
+
+    return density, sample
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime as ort
+
+    out = {"nfkd": nfkd.__version__, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+    try:
+        import onnxscript
+
+        out["onnxscript"] = onnxscript.__version__
+    except Exception:  # pragma: no cover - onnxscript is a dependency of the dynamo exporter
+        pass
+    return out
+
+
+def _latent_layout(flow: Flow) -> list[dict[str, Any]]:
+    layout, off = [], 0
+    for lvl, s in enumerate(flow.noise_shapes(1)):
+        n = math.prod(s[1:])
+        layout.append({"level": lvl, "input": f"noise_{lvl}", "shape": list(s[1:]), "offset": off, "size": n})
+        off += n
+    return layout
+
+
+def _install(tmp: Path, out_dir: Path) -> None:
+    """Move a gated export into place: a new folder is renamed at once; an existing one gets file by file,
+    manifest last, and loses engines built from older graphs."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    if not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a folder")
+    for stale in STALE_ON_REEXPORT:
+        with contextlib.suppress(FileNotFoundError):
+            (out_dir / stale).unlink()
+    for f in sorted(tmp.iterdir(), key=lambda p: p.name == MANIFEST_NAME):
+        os.replace(f, out_dir / f.name)
+    tmp.rmdir()
+
+
+def export_onnx(
+    checkpoint_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    fp16: bool = False,
+    opset: int | None = None,
+    maf_sampling: str = "auto",
+    *,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    parity_batches: Sequence[int] = parity.DEFAULT_BATCHES,
+) -> Manifest:
+    """Export ``checkpoint_path`` to ``out_dir/{density,sample}.onnx`` + ``manifest.json``, parity-gated.
+
+    Raises ``ExportError`` (nothing written) when tracing fails or the graphs miss the documented
+    tolerance against the eager float64 flow; ``CheckpointError`` for an unreadable checkpoint.
+    """
+    ckpt = load_checkpoint(checkpoint_path)
+    flow = ckpt.flow.eval()
+    if max_batch < 1:
+        raise ExportError(f"max_batch must be positive, got {max_batch}")
+    if any(b < 1 or b > max_batch for b in parity_batches):
+        raise ExportError(f"parity batches {list(parity_batches)} must lie in [1, max_batch={max_batch}]")
+    out_dir = Path(out_dir)
+    models, mode, notes = build_graphs(flow, fp16=fp16, opset=opset, maf_sampling=maf_sampling, max_batch=max_batch)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        files = {"density": DENSITY_FILE, "sample": SAMPLE_FILE}
+        blobs: dict[str, bytes] = {}
+        for name, model in models.items():
+            _save_graph(model, tmp / files[name])
+            blobs[name] = (tmp / files[name]).read_bytes()  # the exact bytes that are gated and hashed
+        n_levels = len(flow.noise_shapes(1))
+        try:
+            density, sample = ort_runners(blobs["density"], blobs["sample"], n_levels)
+        except Exception as exc:
+            raise ExportError(f"ONNX Runtime cannot load the exported graphs: {str(exc).strip().splitlines()[0]}") from exc
+        try:
+            res = parity.check_parity(flow, density, sample, fp16=fp16, batches=parity_batches)
+        except ExportError:
+            raise
+        except Exception as exc:  # ORT failing at run time is a failed gate, too
+            raise ExportError(f"parity gate could not run the graphs in ONNX Runtime: {str(exc).strip().splitlines()[0]}") from exc
+
+        event = list(flow.event_shape)
+        noise_shapes = [list(s[1:]) for s in flow.noise_shapes(1)]
+        graphs = {
+            "density": {
+                "file": DENSITY_FILE,
+                "sha256": sha256_bytes(blobs["density"]),
+                "inputs": [_io_spec("x", ["B", *event])],
+                "outputs": [_io_spec("log_prob", ["B"]), _io_spec("latent", ["B", flow.dim])],
+            },
+            "sample": {
+                "file": SAMPLE_FILE,
+                "sha256": sha256_bytes(blobs["sample"]),
+                "inputs": [_io_spec(f"noise_{i}", ["B", *s]) for i, s in enumerate(noise_shapes)]
+                + [_io_spec("temperature", [1])],
+                "outputs": [_io_spec("x", ["B", *event])],
+            },
+        }
+        for name, model in models.items():
+            graphs[name]["nodes"] = len(model.graph.node)
+            graphs[name]["tensorrt_check"] = check_tensorrt_compat(model)
+        tol = parity.tolerance_for(fp16)
+        manifest = Manifest(
+            arch=flow.arch,
+            config=dict(ckpt.config),
+            event_shape=event,
+            noise_shapes=noise_shapes,
+            latent_layout=_latent_layout(flow),
+            dim=int(flow.dim),
+            max_batch=int(max_batch),
+            opset=_opset_of(models["density"]),
+            fp16=bool(fp16),
+            maf_sampling=mode,
+            graphs=graphs,
+            source={"checkpoint": Path(checkpoint_path).name, "sha256": ckpt.sha256},
+            parity=res,
+            tolerance={**tol, "definition": parity.TOLERANCE_DEFINITION,
+                       "precision": "float16 graph, float32 inputs/outputs" if fp16 else "float32"},
+            versions=_versions(),
+            created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+        if notes:
+            manifest.parity["notes"] = notes
+        manifest.save(tmp)
+        _install(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+def default_out_dir(checkpoint_path: str | os.PathLike) -> Path:
+    p = Path(checkpoint_path)
+    return p.with_name(f"{p.stem}-export")
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def summary(manifest: Manifest, out_dir: Path) -> str:
+    p = manifest.parity
+    return (
+        f"exported {manifest.arch} to {out_dir} (density.onnx, sample.onnx, manifest.json; opset {manifest.opset}"
+        f"{', fp16' if manifest.fp16 else ''}{', MAF sampling ' + manifest.maf_sampling if manifest.maf_sampling else ''}); "
+        f"parity vs eager float64 at batches {p['batches']}: log_prob rel err {p['log_prob_max_rel_err']:.2g} "
+        f"(tol {manifest.tolerance['log_prob_rel']:g}), sample abs err {p['sample_max_abs_err']:.2g} "
+        f"(tol {manifest.tolerance['sample_abs']:g} + {manifest.tolerance['sample_rel']:g}*|x|)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m export.onnx",
+        description="Export an nfkd checkpoint to ONNX (density.onnx + sample.onnx), gated by parity with eager PyTorch.",
+    )
+    ap.add_argument("checkpoint", help="nfkd checkpoint (e.g. student.pt)")
+    ap.add_argument("-o", "--out", help="output folder (default: <checkpoint stem>-export beside it)")
+    ap.add_argument("--fp16", action="store_true", help="float16 graph (inputs/outputs stay float32)")
+    ap.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    ap.add_argument("--maf-sampling", choices=MAF_SAMPLING_CHOICES, default="auto",
+                    help="MAF sampling graph: ONNX Loop or unrolled D passes (auto: loop)")
+    ap.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch runtimes accept")
+    ap.add_argument("--parity-batches", type=_batches, default=list(parity.DEFAULT_BATCHES),
+                    help="batch sizes for the parity gate (default 1,7,128)")
+    args = ap.parse_args(argv)
+    out = Path(args.out) if args.out else default_out_dir(args.checkpoint)
+    try:
+        manifest = export_onnx(args.checkpoint, out, fp16=args.fp16, opset=args.opset, maf_sampling=args.maf_sampling,
+                               max_batch=args.max_batch, parity_batches=args.parity_batches)
+    except NfkdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(summary(manifest, out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
