@@ -77,8 +77,16 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, floa
         }
     if "teacher" in out and "none" in out:
         gap = out["teacher"]["mean"] - out["none"]["mean"]
+        base = [_score(r) for r in runs["none"]]
+        sign = -1.0 if "bpd" in runs["none"][0] else 1.0  # bpd: lower is better
         for name in out:
             out[name]["gap_closed"] = (out[name]["mean"] - out["none"]["mean"]) / gap if gap else float("nan")
+            # Paired by seed: each seed's teacher and students share one data split, so the
+            # difference removes the split-to-split variance that dominates the plain std.
+            deltas = [_score(r) - b for r, b in zip(runs[name], base)]
+            out[name]["delta_vs_none"] = statistics.fmean(deltas)
+            out[name]["delta_std"] = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
+            out[name]["seeds_better_than_none"] = sum(sign * d > 0 for d in deltas)
     return out
 
 
@@ -89,14 +97,17 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines = [
         f"### {result['dataset']} — {result['arch']} ({result['seeds']} seeds, mean ± std)",
         "",
-        f"| model | params | {metric} | gap closed | train s |",
-        "|---|---:|---:|---:|---:|",
+        f"| model | params | {metric} | Δ vs no-KD (paired) | better than no-KD | gap closed | train s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in [r for r in ROWS if r in s]:
         row = s[name]
-        gap = "" if name in ("teacher", "none") else f"{100 * row['gap_closed']:.0f} %"
-        lines.append(f"| {LABELS[name]} | {row['params'] / 1000:.1f}k | {row['mean']:.3f} ± {row['std']:.3f} | {gap} | "
-                     f"{row['seconds']:.0f} |")
+        student_kd = name not in ("teacher", "none") and "delta_vs_none" in row
+        gap = f"{100 * row['gap_closed']:.0f} %" if student_kd else ""
+        delta = f"{row['delta_vs_none']:+.3f} ± {row['delta_std']:.3f}" if student_kd or name == "teacher" else ""
+        wins = f"{row['seeds_better_than_none']}/{row['n']}" if student_kd or name == "teacher" else ""
+        lines.append(f"| {LABELS[name]} | {row['params'] / 1000:.1f}k | {row['mean']:.3f} ± {row['std']:.3f} | {delta} | "
+                     f"{wins} | {gap} | {row['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

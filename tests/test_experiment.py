@@ -20,6 +20,9 @@ def test_summary_mean_std_and_gap_closed():
     # gap = -2 - (-6) = 4; ILKD closes (-4 - (-6)) / 4 = 50 %.
     assert s["ilkd"]["gap_closed"] == pytest.approx(0.5)
     assert s["none"]["gap_closed"] == pytest.approx(0.0) and s["teacher"]["gap_closed"] == pytest.approx(1.0)
+    # Paired by seed: ILKD minus no-KD = (+1, +2, +3) -> mean 2, std 1, better in 3/3 seeds.
+    assert s["ilkd"]["delta_vs_none"] == pytest.approx(2.0) and s["ilkd"]["delta_std"] == pytest.approx(1.0)
+    assert s["ilkd"]["seeds_better_than_none"] == 3
 
 
 def test_tiny_experiment_end_to_end(tmp_path):
