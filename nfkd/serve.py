@@ -1,0 +1,129 @@
+"""``python -m nfkd serve MODEL``: the HTTP density-estimation service (FastAPI + uvicorn).
+
+    python -m nfkd serve student.pt                      # ONNX Runtime; exported on the fly (parity-gated, cached)
+    python -m nfkd serve student-export/ --port 8000     # an export folder (manifest.json)
+    python -m nfkd serve student.pt --backend torch      # the eager flow
+    python -m nfkd serve student-export/ --backend tensorrt
+
+    curl -s localhost:8000/log_prob -H 'Content-Type: application/json' -d '{"x": [[0.1, 0.2, ...]]}'
+    curl -s localhost:8000/sample -H 'Content-Type: application/json' -d '{"n": 4, "temperature": 0.8, "seed": 0}'
+
+Concurrent ``/log_prob`` requests are merged into one model call (``--max-batch`` rows, waiting
+at most ``--max-wait-ms``); ``--no-batching`` runs one call per request. SIGTERM / Ctrl-C stop
+accepting connections, finish every request in flight, drain the queue and exit 0. Logs are
+JSON lines on stderr. See docs/serving.md.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from .errors import InputError
+
+log = logging.getLogger("nfkd.serve")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .serving.backends import BACKENDS
+
+    ap = argparse.ArgumentParser(prog="python -m nfkd serve", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="checkpoint (.pt) or export folder (with manifest.json)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    ap.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port, logged)")
+    ap.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                    help="default: cpu (onnxruntime, torch), cuda (tensorrt)")
+    ap.add_argument("--max-batch", type=_positive_int, default=4096, help="rows merged into one model call")
+    ap.add_argument("--max-wait-ms", type=_non_negative_float, default=2.0,
+                    help="how long a queued request may wait for others to merge with (default 2)")
+    ap.add_argument("--no-batching", action="store_true", help="one model call per request (for comparison)")
+    ap.add_argument("--max-request-rows", type=_positive_int, default=65536, help="rows per /log_prob request")
+    ap.add_argument("--max-sample-n", type=_positive_int, default=None,
+                    help="n per /sample request (default: min(max-request-rows, the model's max batch))")
+    ap.add_argument("--max-body-bytes", type=_positive_int, default=None,
+                    help="request body limit (default: from max-request-rows and the event size)")
+    ap.add_argument("--max-queue-rows", type=_positive_int, default=None,
+                    help="rows queued before requests are refused with 503 (default 4x max-request-rows)")
+    ap.add_argument("--request-timeout", type=_non_negative_float, default=60.0,
+                    help="seconds a request may wait for the model before 504")
+    ap.add_argument("--threads", type=_positive_int, default=None,
+                    help="intra-op threads of the model (ONNX Runtime / torch; default: CPU count - 1, at least 1)")
+    ap.add_argument("--cache-dir", default=None,
+                    help="where checkpoints are exported on the fly (default $NFKD_CACHE_DIR or ~/.cache/nfkd/exports)")
+    ap.add_argument("--graceful-timeout", type=_non_negative_float, default=30.0,
+                    help="seconds to finish in-flight requests on shutdown")
+    ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return ap
+
+
+def main_serve(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .serving import ServeConfig, create_app, load_backend
+    from .serving.server import bind, configure_logging, uvicorn_config
+
+    configure_logging(args.log_level)
+    # Leave one core to the event loop (HTTP parsing, JSON): ONNX Runtime's intra-op threads spin while waiting.
+    threads = args.threads or max(1, (os.cpu_count() or 2) - 1)
+    backend = load_backend(args.model, args.backend, threads=threads, cache_dir=args.cache_dir, device=args.device)
+    if backend.name != "tensorrt":
+        backend.extra["threads"] = threads
+    config = ServeConfig(
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_request_rows=args.max_request_rows,
+        max_sample_n=args.max_sample_n, max_body_bytes=args.max_body_bytes, max_queue_rows=args.max_queue_rows,
+        batching=not args.no_batching, request_timeout_s=args.request_timeout,
+    )
+    app = create_app(backend, config)
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        raise InputError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    host, port = sock.getsockname()[:2]
+    log.info("listening", extra={"url": f"http://{host}:{port}", "host": host, "port": port,
+                                 "backend": backend.name, "model": str(args.model)})
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn_config(app, graceful_timeout_s=args.graceful_timeout))
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully; make that a clean exit.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sock.close()
+    if not server.started:
+        log.error("the server did not start")
+        return 1
+    log.info("stopped")
+    return 0
+
+
+main = main_serve
+
+if __name__ == "__main__":
+    sys.exit(main_serve())

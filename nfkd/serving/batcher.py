@@ -1,0 +1,270 @@
+"""Micro-batching of concurrent ``log_prob`` requests, and the counters that show it.
+
+Requests are queued (already validated); one asyncio task collects them into a merged batch --
+at most ``max_batch`` rows, waiting at most ``max_wait_ms`` after the *first* queued request
+arrived (time spent queued behind a running model call counts) -- and hands the concatenated
+rows to ONE worker thread. Results are split back per request on the event loop, which never
+blocks on the model. A single request above ``max_batch`` rows runs alone, in chunks of
+``max_batch``. ``close()`` stops accepting work and drains what is queued.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger("nfkd.serve")
+
+
+class Overloaded(Exception):
+    """The queue holds more rows than ``max_queue_rows``: answer 503, the client retries later."""
+
+
+class Closed(Exception):
+    """The service is shutting down: answer 503."""
+
+
+def _bucket(v: int) -> str:
+    """Power-of-two histogram buckets: 1, 2, 3-4, 5-8, 9-16, ..."""
+    if v <= 2:
+        return str(v)
+    hi = 1 << (v - 1).bit_length()
+    return f"{hi // 2 + 1}-{hi}"
+
+
+def _bucket_key(label: str) -> int:
+    return int(label.split("-")[0])
+
+
+@dataclass
+class Stats:
+    """Counters, only ever touched from the event loop thread (no locks needed)."""
+
+    started: float = field(default_factory=time.time)
+    http_requests: int = 0
+    http_by_status: collections.Counter = field(default_factory=collections.Counter)
+    http_by_path: collections.Counter = field(default_factory=collections.Counter)
+    log_prob_requests: int = 0
+    log_prob_rows: int = 0
+    model_calls: int = 0
+    merged_requests_histogram: collections.Counter = field(default_factory=collections.Counter)
+    merged_rows_histogram: collections.Counter = field(default_factory=collections.Counter)
+    max_merged_requests: int = 0
+    max_merged_rows: int = 0
+    sample_requests: int = 0
+    sample_rows: int = 0
+    sample_model_calls: int = 0
+    model_seconds: float = 0.0
+    queue_depth: int = 0
+    queue_rows: int = 0
+    max_queue_depth: int = 0
+    rejected_overloaded: int = 0
+
+    def record_batch(self, n_requests: int, rows: int, calls: int, seconds: float) -> None:
+        self.log_prob_requests += n_requests
+        self.log_prob_rows += rows
+        self.model_calls += calls
+        self.model_seconds += seconds
+        self.merged_requests_histogram[_bucket(n_requests)] += 1
+        self.merged_rows_histogram[_bucket(rows)] += 1
+        self.max_merged_requests = max(self.max_merged_requests, n_requests)
+        self.max_merged_rows = max(self.max_merged_rows, rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        def hist(c: collections.Counter) -> dict[str, int]:
+            return {k: c[k] for k in sorted(c, key=_bucket_key)}
+
+        calls = self.model_calls
+        return {
+            "uptime_s": round(time.time() - self.started, 3),
+            "http_requests": self.http_requests,
+            "http_by_status": {str(k): v for k, v in sorted(self.http_by_status.items())},
+            "http_by_path": dict(sorted(self.http_by_path.items())),
+            "log_prob": {
+                "requests": self.log_prob_requests,
+                "rows": self.log_prob_rows,
+                "model_calls": calls,
+                "mean_requests_per_call": round(self.log_prob_requests / calls, 3) if calls else None,
+                "mean_rows_per_call": round(self.log_prob_rows / calls, 3) if calls else None,
+                "merged_requests_histogram": hist(self.merged_requests_histogram),
+                "merged_rows_histogram": hist(self.merged_rows_histogram),
+                "max_merged_requests": self.max_merged_requests,
+                "max_merged_rows": self.max_merged_rows,
+            },
+            "sample": {"requests": self.sample_requests, "rows": self.sample_rows,
+                       "model_calls": self.sample_model_calls},
+            "model_seconds": round(self.model_seconds, 6),
+            "queue": {"depth": self.queue_depth, "rows": self.queue_rows, "max_depth": self.max_queue_depth,
+                      "rejected_overloaded": self.rejected_overloaded},
+        }
+
+
+@dataclass
+class _Item:
+    x: np.ndarray
+    future: asyncio.Future
+    arrived: float
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+
+def run_chunked(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, max_batch: int) -> tuple[np.ndarray, int]:
+    """fn over x in chunks of at most max_batch rows -> (concatenated result, number of calls)."""
+    if x.shape[0] <= max_batch:
+        return np.asarray(fn(x)), 1
+    parts = [np.asarray(fn(x[i : i + max_batch])) for i in range(0, x.shape[0], max_batch)]
+    return np.concatenate(parts), len(parts)
+
+
+class ModelWorker:
+    """The one thread that calls the model (log_prob batches and samples alike), in submission order."""
+
+    def __init__(self) -> None:
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nfkd-model")
+
+    async def run(self, fn: Callable, *args) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+class LogProbBatcher:
+    """Queue + collector task; ``submit(x)`` resolves to that request's log_prob rows."""
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], worker: ModelWorker, stats: Stats, *,
+                 max_batch: int = 4096, max_wait_ms: float = 2.0, max_queue_rows: int = 1 << 20,
+                 batching: bool = True) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        self.fn = fn
+        self.worker = worker
+        self.stats = stats
+        self.max_batch = int(max_batch)
+        self.max_wait = float(max_wait_ms) / 1000.0
+        self.max_queue_rows = int(max_queue_rows)
+        self.batching = batching
+        self._items: collections.deque[_Item] = collections.deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._inflight_rows = 0  # unbatched mode: rows submitted and not yet answered
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.batching and self._task is None:
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._collect(), name="nfkd-batcher")
+
+    async def close(self) -> int:
+        """Refuse new work, run everything still queued, stop. Returns how many requests were drained."""
+        self._closing = True
+        pending = len(self._items)
+        if self._task is not None:
+            self._wakeup.set()
+            await self._task
+            self._task = None
+        return pending
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    # --- submit -------------------------------------------------------------------------------
+    async def submit(self, x: np.ndarray) -> np.ndarray:
+        if self._closing:
+            raise Closed("the server is shutting down")
+        rows = int(x.shape[0])
+        queued = self.stats.queue_rows if self.batching else self._inflight_rows
+        if queued + rows > self.max_queue_rows and queued > 0:
+            self.stats.rejected_overloaded += 1
+            raise Overloaded(f"the server is overloaded ({queued} rows queued); retry later")
+        if not self.batching:
+            self._inflight_rows += rows
+            try:
+                t0 = time.perf_counter()
+                out, calls = await self.worker.run(run_chunked, self.fn, x, self.max_batch)
+                self.stats.record_batch(1, rows, calls, time.perf_counter() - t0)
+                return out
+            finally:
+                self._inflight_rows -= rows
+        if self._task is None:  # the app's lifespan did not run (e.g. an ASGI test transport): start now
+            self.start()
+        loop = asyncio.get_running_loop()
+        item = _Item(x, loop.create_future(), loop.time())
+        self._items.append(item)
+        self.stats.queue_depth += 1
+        self.stats.queue_rows += rows
+        self.stats.max_queue_depth = max(self.stats.max_queue_depth, self.stats.queue_depth)
+        self._wakeup.set()
+        return await item.future
+
+    # --- the collector ------------------------------------------------------------------------
+    def _pop(self) -> _Item:
+        item = self._items.popleft()
+        self.stats.queue_depth -= 1
+        self.stats.queue_rows -= item.rows
+        return item
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while self._items and self._items[0].future.done():  # cancelled: client went away
+                self._pop()
+            if not self._items:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            deadline = self._items[0].arrived + self.max_wait
+            while not self._closing and self.stats.queue_rows < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+                except asyncio.TimeoutError:
+                    break
+            batch: list[_Item] = []
+            rows = 0
+            while self._items and (not batch or rows + self._items[0].rows <= self.max_batch):
+                item = self._pop()
+                if not item.future.done():  # skip requests whose client went away meanwhile
+                    batch.append(item)
+                    rows += item.rows
+            if batch:
+                await self._run(batch, rows)
+
+    async def _run(self, batch: list[_Item], rows: int) -> None:
+        x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
+        t0 = time.perf_counter()
+        try:
+            out, calls = await self.worker.run(run_chunked, self.fn, x, self.max_batch)
+        except Exception as exc:  # the model failed: every request of this batch gets the error
+            log.exception("model call failed", extra={"requests": len(batch), "rows": rows})
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(exc)
+            return
+        self.stats.record_batch(len(batch), rows, calls, time.perf_counter() - t0)
+        off = 0
+        for it in batch:
+            n = it.rows
+            if not it.future.done():
+                it.future.set_result(out[off : off + n])
+            off += n
+
+
+__all__ = ["Closed", "LogProbBatcher", "ModelWorker", "Overloaded", "Stats", "run_chunked"]

@@ -1,0 +1,291 @@
+"""Request parsing and validation: bad input becomes one ``ApiError`` (HTTP status + one clear message).
+
+Status codes, one rule each:
+
+===  ==================================================================================
+400  the body cannot be parsed (malformed JSON, malformed ``.npy``)
+413  too large: body bytes above ``max_body_bytes``, or more rows than ``max_request_rows``
+415  unsupported ``Content-Type`` (JSON or ``application/x-npy`` only)
+422  parsed but invalid: wrong fields, shape / feature count, dtype, NaN/Inf, empty batch,
+     bad ``n`` / ``temperature`` / ``seed``
+===  ==================================================================================
+
+Dtypes: floats (16/32/64 bit) and integers are accepted and cast to float32; booleans, strings,
+``null``, objects, complex numbers and structured / object arrays are refused. Finiteness is
+checked *after* the cast, so values beyond the float32 range (e.g. ``1e39``) are refused as Inf.
+A ``.npy`` body is parsed from its header first (dtype, shape and byte count checked before any
+array is allocated) and never unpickled.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import math
+import numbers
+from typing import Any, Sequence
+
+import numpy as np
+
+JSON = "application/json"
+NPY = "application/x-npy"
+NPY_MAGIC = b"\x93NUMPY"
+MAX_SEED = 2**63 - 1
+
+
+class ApiError(Exception):
+    """An HTTP error answer: ``status`` and one message, sent as ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = int(status)
+        self.message = message
+
+
+def media_type(header: str | None) -> str:
+    """``'application/json; charset=utf-8'`` -> ``'application/json'``."""
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def wants_npy(accept: str | None) -> bool:
+    return any(media_type(part) == NPY for part in (accept or "").split(","))
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return ", ".join(str(int(v)) for v in shape)
+
+
+# --------------------------------------------------------------------------------------------
+# JSON
+# --------------------------------------------------------------------------------------------
+def parse_json_object(body: bytes, example: str) -> dict[str, Any]:
+    if not body.strip():
+        raise ApiError(400, f"empty request body; expected a JSON object like {example}")
+    try:
+        obj = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or an integer literal beyond 4300 digits
+        raise ApiError(400, f"malformed JSON ({exc}); expected a JSON object like {example}") from None
+    except RecursionError:
+        raise ApiError(400, f"malformed JSON (nested too deeply); expected a JSON object like {example}") from None
+    if not isinstance(obj, dict):
+        raise ApiError(422, f"expected a JSON object like {example}, got a JSON {_json_type(obj)}")
+    return obj
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    return type(v).__name__
+
+
+def _check_fields(obj: dict[str, Any], allowed: Sequence[str], required: Sequence[str], example: str) -> None:
+    unknown = sorted(set(obj) - set(allowed))
+    if unknown:
+        raise ApiError(422, f"unknown field(s) {unknown}; expected {', '.join(map(repr, allowed))} as in {example}")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise ApiError(422, f"missing field {missing[0]!r}; expected a JSON object like {example}")
+
+
+def _first_non_number(v: Any, depth: int = 0) -> str | None:
+    """The JSON type of the first leaf that is not a number (booleans count as not numbers), or None."""
+    if isinstance(v, list):
+        if depth > 64:
+            return "array nested too deeply"
+        for item in v:
+            bad = _first_non_number(item, depth + 1)
+            if bad is not None:
+                return bad
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return _json_type(v)
+    return None
+
+
+def json_rows(body: bytes, event_shape: Sequence[int], max_rows: int) -> np.ndarray:
+    """``{"x": [[...], ...]}`` -> validated float32 array [B, *event_shape]."""
+    example = '{"x": [[...], ...]}'
+    obj = parse_json_object(body, example)
+    _check_fields(obj, ("x",), ("x",), example)
+    x = obj["x"]
+    if not isinstance(x, list):
+        raise ApiError(422, f"x must be an array of rows (shape (batch, {_dims(event_shape)})), got a JSON {_json_type(x)}")
+    # Booleans hide inside a float array (np.asarray([[True, 0.5]]) is float64): look for them, but
+    # only walk the rows when the literals occur in the body at all.
+    if (b"true" in body or b"false" in body) and _first_non_number(x) == "boolean":
+        raise ApiError(422, "x contains true/false; booleans are not accepted, send numbers")
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError):
+        raise ApiError(
+            422, f"x is ragged (rows of different lengths or depths); expected shape (batch, {_dims(event_shape)})"
+        ) from None
+    except RecursionError:
+        raise ApiError(422, "x is nested too deeply") from None
+    if arr.dtype.kind == "O":  # null / strings / objects mixed with numbers, or integers beyond int64
+        bad = _first_non_number(x)
+        if bad is not None:
+            raise ApiError(422, f"x must contain only numbers, found a {bad}")
+        try:
+            arr = np.asarray(x, dtype=np.float64)
+        except OverflowError:
+            raise ApiError(422, "x contains an integer too large for float32; send finite values") from None
+        except (ValueError, TypeError):
+            raise ApiError(422, f"x is ragged or not numeric; expected shape (batch, {_dims(event_shape)})") from None
+    if arr.dtype.kind not in "fiu":  # all strings, or all booleans
+        bad = _first_non_number(x)
+        raise ApiError(422, f"x must contain only numbers, found a {bad or arr.dtype}")
+    return check_rows(arr, event_shape, max_rows)
+
+
+# --------------------------------------------------------------------------------------------
+# .npy
+# --------------------------------------------------------------------------------------------
+def npy_rows(body: bytes, event_shape: Sequence[int], max_rows: int) -> np.ndarray:
+    """A ``np.save`` payload -> validated float32 array; header checked before any allocation, no pickle."""
+    arr = parse_npy(body, event_shape, max_rows)
+    return check_rows(arr, event_shape, max_rows)
+
+
+def parse_npy(body: bytes, event_shape: Sequence[int], max_rows: int) -> np.ndarray:
+    if not body.startswith(NPY_MAGIC) or len(body) < 10:
+        if body[:2] == b"PK":
+            raise ApiError(400, "the body is an .npz archive; send one array written with np.save (.npy)")
+        raise ApiError(400, "malformed .npy payload (no NUMPY magic); send the bytes written by np.save(f, x)")
+    major = body[6]
+    if major == 1:
+        hlen, start = int.from_bytes(body[8:10], "little"), 10
+    elif major in (2, 3):
+        if len(body) < 12:
+            raise ApiError(400, "malformed .npy payload (truncated header)")
+        hlen, start = int.from_bytes(body[8:12], "little"), 12
+    else:
+        raise ApiError(400, f"malformed .npy payload (unknown format version {major})")
+    if hlen > 10000 or start + hlen > len(body):
+        raise ApiError(400, "malformed .npy payload (header too long or truncated)")
+    try:
+        header = ast.literal_eval(body[start : start + hlen].decode("latin1" if major < 3 else "utf8"))
+        descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
+        shape = tuple(int(v) for v in shape)
+    except Exception:
+        raise ApiError(400, "malformed .npy payload (unreadable header)") from None
+    if not isinstance(descr, str):
+        raise ApiError(422, "structured arrays are not accepted; send a plain numeric array of shape "
+                            f"(batch, {_dims(event_shape)})")
+    try:
+        dtype = np.dtype(descr)
+    except Exception:
+        raise ApiError(400, f"malformed .npy payload (unknown dtype {descr!r})") from None
+    _check_dtype(dtype)
+    if any(v < 0 for v in shape):
+        raise ApiError(400, "malformed .npy payload (negative dimension)")
+    if shape and shape[0] > max_rows and tuple(shape[1:]) == tuple(event_shape):
+        raise ApiError(413, f"batch of {shape[0]} rows is above this server's limit of {max_rows} rows per request; "
+                            f"split it into requests of at most {max_rows} rows")
+    data = memoryview(body)[start + hlen :]
+    expected = math.prod(shape) * dtype.itemsize
+    if len(data) != expected:
+        raise ApiError(400, f"malformed .npy payload: header says shape {shape} {dtype} ({expected} bytes), "
+                            f"body has {len(data)} data bytes")
+    arr = np.frombuffer(data, dtype=dtype, count=math.prod(shape))
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def _check_dtype(dtype: np.dtype) -> None:
+    kind = dtype.kind
+    if kind in "fiu":
+        return
+    names = {"b": "bool", "O": "object (pickled)", "U": "string", "S": "bytes", "c": "complex", "V": "structured/void",
+             "M": "datetime", "m": "timedelta"}
+    raise ApiError(422, f"dtype {dtype} ({names.get(kind, kind)}) is not accepted; send float32/float64 "
+                        f"(integers are cast to float32)")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared row checks
+# --------------------------------------------------------------------------------------------
+def check_rows(arr: np.ndarray, event_shape: Sequence[int], max_rows: int) -> np.ndarray:
+    event = tuple(int(v) for v in event_shape)
+    _check_dtype(arr.dtype)
+    if arr.size == 0 or (arr.ndim >= 1 and arr.shape[0] == 0):
+        raise ApiError(422, f"x is an empty batch (shape {arr.shape}); send at least one row (shape (batch, {_dims(event)}))")
+    if arr.ndim == len(event) and tuple(arr.shape) == event:
+        raise ApiError(422, f"x has shape {arr.shape}, one sample without a batch dimension; wrap it in a list "
+                            f"(shape (1, {_dims(event)}))")
+    if arr.ndim != len(event) + 1 or tuple(arr.shape[1:]) != event:
+        if len(event) == 1 and arr.ndim == 2:
+            raise ApiError(422, f"x has {arr.shape[1]} features per row; this model expects {event[0]} "
+                                f"(shape (batch, {event[0]}))")
+        raise ApiError(422, f"x has shape {arr.shape}; expected (batch, {_dims(event)})")
+    rows = arr.shape[0]
+    if rows > max_rows:
+        raise ApiError(413, f"batch of {rows} rows is above this server's limit of {max_rows} rows per request; "
+                            f"split it into requests of at most {max_rows} rows")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(out.reshape(rows, -1)).all(1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)[:5].tolist()
+        raise ApiError(422, f"x contains NaN or Inf (or values beyond the float32 range) in rows {bad}; "
+                            f"remove or impute them")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# /sample
+# --------------------------------------------------------------------------------------------
+def sample_request(body: bytes, max_n: int) -> tuple[int, float, int | None]:
+    """``{"n": int, "temperature": float = 1, "seed": int | null}`` -> validated (n, temperature, seed)."""
+    example = '{"n": 100, "temperature": 1.0, "seed": 0}'
+    obj = parse_json_object(body, example)
+    _check_fields(obj, ("n", "temperature", "seed"), ("n",), example)
+    n = obj["n"]
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise ApiError(422, f"n must be a positive integer, got {json.dumps(n)}")
+    if n < 1:
+        raise ApiError(422, f"n must be a positive integer, got {n}")
+    if n > max_n:
+        raise ApiError(422, f"n = {n} is above this server's limit of {max_n} samples per request; "
+                            f"request at most {max_n} at a time")
+    t = obj.get("temperature", 1.0)
+    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(float(t)) or float(t) < 0:
+        raise ApiError(422, f"temperature must be a finite number >= 0, got {json.dumps(t)}")
+    seed = obj.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise ApiError(422, f"seed must be null or an integer in [0, 2**63 - 1], got {json.dumps(seed)}")
+    return int(n), float(t), seed
+
+
+# --------------------------------------------------------------------------------------------
+# Responses
+# --------------------------------------------------------------------------------------------
+def json_floats(arr: np.ndarray) -> Any:
+    """Nested lists for JSON; non-finite values (which strict JSON cannot hold) become null."""
+    if np.isfinite(arr).all():
+        return arr.tolist()
+    obj = arr.astype(object)
+    obj[~np.isfinite(arr)] = None
+    return obj.tolist()
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+__all__ = [
+    "JSON", "NPY", "ApiError", "check_rows", "json_floats", "json_rows", "media_type", "npy_bytes", "npy_rows",
+    "parse_json_object", "parse_npy", "sample_request", "wants_npy",
+]
