@@ -1,0 +1,488 @@
+"""pytest-benchmark JSON -> a markdown report in the layout of the paper's Table 2, plus PNG plots.
+
+    python -m bench.report results.json [more.json ...] [-o DIR] [--name report] [--stat median]
+
+Writes ``DIR/<name>.md`` (tables), ``DIR/<name>-<direction>-<arch>.png`` (throughput against
+batch size, one line per backend and role; one panel per dimension) and ``DIR/<name>.csv`` (one row
+per benchmark, no raw timings). ``DIR`` defaults to the first JSON's folder.
+
+Per benchmark: time per batch = the chosen statistic (``--stat``, default the median over rounds;
+mean ± std is printed beside it), samples per second = batch / time, and speed-up = time of the
+*eager teacher* (nfkd's flow as trained, same direction / arch / dim / batch) / time. Several JSON
+files may be combined (e.g. density and sampling run separately); a later file's benchmark replaces
+an earlier one of the same name, and a speed-up whose reference comes from another file (another
+run, other load) is marked with a dagger.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+STATS = ("median", "min", "mean")
+BACKEND_ORDER = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "nflows", "zuko")
+BACKEND_LABEL = {
+    "eager": "eager PyTorch", "folded": "folded PyTorch", "compile": "torch.compile", "onnxruntime": "ONNX Runtime",
+    "tensorrt": "TensorRT", "triton": "Triton kernels", "nflows": "nflows", "zuko": "zuko",
+}
+ARCH_LABEL = {"glow1d": "Glow-1D", "maf": "MAF", "glow": "Glow (images)"}
+DIRECTION_LABEL = {"density": "density: time to compute the log-likelihood of a batch", "sample": "sampling: time to draw a batch"}
+PEERS = ("nflows", "zuko")
+
+
+@dataclass
+class Row:
+    name: str
+    direction: str
+    arch: str
+    dim: int
+    shape: str
+    batch: int
+    role: str
+    backend: str
+    params: int
+    preset: str
+    stats: dict[str, float]
+    rounds: int
+    iterations: int
+    source: int = 0
+    time_s: float = math.nan
+    samples_per_s: float = math.nan
+    speedup: float | None = None  # over the eager teacher of the same group
+    speedup_other_run: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def group(self) -> tuple:
+        return (self.direction, self.arch, self.dim, self.batch)
+
+
+# ------------------------------------------------------------------------------------ arithmetic
+def samples_per_second(batch: int, seconds: float) -> float:
+    return batch / seconds if seconds > 0 else math.nan
+
+
+def speedup(reference_s: float, seconds: float) -> float:
+    return reference_s / seconds if seconds > 0 else math.nan
+
+
+def geomean(values: Iterable[float]) -> float:
+    vals = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    return math.exp(sum(map(math.log, vals)) / len(vals)) if vals else math.nan
+
+
+def load_rows(paths: Sequence[str | Path]) -> tuple[list[Row], list[dict[str, Any]]]:
+    """Rows of every benchmark with nfkd's extra_info (later files replace same-named benchmarks)."""
+    by_name: dict[str, Row] = {}
+    infos = []
+    for i, p in enumerate(paths):
+        data = json.loads(Path(p).read_text())
+        infos.append({"path": str(p), "datetime": data.get("datetime"), "machine_info": data.get("machine_info", {}),
+                      "version": data.get("version")})
+        for b in data.get("benchmarks", []):
+            e = b.get("extra_info") or {}
+            if not {"arch", "role", "backend", "batch", "direction"} <= e.keys():
+                continue
+            st = b["stats"]
+            by_name[b.get("fullname", b["name"])] = Row(
+                name=b["name"], direction=e["direction"], arch=e["arch"], dim=int(e.get("dim", 0)),
+                shape=str(e.get("shape", e.get("dim", ""))), batch=int(e["batch"]), role=e["role"],
+                backend=e["backend"], params=int(e.get("params", 0)), preset=str(e.get("preset", "")),
+                stats={k: float(st[k]) for k in ("min", "max", "mean", "stddev", "median") if k in st},
+                rounds=int(st.get("rounds", 0)), iterations=int(st.get("iterations", 1)), source=i, extra=e,
+            )
+    return list(by_name.values()), infos
+
+
+def derive(rows: list[Row], stat: str = "median") -> list[Row]:
+    """Fill time_s, samples_per_s and speed-up over the eager teacher of the same group (in place)."""
+    if stat not in STATS:
+        raise ValueError(f"stat must be one of {STATS}")
+    ref: dict[tuple, Row] = {}
+    for r in rows:
+        r.time_s = r.stats[stat]
+        r.samples_per_s = samples_per_second(r.batch, r.time_s)
+        if r.backend == "eager" and r.role == "teacher":
+            ref[r.group] = r
+    for r in rows:
+        base = ref.get(r.group)
+        r.speedup = speedup(base.time_s, r.time_s) if base is not None else None
+        r.speedup_other_run = base is not None and base.source != r.source
+    return rows
+
+
+def sort_key(r: Row) -> tuple:
+    return (
+        ("density", "sample").index(r.direction) if r.direction in ("density", "sample") else 9,
+        ("glow1d", "maf", "glow").index(r.arch) if r.arch in ("glow1d", "maf", "glow") else 9,
+        r.dim, r.batch, BACKEND_ORDER.index(r.backend) if r.backend in BACKEND_ORDER else 99,
+        0 if r.role == "teacher" else 1,
+    )
+
+
+# ------------------------------------------------------------------------------------ formatting
+def fmt_ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    if not math.isfinite(ms):
+        return "-"
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
+
+
+def fmt_time(r: Row) -> str:
+    """Median (mean ± std) in ms, the paper's 'time ± std' with a robust centre."""
+    mean, sd = r.stats.get("mean", math.nan), r.stats.get("stddev", 0.0)
+    sd_txt = fmt_ms(sd) if r.rounds > 1 else "n/a"
+    return f"{fmt_ms(r.time_s)} ({fmt_ms(mean)} ± {sd_txt})"
+
+
+def fmt_rate(v: float) -> str:
+    if not math.isfinite(v):
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.3g} {unit}"
+    return f"{v:.3g}"
+
+
+def fmt_x(v: float | None, dagger: bool = False) -> str:
+    if v is None or not math.isfinite(v):
+        return "-"
+    txt = f"{v:.3g}x" if v < 100 else f"{v:.0f}x"
+    return txt + ("†" if dagger else "")
+
+
+def fmt_k(params: int) -> str:
+    return f"{params / 1e3:.1f}" if params < 1e6 else f"{params / 1e3:.0f}"
+
+
+def table(header: Sequence[str], body: Iterable[Sequence[str]], align: Sequence[str] | None = None) -> str:
+    body = [list(map(str, b)) for b in body]
+    align = align or ["---"] * len(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(b) + " |" for b in body]
+    return "\n".join(lines)
+
+
+def _backends(rows: Iterable[Row]) -> list[str]:
+    present = {r.backend for r in rows}
+    return [b for b in BACKEND_ORDER if b in present] + sorted(present - set(BACKEND_ORDER))
+
+
+def _index(rows: Iterable[Row]) -> dict[tuple, Row]:
+    return {(r.direction, r.arch, r.dim, r.batch, r.role, r.backend): r for r in rows}
+
+
+# ------------------------------------------------------------------------------------ sections
+def header_section(infos: list[dict[str, Any]], stat: str, rows: list[Row]) -> str:
+    out = []
+    for info in infos:
+        m = info["machine_info"]
+        cpu = (m.get("cpu") or {}).get("brand_raw", m.get("processor", ""))
+        out.append(
+            f"- `{Path(info['path']).name}` ({info.get('datetime') or '?'}): mode **{m.get('bench_mode', '?')}**, device "
+            f"{m.get('bench_device', '?')}{' (' + m['gpu'] + ')' if m.get('gpu') else ''}, {m.get('cpu_count', '?')} CPUs "
+            f"({cpu}), threads {m.get('bench_threads', '?')} (torch + ONNX Runtime intra-op), OMP_WAIT_POLICY="
+            f"{m.get('omp_wait_policy') or 'unset'}, load average {_load(m.get('loadavg_start'))} at start / "
+            f"{_load(m.get('loadavg_end'))} at end; torch {m.get('torch', '?')}, onnxruntime {m.get('onnxruntime', '-')}, "
+            f"nflows {m.get('nflows', '-')}, zuko {m.get('zuko', '-')}, pytest-benchmark {info.get('version', '?')}; "
+            f"presets {m.get('presets', {})}"
+        )
+    n = len(rows)
+    bk = ", ".join(BACKEND_LABEL.get(b, b) for b in _backends(rows))
+    return "\n".join([
+        f"{n} benchmarks; backends: {bk}.",
+        "",
+        *out,
+        "",
+        f"Time per batch: **{stat}** over rounds in ms, with (mean ± std); samples/s = batch / time; "
+        "speed-up = eager teacher time / time, same direction, architecture, dimension and batch "
+        "(eager = the nfkd flow as trained, `flow.log_prob` / `flow.sample` under `torch.no_grad`). "
+        "Sampling times include drawing the noise. Models have random (perturbed) weights: speed does "
+        "not depend on training. std 'n/a': a single round (long calls).",
+    ])
+
+
+def _load(v) -> str:
+    return "/".join(f"{x:.1f}" for x in v[:1]) if isinstance(v, list) and v else "?"
+
+
+def table2_section(rows: list[Row]) -> str:
+    """Paper layout: per direction and architecture, one row per (dim, batch), teacher and student
+    side by side for every backend (time in ms, speed-up over the eager teacher)."""
+    out = []
+    idx = _index(rows)
+    for direction in ("density", "sample"):
+        for arch in ("glow1d", "maf", "glow"):
+            sub = [r for r in rows if r.direction == direction and r.arch == arch]
+            if not sub:
+                continue
+            backends = _backends(sub)
+            cols = [(b, role) for b in backends for role in ("teacher", "student")
+                    if any(r.backend == b and r.role == role for r in sub)]
+            head = ["D" if arch != "glow" else "shape", "batch", "params T / S (k)"]
+            head += [f"{'T' if role == 'teacher' else 'S'} {BACKEND_LABEL.get(b, b)}" for b, role in cols]
+            body = []
+            for dim, batch in sorted({(r.dim, r.batch) for r in sub}):
+                pt = idx.get((direction, arch, dim, batch, "teacher", "eager"))
+                ps = idx.get((direction, arch, dim, batch, "student", "eager"))
+                shape = next(r.shape for r in sub if r.dim == dim)
+                params = f"{fmt_k(pt.params) if pt else '-'} / {fmt_k(ps.params) if ps else '-'}"
+                cells = [shape, str(batch), params]
+                for b, role in cols:
+                    r = idx.get((direction, arch, dim, batch, role, b))
+                    if r is None:
+                        cells.append("-")
+                    elif b == "eager" and role == "teacher":
+                        cells.append(f"{fmt_ms(r.time_s)}")
+                    else:
+                        cells.append(f"{fmt_ms(r.time_s)} ({fmt_x(r.speedup, r.speedup_other_run)})")
+                body.append(cells)
+            out.append(f"### {ARCH_LABEL.get(arch, arch)}, {DIRECTION_LABEL[direction]}\n\n"
+                       "Time per batch in ms (speed-up over the eager teacher). T = teacher, S = student"
+                       + ("; nflows / zuko: the same MAF built with those libraries (teacher and student sizes)."
+                          if arch == "maf" and any(b in PEERS for b in backends) else ".")
+                       + "\n\n" + table(head, body))
+    return "\n\n".join(out)
+
+
+def headline_section(rows: list[Row]) -> str:
+    idx = _index(rows)
+    parts = []
+    # 1. ONNX Runtime student vs eager teacher, tabular density at the largest common batch <= 4096
+    dens = [r for r in rows if r.direction == "density" and r.arch in ("glow1d", "maf")]
+    batches = sorted({r.batch for r in dens})
+    if dens and any(r.backend == "onnxruntime" and r.role == "student" for r in dens):
+        hb = 4096 if 4096 in batches else max(batches)
+        body, gains = [], []
+        for arch in ("glow1d", "maf"):
+            for dim in sorted({r.dim for r in dens if r.arch == arch}):
+                t = idx.get(("density", arch, dim, hb, "teacher", "eager"))
+                s = idx.get(("density", arch, dim, hb, "student", "onnxruntime"))
+                st = idx.get(("density", arch, dim, hb, "teacher", "onnxruntime"))
+                if t is None or s is None:
+                    continue
+                gains.append(s.speedup)
+                body.append([ARCH_LABEL[arch], dim, fmt_time(t), fmt_rate(t.samples_per_s), fmt_time(s),
+                             fmt_rate(s.samples_per_s), fmt_x(s.speedup, s.speedup_other_run),
+                             fmt_x(st.speedup) if st else "-"])
+        if body:
+            g = geomean(gains)
+            parts.append(
+                f"### ONNX Runtime student vs eager teacher: tabular density, batch {hb}\n\n"
+                + table(["arch", "D", "eager teacher ms", "teacher samples/s", "ORT student ms", "student samples/s",
+                         "speed-up", "(ORT teacher speed-up)"], body)
+                + f"\n\nGeometric mean speed-up of the ONNX Runtime student over the eager teacher: **{fmt_x(g)}**."
+            )
+    # 2. student vs teacher at equal backend (geometric mean over dims)
+    body = []
+    for direction in ("density", "sample"):
+        for arch in ("glow1d", "maf", "glow"):
+            sub = [r for r in rows if r.direction == direction and r.arch == arch]
+            for b in _backends(sub):
+                if b in PEERS:
+                    continue
+                cells = [direction, ARCH_LABEL[arch], BACKEND_LABEL.get(b, b)]
+                any_val = False
+                for batch in sorted({r.batch for r in rows if r.arch == arch}):
+                    ratios = []
+                    for dim in sorted({r.dim for r in sub}):
+                        t = idx.get((direction, arch, dim, batch, "teacher", b))
+                        s = idx.get((direction, arch, dim, batch, "student", b))
+                        if t and s:
+                            ratios.append(speedup(t.time_s, s.time_s))
+                    any_val |= bool(ratios)
+                    cells.append(fmt_x(geomean(ratios)) if ratios else "-")
+                if any_val:
+                    body.append((cells, arch))
+    if body:
+        for arch_group in (("glow1d", "maf"), ("glow",)):
+            sel = [c for c, a in body if a in arch_group]
+            if not sel:
+                continue
+            bs = sorted({r.batch for r in rows if r.arch in arch_group})
+            parts.append(
+                f"### Student vs teacher at equal backend ({'tabular' if 'maf' in arch_group else 'images'})\n\n"
+                "Teacher time / student time on the same backend, geometric mean over dimensions.\n\n"
+                + table(["direction", "arch", "backend", *[f"batch {b}" for b in bs]], sel)
+            )
+    # 3. nfkd MAF vs peers of the same size
+    peer_rows = [r for r in rows if r.backend in PEERS]
+    if peer_rows:
+        body = []
+        for direction in ("density", "sample"):
+            for role in ("teacher", "student"):
+                for dim in sorted({r.dim for r in peer_rows}):
+                    for batch in sorted({r.batch for r in peer_rows}):
+                        n = idx.get((direction, "maf", dim, batch, role, "eager"))
+                        if n is None:
+                            continue
+                        best = min((r for r in rows if r.group == n.group and r.role == role
+                                    and r.backend not in PEERS), key=lambda r: r.time_s)
+                        cells = [direction, role, dim, batch, fmt_ms(n.time_s), f"{fmt_ms(best.time_s)} ({best.backend})"]
+                        have = False
+                        for p in PEERS:
+                            pr = idx.get((direction, "maf", dim, batch, role, p))
+                            cells.append(f"{fmt_ms(pr.time_s)} ({fmt_x(speedup(pr.time_s, n.time_s))})" if pr else "-")
+                            have |= pr is not None
+                        if have:
+                            body.append(cells)
+        if body:
+            summary = []
+            for direction in ("density", "sample"):
+                for p in PEERS:
+                    vals = [speedup(idx[k].time_s, idx[(*k[:5], "eager")].time_s)
+                            for k in idx if k[0] == direction and k[5] == p and (*k[:5], "eager") in idx]
+                    if vals:
+                        summary.append(f"{direction}: {p} time / nfkd eager time = {fmt_x(geomean(vals))} (geometric mean, "
+                                       f"{len(vals)} cases)")
+            parts.append(
+                "### nfkd MAF vs the same MAF in nflows / zuko\n\n"
+                "Same D, blocks, hidden width, hidden layers and reversed orders (equal parameter counts), same "
+                "inputs. Peer cells: time in ms (peer time / nfkd eager time: above 1x nfkd is faster).\n\n"
+                + table(["direction", "size", "D", "batch", "nfkd eager ms", "nfkd best ms", *[f"{p} ms" for p in PEERS]], body)
+                + ("\n\n" + "\n".join(f"- {s}" for s in summary) if summary else "")
+            )
+    return "\n\n".join(parts)
+
+
+def full_section(rows: list[Row]) -> str:
+    out = []
+    for direction in ("density", "sample"):
+        for arch in ("glow1d", "maf", "glow"):
+            sub = sorted((r for r in rows if r.direction == direction and r.arch == arch), key=sort_key)
+            if not sub:
+                continue
+            body = [[r.shape, r.batch, r.role, BACKEND_LABEL.get(r.backend, r.backend), fmt_k(r.params), fmt_time(r),
+                     fmt_ms(r.stats.get("min", math.nan)), fmt_rate(r.samples_per_s),
+                     fmt_x(r.speedup, r.speedup_other_run), f"{r.rounds}x{r.iterations}"] for r in sub]
+            out.append(f"### {ARCH_LABEL.get(arch, arch)}, {direction}\n\n" + table(
+                ["D" if arch != "glow" else "shape", "batch", "role", "backend", "params (k)", "ms (mean ± std)", "min ms",
+                 "samples/s", "speed-up", "rounds x iter"], body))
+    return "\n\n".join(out)
+
+
+def render(rows: list[Row], infos: list[dict[str, Any]], stat: str, plots: Sequence[str] = (),
+           notes: Sequence[str] = ()) -> str:
+    rows = sorted(rows, key=sort_key)
+    parts = ["# nfkd throughput: teachers, students, backends", *notes, header_section(infos, stat, rows)]
+    head = headline_section(rows)
+    if head:
+        parts += ["## Key comparisons", head]
+    parts += ["## Table 2 layout", table2_section(rows)]
+    if plots:
+        parts += ["## Throughput against batch size", "\n".join(f"![{Path(p).stem}]({Path(p).name})" for p in plots)]
+    parts += ["## All measurements", full_section(rows)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+# ------------------------------------------------------------------------------------ plots, csv
+def plot(rows: list[Row], out_dir: Path, stem: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = dict(zip(BACKEND_ORDER, ("#000000", "#1f77b4", "#9467bd", "#d62728", "#ff7f0e", "#2ca02c", "#7f7f7f", "#bcbd22")))
+    files = []
+    for direction in ("density", "sample"):
+        for arch in ("glow1d", "maf", "glow"):
+            sub = [r for r in rows if r.direction == direction and r.arch == arch]
+            if not sub:
+                continue
+            dims = sorted({r.dim for r in sub})
+            width = 2.8 * len(dims) + 1.9
+            fig, axes = plt.subplots(1, len(dims), figsize=(width, 3.0), squeeze=False, sharey=True)
+            for ax, dim in zip(axes[0], dims):
+                for b in _backends(sub):
+                    for role, style in (("teacher", "--"), ("student", "-")):
+                        pts = sorted((r.batch, r.samples_per_s) for r in sub if r.dim == dim and r.backend == b and r.role == role)
+                        if not pts:
+                            continue
+                        xs, ys = zip(*pts)
+                        ax.plot(xs, ys, style, marker="o", ms=3, lw=1.2, color=colors.get(b, "k"),
+                                label=f"{b} {role[0].upper()}")
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                shape = next(r.shape for r in sub if r.dim == dim)
+                ax.set_title(f"D={shape}" if arch != "glow" else shape, fontsize=9)
+                ax.set_xlabel("batch", fontsize=8)
+                ax.tick_params(labelsize=7)
+                ax.grid(True, which="major", alpha=0.3)
+            axes[0][0].set_ylabel("samples / s", fontsize=8)
+            handles, labels = axes[0][0].get_legend_handles_labels()
+            seen = dict(zip(labels, handles))
+            for ax in axes[0][1:]:
+                for h, lab in zip(*ax.get_legend_handles_labels()):
+                    seen.setdefault(lab, h)
+            fig.legend(list(seen.values()), list(seen.keys()), fontsize=7, loc="center right", frameon=False)
+            fig.suptitle(f"{ARCH_LABEL.get(arch, arch)} {direction} (T dashed = teacher, S solid = student)", fontsize=9)
+            fig.tight_layout(rect=(0, 0, 1 - 1.7 / width, 0.94))
+            path = out_dir / f"{stem}-{direction}-{arch}.png"
+            fig.savefig(path, dpi=80)
+            plt.close(fig)
+            files.append(path)
+    return files
+
+
+CSV_FIELDS = ("direction", "arch", "dim", "shape", "batch", "role", "backend", "preset", "params", "min_s", "median_s",
+              "mean_s", "stddev_s", "rounds", "iterations", "time_s", "samples_per_s", "speedup_vs_eager_teacher")
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_FIELDS)
+        for r in sorted(rows, key=sort_key):
+            w.writerow([r.direction, r.arch, r.dim, r.shape, r.batch, r.role, r.backend, r.preset, r.params,
+                        f"{r.stats.get('min', math.nan):.6g}", f"{r.stats.get('median', math.nan):.6g}",
+                        f"{r.stats.get('mean', math.nan):.6g}", f"{r.stats.get('stddev', math.nan):.6g}", r.rounds,
+                        r.iterations, f"{r.time_s:.6g}", f"{r.samples_per_s:.6g}",
+                        "" if r.speedup is None else f"{r.speedup:.4g}"])
+
+
+def build_report(paths: Sequence[str | Path], out_dir: str | Path | None = None, stem: str = "report",
+                 stat: str = "median", plots: bool = True, write_rows_csv: bool = True,
+                 notes: Sequence[str] = ()) -> Path:
+    rows, infos = load_rows(paths)
+    if not rows:
+        raise SystemExit(f"no nfkd benchmarks (with extra_info) in {', '.join(map(str, paths))}")
+    derive(rows, stat)
+    out = Path(out_dir) if out_dir else Path(paths[0]).resolve().parent
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = plot(rows, out, stem) if plots else []
+    if write_rows_csv:
+        write_csv(rows, out / f"{stem}.csv")
+    md = out / f"{stem}.md"
+    md.write_text(render(rows, infos, stat, [str(p) for p in pngs], notes))
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n")[0])
+    p.add_argument("json", nargs="+", help="pytest-benchmark --benchmark-json files")
+    p.add_argument("-o", "--out", default=None, help="output folder (default: the first JSON's folder)")
+    p.add_argument("--name", default="report", help="file stem: NAME.md, NAME.csv, NAME-<direction>-<arch>.png")
+    p.add_argument("--stat", choices=STATS, default="median", help="time statistic for samples/s and speed-ups")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-csv", action="store_true")
+    p.add_argument("--note", action="append", default=[], help="a paragraph (markdown) printed under the title; repeatable")
+    a = p.parse_args(argv)
+    md = build_report(a.json, a.out, a.name, a.stat, plots=not a.no_plots, write_rows_csv=not a.no_csv, notes=a.note)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
