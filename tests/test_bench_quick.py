@@ -69,7 +69,9 @@ def test_quick_suite_runs_and_reports_every_backend_that_ran(tmp_path):
     assert "## Table 2 layout" in md and "## Key comparisons" in md
     for backend in ran:
         assert report.BACKEND_LABEL[backend] in md, backend
-    assert "ONNX Runtime student vs eager teacher" in md and "nflows / zuko" in md
+    assert "ONNX Runtime student vs eager teacher" in md
+    if ran & {"nflows", "zuko"}:  # the peer section exists exactly when a peer library ran
+        assert "nflows / zuko" in md
     for direction, arch in pairs:
         png = out / f"report-{direction}-{arch}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
