@@ -158,21 +158,10 @@ def cases(settings: Settings, direction: str) -> list[Case]:
 
 # ------------------------------------------------------------------------------------------ models
 def perturb(module, scale: float, seed: int):
-    """Move every parameter off its (often identity) initial value (as tests/helpers.py does)."""
-    import torch
+    """Move every parameter off its (often identity) initial value (nfkd.testing.perturb)."""
+    from nfkd.testing import perturb as _perturb
 
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-        for name, b in module.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.3 * torch.randn(b.shape, generator=g, dtype=b.dtype))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=g, dtype=b.dtype))
-            elif name.endswith("initialized"):
-                b.fill_(True)
-    return module
+    return _perturb(module, scale, seed)
 
 
 def stable_seed(*parts: Any) -> int:

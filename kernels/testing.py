@@ -38,20 +38,11 @@ def fresh_seed() -> int:
     return int(env) if env else random.SystemRandom().randrange(2**31)
 
 
-@torch.no_grad()
 def randomize(flow: torch.nn.Module, scale: float, seed: int) -> torch.nn.Module:
-    """Like tests.helpers.perturb: move parameters off their identity init, realistic BN stats."""
-    g = torch.Generator().manual_seed(seed)
-    for p in flow.parameters():
-        p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    for name, b in flow.named_buffers():
-        if name.endswith("running_mean"):
-            b.copy_(0.3 * torch.randn(b.shape, generator=g, dtype=b.dtype))
-        elif name.endswith("running_var"):
-            b.copy_(0.5 + torch.rand(b.shape, generator=g, dtype=b.dtype))
-        elif name.endswith("initialized"):
-            b.fill_(True)
-    return flow
+    """Move parameters off their identity init (nfkd.testing.perturb)."""
+    from nfkd.testing import perturb
+
+    return perturb(flow, scale, seed)
 
 
 def tabular_flow(arch: str, dim: int, seed: int = 0, **kw) -> torch.nn.Module:

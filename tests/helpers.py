@@ -2,23 +2,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-
-@torch.no_grad()
-def perturb(module: nn.Module, scale: float = 0.2, seed: int = 0) -> nn.Module:
-    """Move every parameter off its (often identity) initial value so tests are not trivial."""
-    g = torch.Generator().manual_seed(seed)
-    for p in module.parameters():
-        p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    for name, b in module.named_buffers():
-        if name.endswith("running_mean"):
-            b.copy_(0.3 * torch.randn(b.shape, generator=g, dtype=b.dtype))
-        elif name.endswith("running_var"):
-            b.copy_(0.5 + torch.rand(b.shape, generator=g, dtype=b.dtype))
-        elif name.endswith("initialized"):
-            b.fill_(True)
-    return module
+from nfkd.testing import perturb  # noqa: F401  (re-exported for the tests)
 
 
 def brute_logabsdet(fn, x: torch.Tensor) -> torch.Tensor:

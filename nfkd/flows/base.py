@@ -150,3 +150,43 @@ class Flow(nn.Module):
         else:
             noise = [z * temperature for z in self.check_noise(noise)]
         return self.inverse(noise).x
+
+
+class ChainFlow(Flow):
+    """Tabular flows: a fixed input normalization, then a chain of blocks with a tap after each."""
+
+    _dim: int
+    normalize: nn.Module
+
+    def chain(self) -> nn.ModuleList:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return (self._dim,)
+
+    def noise_shapes(self, batch: int) -> list[tuple[int, ...]]:
+        return [(batch, self._dim)]
+
+    def tap_names(self) -> list[str]:
+        return [f"block{i}" for i in range(len(self.chain()))]
+
+    def forward(self, x: Tensor, taps: bool = False) -> FlowOutput:
+        h, logdet = self.normalize(x)
+        named: dict[str, Tensor] = {}
+        for i, block in enumerate(self.chain()):
+            h, ld = block(h)
+            logdet = logdet + ld
+            if taps:
+                named[f"block{i}"] = h
+        return FlowOutput([h], logdet, named)
+
+    def inverse(self, noise: Sequence[Tensor], taps: bool = False) -> InverseOutput:
+        h = noise[0]
+        named: dict[str, Tensor] = {}
+        blocks = self.chain()
+        for i in reversed(range(len(blocks))):
+            if taps:
+                named[f"block{i}"] = h
+            h = blocks[i].inverse(h)
+        return InverseOutput(self.normalize.inverse(h), named)

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Flow, FlowOutput, InverseOutput
+from .base import ChainFlow, Flow, FlowOutput, InverseOutput
 from .layers import FixedAffine, FlowStep, ZeroConv2d, squeeze2d, unsqueeze2d
 
 
@@ -119,7 +119,7 @@ def bits_per_dim(log_prob: Tensor, dims: int, n_levels: int = 256) -> Tensor:
     return (-log_prob + dims * math.log(n_levels)) / (dims * math.log(2.0))
 
 
-class Glow1D(Flow):
+class Glow1D(ChainFlow):
     """The paper's tabular Glow: fixed input normalization, then K x [ActNorm, LU linear, coupling]."""
 
     arch = "glow1d"
@@ -132,31 +132,6 @@ class Glow1D(Flow):
         self.normalize = FixedAffine(dim)
         self.steps = nn.ModuleList([FlowStep(dim, hidden, image=False, additive=additive) for _ in range(steps)])
 
-    @property
-    def event_shape(self) -> tuple[int, ...]:
-        return (self._dim,)
+    def chain(self) -> nn.ModuleList:
+        return self.steps
 
-    def noise_shapes(self, batch: int) -> list[tuple[int, ...]]:
-        return [(batch, self._dim)]
-
-    def tap_names(self) -> list[str]:
-        return [f"block{i}" for i in range(len(self.steps))]
-
-    def forward(self, x: Tensor, taps: bool = False) -> FlowOutput:
-        h, logdet = self.normalize(x)
-        named: dict[str, Tensor] = {}
-        for i, step in enumerate(self.steps):
-            h, ld = step(h)
-            logdet = logdet + ld
-            if taps:
-                named[f"block{i}"] = h
-        return FlowOutput([h], logdet, named)
-
-    def inverse(self, noise: Sequence[Tensor], taps: bool = False) -> InverseOutput:
-        h = noise[0]
-        named: dict[str, Tensor] = {}
-        for i in reversed(range(len(self.steps))):
-            if taps:
-                named[f"block{i}"] = h
-            h = self.steps[i].inverse(h)
-        return InverseOutput(self.normalize.inverse(h), named)

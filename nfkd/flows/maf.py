@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Flow, FlowOutput, InverseOutput
+from .base import ChainFlow, Flow, FlowOutput, InverseOutput
 from .layers import MADE, BatchNormFlow, FixedAffine, Permutation
 
 
@@ -35,7 +35,7 @@ class MAFBlock(nn.Module):
         return y
 
 
-class MAF(Flow):
+class MAF(ChainFlow):
     arch = "maf"
 
     def __init__(
@@ -66,31 +66,6 @@ class MAF(Flow):
             [MAFBlock(dim, hidden, n_hidden, activation, batch_norm, p) for p in perms]
         )
 
-    @property
-    def event_shape(self) -> tuple[int, ...]:
-        return (self._dim,)
+    def chain(self) -> nn.ModuleList:
+        return self.blocks
 
-    def noise_shapes(self, batch: int) -> list[tuple[int, ...]]:
-        return [(batch, self._dim)]
-
-    def tap_names(self) -> list[str]:
-        return [f"block{i}" for i in range(len(self.blocks))]
-
-    def forward(self, x: Tensor, taps: bool = False) -> FlowOutput:
-        h, logdet = self.normalize(x)
-        named: dict[str, Tensor] = {}
-        for i, block in enumerate(self.blocks):
-            h, ld = block(h)
-            logdet = logdet + ld
-            if taps:
-                named[f"block{i}"] = h
-        return FlowOutput([h], logdet, named)
-
-    def inverse(self, noise: Sequence[Tensor], taps: bool = False) -> InverseOutput:
-        h = noise[0]
-        named: dict[str, Tensor] = {}
-        for i in reversed(range(len(self.blocks))):
-            if taps:
-                named[f"block{i}"] = h
-            h = self.blocks[i].inverse(h)
-        return InverseOutput(self.normalize.inverse(h), named)
