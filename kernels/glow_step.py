@@ -64,19 +64,12 @@ _env.select_mode()
 import triton  # noqa: E402  (after _env)
 import triton.language as tl  # noqa: E402
 
+from ._device import mm as _mm  # noqa: E402
+
 LOG_2PI = math.log(2 * math.pi)
 DOT_PRECISION = "ieee"
 LAYOUTS = {"nhwc": torch.channels_last, "nchw": torch.contiguous_format}
 DEFAULT_LAYOUT = "nhwc"
-
-
-@device_fn
-def _mm(a, b, USE_DOT: tl.constexpr, PREC: tl.constexpr):
-    if USE_DOT:
-        c = tl.dot(a, b, input_precision=PREC)
-    else:
-        c = tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-    return c
 
 
 @device_fn

@@ -41,6 +41,8 @@ _env.select_mode()
 import triton  # noqa: E402  (after _env: the interpreter switch must precede @triton.jit)
 import triton.language as tl  # noqa: E402
 
+from ._device import mm as _mm  # noqa: E402
+
 LOG_2PI = math.log(2 * math.pi)
 MAX_D, MAX_HIDDEN = 128, 256  # beyond this the register tiles spill badly: use PyTorch
 DOT_PRECISION = "ieee"  # fp32 exact; "tf32x3" is the tensor-core alternative (see bench/gpu_check.py)
@@ -49,16 +51,6 @@ DOT_PRECISION = "ieee"  # fp32 exact; "tf32x3" is the tensor-core alternative (s
 # ---------------------------------------------------------------------------------------------
 # shared device helpers
 # ---------------------------------------------------------------------------------------------
-@device_fn
-def _mm(a, b, USE_DOT: tl.constexpr, PREC: tl.constexpr):
-    """[M, K] @ [K, N]: tensor cores via tl.dot (all dims >= 16) or broadcast-multiply + sum."""
-    if USE_DOT:
-        c = tl.dot(a, b, input_precision=PREC)
-    else:
-        c = tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-    return c
-
-
 @device_fn
 def _mat_idx(R: tl.constexpr, C: tl.constexpr):
     """Row-major offsets of an R x C block (computed once per kernel, outside the loops)."""
