@@ -19,7 +19,8 @@ from nfkd.data.images import ImageSet, ImageSplits
 from nfkd.errors import InputError
 from nfkd.flows import Glow, MAF
 from nfkd.metrics import (
-    flatten_latents, grid_size, image_metrics, interpolate_latents, interpolation_images, sample_grid, sample_images,
+    flatten_latents, grid_size, image_metrics, interpolate_latents, interpolation_grid, interpolation_images, sample_grid,
+    sample_images, tile_images,
     unflatten_latents,
 )
 from nfkd.metrics.sampling import encode_images
@@ -135,6 +136,30 @@ def test_sample_grid_same_noise_side_by_side(glow, tmp_path):
     assert np.array_equal(p0, p1) and not np.array_equal(p0, p2)  # same noise, same flow -> same panel
     with pytest.raises(InputError, match="noise shapes"):
         sample_grid({"a": glow, "b": Glow((3, 32, 32), levels=2, steps=1, hidden=8)}, tmp_path / "x.png", noise)
+
+
+def test_interpolation_grid_endpoints_are_the_real_images(glow, tmp_path):
+    """Columns alpha=0 and alpha=1 of every panel are u and v themselves (each flow inverts its own f)."""
+    other = perturb(Glow((3, 32, 32), levels=3, steps=1, hidden=8), scale=0.05, seed=1).eval()
+    u, v = _images(2, 5), _images(2, 6)
+    alphas = (0.0, 0.5, 1.0)
+    path = interpolation_grid({"a": glow, "b": other}, u, v, tmp_path / "interp.png", alphas, scale=1)
+    im = np.asarray(Image.open(path).convert("RGB"))[14:]  # below the label strip
+    pad, gap = 2, 8
+    panel_w = 3 * 32 + 4 * pad
+    assert im.shape == (2 * 32 + 3 * pad, 2 * panel_w + gap, 3)
+    expected_ends = tile_images(np.stack([u[0], u[0], v[0], u[1], u[1], v[1]]), cols=3)
+    for p in range(2):
+        panel = im[:, p * (panel_w + gap) : p * (panel_w + gap) + panel_w]
+        for col in (0, 2):  # alpha 0 -> u_i, alpha 1 -> v_i
+            sl = np.s_[:, pad + col * (32 + pad) : pad + col * (32 + pad) + 32]
+            assert np.array_equal(panel[sl], expected_ends[sl])
+    mid = im[:, pad + 32 + pad : pad + 2 * 32 + pad]
+    assert not np.array_equal(mid, expected_ends[:, pad + 32 + pad : pad + 2 * 32 + pad])  # alpha 0.5 is neither
+    with pytest.raises(InputError, match="alphas"):
+        interpolation_grid({"a": glow}, u, v, tmp_path / "bad.png", (0.0, 1.5))
+    with pytest.raises(InputError, match="same non-empty"):
+        interpolation_grid({"a": glow}, u, v[:1], tmp_path / "bad.png")
 
 
 # --- image_metrics and the CLI -----------------------------------------------------------------

@@ -204,7 +204,8 @@ class InceptionFeatures:
 
     @torch.inference_mode()
     def _features(self, batch_uint8: Tensor) -> np.ndarray:
-        x = preprocess(batch_uint8.to(self.device))
+        # channels-last: ~1.5x faster convolutions on CPU (oneDNN), features equal to ~1e-5
+        x = preprocess(batch_uint8.to(self.device)).contiguous(memory_format=torch.channels_last)
         f = self.model(x)
         if f.dim() > 2:  # e.g. [B, D, 1, 1]
             f = f.flatten(2).mean(2)

@@ -21,9 +21,9 @@ from torch import Tensor
 from ..errors import InputError
 from ..flows import Flow
 from .fid import levels_to_uint8
-from .sampling import decode_images
+from .sampling import decode_images, decode_interpolations
 
-__all__ = ["LABEL_HEIGHT", "grid_size", "sample_grid", "tile_images"]
+__all__ = ["LABEL_HEIGHT", "grid_size", "interpolation_grid", "sample_grid", "save_panels", "tile_images"]
 
 LABEL_HEIGHT = 14
 BACKGROUND = 255
@@ -85,8 +85,6 @@ def sample_grid(
     first flow's noise shapes when None. Every flow must take those shapes (same image size and
     number of levels). Returns the PNG's path.
     """
-    from PIL import Image, ImageDraw
-
     if not flows:
         raise InputError("sample_grid needs at least one flow")
     names = list(flows)
@@ -108,17 +106,65 @@ def sample_grid(
             )
         images, _ = decode_images(flow, noise, temperature, n_levels)
         panels.append(tile_images(levels_to_uint8(images, n_levels), cols, pad, scale))
+    return save_panels(panels, [f"{name} (T={temperature:g})" for name in names], path, gap, labels, pad)
+
+
+def save_panels(
+    panels: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike, gap: int = 8,
+    labels: bool = True, pad: int = 2,
+) -> Path:
+    """Equal-size uint8 [H, W, 3] panels left to right, ``gap`` apart, each titled in a label strip."""
+    from PIL import Image, ImageDraw
+
     panel_h, panel_w = panels[0].shape[:2]
+    if any(p.shape != panels[0].shape for p in panels):
+        raise InputError(f"panels differ in size: {[p.shape for p in panels]}")
     label_h = LABEL_HEIGHT if labels else 0
     width = len(panels) * panel_w + (len(panels) - 1) * gap
     canvas = Image.new("RGB", (width, panel_h + label_h), (BACKGROUND,) * 3)
     draw = ImageDraw.Draw(canvas)
-    for i, (name, panel) in enumerate(zip(names, panels)):
+    for i, (title, panel) in enumerate(zip(titles, panels)):
         left = i * (panel_w + gap)
         canvas.paste(Image.fromarray(panel), (left, label_h))
         if labels:
-            draw.text((left + pad, 1), f"{name} (T={temperature:g})", fill=(0, 0, 0))
+            draw.text((left + pad, 1), title, fill=(0, 0, 0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, format="PNG")
     return path
+
+
+@torch.no_grad()
+def interpolation_grid(
+    flows: Mapping[str, Flow],
+    images_u: Tensor | np.ndarray,
+    images_v: Tensor | np.ndarray,
+    path: str | os.PathLike,
+    alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    n_levels: int = 256,
+    pad: int = 2,
+    gap: int = 8,
+    scale: int = 1,
+    labels: bool = True,
+) -> Path:
+    """Eq.-16 interpolations between pairs (u_i, v_i), one panel per flow: row i = pair i, column = alpha.
+
+    Each flow encodes the pair with its own f, so the panels show how each model's latent space
+    interpolates between the same two real images (alpha = 0 and 1 reconstruct u and v).
+    """
+    u = torch.as_tensor(np.ascontiguousarray(images_u))
+    v = torch.as_tensor(np.ascontiguousarray(images_v))
+    if u.shape != v.shape or u.dim() != 4 or len(u) == 0:
+        raise InputError(f"images_u and images_v must be the same non-empty [N, C, H, W], got {tuple(u.shape)}, {tuple(v.shape)}")
+    alphas = [float(a) for a in alphas]
+    if not alphas or any(not 0 <= a <= 1 for a in alphas):
+        raise InputError(f"alphas must be a non-empty list of numbers in [0, 1], got {alphas}")
+    if not flows:
+        raise InputError("interpolation_grid needs at least one flow")
+    panels = []
+    for name, flow in flows.items():
+        flow.eval()
+        imgs, _ = decode_interpolations(flow, u, v, alphas, n_levels)
+        panels.append(tile_images(levels_to_uint8(imgs, n_levels), len(alphas), pad, scale))
+    titles = [f"{name} (alpha {alphas[0]:g}..{alphas[-1]:g})" for name in flows]
+    return save_panels(panels, titles, path, gap, labels, pad)

@@ -28,7 +28,8 @@ from ..errors import InputError
 from ..flows import Flow
 
 __all__ = [
-    "DEFAULT_ALPHAS", "decode_images", "encode_images", "flatten_latents", "interpolate_latents",
+    "DEFAULT_ALPHAS", "decode_images", "decode_interpolations", "encode_images", "flatten_latents", "images_from_model_space",
+    "interpolate_latents",
     "interpolation_images", "sample_images", "unflatten_latents",
 ]
 
@@ -79,7 +80,7 @@ def interpolate_latents(zu: Tensor, zv: Tensor, alpha: float | Tensor) -> Tensor
     return mix * scale.to(zu.dtype)
 
 
-def _to_images(x: Tensor, n_levels: int) -> tuple[Tensor, int]:
+def images_from_model_space(x: Tensor, n_levels: int) -> tuple[Tensor, int]:
     """Model space -> integer levels (uint8), mapping non-finite samples to mid-grey; returns the count."""
     bad = ~torch.isfinite(x.flatten(1)).all(1)
     n_bad = int(bad.sum())
@@ -95,7 +96,7 @@ def decode_images(
     """Decode given unit noise at a temperature -> (uint8 images on the CPU, # non-finite samples)."""
     dev = _device(flow)
     x = flow.sample(noise[0].shape[0], temperature, noise=[z.to(dev) for z in noise])
-    return _to_images(x, n_levels)
+    return images_from_model_space(x, n_levels)
 
 
 @torch.no_grad()
@@ -142,6 +143,22 @@ def encode_images(flow: Flow, images: Tensor | np.ndarray, n_levels: int = 256) 
 
 
 @torch.no_grad()
+def decode_interpolations(
+    flow: Flow, images_u: Tensor, images_v: Tensor, alphas: Sequence[float], n_levels: int = 256
+) -> tuple[Tensor, int]:
+    """Eq. 16 between f(u_i) and f(v_i) at every alpha, decoded -> (uint8 [N * len(alphas), C, H, W]
+    pair-major and alpha-minor, # non-finite decodes)."""
+    lu, lv = encode_images(flow, images_u, n_levels), encode_images(flow, images_v, n_levels)
+    shapes = [tuple(z.shape) for z in lu]
+    zu, zv = flatten_latents(lu), flatten_latents(lv)
+    k = len(alphas)
+    a = torch.tensor([float(x) for x in alphas], dtype=torch.float64).repeat(zu.shape[0])
+    z = interpolate_latents(zu.repeat_interleave(k, 0), zv.repeat_interleave(k, 0), a)
+    noise = unflatten_latents(z, [(z.shape[0], *s[1:]) for s in shapes])
+    return images_from_model_space(flow.inverse(noise).x, n_levels)
+
+
+@torch.no_grad()
 def interpolation_images(
     flow: Flow,
     images: Tensor | np.ndarray,
@@ -177,14 +194,7 @@ def interpolation_images(
     out, bad = [], 0
     for i in range(0, n_pairs, pairs_per_batch):
         iu, iv = u[i : i + pairs_per_batch], v[i : i + pairs_per_batch]
-        lu, lv = encode_images(flow, data[iu], n_levels), encode_images(flow, data[iv], n_levels)
-        shapes = [tuple(z.shape) for z in lu]
-        zu, zv = flatten_latents(lu), flatten_latents(lv)
-        k = zu.shape[0]
-        a = torch.tensor(alphas, dtype=torch.float64).repeat(k)  # pair-major, alpha-minor
-        z = interpolate_latents(zu.repeat_interleave(len(alphas), 0), zv.repeat_interleave(len(alphas), 0), a)
-        noise = unflatten_latents(z, [(z.shape[0], *s[1:]) for s in shapes])
-        imgs, nb = _to_images(flow.inverse(noise).x, n_levels)
+        imgs, nb = decode_interpolations(flow, data[iu], data[iv], alphas, n_levels)
         out.append(imgs)
         bad += nb
     result = torch.cat(out)[:n]
