@@ -2,8 +2,10 @@
 
 teacher -> students (no KD, LKD, ILKD, SKD) under one budget -> test evaluation -> ONNX export of
 the best student with its parity gate -> density throughput (eager teacher, eager student, ONNX
-Runtime student; same threads, interleaved) -> a report folder: report.md, results.json, loss
-curves, sample plots from the same noise, a throughput plot.
+Runtime student; same threads, interleaved) -> then the same for images (a small Glow family on
+8x8 digits by default: test bpd, sample grids from the same noise at T=0.7 and 1.0, an eq.-16
+interpolation grid, FID with --fid N) -> a report folder: report.md, results.json, loss curves,
+sample plots and grids, a throughput plot.
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .distill import KDConfig
-from .experiment import LABELS, ROWS
-from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
-from .presets import resolve
-from .train import TrainConfig, train_flow
+from .data.splits import TabularSplits
+from .errors import InputError
+from .demo_images import render_image_section, run_image_demo
+from .experiment import LABELS, ROWS, train_family
+from .pipeline import evaluate, get_data
+from .train import TrainConfig
 
 
 def _timeit(fn, repeats: int) -> list[float]:
@@ -102,30 +105,25 @@ def plot_throughput(tp: dict[str, dict[str, float]], path: Path) -> None:
 
 
 def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", teacher_steps: int = 2000,
-             student_steps: int = 1500, threads: int = 2, seed: int = 0, log=print) -> dict[str, Any]:
+             student_steps: int = 1500, threads: int = 2, seed: int = 0, log=print,
+             image_data: str | None = "digits_images", image_steps: tuple[int, int] = (1000, 600),
+             fid_n: int = 0, inception: str | None = None) -> dict[str, Any]:
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     runs = out / "runs"
     data = get_data(data_name, seed=seed)
-    td, meta = train_data(data), data_metadata(data)
+    if not isinstance(data, TabularSplits):
+        raise InputError(f"--data must be a table (image sets go to --image-data), got {data_name!r}")
+    if image_data:  # fail now, not after the tabular part
+        from .data.registry import dataset_info
+
+        if dataset_info(image_data).kind != "image":
+            raise InputError(f"--image-data must be an image dataset, {image_data!r} is tabular")
     base = dict(batch_size=128, lr=2e-3, warmup=50, eval_every=50, patience=12, checkpoint_every=500, seed=seed)
     log(f"demo: {data_name} ({data.dim}-d, splits {data.sizes}), {arch} teacher -> students")
-    torch.manual_seed(seed)
-    teacher = flow_for(data, resolve(arch, "teacher"))
-    t_res = train_flow(teacher, td, TrainConfig(steps=teacher_steps, **base), runs / "teacher",
-                       metadata={**meta, "role": "teacher"})
-    results: dict[str, Any] = {"teacher": {**evaluate(t_res.flow, data), "seconds": t_res.seconds}}
-    log(f"  teacher  test LL {results['teacher']['log_likelihood']:.3f}  ({t_res.seconds:.0f} s)")
-    students = {}
-    for method in ROWS[1:]:
-        torch.manual_seed(seed)
-        student = flow_for(data, resolve(arch, "student"))
-        res = train_flow(student, td, TrainConfig(steps=student_steps, **base), runs / method,
-                         teacher=t_res.flow if method != "none" else None, kd=KDConfig(method=method),
-                         metadata={**meta, "role": "student", "method": method})
-        students[method] = res.flow
-        results[method] = {**evaluate(res.flow, data), "seconds": res.seconds, "skd_excluded": res.skd_excluded}
-        log(f"  {method:<7}  test LL {results[method]['log_likelihood']:.3f}  ({res.seconds:.0f} s)")
+    t_res, students, results = train_family(data, arch, TrainConfig(steps=teacher_steps, **base),
+                                            TrainConfig(steps=student_steps, **base), runs, seed,
+                                            log=lambda m: log(f"  {m}"))
     best = max(students, key=lambda m: results[m]["log_likelihood"])  # by test LL for the report only
     best_by_val = min(students, key=lambda m: -evaluate(students[m], data, "val")["log_likelihood"])
     log(f"  best student by validation LL: {best_by_val}")
@@ -165,10 +163,20 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
     report = {"dataset": data_name, "arch": arch, "dim": data.dim, "splits": data.sizes, "results": results,
               "best_student_by_val": best_by_val, "best_student_by_test": best, "export": export_info,
               "throughput_batch4096": tp, "threads": threads}
-    (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
-    (out / "report.md").write_text(render_report(report))
+    _write_report(out, report)  # the tabular results are kept even if the image part fails
+    if image_data:
+        report["images"] = run_image_demo(out, image_data, *image_steps, seed=seed, fid_n=fid_n, log=log,
+                                           inception=inception)
+        _write_report(out, report)
     log(f"report: {out / 'report.md'}")
     return report
+
+
+def _write_report(out: Path, report: dict[str, Any]) -> None:
+    from .checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(out / "results.json", json.dumps(report, indent=1, default=str).encode())
+    atomic_write_bytes(out / "report.md", render_report(report).encode())
 
 
 def render_report(r: dict[str, Any]) -> str:
@@ -195,7 +203,10 @@ def render_report(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {1000 * v['median_s']:.2f} | {v['rows_per_s']:,.0f} | {v['speedup_vs_eager_teacher']:.2f}x |")
     lines += ["", "![samples](samples.png)", "", "![throughput](throughput.png)", ""]
     lines += [f"![loss {n}](loss_curve_{n}.png)" for n in ROWS]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if "images" in r:
+        text += "\n" + render_image_section(r["images"])
+    return text
 
 
 def main(argv: list[str]) -> int:
@@ -208,9 +219,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--student-steps", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    img = parser.add_argument_group("images")
+    img.add_argument("--image-data", default="digits_images", help="image dataset (digits_images, cifar10, celeba)")
+    img.add_argument("--no-images", action="store_true", help="skip the image part")
+    img.add_argument("--image-teacher-steps", type=int, default=1000)
+    img.add_argument("--image-student-steps", type=int, default=600)
+    img.add_argument("--fid", type=int, default=0, metavar="N",
+                     help="also FID of N samples (T=1, 0.7) and N interpolants per model (needs the fid extra)")
+    img.add_argument("--inception", default=None, metavar="PATH", help="TorchScript Inception-v3 for --fid")
     parser.add_argument("--quick", action="store_true", help="a tiny budget (smoke test)")
     args = parser.parse_args(argv)
     if args.quick:
         args.teacher_steps, args.student_steps = 60, 40
-    run_demo(Path(args.out), args.data, args.arch, args.teacher_steps, args.student_steps, args.threads, args.seed)
+        args.image_teacher_steps, args.image_student_steps = 40, 30
+    run_demo(Path(args.out), args.data, args.arch, args.teacher_steps, args.student_steps, args.threads, args.seed,
+             image_data=None if args.no_images else args.image_data,
+             image_steps=(args.image_teacher_steps, args.image_student_steps), fid_n=args.fid,
+             inception=args.inception)
     return 0

@@ -25,6 +25,35 @@ LABELS = {"teacher": "Teacher", "none": "Student (no KD)", "lkd": "Student + LKD
           "skd": "Student + SKD"}
 
 
+def train_family(data: Any, arch: str, teacher_cfg: TrainConfig, student_cfg: TrainConfig, runs_dir: Path,
+                 seed: int, preset: str | None = None, methods: list[str] | None = None, log=print):
+    """A teacher, then one student per method (no KD, LKD, ILKD, SKD), each from ``seed`` with one budget.
+
+    Returns (the teacher's TrainResult, {method: student flow}, {name: test evaluation + seconds}).
+    """
+    td, meta = train_data(data), data_metadata(data)
+    torch.manual_seed(seed)
+    teacher = flow_for(data, resolve(arch, "teacher", preset))
+    t_res = train_flow(teacher, td, teacher_cfg, runs_dir / "teacher", metadata={**meta, "role": "teacher"})
+    results: dict[str, Any] = {"teacher": {**evaluate(t_res.flow, data), "seconds": t_res.seconds}}
+    log(f"teacher: {_describe(results['teacher'])} ({t_res.seconds:.0f} s)")
+    students = {}
+    for method in methods or ROWS[1:]:
+        torch.manual_seed(seed)
+        student = flow_for(data, resolve(arch, "student", preset))
+        res = train_flow(student, td, student_cfg, runs_dir / method,
+                         teacher=t_res.flow if method != "none" else None, kd=KDConfig(method=method),
+                         metadata={**meta, "role": "student", "method": method})
+        students[method] = res.flow
+        results[method] = {**evaluate(res.flow, data), "seconds": res.seconds, "skd_excluded": res.skd_excluded}
+        log(f"{method}: {_describe(results[method])} ({res.seconds:.0f} s)")
+    return t_res, students, results
+
+
+def _describe(r: dict[str, Any]) -> str:
+    return f"test bpd {r['bpd']:.4f}" if "bpd" in r else f"test LL {r['log_likelihood']:.4f}"
+
+
 def run_experiment(data_name: str, arch: str, seeds: int, out: Path, preset: str | None = None,
                    teacher_cfg: TrainConfig | None = None, student_cfg: TrainConfig | None = None,
                    data_root: str | None = None, methods: list[str] | None = None,
@@ -34,22 +63,11 @@ def run_experiment(data_name: str, arch: str, seeds: int, out: Path, preset: str
     runs: dict[str, list[dict[str, Any]]] = {r: [] for r in ["teacher", *methods]}
     for seed in range(seeds):
         data = get_data(data_name, data_root, seed=seed)
-        td, meta = train_data(data), data_metadata(data)
-        tc = _with_seed(teacher_cfg or TrainConfig(), seed)
-        torch.manual_seed(seed)
-        teacher = flow_for(data, resolve(arch, "teacher", preset))
-        t_res = train_flow(teacher, td, tc, out / f"seed{seed}" / "teacher", metadata={**meta, "role": "teacher"})
-        runs["teacher"].append({**evaluate(t_res.flow, data), "seconds": t_res.seconds})
-        log(f"[seed {seed}] teacher: {_score(runs['teacher'][-1]):.4f}")
-        for method in methods:
-            sc = _with_seed(student_cfg or TrainConfig(), seed)
-            torch.manual_seed(seed)
-            student = flow_for(data, resolve(arch, "student", preset))
-            res = train_flow(student, td, sc, out / f"seed{seed}" / method,
-                             teacher=t_res.flow if method != "none" else None, kd=KDConfig(method=method),
-                             metadata={**meta, "role": "student", "method": method})
-            runs[method].append({**evaluate(res.flow, data), "seconds": res.seconds, "skd_excluded": res.skd_excluded})
-            log(f"[seed {seed}] {method}: {_score(runs[method][-1]):.4f}")
+        _, _, results = train_family(data, arch, _with_seed(teacher_cfg or TrainConfig(), seed),
+                                     _with_seed(student_cfg or TrainConfig(), seed), out / f"seed{seed}", seed,
+                                     preset, methods, log=lambda m, seed=seed: log(f"[seed {seed}] {m}"))
+        for name, r in results.items():
+            runs[name].append(r)
     summary = summarize(runs)
     result = {"dataset": data_name, "arch": arch, "preset": preset, "seeds": seeds, "runs": runs, "summary": summary}
     (out / "results.json").write_text(json.dumps(result, indent=1))

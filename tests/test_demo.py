@@ -2,17 +2,36 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from nfkd.metrics import grid_size
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+class _PoolFeatures(nn.Module):
+    """Stand-in Inception (4x4 average pool): exercises the demo's FID plumbing in seconds."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, 4).flatten(1)
 
 
 def test_demo_quick_writes_full_report(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "nfkd", "demo", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, cwd=REPO, timeout=900)
+    inception = tmp_path / "pool.pt"
+    torch.jit.script(_PoolFeatures()).save(str(inception))
+    proc = subprocess.run([sys.executable, "-m", "nfkd", "demo", "--quick", "--out", str(out), "--fid", "12",
+                           "--inception", str(inception)],
+                          capture_output=True, text=True, cwd=REPO, timeout=900,
+                          env={**os.environ, "NFKD_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ["report.md", "results.json", "samples.png", "throughput.png", "loss_curve_teacher.png"]:
         assert (out / name).exists(), name
@@ -22,3 +41,28 @@ def test_demo_quick_writes_full_report(tmp_path):
     assert (out / "export" / "manifest.json").exists()
     assert res["throughput_batch4096"]["student (onnxruntime)"]["rows_per_s"] > 0
     assert res["results"]["teacher"]["params"] > res["results"]["none"]["params"]
+    # the image part: bpd for every model, grids from the same noise, all linked from the report
+    img = res["images"]
+    assert set(img["results"]) == {"teacher", "none", "lkd", "ilkd", "skd"}
+    assert all(r["bpd"] > 0 and r["nonfinite"] == 0 for r in img["results"].values())
+    report = (out / "report.md").read_text()
+    for name in img["grids"].values():
+        assert (out / name).is_file() and f"]({name})" in report, name
+    for name in ["teacher", "none", "lkd", "ilkd", "skd"]:
+        f = img["fid"][name]
+        assert f["fid"]["1.0"]["n_samples"] == 12 and f["fid"]["0.7"]["n_reference"] == 12
+        assert f["fid"]["1.0"]["fid"] >= 0 and f["interpolation_fid"]["n_samples"] == 12
+    assert "FID T=0.7" in report and "FID from 12 samples" in report
+    grid = Image.open(out / img["grids"]["T=0.7"])
+    assert grid.size == grid_size(5, 16, (8, 8), cols=4, scale=4)  # 5 panels of 4x4 digits drawn at 32x32
+
+
+def test_demo_rejects_wrong_data_kinds_before_training(tmp_path):
+    for args, message in ((["--image-data", "wine"], "must be an image dataset"),
+                          (["--data", "digits_images"], "must be a table"),
+                          (["--image-data", "mnist"], "unknown dataset")):
+        proc = subprocess.run([sys.executable, "-m", "nfkd", "demo", "--quick", "--out", str(tmp_path / "d"), *args],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "d" / "runs").exists()  # nothing trained
