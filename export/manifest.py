@@ -109,4 +109,26 @@ class Manifest:
         return [t["name"] for t in self.graphs[graph]["outputs"]]
 
 
-__all__ = ["FORMAT", "MANIFEST_NAME", "Manifest", "sha256_bytes", "sha256_file"]
+def reusable_export(folder: str | os.PathLike, checkpoint_sha256: str, need_engines: bool = False) -> Manifest | None:
+    """The manifest of an intact float32 export of exactly this checkpoint (and its TensorRT
+    engines, if asked), or None: a missing/corrupt manifest, another checkpoint, fp16 graphs or any
+    file whose bytes no longer match its recorded SHA-256 all mean "export again"."""
+    folder = Path(folder)
+    if not (folder / MANIFEST_NAME).exists():
+        return None
+    try:
+        m = Manifest.load(folder)
+    except ExportError:
+        return None
+    if m.source.get("sha256") != checkpoint_sha256 or m.fp16:
+        return None
+    entries = list(m.graphs.values())
+    if need_engines:
+        if not all(k in (m.engines or {}) for k in ("density", "sample")):
+            return None
+        entries += [m.engines["density"], m.engines["sample"]]
+    intact = all((folder / e["file"]).exists() and sha256_file(folder / e["file"]) == e["sha256"] for e in entries)
+    return m if intact else None
+
+
+__all__ = ["FORMAT", "MANIFEST_NAME", "Manifest", "reusable_export", "sha256_bytes", "sha256_file"]

@@ -196,25 +196,6 @@ def _gpu_name() -> str:
     return f"{p.name} (sm_{p.major}{p.minor})"
 
 
-def _reusable_export(out_dir: Path, ckpt_sha: str):
-    """An existing float32 export of this very checkpoint, with its graph files intact, or None."""
-    from .manifest import Manifest, sha256_file
-
-    if not (out_dir / "manifest.json").exists():
-        return None
-    try:
-        m = Manifest.load(out_dir)
-    except ExportError:
-        return None
-    if m.source.get("sha256") != ckpt_sha or m.fp16:
-        return None
-    for g in m.graphs.values():
-        p = out_dir / g["file"]
-        if not p.exists() or sha256_file(p) != g["sha256"]:
-            return None
-    return m
-
-
 def build_engines(
     checkpoint_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -233,12 +214,12 @@ def build_engines(
     from nfkd.checkpoint import load_checkpoint
 
     from . import parity
-    from .manifest import sha256_bytes
+    from .manifest import reusable_export, sha256_bytes
     from .onnx import export_onnx
 
     out_dir = Path(out_dir)
     ckpt = load_checkpoint(checkpoint_path)
-    manifest = _reusable_export(out_dir, ckpt.sha256)
+    manifest = reusable_export(out_dir, ckpt.sha256)
     wanted = None if maf_sampling == "auto" or ckpt.arch != "maf" else maf_sampling
     if (
         manifest is None

@@ -31,11 +31,11 @@ import pytest
 import torch
 
 import nfkd
+from export.manifest import reusable_export
 from export.runtime import load as load_runtime
 from nfkd.errors import InputError
 from nfkd.flows import Glow1D
 from nfkd.serving import ServeConfig, create_app, ensure_export, load_backend
-from nfkd.serving import backends as backends_mod
 from nfkd.serving.batcher import Closed, LogProbBatcher, ModelWorker, Overloaded, Stats
 from nfkd.serving.server import BackgroundServer, JsonFormatter
 
@@ -404,12 +404,15 @@ def test_on_the_fly_export_is_cached_and_verified(tmp_path, monkeypatch):
     assert ensure_export(ckpt, CACHE) == folder  # intact: reused, not re-exported
     copy = tmp_path / folder.name
     shutil.copytree(folder, copy)
-    assert backends_mod._reusable(copy, nfkd.load_checkpoint(ckpt).sha256, need_engines=False)
+    sha = nfkd.load_checkpoint(ckpt).sha256
+    assert reusable_export(copy, sha) is not None
     with open(copy / "density.onnx", "ab") as f:
         f.write(b"\0")
-    assert not backends_mod._reusable(copy, nfkd.load_checkpoint(ckpt).sha256, need_engines=False)
-    assert not backends_mod._reusable(folder, "0" * 64, need_engines=False)  # another checkpoint
-    assert not backends_mod._reusable(folder, nfkd.load_checkpoint(ckpt).sha256, need_engines=True)  # no engines
+    assert reusable_export(copy, sha) is None  # a graph file changed after export
+    assert reusable_export(folder, "0" * 64) is None  # another checkpoint
+    assert reusable_export(folder, sha, need_engines=True) is None  # no engines
+    (copy / "manifest.json").write_text("{not json")
+    assert reusable_export(copy, sha) is None  # corrupt manifest: export again, no traceback
 
 
 # --------------------------------------------------------------------------------------------

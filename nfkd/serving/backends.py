@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from nfkd.errors import ExportError, InputError
+from nfkd.errors import InputError
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 log = logging.getLogger("nfkd.serve")
@@ -145,26 +145,6 @@ def is_export_folder(path: str | os.PathLike) -> bool:
     return p.is_dir() and (p / "manifest.json").exists()
 
 
-def _reusable(folder: Path, sha: str, need_engines: bool) -> bool:
-    """An intact float32 export (and engines, if asked) of exactly this checkpoint."""
-    from export.manifest import Manifest, sha256_file
-
-    if not (folder / "manifest.json").exists():
-        return False
-    try:
-        m = Manifest.load(folder)
-    except ExportError:
-        return False
-    if m.source.get("sha256") != sha or m.fp16:
-        return False
-    entries = list(m.graphs.values())
-    if need_engines:
-        if not all(k in (m.engines or {}) for k in ("density", "sample")):
-            return False
-        entries += [m.engines["density"], m.engines["sample"]]
-    return all((folder / e["file"]).exists() and sha256_file(folder / e["file"]) == e["sha256"] for e in entries)
-
-
 def ensure_export(checkpoint: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
                   engines: bool = False) -> Path:
     """The export folder of a checkpoint: reused from the cache when intact, else exported (parity gate)."""
@@ -181,7 +161,9 @@ def ensure_export(checkpoint: str | os.PathLike, cache_dir: str | os.PathLike | 
         root = Path(tempfile.gettempdir()) / "nfkd-exports"
         root.mkdir(parents=True, exist_ok=True)
     folder = root / f"{checkpoint.stem}-{sha[:16]}"
-    if _reusable(folder, sha, engines):
+    from export.manifest import reusable_export
+
+    if reusable_export(folder, sha, engines) is not None:
         log.info("reusing export", extra={"folder": str(folder)})
         return folder
     if engines:
