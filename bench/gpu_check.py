@@ -443,7 +443,6 @@ class Ctx:
             B = 2 if self.dry else 64
             x = torch.rand(B, *flow.event_shape, device=self.dev) - 0.5
             noise = [torch.randn(s, device=self.dev) for s in flow.noise_shapes(B)]
-            n_el = math.prod(flow.event_shape)
             kw = {"block_p": 16} if (self.dry and self.k) else {}
             for op in ("log_prob", "sample"):
                 row = {"model": self.name("glow", spec), "op": op, "B": B}

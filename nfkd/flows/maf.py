@@ -1,12 +1,11 @@
 """Masked Autoregressive Flow (Papamakarios et al. 2017) on the shared flow protocol."""
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .base import ChainFlow, Flow, FlowOutput, InverseOutput
+from .base import ChainFlow
 from .layers import MADE, BatchNormFlow, FixedAffine, Permutation
 
 
