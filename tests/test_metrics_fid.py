@@ -286,7 +286,8 @@ SLOW = os.environ.get("NFKD_SLOW") == "1"
 @pytest.mark.skipif(not SLOW, reason="set NFKD_SLOW=1: ~4000 Inception passes (20-80 min on 2 CPU cores)")
 @needs_inception
 def test_cifar_2k_train_vs_2k_test():
-    """2000 train (data_batch_1) vs 2000 test images. Measured here: FID 24.99.
+    """2000 train (data_batch_1) vs 2000 test images. Measured here: FID 24.989 in two runs (the
+    second with channels-last convolutions; halves 37.671 and 37.882 both times), 13 min on 2 cores.
 
     Small-sample FID is biased upwards by ~c (1/N1 + 1/N2): two disjoint 1000-image halves of the
     *same* test subset score 46.9 (train halves: 45.9), i.e. c ~ 23,000, so 2k vs 2k carries a
