@@ -36,6 +36,8 @@ def main(argv: list[str]) -> int:
                      help="interpolation weights in [0, 1] (default: 0.25 0.5 0.75)")
     img.add_argument("--inception", default=None, metavar="PATH",
                      help="TorchScript Inception-v3 file (default: the one installed by nfkd[fid])")
+    img.add_argument("--fid-preprocessing", default="pytorch-fid", choices=["pytorch-fid", "tf"],
+                     help="Inception input recipe: pytorch-fid's resize and scaling (default) or the TTUR TF graph's")
     img.add_argument("--fid-reference", type=int, default=None, metavar="M", help="reference images (default: N)")
     img.add_argument("--fid-seed", type=int, default=0, help="seed of the samples, pairs and reference subset")
     img.add_argument("--fid-batch", type=int, default=50, help="Inception batch size")
@@ -71,6 +73,7 @@ def main(argv: list[str]) -> int:
             ckpt.flow, data, args.fid, args.temperature or [1.0], args.interpolation, args.device, args.inception,
             split=args.split, n_reference=args.fid_reference, alphas=args.alphas or DEFAULT_ALPHAS,
             seed=args.fid_seed, batch_size=args.fid_batch, use_cache=not args.no_fid_cache,
+            preprocessing=args.fid_preprocessing,
         ))
     text = json.dumps(result, indent=1)
     print(text)

