@@ -21,7 +21,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..flows import Flow
 from .fid import levels_to_uint8
-from .sampling import decode_images, decode_interpolations
+from .sampling import checked_alphas, decode_images, decode_interpolations
 
 __all__ = ["LABEL_HEIGHT", "grid_size", "interpolation_grid", "sample_grid", "save_panels", "tile_images"]
 
@@ -156,9 +156,7 @@ def interpolation_grid(
     v = torch.as_tensor(np.ascontiguousarray(images_v))
     if u.shape != v.shape or u.dim() != 4 or len(u) == 0:
         raise InputError(f"images_u and images_v must be the same non-empty [N, C, H, W], got {tuple(u.shape)}, {tuple(v.shape)}")
-    alphas = [float(a) for a in alphas]
-    if not alphas or any(not 0 <= a <= 1 for a in alphas):
-        raise InputError(f"alphas must be a non-empty list of numbers in [0, 1], got {alphas}")
+    alphas = checked_alphas(alphas)
     if not flows:
         raise InputError("interpolation_grid needs at least one flow")
     panels = []

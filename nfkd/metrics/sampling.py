@@ -142,6 +142,14 @@ def encode_images(flow: Flow, images: Tensor | np.ndarray, n_levels: int = 256) 
     return flow(x.to(_device(flow))).latents
 
 
+def checked_alphas(alphas: Sequence[float]) -> list[float]:
+    """Interpolation weights as floats, refusing an empty list or any value outside [0, 1]."""
+    out = [float(a) for a in alphas]
+    if not out or any(not 0 <= a <= 1 for a in out):
+        raise InputError(f"alphas must be a non-empty list of numbers in [0, 1], got {out}")
+    return out
+
+
 @torch.no_grad()
 def decode_interpolations(
     flow: Flow, images_u: Tensor, images_v: Tensor, alphas: Sequence[float], n_levels: int = 256
@@ -177,9 +185,7 @@ def interpolation_images(
     (n_pairs, alphas, nonfinite).
     """
     _check_image_flow(flow)
-    alphas = [float(a) for a in alphas]
-    if not alphas or any(not 0 <= a <= 1 for a in alphas):
-        raise InputError(f"alphas must be a non-empty list of numbers in [0, 1], got {alphas}")
+    alphas = checked_alphas(alphas)
     n_img = len(images)
     if n_img < 2:
         raise InputError("interpolation needs at least 2 images")
