@@ -130,13 +130,15 @@ def folded_for(flow, dtype: torch.dtype | None = None):
 
 
 def _is_flow(model) -> bool:
+    """A trained (unfolded) flow; a folded one is used as it is."""
     from nfkd.flows.base import Flow
+    from nfkd.fold import is_folded
 
-    return isinstance(model, Flow)
+    return isinstance(model, Flow) and not is_folded(model)
 
 
 def _kernel_supported(folded) -> bool:
-    if folded.logdet_const.dtype != torch.float32:
+    if folded.dtype != torch.float32:
         return False
     if folded.arch == "glow":
         return all(len(steps) > 0 for steps in folded.levels)
@@ -149,7 +151,7 @@ def _resolve(model, device: torch.device):
     """(folded, use_kernel) for a Flow or a folded module and an input device."""
     want = kernels_enabled(device)
     if want and _setting() is None:  # automatic: a float64 model keeps float64 results (PyTorch)
-        dt = _model_dtype(model) if _is_flow(model) else model.logdet_const.dtype
+        dt = model.dtype
         want = dt == torch.float32
     if _is_flow(model):
         folded = folded_for(model, torch.float32 if want else None)
@@ -174,7 +176,7 @@ def fast_log_prob(model, x: Tensor, *, validate: bool = True) -> Tensor:
             from .tabular import tabular_log_prob
 
             return tabular_log_prob(folded, x)
-        return folded.log_prob(x.to(folded.logdet_const.dtype))
+        return folded.log_prob(x.to(folded.dtype))
 
 
 def fast_sample(model, noise: Tensor | Sequence[Tensor] | None = None, temperature: float | Tensor = 1.0, *,
@@ -200,8 +202,8 @@ def fast_sample(model, noise: Tensor | Sequence[Tensor] | None = None, temperatu
             from .tabular import tabular_sample
 
             return tabular_sample(folded, noise[0], temperature)
-        dt = folded.logdet_const.dtype
-        return folded.sample([z.to(dt) for z in noise], temperature)
+        dt = folded.dtype
+        return folded.sample(noise[0].shape[0], temperature, noise=[z.to(dt) for z in noise])
 
 
 __all__ = ["use_kernels", "kernels_enabled", "fast_log_prob", "fast_sample", "folded_for", "clear_cache"]

@@ -371,13 +371,17 @@ class _GlowPack:
             ca = c // 2
             cap, ud = _half_pad(ca, use_dot)
             cbp, _ = _half_pad(c - ca, ud)
-            packs = [(pack_affine(st.weight, st.bias, ca, cap, cbp), pack_affine(st.weight_inv, st.bias_inv, ca, cap, cbp))
+            packs = [(pack_affine(st.mix.weight, st.mix.bias, ca, cap, cbp),
+                      pack_affine(st.mix.weight_inv, st.mix.bias_inv, ca, cap, cbp))
                      for st in steps]
             additive = [bool(st.coupling.additive) for st in steps]
             self.levels.append(dict(C=c, CA=ca, H=h, W=w, packs=packs, additive=additive))
             if lvl < len(folded.levels) - 1:
                 c = c // 2
-        self.const = folded.logdet_const.float() - 0.5 * math.prod(folded.event_shape) * LOG_2PI
+        from nfkd.fold import constant_logdet
+
+        self.const = constant_logdet(folded).float().to(folded.top_logs.device) - 0.5 * math.prod(folded.event_shape) * LOG_2PI
+        self.top_inv_std = torch.exp(-folded.top_logs)
 
 
 _PACK_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -396,12 +400,14 @@ def pack(folded, use_dot: bool | None = None) -> _GlowPack:
 
 
 def _check_folded(folded, t: Tensor) -> None:
-    if getattr(folded, "arch", "") != "glow":
+    from nfkd.fold import is_folded
+
+    if getattr(folded, "arch", "") != "glow" or not is_folded(folded):
         raise ValueError("expected a folded Glow (nfkd.fold.fold(glow))")
-    if folded.logdet_const.dtype != torch.float32:
+    if folded.dtype != torch.float32:
         raise ValueError("the Glow kernels run float32: fold(flow, torch.float32)")
-    if folded.logdet_const.device != t.device:
-        raise ValueError(f"folded flow is on {folded.logdet_const.device}, input on {t.device}")
+    if folded.top_logs.device != t.device:
+        raise ValueError(f"folded flow is on {folded.top_logs.device}, input on {t.device}")
 
 
 def glow_log_prob_triton(folded, x: Tensor, *, layout: str = DEFAULT_LAYOUT, block_p: int | None = None,
@@ -435,13 +441,13 @@ def glow_log_prob_triton(folded, x: Tensor, *, layout: str = DEFAULT_LAYOUT, blo
                 _launch_fwd(xa, xb, hn, xa, xb, None if last else lv["packs"][k + 1][0], ld, squeeze_in=False,
                             has_coupling=True, additive=lv["additive"][k], has_affine=not last, **geo, **kw)
             if lvl < L - 1:
-                mean, logs = folded._prior(folded.priors[lvl], xa)
+                mean, logs = folded.priors[lvl](xa)
                 eps = (xb - mean) * torch.exp(-logs)
                 extra -= 0.5 * eps.square().flatten(1).sum(1) + logs.flatten(1).sum(1)
                 src = xa
             else:
-                ea = (xa - folded.top_mean[:CA]) * folded.top_inv_std[:CA]
-                eb = (xb - folded.top_mean[CA:]) * folded.top_inv_std[CA:]
+                ea = (xa - folded.top_mean[:CA]) * pk.top_inv_std[:CA]
+                eb = (xb - folded.top_mean[CA:]) * pk.top_inv_std[CA:]
                 extra -= 0.5 * (ea.square().flatten(1).sum(1) + eb.square().flatten(1).sum(1))
     return pk.const + ld.sum(1) + extra
 
@@ -468,12 +474,12 @@ def glow_sample_triton(folded, noise: Sequence[Tensor], temperature: float | Ten
             C, CA, Hq, Wq = lv["C"], lv["CA"], lv["H"], lv["W"]
             geo = dict(C=C, CA=CA, Hq=Hq, Wq=Wq)
             if lvl == L - 1:
-                top = noise[-1] / folded.top_inv_std + folded.top_mean
+                top = noise[-1] / pk.top_inv_std + folded.top_mean
                 ya = top[:, :CA].contiguous(memory_format=mf)
                 yb = top[:, CA:].contiguous(memory_format=mf)
             else:
                 ya = z1
-                mean, logs = folded._prior(folded.priors[lvl], ya)
+                mean, logs = folded.priors[lvl](ya)
                 yb = (noise[lvl] * torch.exp(logs) + mean).contiguous(memory_format=mf)
             steps = folded.levels[lvl]
             for k in reversed(range(len(steps))):
@@ -499,8 +505,9 @@ def reference_log_prob(folded, x: Tensor) -> Tensor:
 
 
 def reference_sample(folded, noise, temperature=1.0) -> Tensor:
+    noise = list(noise)
     with torch.no_grad():
-        return folded.sample(noise, temperature)
+        return folded.sample(noise[0].shape[0], temperature, noise=noise)
 
 
 __all__ = ["glow_log_prob_triton", "glow_sample_triton", "glow_step_forward", "glow_step_inverse",

@@ -307,18 +307,34 @@ class Packed:
 _PACK_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, Packed]]" = weakref.WeakKeyDictionary()
 
 
+def _coupling_layers(step) -> list[tuple[Tensor, Tensor]]:
+    from nfkd.fold import linear_layers
+
+    return linear_layers(step.coupling.net)
+
+
+def _made_layers(block) -> list[tuple[Tensor, Tensor]]:
+    from nfkd.fold import linear_layers
+
+    return linear_layers(block.made.net)
+
+
 def supports(folded) -> bool:
     """Whether the tabular kernels handle this folded flow (else use the PyTorch folded path)."""
+    from nfkd.fold import is_folded
+
     arch = getattr(folded, "arch", "")
+    if not is_folded(folded):
+        return False
     if arch == "glow1d":
         d = folded.event_shape[0]
-        ok = all(s.coupling.n_layers == 3 for s in folded.steps)
-        return ok and d <= MAX_D and folded.steps[0].coupling.w0.shape[0] <= MAX_HIDDEN
+        ok = all(len(_coupling_layers(s)) == 3 for s in folded.steps)
+        return ok and d <= MAX_D and _coupling_layers(folded.steps[0])[0][0].shape[0] <= MAX_HIDDEN
     if arch == "maf":
         d = folded.event_shape[0]
         b0 = folded.blocks[0]
-        ok = all(b.n_layers >= 2 and b.tanh == b0.tanh for b in folded.blocks)
-        return ok and d <= MAX_D and b0.w0.shape[0] <= MAX_HIDDEN
+        ok = all(len(_made_layers(b)) >= 2 and b.made.activation == b0.made.activation for b in folded.blocks)
+        return ok and d <= MAX_D and _made_layers(b0)[0][0].shape[0] <= MAX_HIDDEN
     return False
 
 
@@ -330,29 +346,32 @@ def _put(buf: Tensor, off: int, mat: Tensor, rows: int, cols: int) -> None:
 
 
 def _pack_glow1d(folded) -> Packed:
+    from nfkd.fold import constant_logdet
+
     D = folded.event_shape[0]
     c0 = folded.steps[0].coupling
-    H = c0.w0.shape[0]
+    H = _coupling_layers(folded.steps[0])[0][0].shape[0]
     DP, HP = next_pow2(D, 16), next_pow2(H, 16)
     o = _glow1d_offsets(DP, HP)
     K = len(folded.steps)
     buf = torch.zeros(DP + K * o["STEP"], dtype=torch.float64)
-    buf[0] = float(folded.logdet_const.double()) - 0.5 * D * LOG_2PI
+    buf[0] = float(constant_logdet(folded)) - 0.5 * D * LOG_2PI
     ca = c0.c_a
     cb = D - ca
     for k, st in enumerate(folded.steps):
         base = DP + k * o["STEP"]
         cp = st.coupling
-        g = lambda n: getattr(cp, n).detach().double().cpu()  # noqa: E731
-        _put(buf, base + o["WT"], st.weight.double().cpu().T, DP, DP)
-        _put(buf, base + o["B"], st.bias.double().cpu()[None], 1, DP)
-        _put(buf, base + o["WIT"], st.weight_inv.double().cpu().T, DP, DP)
-        _put(buf, base + o["BI"], st.bias_inv.double().cpu()[None], 1, DP)
-        _put(buf, base + o["W0"], g("w0").T, DP, HP)  # rows >= c_a stay 0: the net sees x_a only
-        _put(buf, base + o["B0"], g("b0")[None], 1, HP)
-        _put(buf, base + o["W1"], g("w1").T, HP, HP)
-        _put(buf, base + o["B1"], g("b1")[None], 1, HP)
-        w2, b2 = g("w2"), g("b2")
+        (w0, b0), (w1, b1), (w2, b2) = [(w.detach().double().cpu(), b.detach().double().cpu())
+                                        for w, b in _coupling_layers(st)]
+        mix = st.mix
+        _put(buf, base + o["WT"], mix.weight.double().cpu().T, DP, DP)
+        _put(buf, base + o["B"], mix.bias.double().cpu()[None], 1, DP)
+        _put(buf, base + o["WIT"], mix.weight_inv.double().cpu().T, DP, DP)
+        _put(buf, base + o["BI"], mix.bias_inv.double().cpu()[None], 1, DP)
+        _put(buf, base + o["W0"], w0.T, DP, HP)  # rows >= c_a stay 0: the net sees x_a only
+        _put(buf, base + o["B0"], b0[None], 1, HP)
+        _put(buf, base + o["W1"], w1.T, HP, HP)
+        _put(buf, base + o["B1"], b1[None], 1, HP)
         ws = torch.zeros(H, D, dtype=torch.float64)
         ws[:, ca:] = w2[:cb].T
         bs = torch.zeros(1, D, dtype=torch.float64)
@@ -366,33 +385,35 @@ def _pack_glow1d(folded) -> Packed:
             bc[0, ca:] = b2[cb:]
             _put(buf, base + o["W2C"], wc, HP, DP)
             _put(buf, base + o["B2C"], bc, 1, DP)
-    dev = folded.logdet_const.device
+    dev = folded.steps[0].mix.weight.device
     return Packed(arch="glow1d", buf=buf.float().to(dev), D=D, DP=DP, HP=HP, CA=ca, n=K,
                   additive=bool(c0.additive))
 
 
 def _pack_maf(folded) -> Packed:
+    from nfkd.fold import constant_logdet
+
     D = folded.event_shape[0]
     b0 = folded.blocks[0]
-    H = b0.w0.shape[0]
-    NH = b0.n_layers - 1
-    if any(b.n_layers - 1 != NH for b in folded.blocks):
+    H = _made_layers(b0)[0][0].shape[0]
+    NH = len(_made_layers(b0)) - 1
+    if any(len(_made_layers(b)) - 1 != NH for b in folded.blocks):
         raise ValueError("all MADE blocks must have the same depth")
     DP, HP = next_pow2(D, 16), next_pow2(H, 16)
     o = _maf_offsets(DP, HP, NH)
     HDR = 4 * DP
     K = len(folded.blocks)
     buf = torch.zeros(HDR + K * o["STEP"], dtype=torch.float64)
-    inv_scale = folded.inv_scale.double().cpu()
-    buf[0:D] = folded.loc.double().cpu()
-    buf[DP: DP + D] = inv_scale
-    buf[2 * DP: 2 * DP + D] = 1.0 / inv_scale
-    buf[3 * DP] = float(folded.logdet_const.double()) - 0.5 * D * LOG_2PI
+    scale = folded.normalize.scale.double().cpu()
+    buf[0:D] = folded.normalize.loc.double().cpu()
+    buf[DP: DP + D] = 1.0 / scale
+    buf[2 * DP: 2 * DP + D] = scale
+    buf[3 * DP] = float(constant_logdet(folded)) - 0.5 * D * LOG_2PI
     q = torch.arange(D)  # block k input x_k[j] = state[q[j]]
     for k, blk in enumerate(folded.blocks):
         base = HDR + k * o["STEP"]
         inv_q = torch.argsort(q)
-        ws = [(getattr(blk, f"w{i}").double().cpu(), getattr(blk, f"b{i}").double().cpu()) for i in range(blk.n_layers)]
+        ws = [(w.detach().double().cpu(), b.detach().double().cpu()) for w, b in _made_layers(blk)]
         w0, bb0 = ws[0]
         _put(buf, base + o["W0"], w0[:, inv_q].T, DP, HP)
         _put(buf, base + o["B0"], bb0[None], 1, HP)
@@ -406,17 +427,22 @@ def _pack_maf(folded) -> Packed:
         _put(buf, base + o["BMU"], bl[:D][inv_q][None], 1, DP)
         _put(buf, base + o["WA"], wl[D:][inv_q].T, HP, DP)
         _put(buf, base + o["BA"], bl[D:][inv_q][None], 1, DP)
+        # eval batch-norm (folded to (u - loc) / scale) as u * post_scale + post_shift
+        post_scale, post_shift = torch.ones(D, dtype=torch.float64), torch.zeros(D, dtype=torch.float64)
+        if blk.bn is not None:
+            post_scale = 1.0 / blk.bn.scale.double().cpu()
+            post_shift = -blk.bn.loc.double().cpu() * post_scale
         ps = torch.ones(DP, dtype=torch.float64)
-        ps[:D] = blk.post_scale.double().cpu()[inv_q]
+        ps[:D] = post_scale[inv_q]
         buf[base + o["PS"]: base + o["PS"] + DP] = ps
-        _put(buf, base + o["PSH"], blk.post_shift.double().cpu()[inv_q][None], 1, DP)
-        buf[base + o["CL"]: base + o["CL"] + DP] = float(blk.alpha_clamp)
-        q = q[blk.perm.cpu()]
+        _put(buf, base + o["PSH"], post_shift[inv_q][None], 1, DP)
+        buf[base + o["CL"]: base + o["CL"] + DP] = float(blk.made.alpha_clamp)
+        q = q[blk.perm.perm.cpu()]
     gidx = torch.zeros(DP, dtype=torch.int32)
     gidx[:D] = torch.argsort(q).to(torch.int32)
-    dev = folded.logdet_const.device
+    dev = folded.normalize.loc.device
     return Packed(arch="maf", buf=buf.float().to(dev), gidx=gidx.to(dev), D=D, DP=DP, HP=HP, NH=NH, n=K,
-                  tanh=bool(b0.tanh))
+                  tanh=b0.made.activation == "tanh")
 
 
 def pack(folded) -> Packed:
@@ -536,8 +562,9 @@ def reference_log_prob(folded, x: Tensor) -> Tensor:
 
 
 def reference_sample(folded, noise, temperature=1.0) -> Tensor:
+    noise = [noise] if isinstance(noise, Tensor) else list(noise)
     with torch.no_grad():
-        return folded.sample([noise] if isinstance(noise, Tensor) else noise, temperature)
+        return folded.sample(noise[0].shape[0], temperature, noise=noise)
 
 
 __all__ = ["tabular_log_prob", "maf_sample", "glow1d_sample", "tabular_sample", "pack", "supports",

@@ -95,6 +95,14 @@ class Flow(nn.Module):
     def dim(self) -> int:
         return math.prod(self.event_shape)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype the flow computes in (of its first parameter or buffer)."""
+        for t in (*self.parameters(), *self.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return torch.get_default_dtype()
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -172,7 +180,8 @@ class ChainFlow(Flow):
         return [f"block{i}" for i in range(len(self.chain()))]
 
     def forward(self, x: Tensor, taps: bool = False) -> FlowOutput:
-        h, logdet = self.normalize(x)
+        # normalize is None in the folded form of Glow-1D (folded into the first step's affine)
+        h, logdet = self.normalize(x) if self.normalize is not None else (x, x.new_zeros(x.shape[0]))
         named: dict[str, Tensor] = {}
         for i, block in enumerate(self.chain()):
             h, ld = block(h)
@@ -189,4 +198,4 @@ class ChainFlow(Flow):
             if taps:
                 named[f"block{i}"] = h
             h = blocks[i].inverse(h)
-        return InverseOutput(self.normalize.inverse(h), named)
+        return InverseOutput(self.normalize.inverse(h) if self.normalize is not None else h, named)

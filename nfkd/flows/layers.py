@@ -21,6 +21,16 @@ def _view_channels(v: Tensor, x: Tensor) -> Tensor:
     return v.view(1, -1, *([1] * (x.dim() - 2)))
 
 
+def stable_logsigmoid(s: Tensor) -> Tensor:
+    """log sigmoid(s) = min(s, 0) - log1p(exp(-|s|)), finite for every finite s.
+
+    Written with elementary ops so that exported graphs keep it finite too: a runtime that
+    lowers ``log(sigmoid(s))`` literally gives -inf once sigmoid underflows (s < ~-88 in float32),
+    which is exactly where anomaly scores live.
+    """
+    return torch.clamp(s, max=0.0) - torch.log1p(torch.exp(-s.abs()))
+
+
 class Bijection(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -134,6 +144,38 @@ class LUInvertibleLinear(Bijection):
         return self.mix_channels(torch.linalg.inv(w.double()).to(w.dtype), y)
 
 
+class FoldedAffine(Bijection):
+    """y = W x + b per position with W^-1 cached and a constant log-det (the folded inference form).
+
+    ``nfkd.fold`` builds one from ActNorm + LU mixing (and, on tables, the input normalization) in
+    float64, so the inverse never needs ``torch.linalg.inv`` at run time and exported graphs contain
+    only a matmul / 1x1 conv.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor, logdet_per_position: float | Tensor) -> None:
+        super().__init__()
+        w = weight.detach().to(torch.float64)
+        b = bias.detach().to(torch.float64)
+        w_inv = torch.linalg.inv(w)
+        self.register_buffer("weight", w)
+        self.register_buffer("bias", b)
+        self.register_buffer("weight_inv", w_inv)
+        self.register_buffer("bias_inv", -(w_inv @ b))
+        self.register_buffer("logdet_const", torch.as_tensor(logdet_per_position, dtype=torch.float64).reshape(()))
+
+    @staticmethod
+    def _affine(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        if x.dim() == 2:
+            return F.linear(x, w, b)
+        return F.conv2d(x, w.view(*w.shape, 1, 1), b)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._affine(x, self.weight, self.bias), (self.logdet_const * _spatial(x)).expand(x.shape[0])
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return self._affine(y, self.weight_inv, self.bias_inv)
+
+
 class ZeroConv2d(nn.Module):
     """3x3 conv initialised to zero with a learned log-scale (Glow): couplings start near identity."""
 
@@ -187,6 +229,8 @@ class AffineCoupling(Bijection):
         self.c_a = num_channels // 2
         self.c_b = num_channels - self.c_a
         self.additive = additive
+        # The +2 of sigmoid(s + 2) (Glow); folding moves it into the last layer's bias and sets 0.
+        self.scale_offset = 2.0
         out = self.c_b if additive else 2 * self.c_b
         self.net = (conv_coupling_net if image else mlp_coupling_net)(self.c_a, out, hidden)
 
@@ -195,7 +239,7 @@ class AffineCoupling(Bijection):
         if self.additive:
             return h, None
         shift, s = h[:, : self.c_b], h[:, self.c_b :]
-        return shift, s + 2.0
+        return shift, (s + self.scale_offset if self.scale_offset else s)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x_a, x_b = x[:, : self.c_a], x[:, self.c_a :]
@@ -203,7 +247,7 @@ class AffineCoupling(Bijection):
         if s is None:
             return torch.cat([x_a, x_b + shift], 1), x.new_zeros(x.shape[0])
         y_b = (x_b + shift) * torch.sigmoid(s)
-        logdet = F.logsigmoid(s).flatten(1).sum(1)
+        logdet = stable_logsigmoid(s).flatten(1).sum(1)
         return torch.cat([x_a, y_b], 1), logdet
 
     def inverse(self, y: Tensor) -> Tensor:
@@ -215,7 +259,11 @@ class AffineCoupling(Bijection):
 
 
 class FlowStep(Bijection):
-    """One Glow step: ActNorm -> invertible 1x1 conv / LU linear -> affine coupling."""
+    """One Glow step: ActNorm -> invertible 1x1 conv / LU linear -> affine coupling.
+
+    In the folded inference form (``nfkd.fold``) ``actnorm`` is None and ``mix`` is one
+    ``FoldedAffine`` holding ActNorm and the mixing together; the same code runs both.
+    """
 
     def __init__(self, num_channels: int, hidden: int, image: bool, additive: bool = False) -> None:
         super().__init__()
@@ -224,13 +272,16 @@ class FlowStep(Bijection):
         self.coupling = AffineCoupling(num_channels, hidden, image=image, additive=additive)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x, ld1 = self.actnorm(x)
+        logdet = 0.0
+        if self.actnorm is not None:
+            x, logdet = self.actnorm(x)
         x, ld2 = self.mix(x)
         x, ld3 = self.coupling(x)
-        return x, ld1 + ld2 + ld3
+        return x, logdet + ld2 + ld3
 
     def inverse(self, y: Tensor) -> Tensor:
-        return self.actnorm.inverse(self.mix.inverse(self.coupling.inverse(y)))
+        x = self.mix.inverse(self.coupling.inverse(y))
+        return x if self.actnorm is None else self.actnorm.inverse(x)
 
 
 def squeeze2d(x: Tensor) -> Tensor:
@@ -292,6 +343,9 @@ class MADE(Bijection):
         layers.append(out)
         self.net = nn.Sequential(*layers)
         self.activation = activation
+        # "python": D passes unrolled by Python; "graph_loop": one torch.while_loop (what ONNX
+        # export needs for a Loop node whose graph does not grow with D). Same arithmetic.
+        self.inverse_mode = "python"
 
     def _mu_alpha(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.net(x)
@@ -302,11 +356,24 @@ class MADE(Bijection):
         mu, alpha = self._mu_alpha(x)
         return (x - mu) * torch.exp(-alpha), -alpha.sum(1)
 
+    def _inverse_pass(self, x: Tensor, u: Tensor) -> Tensor:
+        """One sampling pass: after pass i coordinates 0..i are exact (they see only x_<i)."""
+        mu, alpha = self._mu_alpha(x)
+        return u * torch.exp(alpha) + mu
+
     def inverse(self, u: Tensor) -> Tensor:
+        if self.inverse_mode == "graph_loop":
+            def cond(i: Tensor, x: Tensor) -> Tensor:
+                return i < self.dim
+
+            def body(i: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+                return i + 1, self._inverse_pass(x, u)
+
+            start = (torch.zeros((), dtype=torch.int64, device=u.device), torch.zeros_like(u))
+            return torch.while_loop(cond, body, start)[1]
         x = torch.zeros_like(u)
-        for _ in range(self.dim):  # pass i fixes coordinate i; the rest is refined later
-            mu, alpha = self._mu_alpha(x)
-            x = u * torch.exp(alpha) + mu
+        for _ in range(self.dim):
+            x = self._inverse_pass(x, u)
         return x
 
 
