@@ -46,7 +46,8 @@ from nfkd.checkpoint import load_checkpoint
 from nfkd.errors import ExportError, NfkdError
 from nfkd.flows import Flow
 from nfkd.flows.base import LOG_2PI
-from nfkd.fold import FoldedFlow, FoldedMAF, fold
+from nfkd.flows.layers import MADE
+from nfkd.fold import fold
 
 from . import parity
 from .check import check_tensorrt_compat
@@ -69,55 +70,39 @@ STALE_ON_REEXPORT = ("density.plan", "sample.plan")
 class DensityGraph(nn.Module):
     """x -> (log_prob, latent). Float32 at the boundary; the Gaussian term is reduced in float32."""
 
-    def __init__(self, folded: FoldedFlow, dim: int) -> None:
+    def __init__(self, folded: Flow, dim: int) -> None:
         super().__init__()
         self.folded = folded
-        self.dtype = folded.logdet_const.dtype
+        self.dtype = folded.dtype
         self.gauss_const = 0.5 * dim * LOG_2PI  # sum over levels of log N's normalizer
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        latents, logdet = self.folded(x.to(self.dtype))
-        flat = [z.flatten(1).float() for z in latents]
+        out = self.folded(x.to(self.dtype))
+        flat = [z.flatten(1).float() for z in out.latents]
         latent = flat[0] if len(flat) == 1 else torch.cat(flat, 1)
-        log_prob = logdet.float() - 0.5 * (latent * latent).sum(1) - self.gauss_const
+        log_prob = out.logdet.float() - 0.5 * (latent * latent).sum(1) - self.gauss_const
         return log_prob, latent
 
 
 class SampleGraph(nn.Module):
-    """(noise per level, temperature) -> x, i.e. ``folded.inverse([z * temperature])``."""
+    """(noise per level, temperature) -> x, i.e. ``folded.inverse([z * temperature])``.
 
-    def __init__(self, folded: FoldedFlow, maf_sampling: str | None) -> None:
+    MAF's sequential MADE passes become one ONNX ``Loop`` per block when the folded copy's MADEs
+    are switched to ``inverse_mode = "graph_loop"`` (an option of the one MADE, not a copy).
+    """
+
+    def __init__(self, folded: Flow, maf_sampling: str | None) -> None:
         super().__init__()
         self.folded = folded
-        self.dtype = folded.logdet_const.dtype
-        self.maf_loop = isinstance(folded, FoldedMAF) and maf_sampling == "loop"
+        self.dtype = folded.dtype
+        mode = "graph_loop" if maf_sampling == "loop" else "python"
+        for m in folded.modules():
+            if isinstance(m, MADE):
+                m.inverse_mode = mode
 
     def forward(self, noise: list[Tensor], temperature: Tensor) -> Tensor:
         t = temperature.to(self.dtype)
-        z = [n.to(self.dtype) * t for n in noise]
-        x = _maf_inverse_loop(self.folded, z) if self.maf_loop else self.folded.inverse(z)
-        return x.float()
-
-
-def _maf_inverse_loop(folded: FoldedMAF, noise: Sequence[Tensor]) -> Tensor:
-    """``FoldedMAF.inverse`` with each block's D sequential MADE passes as one ``torch.while_loop``.
-
-    Same buffers, same arithmetic as ``FoldedMADE.inverse`` (x starts at 0; pass i fixes
-    coordinate i); only the Python loop becomes a graph loop (ONNX ``Loop``).
-    """
-    h = noise[0]
-    for blk in reversed(folded.blocks):
-        u = (h[:, blk.inv_perm] - blk.post_shift) / blk.post_scale
-
-        def cond(i: Tensor, x: Tensor, _d: int = blk.dim) -> Tensor:
-            return i < _d
-
-        def body(i: Tensor, x: Tensor, _blk=blk, _u=u) -> tuple[Tensor, Tensor]:
-            mu, alpha = _blk.mu_alpha(x)
-            return i + 1, _u * torch.exp(alpha) + mu
-
-        _, h = torch.while_loop(cond, body, (torch.zeros((), dtype=torch.int64), torch.zeros_like(u)))
-    return h / folded.inv_scale + folded.loc
+        return self.folded.inverse([n.to(self.dtype) * t for n in noise]).x.float()
 
 
 # --------------------------------------------------------------------------------------------

@@ -247,3 +247,66 @@ def test_bad_arguments_are_export_errors(tmp_path):
         export_onnx(ckpt, tmp_path / "x", max_batch=8, parity_batches=(1, 16))
     assert not (tmp_path / "x").exists()
     assert main([str(tmp_path / "missing.pt"), "-o", str(tmp_path / "y")]) == 1
+
+
+def _steep_glow1d() -> nfkd.Flow:
+    """A Glow-1D whose coupling scales saturate far from the data (s << -88): where log(sigmoid(s))
+    underflows to -inf in float32 unless it is written in a stable form."""
+    flow = make_flow("glow1d")
+    with torch.no_grad():
+        for step in flow.steps:
+            last = step.coupling.net[-1]
+            last.weight[step.coupling.c_b:] = 20.0 * torch.randn_like(last.weight[step.coupling.c_b:])
+    return flow.eval()
+
+
+def test_far_out_log_density_stays_finite_in_onnxruntime():
+    """Issue #19.11: eager is finite on far-out rows, so the exported density must be finite there too."""
+    from export import parity
+
+    flow = _steep_glow1d()
+    models, _, _ = export_onnx_mod.build_graphs(flow)
+    density, _ = export_onnx_mod.ort_runners(
+        models["density"].SerializeToString(), models["sample"].SerializeToString(), 1
+    )
+    x, _ = parity.held_out_inputs(parity._reference_flow(flow), 64, 5)
+    far = parity.far_out_inputs(x)
+    scales = []
+    hooks = [st.coupling.net[-1].register_forward_hook(lambda m, i, o, c=st.coupling: scales.append(o[:, c.c_b:]))
+             for st in flow.steps]
+    with torch.no_grad():
+        ref = flow.double().log_prob(torch.from_numpy(far.astype(np.float64))).numpy()
+    for h in hooks:
+        h.remove()
+    assert np.isfinite(ref).all()
+    # really far out: some coupling scale is where float32 sigmoid underflows, so log(sigmoid) = -inf
+    assert min(float(s.min()) for s in scales) + 2.0 < -104
+    got = np.asarray(density(far)[0], np.float64)
+    assert np.isfinite(got).all(), f"{(~np.isfinite(got)).sum()} of {len(got)} rows non-finite in ONNX Runtime"
+    np.testing.assert_allclose(got, ref, rtol=1e-3)
+
+
+def test_parity_gate_refuses_nonfinite_far_out_density():
+    """The gate itself checks far-out rows: a graph that is exact on the data but -inf far away fails."""
+    from export import parity
+
+    flow = make_flow("glow1d")
+    ref = parity._reference_flow(flow)
+
+    def density(x):
+        with torch.no_grad():
+            out = ref(torch.from_numpy(np.asarray(x, np.float64)))
+            lp = (sum(nfkd.flows.standard_normal_logpdf(z) for z in out.latents) + out.logdet).numpy()
+            lat = torch.cat([z.flatten(1) for z in out.latents], 1).numpy()
+        far = np.abs(x).max(1) > np.abs(ref.normalize.loc.numpy()).max() + 15 * ref.normalize.scale.numpy().max()
+        return np.where(far, -np.inf, lp), lat
+
+    def sample(noise, t):
+        with torch.no_grad():
+            z = [torch.from_numpy(np.asarray(v, np.float64)) for v in noise]
+            return ref.sample(len(z[0]), t, noise=z).numpy()
+
+    res = parity.measure(flow, density, sample, parity.tolerance_for(False), batches=(7,))
+    assert res["far_out_nonfinite"] > 0 and not res["passed"]
+    with pytest.raises(ExportError, match="far-out rows"):
+        parity.check_parity(flow, density, sample, batches=(7,))
