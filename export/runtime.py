@@ -1,4 +1,7 @@
-"""Run an export folder: ``load(path, backend, device)`` -> ``log_prob(x)`` / ``sample(n, temperature, seed)``.
+"""Run an export folder: the ``onnxruntime`` and ``tensorrt`` backends of ``nfkd.inference``.
+
+``nfkd.inference.load("student-export/", backend="onnxruntime")`` is the usual door; this module's
+``load`` opens a folder directly (same ``Runner`` surface: ``log_prob``, ``sample``, ``info``).
 
     from export.runtime import load
     model = load("student-export/")                        # ONNX Runtime, CPU
@@ -14,8 +17,6 @@ says what was wrong and what to do. Graph / engine files are checked against the
 """
 from __future__ import annotations
 
-import math
-import numbers
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from nfkd.errors import ExportError, InputError
+from nfkd.inference.runner import ModelMeta, Runner
+from nfkd.validation import check_batch
 
 from .manifest import Manifest, sha256_bytes
 
@@ -30,119 +33,39 @@ BACKENDS = ("onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
 
 
-class ExportedFlow:
-    """A loaded export: validated numpy in, numpy out. Backends implement ``_density`` / ``_sample``."""
+class ExportedFlow(Runner):
+    """A loaded export: a ``nfkd.inference`` Runner over numpy graphs (``_density`` / ``_sample``)."""
 
-    backend: str = ""
+    native = "numpy"
 
-    def __init__(self, folder: Path, manifest: Manifest, device: str) -> None:
+    def __init__(self, folder: Path, manifest: Manifest, device: str, threads: int | None = None) -> None:
+        meta = ModelMeta(
+            arch=manifest.arch, config=dict(manifest.config),
+            event_shape=tuple(int(v) for v in manifest.event_shape),
+            noise_shapes=tuple(tuple(int(v) for v in s) for s in manifest.noise_shapes),
+            checkpoint_sha256=str(manifest.source.get("sha256", "")), source=str(folder),
+            extra={"export": {"folder": str(folder), "fp16": manifest.fp16, "opset": manifest.opset,
+                              "maf_sampling": manifest.maf_sampling,
+                              "parity_passed": bool(manifest.parity.get("passed"))}},
+        )
+        super().__init__(meta, device, threads, max_batch=int(manifest.max_batch))
         self.folder = folder
         self.manifest = manifest
-        self.device = device
-        self.event_shape = tuple(int(v) for v in manifest.event_shape)
-        self.noise_shapes = [tuple(int(v) for v in s) for s in manifest.noise_shapes]
-        self.max_batch = int(manifest.max_batch)
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(arch={self.manifest.arch!r}, event_shape={self.event_shape}, "
-            f"backend={self.backend!r}, device={self.device!r}, max_batch={self.max_batch})"
-        )
-
-    # --- public API ---------------------------------------------------------------------------
-    def log_prob(self, x: Any) -> np.ndarray:
-        """log p(x) in nats per sample (float32 array [B]), in the user's units."""
-        return self._density(self._check_x(x))[0]
 
     def density(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """(log_prob [B], latent [B, D]): the flattened standardized noise of every level (manifest.latent_layout)."""
-        lp, lat = self._density(self._check_x(x))
-        return lp, lat
-
-    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> np.ndarray:
-        """n samples (float32 [n, *event_shape]) at a temperature; noise from numpy's default_rng(seed)."""
-        n = self._check_n(n)
-        temperature = self._check_temperature(temperature)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise InputError(f"seed must be an integer or None, got {seed!r}")
-        rng = np.random.default_rng(seed)
-        noise = [rng.standard_normal((n, *s), dtype=np.float32) for s in self.noise_shapes]
-        return self._sample(noise, temperature)
+        x = check_batch(x, self.event_shape, "x", self.max_batch)
+        return self._density(self._to_native(x))
 
     def decode(self, noise: Sequence[Any], temperature: float = 1.0) -> np.ndarray:
-        """Samples from given unit noise (one array per level, shapes [B, *noise_shapes[l]])."""
-        temperature = self._check_temperature(temperature)
-        if isinstance(noise, np.ndarray):
-            noise = [noise]
-        noise = list(noise)
-        if len(noise) != len(self.noise_shapes):
-            raise InputError(f"expected {len(self.noise_shapes)} noise arrays (one per level), got {len(noise)}")
-        arrays = [self._check_array(z, s, f"noise[{i}]") for i, (z, s) in enumerate(zip(noise, self.noise_shapes))]
-        if len({a.shape[0] for a in arrays}) != 1:
-            raise InputError(f"noise arrays have different batch sizes {[a.shape[0] for a in arrays]}")
-        return self._sample(arrays, temperature)
+        """Samples (numpy) from given unit noise (one array per level, shapes [B, *noise_shapes[l]])."""
+        return self._to_numpy(self.sample(noise=noise, temperature=temperature))
 
-    # --- validation ---------------------------------------------------------------------------
-    def _check_x(self, x: Any) -> np.ndarray:
-        return self._check_array(x, self.event_shape, "x")
+    def _log_prob(self, x: np.ndarray) -> np.ndarray:
+        return self._density(x)[0]
 
-    def _check_array(self, x: Any, event: tuple[int, ...], what: str) -> np.ndarray:
-        if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor: accept, as numpy
-            x = x.detach().cpu().numpy()
-        if isinstance(x, (list, tuple)):
-            try:
-                x = np.asarray(x)
-            except ValueError as exc:
-                raise InputError(f"{what} is a ragged list ({exc}); pass a numpy array [batch, {_dims(event)}]") from None
-        if not isinstance(x, np.ndarray):
-            raise InputError(f"{what} must be a numpy array of shape (batch, {_dims(event)}), got {type(x).__name__}")
-        if not np.issubdtype(x.dtype, np.floating):
-            raise InputError(
-                f"{what} has dtype {x.dtype}; expected a floating-point array (convert with {what}.astype(np.float32))"
-            )
-        if x.ndim == len(event) and tuple(x.shape) == event:
-            raise InputError(
-                f"{what} has shape {tuple(x.shape)}, one sample without a batch dimension; "
-                f"pass {what}[None] (shape (1, {_dims(event)}))"
-            )
-        if x.ndim != len(event) + 1 or tuple(x.shape[1:]) != event:
-            if len(event) == 1 and x.ndim == 2:
-                raise InputError(
-                    f"{what} has {x.shape[1]} features per row; this model expects {event[0]} "
-                    f"(shape (batch, {event[0]}), features in training order)"
-                )
-            raise InputError(f"{what} has shape {tuple(x.shape)}; expected (batch, {_dims(event)})")
-        b = x.shape[0]
-        if b == 0:
-            raise InputError(f"{what} is an empty batch (shape {tuple(x.shape)}); pass at least one row")
-        if b > self.max_batch:
-            raise InputError(
-                f"{what} has a batch of {b}, above this export's max_batch {self.max_batch}; "
-                f"split it into chunks of at most {self.max_batch} rows"
-            )
-        finite = np.isfinite(x.reshape(b, -1)).all(1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite)[:5].tolist()
-            raise InputError(f"{what} contains NaN or Inf (first bad rows: {bad}); remove or impute them")
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-    def _check_n(self, n: Any) -> int:
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-            raise InputError(f"n must be a positive integer, got {n!r}")
-        n = int(n)
-        if n < 1:
-            raise InputError(f"n must be a positive integer, got {n}")
-        if n > self.max_batch:
-            raise InputError(
-                f"n = {n} is above this export's max_batch {self.max_batch}; draw in chunks of at most {self.max_batch}"
-            )
-        return n
-
-    @staticmethod
-    def _check_temperature(t: Any) -> float:
-        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(float(t)) or float(t) < 0:
-            raise InputError(f"temperature must be a finite number >= 0, got {t!r}")
-        return float(t)
+    def _decode(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:
+        return self._sample(noise, temperature)
 
     # --- backends -----------------------------------------------------------------------------
     def _density(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
@@ -150,10 +73,6 @@ class ExportedFlow:
 
     def _sample(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
-
-
-def _dims(shape: Sequence[int]) -> str:
-    return ", ".join(str(v) for v in shape)
 
 
 def _read_verified(folder: Path, entry: dict[str, Any], what: str) -> bytes:
@@ -174,7 +93,7 @@ class OrtFlow(ExportedFlow):
     backend = "onnxruntime"
 
     def __init__(self, folder: Path, manifest: Manifest, device: str, intra_op_threads: int | None) -> None:
-        super().__init__(folder, manifest, device)
+        super().__init__(folder, manifest, device, intra_op_threads)
         import onnxruntime as ort
 
         if device == "cuda":

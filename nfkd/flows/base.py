@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
+from ..validation import check_batch
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -48,20 +49,9 @@ def standard_normal_logpdf(z: Tensor) -> Tensor:
 def check_finite_input(x: Tensor, event_shape: Sequence[int], what: str = "x") -> Tensor:
     """One clear error for the bad inputs users actually send (never a NaN later on)."""
     if not isinstance(x, Tensor):
-        raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise InputError(f"{what} must be a floating-point tensor, got dtype {x.dtype}; convert with .float()")
-    expected = tuple(event_shape)
-    if x.dim() != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-        raise InputError(
-            f"{what} has shape {tuple(x.shape)}; expected (batch, {', '.join(map(str, expected))})"
-        )
-    if x.shape[0] == 0:
-        raise InputError(f"{what} is an empty batch")
-    if not bool(torch.isfinite(x).all()):
-        bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten()[:5].tolist()
-        raise InputError(f"{what} contains NaN or Inf (first bad rows: {bad})")
-    return x
+        raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__} (torch.as_tensor(x) converts "
+                         f"a numpy array; nfkd.inference.load(flow) accepts numpy directly)")
+    return check_batch(x, event_shape, what)
 
 
 class Flow(nn.Module):

@@ -1,0 +1,82 @@
+"""The one door for running a trained model: every backend behind one ``load``.
+
+>>> import torch
+>>> from nfkd import inference
+>>> from nfkd.flows import MAF
+>>> flow = MAF(dim=3, blocks=2, hidden=8).eval()
+>>> [b.name for b in inference.backends()][:3]
+['eager', 'folded', 'compile']
+>>> model = inference.load(flow, backend="folded")
+>>> model.log_prob(torch.zeros(2, 3)).shape
+torch.Size([2])
+>>> model.sample(4, temperature=0.7, seed=0).shape
+torch.Size([4, 3])
+
+``load(model, backend="auto", device=None, threads=None, **options)`` takes a ``Flow``, a
+checkpoint path or an export folder and returns a ``Runner`` with ``log_prob(x)``,
+``sample(n, temperature=1.0, noise=None, seed=None)`` and ``info()``. ``backend="auto"`` picks the
+fastest backend available here for the device and architecture, in the order measured by the
+benchmark suite (``ranking.json``, written by ``python -m bench.ranking``). The same seed gives
+the same samples on every backend (noise is drawn with ``numpy.random.default_rng(seed)``).
+Options: ``cache_dir`` (where onnxruntime / tensorrt exports are kept).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from .registry import BACKENDS, BackendStatus, backends, loader, ranking, status
+from .runner import ModelMeta, Runner, draw_noise
+from .sources import ModelSource, resolve_source
+
+__all__ = ["BACKENDS", "BackendStatus", "ModelMeta", "Runner", "backends", "draw_noise", "load", "ranking"]
+
+
+def _device(device: str | torch.device | None) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    d = str(device)
+    if d.split(":")[0] not in ("cpu", "cuda"):
+        raise InputError(f"device must be 'cpu' or 'cuda' (optionally 'cuda:N'), got {d!r}")
+    return d
+
+
+def _threads(threads: Any) -> int | None:
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"threads must be a positive integer or None, got {threads!r}")
+    return threads
+
+
+def _choose(source: ModelSource, device: str) -> str:
+    tried = []
+    for name in ranking(device, source.meta.arch):
+        st = status(name)
+        if not st.available or device.split(":")[0] not in st.devices:
+            tried.append(f"{name}: {st.reason if not st.available else 'not on ' + device}")
+            continue
+        if source.export_folder is not None and name not in ("onnxruntime", "tensorrt"):
+            continue
+        return name
+    raise InputError(f"no backend can run this {source.meta.arch} model on {device}: " + "; ".join(tried))
+
+
+def load(model: Any, backend: str = "auto", device: str | torch.device | None = None, threads: int | None = None,
+         **options: Any) -> Runner:
+    """A Runner for ``model`` (Flow, checkpoint path or export folder) on ``backend`` ('auto': fastest here)."""
+    device = _device(device)
+    threads = _threads(threads)
+    if backend != "auto" and backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose 'auto' or one of {list(BACKENDS)}")
+    source = resolve_source(os.fspath(model) if isinstance(model, os.PathLike) else model)
+    name = _choose(source, device) if backend == "auto" else backend
+    st = status(name)
+    if not st.available:
+        raise InputError(f"backend {name!r} is not available here: {st.reason}")
+    if device.split(":")[0] not in st.devices:
+        raise InputError(f"backend {name!r} does not run on {device} here (it runs on {', '.join(st.devices)})")
+    return loader(name)(source, device, threads, options)

@@ -1,0 +1,161 @@
+"""``Runner``: what ``nfkd.inference.load`` returns, the same surface for every backend.
+
+A backend implements two methods on already-checked inputs: ``_log_prob(x)`` (float32, batch
+checked) and ``_decode(noise, temperature)`` (unit noise per level). Everything users touch —
+input checks, noise drawing from a seed, numpy/torch conversion, thread pinning, ``info()`` —
+lives here once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..validation import check_batch, check_count, check_seed, check_temperature
+
+__all__ = ["ModelMeta", "Runner", "draw_noise"]
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What every backend knows about the model it runs (from the flow or an export manifest)."""
+
+    arch: str
+    config: dict[str, Any]
+    event_shape: tuple[int, ...]
+    noise_shapes: tuple[tuple[int, ...], ...]  # per level, without the batch dimension
+    checkpoint_sha256: str = ""
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.event_shape)
+
+    @classmethod
+    def of_flow(cls, flow, checkpoint_sha256: str = "", source: str = "") -> "ModelMeta":
+        return cls(
+            arch=flow.arch, config=dict(flow.config), event_shape=tuple(flow.event_shape),
+            noise_shapes=tuple(tuple(s[1:]) for s in flow.noise_shapes(1)),
+            checkpoint_sha256=checkpoint_sha256, source=source,
+        )
+
+
+def draw_noise(noise_shapes: Sequence[Sequence[int]], n: int, seed: int | None) -> list[np.ndarray]:
+    """Unit noise per level from ``numpy.random.default_rng(seed)`` (float32): the same samples on every backend."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((n, *s), dtype=np.float32) for s in noise_shapes]
+
+
+class Runner:
+    """A loaded model on one backend: ``log_prob``, ``sample``, ``info``.
+
+    ``log_prob`` returns the kind it was given (numpy in, numpy out; a tensor in, a tensor out);
+    ``sample`` returns a ``torch.Tensor`` (numpy when given numpy noise).
+    """
+
+    backend: str = ""
+    native: str = "torch"  # the array kind _log_prob / _decode take: "torch" or "numpy"
+
+    def __init__(self, meta: ModelMeta, device: str = "cpu", threads: int | None = None,
+                 max_batch: int | None = None) -> None:
+        self.meta = meta
+        self.device = str(device)
+        self.threads = threads
+        self.max_batch = max_batch
+
+    # --- the shared surface -------------------------------------------------------------------
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.meta.event_shape
+
+    @property
+    def noise_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(s) for s in self.meta.noise_shapes]
+
+    @property
+    def dim(self) -> int:
+        return self.meta.dim
+
+    def log_prob(self, x: Any) -> np.ndarray | torch.Tensor:
+        """log p(x) in nats per row, in the user's units."""
+        x = check_batch(x, self.event_shape, "x", self.max_batch)
+        as_numpy = isinstance(x, np.ndarray)
+        out = self._log_prob(self._to_native(x))
+        return self._to_numpy(out) if as_numpy else self._to_torch(out)
+
+    def sample(self, n: int | None = None, temperature: float = 1.0, noise: Sequence[Any] | Any | None = None,
+               seed: int | None = None) -> torch.Tensor:
+        """n samples at a temperature; noise from ``default_rng(seed)``, or decode the given unit noise.
+
+        Returns a ``torch.Tensor``; numpy arrays when ``noise`` was given as numpy arrays.
+        """
+        temperature = check_temperature(temperature)
+        as_numpy = False
+        if noise is None:
+            if n is None:
+                raise InputError("pass n (how many samples) or noise (one unit-noise array per level)")
+            n = check_count(n, "n", self.max_batch)
+            noise = draw_noise(self.noise_shapes, n, check_seed(seed))
+        else:
+            noise = self._check_noise(noise)
+            as_numpy = isinstance(noise[0], np.ndarray)
+            if n is not None and check_count(n, "n") != noise[0].shape[0]:
+                raise InputError(f"n = {n} but the noise has {noise[0].shape[0]} rows; pass one or the other")
+        out = self._decode([self._to_native(z) for z in noise], temperature)
+        return self._to_numpy(out) if as_numpy else self._to_torch(out)
+
+    def info(self) -> dict[str, Any]:
+        m = self.meta
+        return {
+            "backend": self.backend, "device": self.device, "threads": self.threads, "max_batch": self.max_batch,
+            "arch": m.arch, "config": m.config, "event_shape": list(m.event_shape), "dim": m.dim,
+            "noise_shapes": [list(s) for s in m.noise_shapes], "checkpoint_sha256": m.checkpoint_sha256,
+            "source": m.source, **m.extra,
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(backend={self.backend!r}, arch={self.meta.arch!r}, device={self.device!r})"
+
+    # --- for backends -------------------------------------------------------------------------
+    def _log_prob(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _decode(self, noise: list, temperature: float):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_noise(self, noise: Sequence[Any] | Any) -> list:
+        if isinstance(noise, (np.ndarray, torch.Tensor)):
+            noise = [noise]
+        noise = list(noise)
+        if len(noise) != len(self.noise_shapes):
+            raise InputError(f"expected {len(self.noise_shapes)} noise arrays (one per level), got {len(noise)}")
+        arrays = [check_batch(z, s, f"noise[{i}]", self.max_batch) for i, (z, s) in enumerate(zip(noise, self.noise_shapes))]
+        if len({a.shape[0] for a in arrays}) != 1:
+            raise InputError(f"noise arrays have different batch sizes {[a.shape[0] for a in arrays]}")
+        return arrays
+
+    def pin_threads(self) -> None:
+        """torch's intra-op thread count is per calling thread (OpenMP): set it where the call runs."""
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+    def _to_native(self, a):
+        if self.native == "numpy":
+            if isinstance(a, torch.Tensor):
+                a = a.detach().cpu().numpy()
+            return np.ascontiguousarray(a, dtype=np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
+        return t.to(device=self.device, dtype=torch.float32)
+
+    @staticmethod
+    def _to_numpy(a) -> np.ndarray:
+        return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+    @staticmethod
+    def _to_torch(a) -> torch.Tensor:
+        return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))

@@ -1,0 +1,79 @@
+"""What ``load`` was given (a flow, a checkpoint, an export folder) and the PyTorch backends' loaders."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..flows import Flow
+from .runner import ModelMeta
+from .torch_runners import CompiledRunner, TorchRunner
+
+__all__ = ["ModelSource", "resolve_source", "load_eager", "load_folded", "load_compiled"]
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class ModelSource:
+    meta: ModelMeta
+    flow: Flow | None = None  # the trained flow (None for an export folder)
+    checkpoint: Path | None = None
+    export_folder: Path | None = None
+
+
+def _manifest_meta(folder: Path) -> ModelMeta:
+    try:
+        m = json.loads((folder / MANIFEST_NAME).read_text())
+        return ModelMeta(arch=m["arch"], config=dict(m["config"]), event_shape=tuple(m["event_shape"]),
+                         noise_shapes=tuple(tuple(s) for s in m["noise_shapes"]),
+                         checkpoint_sha256=str(m.get("source", {}).get("sha256", "")), source=str(folder))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{folder / MANIFEST_NAME} is unreadable ({exc}); re-export the model") from None
+
+
+def resolve_source(model: Any) -> ModelSource:
+    """A Flow, a checkpoint file (.pt) or an export folder (with manifest.json)."""
+    if isinstance(model, Flow):
+        return ModelSource(ModelMeta.of_flow(model, source=f"<{type(model).__name__} object>"), flow=model)
+    if not isinstance(model, (str, os.PathLike)):
+        raise InputError(f"model must be an nfkd Flow, a checkpoint path or an export folder, got {type(model).__name__}")
+    path = Path(model)
+    if not path.exists():
+        raise InputError(f"model not found: {path} (expected a checkpoint .pt or an export folder with manifest.json)")
+    if path.is_dir():
+        if not (path / MANIFEST_NAME).exists():
+            raise InputError(f"{path} is a folder without manifest.json; expected an export folder "
+                             f"(python -m export.onnx student.pt -o DIR) or a checkpoint file")
+        return ModelSource(_manifest_meta(path), export_folder=path)
+    from ..checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    return ModelSource(ModelMeta.of_flow(ckpt.flow, ckpt.sha256, str(path)), flow=ckpt.flow, checkpoint=path)
+
+
+def _trained(source: ModelSource, backend: str) -> Flow:
+    if source.flow is None:
+        raise InputError(f"backend {backend!r} runs the PyTorch flow and needs the checkpoint file (.pt) or a Flow, "
+                         f"not the export folder {source.export_folder}")
+    return source.flow
+
+
+def load_eager(source: ModelSource, device: str, threads: int | None, options: dict[str, Any]) -> TorchRunner:
+    return TorchRunner(copy.deepcopy(_trained(source, "eager")), source.meta, "eager", device, threads)
+
+
+def load_folded(source: ModelSource, device: str, threads: int | None, options: dict[str, Any]) -> TorchRunner:
+    from ..fold import fold
+
+    return TorchRunner(fold(_trained(source, "folded")), source.meta, "folded", device, threads)
+
+
+def load_compiled(source: ModelSource, device: str, threads: int | None, options: dict[str, Any]) -> CompiledRunner:
+    from ..fold import fold
+
+    return CompiledRunner(fold(_trained(source, "compile")), source.meta, device, threads)

@@ -1,0 +1,51 @@
+"""PyTorch backends: ``eager`` (the trained flow), ``folded`` (``nfkd.fold``), ``compile`` (inductor).
+
+All three run the one flow code (``nfkd.flows``); they differ only in which module runs it and
+whether torch.compile traces it.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..flows import Flow
+from .runner import ModelMeta, Runner
+
+__all__ = ["TorchRunner", "CompiledRunner"]
+
+
+class TorchRunner(Runner):
+    """A flow (trained or folded) called directly, under ``no_grad``, float32."""
+
+    def __init__(self, model: Flow, meta: ModelMeta, backend: str, device: str, threads: int | None) -> None:
+        super().__init__(meta, device, threads)
+        self.backend = backend
+        self.model = model.to(device=device, dtype=torch.float32).eval()
+
+    def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        self.pin_threads()
+        with torch.no_grad():
+            return self.model.log_prob_unchecked(x)
+
+    def _decode(self, noise: list[torch.Tensor], temperature: float) -> torch.Tensor:
+        self.pin_threads()
+        with torch.no_grad():
+            return self.model.inverse([z * temperature for z in noise]).x
+
+
+class CompiledRunner(TorchRunner):
+    """``torch.compile`` of the folded flow's two directions (dynamic batch, compiled on first call)."""
+
+    def __init__(self, model: Flow, meta: ModelMeta, device: str, threads: int | None) -> None:
+        super().__init__(model, meta, "compile", device, threads)
+        self._lp = torch.compile(self.model.log_prob_unchecked, dynamic=True)
+        self._inv = torch.compile(lambda noise: self.model.inverse(noise).x, dynamic=True)
+
+    def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        self.pin_threads()
+        with torch.no_grad():
+            return self._lp(x)
+
+    def _decode(self, noise: list[torch.Tensor], temperature: float) -> torch.Tensor:
+        self.pin_threads()
+        with torch.no_grad():
+            return self._inv([z * temperature for z in noise])
