@@ -12,12 +12,13 @@ __all__ = ["load_onnxruntime", "load_tensorrt"]
 
 
 def _folder(source, options: dict[str, Any], engines: bool):
-    cache_dir = options.get("cache_dir")
+    """The export folder to run: given, or exported (parity-gated) into export_dir / the cache."""
+    cache_dir, export_dir = options.get("cache_dir"), options.get("export_dir")
     if source.export_folder is not None:
         return source.export_folder
     if source.checkpoint is not None:
-        return ensure_export(source.checkpoint, cache_dir, engines=engines)
-    return export_flow(source.flow, cache_dir, engines=engines)
+        return ensure_export(source.checkpoint, cache_dir, engines=engines, folder=export_dir)
+    return export_flow(source.flow, cache_dir, engines=engines, folder=export_dir)
 
 
 def load_onnxruntime(source, device: str, threads: int | None, options: dict[str, Any]) -> runtime.OrtFlow:

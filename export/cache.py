@@ -33,19 +33,22 @@ def is_export_folder(path: str | os.PathLike) -> bool:
 
 
 def ensure_export(checkpoint: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                  engines: bool = False) -> Path:
-    """The export folder of a checkpoint: reused from the cache when intact, else exported (parity gate)."""
+                  engines: bool = False, folder: str | os.PathLike | None = None) -> Path:
+    """The export folder of a checkpoint (``folder``, or one in the cache keyed by its SHA-256): reused
+    when it is an intact export of exactly this checkpoint, else exported (parity gate)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise InputError(f"model not found: {checkpoint} (expected a checkpoint .pt or an export folder)")
     sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the export cache folder {root} ({exc.strerror}); "
-                         f"pass a writable cache folder (NFKD_CACHE_DIR or --cache-dir)") from None
-    folder = root / f"{checkpoint.stem}-{sha[:16]}"
+    if folder is None:
+        root = Path(cache_dir) if cache_dir else default_cache_dir()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the export cache folder {root} ({exc.strerror}); "
+                             f"pass a writable cache folder (NFKD_CACHE_DIR or --cache-dir)") from None
+        folder = root / f"{checkpoint.stem}-{sha[:16]}"
+    folder = Path(folder)
     if reusable_export(folder, sha, engines) is not None:
         log.info("reusing export", extra={"folder": str(folder)})
         return folder
@@ -71,7 +74,8 @@ def _flow_key(flow) -> str:
     return h.hexdigest()
 
 
-def export_flow(flow, cache_dir: str | os.PathLike | None = None, engines: bool = False) -> Path:
+def export_flow(flow, cache_dir: str | os.PathLike | None = None, engines: bool = False,
+                folder: str | os.PathLike | None = None) -> Path:
     """ensure_export for an in-memory flow: saved once as a checkpoint keyed by its content, then exported."""
     import nfkd
 
@@ -79,4 +83,4 @@ def export_flow(flow, cache_dir: str | os.PathLike | None = None, engines: bool 
     kept = root / "flows" / f"{flow.arch}-{_flow_key(flow)[:16]}.pt"
     if not kept.exists():
         nfkd.save(flow, kept)  # atomic
-    return ensure_export(kept, root, engines)
+    return ensure_export(kept, root, engines, folder)

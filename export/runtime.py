@@ -46,7 +46,7 @@ class ExportedFlow(Runner):
             checkpoint_sha256=str(manifest.source.get("sha256", "")), source=str(folder),
             extra={"export": {"folder": str(folder), "fp16": manifest.fp16, "opset": manifest.opset,
                               "maf_sampling": manifest.maf_sampling,
-                              "parity_passed": bool(manifest.parity.get("passed"))}},
+                              "parity": manifest.parity}},
         )
         super().__init__(meta, device, threads, max_batch=int(manifest.max_batch))
         self.folder = folder

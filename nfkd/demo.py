@@ -12,58 +12,25 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from . import inference
 from .data.splits import TabularSplits
 from .errors import InputError
+from .inference.timing import interleaved_medians
 from .demo_images import render_image_section, run_image_demo
 from .experiment import LABELS, ROWS, train_family
 from .pipeline import evaluate, get_data
 from .train import TrainConfig
 
 
-def _timeit(fn, repeats: int) -> list[float]:
-    fn()  # warm-up excluded
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
-def measure_throughput(flows: dict[str, Any], x: np.ndarray, onnx_path: Path | None, threads: int,
-                       rounds: int = 5) -> dict[str, dict[str, float]]:
-    """Median seconds per batch; backends interleaved round by round so drift hits all alike."""
-    torch.set_num_threads(threads)
-    xt = torch.from_numpy(x)
-    fns = {}
-    for name, flow in flows.items():
-        fns[f"{name} (eager torch)"] = lambda f=flow: f.log_prob(xt)
-    if onnx_path is not None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        inp = sess.get_inputs()[0].name
-        fns["student (onnxruntime)"] = lambda: sess.run(["log_prob"], {inp: x})
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    with torch.no_grad():
-        for fn in fns.values():
-            fn()
-        for _ in range(rounds):
-            for k, fn in fns.items():
-                times[k] += _timeit(fn, 2)
-    return {k: {"median_s": statistics.median(v), "std_s": statistics.pstdev(v), "rows_per_s": len(x) / statistics.median(v)}
-            for k, v in times.items()}
+def measure_throughput(runners: dict[str, Any], x: np.ndarray, rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Median seconds per batch of each ``nfkd.inference`` runner, interleaved round by round."""
+    return interleaved_medians({k: (lambda r=r: r.log_prob(x)) for k, r in runners.items()}, len(x), rounds)
 
 
 def plot_samples(data: np.ndarray, samples: dict[str, np.ndarray], path: Path, cols: tuple[int, int]) -> None:
@@ -128,23 +95,25 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
     best_by_val = min(students, key=lambda m: -evaluate(students[m], data, "val")["log_likelihood"])
     log(f"  best student by validation LL: {best_by_val}")
 
-    # Export the best student (chosen on validation data) with the parity gate.
+    # Export the best student (chosen on validation data) with the parity gate, through the one door.
     export_info: dict[str, Any] = {"student": best_by_val}
-    onnx_density = None
+    runners = {"teacher (eager)": inference.load(t_res.flow, "eager", threads=threads),
+               "student (eager)": inference.load(students[best_by_val], "eager", threads=threads),
+               "student (folded)": inference.load(students[best_by_val], "folded", threads=threads)}
     try:
-        from export.onnx import export_onnx
-
-        manifest = export_onnx(runs / best_by_val / "model.pt", out / "export")
-        export_info.update({"ok": True, "parity": manifest.parity, "files": sorted(manifest.graphs)})
-        onnx_density = out / "export" / manifest.graphs["density"]["file"]
+        ort_runner = inference.load(runs / best_by_val / "model.pt", "onnxruntime", threads=threads,
+                                    export_dir=out / "export")
+        export_info.update({"ok": True, "folder": str(ort_runner.folder),
+                            "parity": ort_runner.info()["export"]["parity"]})
+        runners["student (onnxruntime)"] = ort_runner
         log(f"  exported {best_by_val} to ONNX; parity gate passed")
-    except ImportError as exc:  # export extra not importable: report it, keep the rest
+    except InputError as exc:  # onnxruntime / export not available here: report it, keep the rest
         export_info.update({"ok": False, "error": str(exc)})
         log(f"  ONNX export skipped: {exc}")
 
     x = np.ascontiguousarray(np.resize(data.test, (4096, data.dim)).astype(np.float32))
-    tp = measure_throughput({"teacher": t_res.flow, "student": students[best_by_val]}, x, onnx_density, threads)
-    teacher_rate = tp["teacher (eager torch)"]["rows_per_s"]
+    tp = measure_throughput(runners, x)
+    teacher_rate = tp["teacher (eager)"]["rows_per_s"]
     for v in tp.values():
         v["speedup_vs_eager_teacher"] = v["rows_per_s"] / teacher_rate
 
