@@ -4,20 +4,19 @@ Kept apart from ``conftest.py`` so that it can be imported (and unit-tested) wit
 
 Backends (``BACKENDS``), all measured through the API a user calls:
 
-- ``eager``: the nfkd flow as trained (``flow.log_prob(x)`` / ``flow.sample(n)``), ``torch.no_grad``;
-- ``folded``: ``kernels.dispatch.fast_log_prob`` / ``fast_sample`` with kernels off: the folded
-  inference form (``nfkd.fold``) in PyTorch, what nfkd runs on CPU;
-- ``compile``: ``torch.compile(fold(flow).log_prob / .sample, dynamic=True)``; MAF sampling compiles
-  one MADE pass (its D sequential passes per block stay a Python loop: unrolling 6 x 63 passes
-  would take minutes to compile); compiled once per model and reused for every batch size;
-- ``onnxruntime``: ``export.runtime.load(export_onnx(...))`` (CPU provider; CUDA provider on GPU);
-- ``tensorrt``: ``export.trt.build_engines`` + ``load(..., backend="tensorrt")`` (GPU + TensorRT only);
-- ``triton``: ``fast_log_prob`` / ``fast_sample`` with ``use_kernels(True)`` on CUDA tensors (GPU only);
+- nfkd's own (``eager``, ``folded``, ``compile``, ``onnxruntime``, ``tensorrt``, ``triton``):
+  ``nfkd.inference.load(checkpoint, backend=...)`` then ``runner.log_prob(x)`` /
+  ``runner.sample(n, seed=0)`` -- the one door, so the suite measures exactly what users run
+  (exports are parity-gated and cached by checkpoint hash under ``--bench-cache``);
 - ``nflows`` / ``zuko``: the same MAF (D, blocks, hidden, n_hidden, reversed orders) built with
   those libraries, as an outside reference (MAF only; ``flow.log_prob`` / ``flow.sample`` and
   ``flow().log_prob`` / ``flow().sample``).
 
-Sampling times include drawing the noise (each backend with its own generator: torch, numpy).
+Every nfkd row is checked against the eager float64 flow on every row of its batch, at the export
+gate's float32 tolerances (``export.parity.TOLERANCE``): log-densities and, since every backend
+draws its noise from ``numpy.random.default_rng(seed)``, samples too.
+
+Sampling times include drawing the noise (nfkd: numpy's generator; peers: torch's).
 """
 from __future__ import annotations
 
@@ -270,29 +269,6 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-def _mark_batch_dynamic(t, unbacked: bool) -> None:
-    import torch
-
-    if unbacked:  # one graph for every batch size, batch 1 included (no 0/1 specialization)
-        torch._dynamo.decorators.mark_unbacked(t, 0)
-
-
-def _maf_pass(x, u, weights: list, biases: list, clamp: float, tanh: bool):
-    """One MADE pass of MAF sampling (FoldedMADE.inverse's loop body): x <- u * exp(alpha(x)) + mu(x)."""
-    import torch
-    import torch.nn.functional as F
-
-    h = x
-    n = len(weights)
-    for i in range(n):
-        h = F.linear(h, weights[i], biases[i])
-        if i < n - 1:
-            h = torch.tanh(h) if tanh else torch.relu(h)
-    d = u.shape[1]
-    alpha = clamp * torch.tanh(h[:, d:] / clamp)
-    return u * torch.exp(alpha) + h[:, :d]
-
-
 class Registry:
     """Session cache of models, inputs, exports, compiled functions and peers (built on first use)."""
 
@@ -328,11 +304,6 @@ class Registry:
             return copy.deepcopy(f).to(self.s.device) if self.s.device != "cpu" else f
 
         return self._memo(("flow", arch, role, dim), build)
-
-    def folded(self, arch: str, role: str, dim: int):
-        from nfkd.fold import fold
-
-        return self._memo(("folded", arch, role, dim), lambda: fold(self.flow(arch, role, dim)))
 
     def params(self, case: Case) -> int:
         if case.backend in PEERS:
@@ -376,124 +347,25 @@ class Registry:
 
         return self._memo(("ckpt", arch, role, dim), build)
 
-    def export_dir(self, arch: str, role: str, dim: int) -> Path:
+    def nfkd(self, backend: str, arch: str, role: str, dim: int):
+        """``nfkd.inference.load`` of this model's checkpoint on a backend (exports cached by hash)."""
+
         def build():
-            try:
-                from export.onnx import _versions, export_onnx
-            except Exception as exc:
-                raise Unavailable(f"export.onnx cannot be imported: {_first_line(exc)}") from None
-            ckpt, sha = self.checkpoint(arch, role, dim)
-            out = ckpt.parent / "export"
-            if _reusable_export(out, sha, _versions(), max(self.s.batches_for(arch))):
-                return out
-            t = time.perf_counter()
-            try:
-                export_onnx(ckpt, out, parity_batches=(1, 7))
-            except Exception as exc:
-                raise Unavailable(f"ONNX export failed: {_first_line(exc)}") from None
-            self.export_seconds[model_name(self.s, arch, role, dim)] = time.perf_counter() - t
-            return out
+            from nfkd import inference
+            from nfkd.errors import NfkdError
 
-        return self._memo(("export", arch, role, dim), build)
-
-    def ort(self, arch: str, role: str, dim: int):
-        def build():
-            try:
-                import onnxruntime as ort
-            except Exception as exc:
-                raise Unavailable(f"onnxruntime cannot be imported: {_first_line(exc)}") from None
-            if self.s.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise Unavailable("ONNX Runtime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
-            from export.runtime import load
-
-            return load(self.export_dir(arch, role, dim), device=self.s.device, intra_op_threads=self.s.threads)
-
-        return self._memo(("ort", arch, role, dim), build)
-
-    def trt(self, arch: str, role: str, dim: int):
-        def build():
-            import importlib.util
-
-            import torch
-
-            if self.s.device != "cuda" or not torch.cuda.is_available():
-                raise Unavailable("TensorRT runs on CUDA GPUs only (run with --bench-device cuda on a GPU)")
-            if importlib.util.find_spec("tensorrt") is None:
-                raise Unavailable("tensorrt is not installed (pip install 'nfkd[gpu]')")
-            from export.runtime import load
-            from export.trt import build_engines
-
-            out = self.export_dir(arch, role, dim)
             ckpt, _ = self.checkpoint(arch, role, dim)
-            batches = self.s.batches_for(arch)
             t = time.perf_counter()
             try:
-                build_engines(ckpt, out, min_batch=1, opt_batch=sorted(batches)[len(batches) // 2],
-                              max_batch=max(batches))
-            except Exception as exc:
-                raise Unavailable(f"TensorRT engine build failed: {_first_line(exc)}") from None
-            self.export_seconds[model_name(self.s, arch, role, dim) + " (tensorrt)"] = time.perf_counter() - t
-            return load(out, backend="tensorrt", device="cuda")
+                runner = inference.load(ckpt, backend=backend, device=self.s.device, threads=self.s.threads,
+                                        cache_dir=self.s.cache / "exports")
+            except NfkdError as exc:
+                raise Unavailable(f"{backend}: {_first_line(exc)}") from None
+            if backend in EXPORTED:
+                self.export_seconds[f"{model_name(self.s, arch, role, dim)} ({backend})"] = time.perf_counter() - t
+            return runner
 
-        return self._memo(("trt", arch, role, dim), build)
-
-    # --- torch.compile ------------------------------------------------------------------------
-    def compiled(self, arch: str, role: str, dim: int, direction: str):
-        """A compiled callable: density(x) or sample(n). Compiles at its first call (the warm-up)."""
-
-        def build():
-            import torch
-
-            if not hasattr(torch, "compile"):
-                raise Unavailable("this torch has no torch.compile")
-            folded = self.folded(arch, role, dim)
-            if direction == "density":
-                fn = torch.compile(folded.log_prob, dynamic=True)
-
-                def density(x):
-                    return fn(x)
-
-                return density
-            shapes = self.flow(arch, role, dim).noise_shapes
-            dev = self.s.device
-            if arch == "maf":
-                step = self._memo(("maf_pass",), lambda: torch.compile(_maf_pass, dynamic=True))
-                blocks = [
-                    ([getattr(b, f"w{i}") for i in range(b.n_layers)], [getattr(b, f"b{i}") for i in range(b.n_layers)], b)
-                    for b in folded.blocks
-                ]
-
-                first = [True]
-
-                def sample_maf(n):
-                    h = torch.randn(n, dim, device=dev)
-                    for ws, bs, blk in reversed(blocks):
-                        u = (h[:, blk.inv_perm] - blk.post_shift) / blk.post_scale
-                        x = torch.zeros_like(u)
-                        if first[0]:  # compiled with an unbacked batch: one graph for every batch size
-                            _mark_batch_dynamic(x, True)
-                            _mark_batch_dynamic(u, True)
-                            first[0] = False
-                        for _ in range(blk.dim):
-                            x = step(x, u, ws, bs, blk.alpha_clamp, blk.tanh)
-                        h = x
-                    return h / folded.inv_scale + folded.loc
-
-                return sample_maf
-            fn = torch.compile(folded.sample, dynamic=True)
-            first = [arch != "glow"]  # convolutions reject an unbacked batch: images recompile for batch 1
-
-            def sample(n):
-                noise = [torch.randn(s, device=dev) for s in shapes(n)]
-                if first[0]:
-                    for z in noise:
-                        _mark_batch_dynamic(z, True)
-                    first[0] = False
-                return fn(noise)
-
-            return sample
-
-        return self._memo(("compiled", arch, role, dim, direction), build)
+        return self._memo(("nfkd", backend, arch, role, dim), build)
 
     # --- peers --------------------------------------------------------------------------------
     def peer(self, name: str, role: str, dim: int):
@@ -512,23 +384,10 @@ class Registry:
     def _density(self, c: Case) -> Callable[[], Any]:
         x, xn = self.inputs(c.arch, c.dim, c.batch)
         b = c.backend
-        if b == "eager":
-            flow = self.flow(c.arch, c.role, c.dim)
-            return _no_grad(lambda: flow.log_prob(x))
-        if b in ("folded", "triton"):
-            flow = self.flow(c.arch, c.role, c.dim)
-            return self._dispatch(c, lambda: _fast_log_prob(flow, x))
-        if b == "compile":
-            fn = self.compiled(c.arch, c.role, c.dim, "density")
-            xc = x.clone()
-            _mark_batch_dynamic(xc, unbacked=c.arch != "glow")
-            return _no_grad(lambda: fn(xc))
-        if b == "onnxruntime":
-            m = self.ort(c.arch, c.role, c.dim)
-            return lambda: m.log_prob(xn)
-        if b == "tensorrt":
-            m = self.trt(c.arch, c.role, c.dim)
-            return lambda: m.log_prob(xn)
+        if b in NFKD_BACKENDS:
+            r = self.nfkd(b, c.arch, c.role, c.dim)
+            inp = xn if b in EXPORTED else x
+            return lambda: r.log_prob(inp)
         if b == "nflows":
             p = self.peer(b, c.role, c.dim)
             return _no_grad(lambda: p.log_prob(x))
@@ -539,21 +398,9 @@ class Registry:
 
     def _sample(self, c: Case) -> Callable[[], Any]:
         n, b = c.batch, c.backend
-        if b == "eager":
-            flow = self.flow(c.arch, c.role, c.dim)
-            return _no_grad(lambda: flow.sample(n))
-        if b in ("folded", "triton"):
-            flow = self.flow(c.arch, c.role, c.dim)
-            return self._dispatch(c, lambda: _fast_sample(flow, n))
-        if b == "compile":
-            fn = self.compiled(c.arch, c.role, c.dim, "sample")
-            return _no_grad(lambda: fn(n))
-        if b == "onnxruntime":
-            m = self.ort(c.arch, c.role, c.dim)
-            return lambda: m.sample(n, 1.0, seed=0)
-        if b == "tensorrt":
-            m = self.trt(c.arch, c.role, c.dim)
-            return lambda: m.sample(n, 1.0, seed=0)
+        if b in NFKD_BACKENDS:
+            r = self.nfkd(b, c.arch, c.role, c.dim)
+            return lambda: r.sample(n, 1.0, seed=0)
         if b == "nflows":
             p = self.peer(b, c.role, c.dim)
             return _no_grad(lambda: p.sample(n))
@@ -562,46 +409,42 @@ class Registry:
             return _no_grad(lambda: p().sample((n,)))
         raise ValueError(f"unknown backend {b!r}")
 
-    def _dispatch(self, c: Case, fn: Callable[[], Any]) -> Callable[[], Any]:
-        from kernels.dispatch import kernels_enabled, use_kernels
-
-        if c.backend == "triton":
-            if self.s.device != "cuda":
-                raise Unavailable("the Triton kernels run on CUDA GPUs only (CPU: see the folded backend)")
-            try:
-                with use_kernels(None):
-                    ok = kernels_enabled("cuda")
-            except Exception as exc:
-                raise Unavailable(f"Triton kernels unavailable: {_first_line(exc)}") from None
-            if not ok:
-                raise Unavailable("Triton kernels unavailable here (triton missing, or NFKD_KERNELS=0)")
-        flag = c.backend == "triton"
-
-        def run():
-            with use_kernels(flag):
-                return fn()
-
-        return run
-
     # --- checks and bookkeeping ---------------------------------------------------------------
-    def check_density(self, c: Case, fn: Callable[[], Any]) -> float | None:
-        """Max relative deviation of a density backend from the eager flow on this batch (first 64 rows
-        compared; a wiring error shows as a large value). Peers define other densities: None."""
-        if c.backend in PEERS or c.backend == "eager" or c.batch > 4096:  # (one more call: not at the largest batch)
+    def deviation(self, c: Case, fn: Callable[[], Any]) -> float | None:
+        """Worst error of this row's output against the eager float64 flow, as a multiple of the export
+        gate's float32 tolerance (<= 1 passes): every row of the batch, density or samples (same seed,
+        same noise). Peers define other densities and draw other noise: None."""
+        if c.backend in PEERS:
             return None
         import numpy as np
         import torch
+        from export.parity import TOLERANCE
 
-        key = ("ref", c.arch, c.role, c.dim, c.batch)
+        from nfkd.inference import draw_noise
+
+        tol = TOLERANCE["float32"]
+        key = ("ref", c.direction, c.arch, c.role, c.dim, c.batch)
         if key not in self._cache:
-            x, _ = self.inputs(c.arch, c.dim, c.batch)
-            flow = self.flow(c.arch, c.role, c.dim)
+            flow = self.flow_cpu(c.arch, c.role, c.dim)
+            ref64 = self._memo(("ref64", c.arch, c.role, c.dim), lambda: _float64_copy(flow))
             with torch.no_grad():
-                self._cache[key] = flow.log_prob(x[:64]).double().cpu().numpy()
+                if c.direction == "density":
+                    x, _ = self.inputs(c.arch, c.dim, c.batch)
+                    ref = ref64.log_prob(x.cpu().double())
+                else:
+                    noise = draw_noise([s[1:] for s in flow.noise_shapes(1)], c.batch, 0)
+                    ref = ref64.sample(c.batch, 1.0, noise=[torch.from_numpy(z).double() for z in noise])
+            self._cache[key] = ref.numpy()
         ref = self._cache[key]
         out = fn()
-        got = (out.detach().double().cpu().numpy() if hasattr(out, "detach") else np.asarray(out, np.float64))[:64]
-        return float(np.max(np.abs(got - ref) / np.maximum(1.0, np.abs(ref))))
+        got = out.detach().double().cpu().numpy() if hasattr(out, "detach") else np.asarray(out, np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            if c.direction == "density":
+                ratio = np.abs(got - ref) / np.maximum(1.0, np.abs(ref)) / tol["log_prob_rel"]
+            else:
+                ratio = np.abs(got - ref) / (tol["sample_abs"] + tol["sample_rel"] * np.abs(ref))
+        ratio = np.where(np.isfinite(ref), ratio, 0.0)  # rows where float64 itself overflows: not compared
+        return float(np.nan_to_num(ratio, nan=np.inf).max())
 
     def predict(self, c: Case) -> float | None:
         """Seconds per call predicted from the same series at its previous (smaller) batch, linearly;
@@ -615,16 +458,12 @@ class Registry:
         self._last[c.series] = (c.batch, seconds)
 
 
-def _fast_log_prob(flow, x):
-    from kernels.dispatch import fast_log_prob
+def _float64_copy(flow):
+    import copy
 
-    return fast_log_prob(flow, x)
+    import torch
 
-
-def _fast_sample(flow, n: int):
-    from kernels.dispatch import fast_sample
-
-    return fast_sample(flow, n=n)
+    return copy.deepcopy(flow).to("cpu", dtype=torch.float64).eval()
 
 
 def _checkpoint_identity(path: Path) -> tuple | None:
@@ -640,25 +479,6 @@ def _checkpoint_identity(path: Path) -> tuple | None:
         return None
     keys = ("format", "format_version", "arch", "config", "metadata", "tensor_sha256", "num_parameters")
     return tuple(meta.get(k) for k in keys)
-
-
-def _reusable_export(out: Path, sha: str, versions: dict, max_batch: int) -> bool:
-    """An export of this very checkpoint by the same torch / onnx / onnxruntime / nfkd, intact."""
-    from export.manifest import Manifest, sha256_file
-
-    if not (out / "manifest.json").exists():
-        return False
-    try:
-        m = Manifest.load(out)
-    except Exception:
-        return False
-    if m.source.get("sha256") != sha or m.fp16 or m.max_batch < max_batch or m.versions != versions:
-        return False
-    for g in m.graphs.values():
-        p = out / g["file"]
-        if not p.exists() or sha256_file(p) != g["sha256"]:
-            return False
-    return True
 
 
 # ------------------------------------------------------------------------------------- measurement

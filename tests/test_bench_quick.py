@@ -47,7 +47,8 @@ def test_quick_suite_runs_and_reports_every_backend_that_ran(tmp_path):
         assert EXTRA_KEYS <= e.keys(), b["name"]
         assert b["group"] == f"{e['direction']} {e['arch']} d={e['dim']} batch={e['batch']}"
         assert e["params"] > 0 and b["stats"]["rounds"] >= 1 and b["stats"]["median"] > 0
-        assert e.get("max_rel_dev_vs_eager", 0.0) <= 1e-2  # every nfkd backend computes the same log p
+        if e["backend"] not in ("nflows", "zuko"):  # every nfkd row, density and samples, every batch size
+            assert 0.0 <= e["err_over_tol_vs_eager64"] <= 1.0, (b["name"], e["err_over_tol_vs_eager64"])
     ran = {b["extra_info"]["backend"] for b in benches}
     expected = {"eager", "folded", "onnxruntime"} | {p for p in ("nflows", "zuko") if importlib.util.find_spec(p)}
     assert expected <= ran, ran

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..flows import Flow
+from ..flows.layers import MADE
 from .runner import ModelMeta, Runner
 
 __all__ = ["TorchRunner", "CompiledRunner"]
@@ -33,12 +34,23 @@ class TorchRunner(Runner):
 
 
 class CompiledRunner(TorchRunner):
-    """``torch.compile`` of the folded flow's two directions (dynamic batch, compiled on first call)."""
+    """``torch.compile`` of the folded flow's two directions (dynamic batch, compiled on first call).
+
+    Autoregressive sampling (MADE: D sequential passes per block) compiles the one pass and keeps
+    the loop in Python: unrolling blocks x D passes into one graph takes minutes to compile.
+    """
 
     def __init__(self, model: Flow, meta: ModelMeta, device: str, threads: int | None) -> None:
         super().__init__(model, meta, "compile", device, threads)
         self._lp = torch.compile(self.model.log_prob_unchecked, dynamic=True)
-        self._inv = torch.compile(lambda noise: self.model.inverse(noise).x, dynamic=True)
+        mades = [m for m in self.model.modules() if isinstance(m, MADE)]
+        for made in mades:
+            made._inverse_pass = torch.compile(made._inverse_pass, dynamic=True)
+
+        def inverse(noise: list[torch.Tensor]) -> torch.Tensor:
+            return self.model.inverse(noise).x
+
+        self._inv = inverse if mades else torch.compile(inverse, dynamic=True)
 
     def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
         self.pin_threads()
