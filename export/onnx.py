@@ -29,9 +29,7 @@ import datetime as _dt
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,8 +48,9 @@ from nfkd.flows.layers import MADE
 from nfkd.fold import fold
 
 from . import parity
+from .artifacts import staged_folder
 from .check import check_tensorrt_compat
-from .manifest import MANIFEST_NAME, Manifest, sha256_bytes
+from .manifest import Manifest, sha256_bytes
 
 DENSITY_FILE = "density.onnx"
 SAMPLE_FILE = "sample.onnx"
@@ -285,22 +284,6 @@ def _latent_layout(flow: Flow) -> list[dict[str, Any]]:
     return layout
 
 
-def _install(tmp: Path, out_dir: Path) -> None:
-    """Move a gated export into place: a new folder is renamed at once; an existing one gets file by file,
-    manifest last, and loses engines built from older graphs."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    if not out_dir.is_dir():
-        raise ExportError(f"{out_dir} exists and is not a folder")
-    for stale in STALE_ON_REEXPORT:
-        with contextlib.suppress(FileNotFoundError):
-            (out_dir / stale).unlink()
-    for f in sorted(tmp.iterdir(), key=lambda p: p.name == MANIFEST_NAME):
-        os.replace(f, out_dir / f.name)
-    tmp.rmdir()
-
-
 def export_onnx(
     checkpoint_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -325,9 +308,7 @@ def export_onnx(
     out_dir = Path(out_dir)
     models, mode, notes = build_graphs(flow, fp16=fp16, opset=opset, maf_sampling=maf_sampling, max_batch=max_batch)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir, stale=STALE_ON_REEXPORT) as tmp:
         files = {"density": DENSITY_FILE, "sample": SAMPLE_FILE}
         blobs: dict[str, bytes] = {}
         for name, model in models.items():
@@ -388,10 +369,6 @@ def export_onnx(
         if notes:
             manifest.parity["notes"] = notes
         manifest.save(tmp)
-        _install(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -27,7 +27,8 @@ from nfkd.errors import ExportError, InputError
 from nfkd.inference.runner import ModelMeta, Runner
 from nfkd.validation import check_batch
 
-from .manifest import Manifest, sha256_bytes
+from .artifacts import read_verified
+from .manifest import Manifest
 
 BACKENDS = ("onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
@@ -75,18 +76,6 @@ class ExportedFlow(Runner):
         raise NotImplementedError
 
 
-def _read_verified(folder: Path, entry: dict[str, Any], what: str) -> bytes:
-    path = folder / entry["file"]
-    if not path.exists():
-        raise ExportError(f"{path} is missing; the export folder is incomplete ({what})")
-    data = path.read_bytes()
-    if sha256_bytes(data) != entry.get("sha256"):
-        raise ExportError(
-            f"{path} does not match the SHA-256 in manifest.json: it was changed after the parity gate; re-export"
-        )
-    return data
-
-
 class OrtFlow(ExportedFlow):
     """ONNX Runtime: CPU provider, or the CUDA provider with I/O binding."""
 
@@ -117,7 +106,7 @@ class OrtFlow(ExportedFlow):
         so.log_severity_level = 3
         self.session_options = so
         self.sessions = {
-            name: ort.InferenceSession(_read_verified(folder, manifest.graphs[name], name), so, providers=providers)
+            name: ort.InferenceSession(read_verified(folder, manifest.graphs[name], name), so, providers=providers)
             for name in ("density", "sample")
         }
 
@@ -160,7 +149,7 @@ class TrtFlow(ExportedFlow):
                 f"{folder} has no TensorRT engines; build them with `python -m export.trt <checkpoint> -o {folder}`"
             )
         self.max_batch = min(self.max_batch, int(engines.get("profile", {}).get("max", self.max_batch)))
-        self.engines = {name: TrtEngine(trt, _read_verified(folder, engines[name], name)) for name in ("density", "sample")}
+        self.engines = {name: TrtEngine(trt, read_verified(folder, engines[name], name)) for name in ("density", "sample")}
 
     def _density(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = self.engines["density"].run({"x": x})

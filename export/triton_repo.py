@@ -45,13 +45,13 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from nfkd.errors import ExportError, InputError, NfkdError
 
-from .manifest import Manifest, sha256_file
+from .artifacts import staged_folder, verified_path
+from .manifest import Manifest
 
 PLATFORM_ONNX = "onnxruntime_onnx"
 PLATFORM_TRT = "tensorrt_plan"
@@ -320,15 +320,6 @@ def model_name(text: str) -> str:
     return name
 
 
-def _verified(folder: Path, entry: dict[str, Any], what: str) -> Path:
-    path = folder / entry["file"]
-    if not path.exists():
-        raise ExportError(f"{path} is missing; the export folder is incomplete ({what})")
-    if sha256_file(path) != entry.get("sha256"):
-        raise ExportError(f"{path} does not match the SHA-256 in manifest.json (changed after the parity gate); re-export")
-    return path
-
-
 def _default_preferred(max_batch: int, opt: int | None) -> list[int]:
     sizes = {max_batch}
     if opt and opt < max_batch:
@@ -391,11 +382,11 @@ def write_repository(
     # Cross-check against the ONNX graphs themselves (the plans are built from these very graphs).
     sources: dict[str, Path] = {}
     for graph in ("density", "sample"):
-        onnx_path = _verified(export_dir, manifest.graphs[graph], graph)
+        onnx_path = verified_path(export_dir, manifest.graphs[graph], graph)
         problems = check_config_against_onnx(configs[graph], onnx_io(onnx_path))
         if problems:
             raise ExportError(f"{graph} graph and manifest disagree: {'; '.join(problems)}; re-export the model")
-        sources[graph] = _verified(export_dir, manifest.engines[graph], f"{graph} engine") if use_trt else onnx_path
+        sources[graph] = verified_path(export_dir, manifest.engines[graph], f"{graph} engine") if use_trt else onnx_path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -411,20 +402,13 @@ def write_repository(
     }
     written = {}
     for graph, model in names.items():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{model}.", dir=out_dir))
-        try:
+        final = out_dir / model
+        with staged_folder(final, replace_whole=True) as tmp:
             (tmp / "1").mkdir()
             target = tmp / "1" / ("model.plan" if use_trt else "model.onnx")
             shutil.copyfile(sources[graph], target)
             (tmp / "config.pbtxt").write_text(header + notes[graph] + to_pbtxt(configs[graph]) + "\n")
             (tmp / MANIFEST_COPY).write_text(manifest.to_json())
-            final = out_dir / model
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         written[graph] = str(final)
     return {"models": names, "paths": written, "platform": plat, "max_batch_size": max_batch,
             "preferred_batch_size": preferred, "instance_kind": kind, "configs": configs}

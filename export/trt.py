@@ -21,10 +21,8 @@ what to install and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +212,7 @@ def build_engines(
     from nfkd.checkpoint import load_checkpoint
 
     from . import parity
+    from .artifacts import atomic_file
     from .manifest import reusable_export, sha256_bytes
     from .onnx import export_onnx
 
@@ -255,20 +254,8 @@ def build_engines(
     res = parity.check_parity(
         ckpt.flow, density, sample, fp16=fp16, batches=batches, runtime=f"TensorRT {trt.__version__} on {device}"
     )
-    tmp_files = []
-    try:
-        for name, plan in plans.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{PLAN_FILES[name]}.", suffix=".tmp", dir=out_dir)
-            with os.fdopen(fd, "wb") as f:
-                f.write(plan)
-            tmp_files.append((tmp, out_dir / PLAN_FILES[name]))
-        for tmp, dst in tmp_files:
-            os.replace(tmp, dst)
-    except BaseException:
-        for tmp, _ in tmp_files:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        raise
+    for name, plan in plans.items():
+        atomic_file(out_dir / PLAN_FILES[name], plan)
     manifest.engines = {
         **{name: {"file": PLAN_FILES[name], "sha256": sha256_bytes(plan)} for name, plan in plans.items()},
         "fp16": bool(fp16),
