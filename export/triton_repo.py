@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         if src.is_dir():
             folder = src
         else:
-            from nfkd.serving.backends import ensure_export
+            from .cache import ensure_export
 
             folder = ensure_export(src, args.cache_dir)
         res = write_repository(folder, args.out, name=args.name, max_batch=args.max_batch,
