@@ -284,6 +284,43 @@ def _latent_layout(flow: Flow) -> list[dict[str, Any]]:
     return layout
 
 
+def _gate(flow: Flow, blobs: dict[str, bytes], fp16: bool, batches: Sequence[int]) -> dict[str, Any]:
+    """The parity gate on the exact serialized bytes, in ONNX Runtime (raises ExportError)."""
+    try:
+        density, sample = ort_runners(blobs["density"], blobs["sample"], len(flow.noise_shapes(1)))
+    except Exception as exc:
+        raise ExportError(f"ONNX Runtime cannot load the exported graphs: {str(exc).strip().splitlines()[0]}") from exc
+    try:
+        return parity.check_parity(flow, density, sample, fp16=fp16, batches=batches)
+    except ExportError:
+        raise
+    except Exception as exc:  # ORT failing at run time is a failed gate, too
+        raise ExportError(f"parity gate could not run the graphs in ONNX Runtime: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def _graph_entries(flow: Flow, models: dict[str, onnx.ModelProto], blobs: dict[str, bytes]) -> dict[str, Any]:
+    """Manifest entries: file, hash, I/O names and shapes (batch 'B'), node count, TensorRT check."""
+    event = list(flow.event_shape)
+    noise_shapes = [list(s[1:]) for s in flow.noise_shapes(1)]
+    graphs = {
+        "density": {
+            "file": DENSITY_FILE,
+            "inputs": [_io_spec("x", ["B", *event])],
+            "outputs": [_io_spec("log_prob", ["B"]), _io_spec("latent", ["B", flow.dim])],
+        },
+        "sample": {
+            "file": SAMPLE_FILE,
+            "inputs": [_io_spec(f"noise_{i}", ["B", *s]) for i, s in enumerate(noise_shapes)]
+            + [_io_spec("temperature", [1])],
+            "outputs": [_io_spec("x", ["B", *event])],
+        },
+    }
+    for name, model in models.items():
+        graphs[name].update(sha256=sha256_bytes(blobs[name]), nodes=len(model.graph.node),
+                            tensorrt_check=check_tensorrt_compat(model))
+    return graphs
+
+
 def export_onnx(
     checkpoint_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -305,69 +342,26 @@ def export_onnx(
         raise ExportError(f"max_batch must be positive, got {max_batch}")
     if any(b < 1 or b > max_batch for b in parity_batches):
         raise ExportError(f"parity batches {list(parity_batches)} must lie in [1, max_batch={max_batch}]")
-    out_dir = Path(out_dir)
     models, mode, notes = build_graphs(flow, fp16=fp16, opset=opset, maf_sampling=maf_sampling, max_batch=max_batch)
-
-    with staged_folder(out_dir, stale=STALE_ON_REEXPORT) as tmp:
-        files = {"density": DENSITY_FILE, "sample": SAMPLE_FILE}
+    files = {"density": DENSITY_FILE, "sample": SAMPLE_FILE}
+    with staged_folder(Path(out_dir), stale=STALE_ON_REEXPORT) as tmp:
         blobs: dict[str, bytes] = {}
         for name, model in models.items():
             _save_graph(model, tmp / files[name])
             blobs[name] = (tmp / files[name]).read_bytes()  # the exact bytes that are gated and hashed
-        n_levels = len(flow.noise_shapes(1))
-        try:
-            density, sample = ort_runners(blobs["density"], blobs["sample"], n_levels)
-        except Exception as exc:
-            raise ExportError(f"ONNX Runtime cannot load the exported graphs: {str(exc).strip().splitlines()[0]}") from exc
-        try:
-            res = parity.check_parity(flow, density, sample, fp16=fp16, batches=parity_batches)
-        except ExportError:
-            raise
-        except Exception as exc:  # ORT failing at run time is a failed gate, too
-            raise ExportError(f"parity gate could not run the graphs in ONNX Runtime: {str(exc).strip().splitlines()[0]}") from exc
-
-        event = list(flow.event_shape)
-        noise_shapes = [list(s[1:]) for s in flow.noise_shapes(1)]
-        graphs = {
-            "density": {
-                "file": DENSITY_FILE,
-                "sha256": sha256_bytes(blobs["density"]),
-                "inputs": [_io_spec("x", ["B", *event])],
-                "outputs": [_io_spec("log_prob", ["B"]), _io_spec("latent", ["B", flow.dim])],
-            },
-            "sample": {
-                "file": SAMPLE_FILE,
-                "sha256": sha256_bytes(blobs["sample"]),
-                "inputs": [_io_spec(f"noise_{i}", ["B", *s]) for i, s in enumerate(noise_shapes)]
-                + [_io_spec("temperature", [1])],
-                "outputs": [_io_spec("x", ["B", *event])],
-            },
-        }
-        for name, model in models.items():
-            graphs[name]["nodes"] = len(model.graph.node)
-            graphs[name]["tensorrt_check"] = check_tensorrt_compat(model)
-        tol = parity.tolerance_for(fp16)
-        manifest = Manifest(
-            arch=flow.arch,
-            config=dict(ckpt.config),
-            event_shape=event,
-            noise_shapes=noise_shapes,
-            latent_layout=_latent_layout(flow),
-            dim=int(flow.dim),
-            max_batch=int(max_batch),
-            opset=_opset_of(models["density"]),
-            fp16=bool(fp16),
-            maf_sampling=mode,
-            graphs=graphs,
-            source={"checkpoint": Path(checkpoint_path).name, "sha256": ckpt.sha256},
-            parity=res,
-            tolerance={**tol, "definition": parity.TOLERANCE_DEFINITION,
-                       "precision": "float16 graph, float32 inputs/outputs" if fp16 else "float32"},
-            versions=_versions(),
-            created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        )
+        res = _gate(flow, blobs, fp16, parity_batches)
         if notes:
-            manifest.parity["notes"] = notes
+            res["notes"] = notes
+        manifest = Manifest(
+            arch=flow.arch, config=dict(ckpt.config), event_shape=list(flow.event_shape),
+            noise_shapes=[list(s[1:]) for s in flow.noise_shapes(1)], latent_layout=_latent_layout(flow),
+            dim=int(flow.dim), max_batch=int(max_batch), opset=_opset_of(models["density"]), fp16=bool(fp16),
+            maf_sampling=mode, graphs=_graph_entries(flow, models, blobs),
+            source={"checkpoint": Path(checkpoint_path).name, "sha256": ckpt.sha256}, parity=res,
+            tolerance={**parity.tolerance_for(fp16), "definition": parity.TOLERANCE_DEFINITION,
+                       "precision": "float16 graph, float32 inputs/outputs" if fp16 else "float32"},
+            versions=_versions(), created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
         manifest.save(tmp)
     return manifest
 
