@@ -132,6 +132,31 @@ def test_graphs_run_with_the_shapes_triton_sends(repo):
             assert np.isfinite(o).all()
 
 
+def test_repository_models_compute_the_students_values(repo):
+    """Values, not only shapes: what Triton would run equals the eager float64 student (export tolerance)."""
+    import torch
+
+    import nfkd
+    from export.parity import TOLERANCE
+
+    tol = TOLERANCE["float32"]
+    _, out, _ = repo
+    flow = nfkd.load(student()[0]).double()
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((7, DIM)) * 2).astype(np.float32)
+    dens = ort.InferenceSession(str(out / "student_density" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    lp = dens.run(["log_prob"], {"x": x})[0].astype(np.float64)
+    with torch.no_grad():
+        ref = flow.log_prob(torch.from_numpy(x).double()).numpy()
+    assert (np.abs(lp - ref) / np.maximum(1.0, np.abs(ref))).max() <= tol["log_prob_rel"]
+    samp = ort.InferenceSession(str(out / "student_sample" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    noise = rng.standard_normal((7, DIM)).astype(np.float32)
+    xs = samp.run(["x"], {"noise_0": noise, "temperature": np.array([0.8], np.float32)})[0].astype(np.float64)
+    with torch.no_grad():
+        xs_ref = flow.sample(7, 0.8, noise=[torch.from_numpy(noise).double()]).numpy()
+    assert (np.abs(xs - xs_ref) <= tol["sample_abs"] + tol["sample_rel"] * np.abs(xs_ref)).all()
+
+
 def test_module_cross_check_agrees(repo):
     _, out, res = repo
     for graph, name in res["models"].items():
