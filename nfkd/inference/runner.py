@@ -81,9 +81,14 @@ class Runner:
     def dim(self) -> int:
         return self.meta.dim
 
-    def log_prob(self, x: Any) -> np.ndarray | torch.Tensor:
-        """log p(x) in nats per row, in the user's units."""
-        x = check_batch(x, self.event_shape, "x", self.max_batch)
+    def log_prob(self, x: Any, validate: bool = True) -> np.ndarray | torch.Tensor:
+        """log p(x) in nats per row, in the user's units.
+
+        ``validate=False`` skips the input checks, for callers that already ran them (the service
+        checks every request body once, before batching).
+        """
+        if validate:
+            x = check_batch(x, self.event_shape, "x", self.max_batch)
         as_numpy = isinstance(x, np.ndarray)
         out = self._log_prob(self._to_native(x))
         return self._to_numpy(out) if as_numpy else self._to_torch(out)
