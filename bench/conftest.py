@@ -152,6 +152,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     if reg is not None:
         info["export_seconds"] = {k: round(v, 2) for k, v in reg.export_seconds.items()}
         info["compile_seconds"] = {k: round(v, 2) for k, v in reg.compile_seconds.items()}
+        info["roofline"] = {k: round(v, 2) for k, v in reg.roofline().items()}
 
 
 @pytest.fixture(scope="session")
@@ -201,9 +202,13 @@ def run_case(benchmark, registry, request):
             benchmark.extra_info["err_over_tol_vs_eager64"] = deviation
         benchmark.pedantic(fn, rounds=plan.rounds, iterations=plan.iterations, warmup_rounds=0)
         try:
-            registry.remember(case, float(benchmark.stats.stats.median))
+            median = float(benchmark.stats.stats.median)
         except AttributeError:  # pragma: no cover - benchmarks disabled (--benchmark-disable)
-            registry.remember(case, plan.estimate_s)
+            median = plan.estimate_s
+        registry.remember(case, median)
+        flops, peak = registry.flops(case), registry.roofline()["peak_gflops"]
+        benchmark.extra_info.update({"flops": flops, "gflops": flops / median / 1e9,
+                                     "pct_of_peak": 100 * flops / median / 1e9 / peak})
         if deviation is not None and not (math.isfinite(deviation) and deviation <= 1.0):
             pytest.fail(f"{case.id}: {case.direction} deviates from the eager float64 flow by {deviation:.3g}x "
                         f"the export gate's float32 tolerance")

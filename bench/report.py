@@ -198,6 +198,14 @@ def header_section(infos: list[dict[str, Any]], stat: str, rows: list[Row]) -> s
             f"nflows {m.get('nflows', '-')}, zuko {m.get('zuko', '-')}, pytest-benchmark {info.get('version', '?')}; "
             f"presets {m.get('presets', {})}"
         )
+    for info in infos:
+        roof = info["machine_info"].get("roofline")
+        if roof:
+            out.append(
+                f"  - roofline (measured in the same run): float32 matmul peak {roof['peak_gflops_1t']:.1f} GFLOP/s "
+                f"on 1 thread, {roof['peak_gflops']:.1f} on {roof['threads']}; copy bandwidth "
+                f"{roof['copy_gbs_1t']:.1f} / {roof['copy_gbs']:.1f} GB/s"
+            )
     n = len(rows)
     bk = ", ".join(BACKEND_LABEL.get(b, b) for b in _backends(rows))
     return "\n".join([
@@ -209,7 +217,9 @@ def header_section(infos: list[dict[str, Any]], stat: str, rows: list[Row]) -> s
         "speed-up = eager teacher time / time, same direction, architecture, dimension and batch "
         "(eager = the nfkd flow as trained, `flow.log_prob` / `flow.sample` under `torch.no_grad`). "
         "Sampling times include drawing the noise. Models have random (perturbed) weights: speed does "
-        "not depend on training. std 'n/a': a single round (long calls).",
+        "not depend on training. std 'n/a': a single round (long calls). GFLOP/s = the folded model's "
+        "dense FLOPs (matmuls and convolutions, `bench/roofline.py`) / time; % peak = of the matmul peak "
+        "at the run's thread count.",
     ])
 
 
@@ -356,6 +366,11 @@ def headline_section(rows: list[Row]) -> str:
     return "\n\n".join(parts)
 
 
+def _fmt_roof(r: Row) -> str:
+    g, pct = r.extra.get("gflops"), r.extra.get("pct_of_peak")
+    return "-" if g is None else f"{g:.2f} ({pct:.1f} %)"
+
+
 def full_section(rows: list[Row]) -> str:
     out = []
     for direction in ("density", "sample"):
@@ -365,10 +380,10 @@ def full_section(rows: list[Row]) -> str:
                 continue
             body = [[r.shape, r.batch, r.role, BACKEND_LABEL.get(r.backend, r.backend), fmt_k(r.params), fmt_time(r),
                      fmt_ms(r.stats.get("min", math.nan)), fmt_rate(r.samples_per_s),
-                     fmt_x(r.speedup, r.speedup_other_run), f"{r.rounds}x{r.iterations}"] for r in sub]
+                     fmt_x(r.speedup, r.speedup_other_run), _fmt_roof(r), f"{r.rounds}x{r.iterations}"] for r in sub]
             out.append(f"### {ARCH_LABEL.get(arch, arch)}, {direction}\n\n" + table(
                 ["D" if arch != "glow" else "shape", "batch", "role", "backend", "params (k)", "ms (mean ± std)", "min ms",
-                 "samples/s", "speed-up", "rounds x iter"], body))
+                 "samples/s", "speed-up", "GFLOP/s (% peak)", "rounds x iter"], body))
     return "\n\n".join(out)
 
 
@@ -436,7 +451,8 @@ def plot(rows: list[Row], out_dir: Path, stem: str) -> list[Path]:
 
 
 CSV_FIELDS = ("direction", "arch", "dim", "shape", "batch", "role", "backend", "preset", "params", "min_s", "median_s",
-              "mean_s", "stddev_s", "rounds", "iterations", "time_s", "samples_per_s", "speedup_vs_eager_teacher")
+              "mean_s", "stddev_s", "rounds", "iterations", "time_s", "samples_per_s", "speedup_vs_eager_teacher",
+              "gflops", "pct_of_peak")
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
@@ -448,7 +464,9 @@ def write_csv(rows: list[Row], path: Path) -> None:
                         f"{r.stats.get('min', math.nan):.6g}", f"{r.stats.get('median', math.nan):.6g}",
                         f"{r.stats.get('mean', math.nan):.6g}", f"{r.stats.get('stddev', math.nan):.6g}", r.rounds,
                         r.iterations, f"{r.time_s:.6g}", f"{r.samples_per_s:.6g}",
-                        "" if r.speedup is None else f"{r.speedup:.4g}"])
+                        "" if r.speedup is None else f"{r.speedup:.4g}",
+                        f"{r.extra['gflops']:.4g}" if "gflops" in r.extra else "",
+                        f"{r.extra['pct_of_peak']:.3g}" if "pct_of_peak" in r.extra else ""])
 
 
 def build_report(paths: Sequence[str | Path], out_dir: str | Path | None = None, stem: str = "report",

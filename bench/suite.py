@@ -446,6 +446,25 @@ class Registry:
         ratio = np.where(np.isfinite(ref), ratio, 0.0)  # rows where float64 itself overflows: not compared
         return float(np.nan_to_num(ratio, nan=np.inf).max())
 
+    def roofline(self) -> dict[str, float]:
+        """The machine's float32 matmul peak and copy bandwidth, 1 thread and the run's threads (once per run)."""
+        from .roofline import copy_bandwidth_gbs, matmul_peak_gflops
+
+        def build():
+            t = self.s.threads
+            return {"threads": t, "peak_gflops_1t": matmul_peak_gflops(1), "peak_gflops": matmul_peak_gflops(t),
+                    "copy_gbs_1t": copy_bandwidth_gbs(1), "copy_gbs": copy_bandwidth_gbs(t)}
+
+        return self._memo(("roofline",), build)
+
+    def flops(self, c: Case) -> int:
+        """Dense FLOPs of this call (peers: the same MAF's count, they compute the same layers)."""
+        from .roofline import model_flops
+
+        arch = "maf" if c.backend in PEERS else c.arch
+        return self._memo(("flops", arch, c.role, c.dim, c.batch, c.direction),
+                          lambda: model_flops(self.flow_cpu(arch, c.role, c.dim), c.batch, c.direction))
+
     def predict(self, c: Case) -> float | None:
         """Seconds per call predicted from the same series at its previous (smaller) batch, linearly;
         only from a batch of at least 256 (small batches are dominated by per-call overhead)."""

@@ -47,6 +47,7 @@ def test_quick_suite_runs_and_reports_every_backend_that_ran(tmp_path):
         assert EXTRA_KEYS <= e.keys(), b["name"]
         assert b["group"] == f"{e['direction']} {e['arch']} d={e['dim']} batch={e['batch']}"
         assert e["params"] > 0 and b["stats"]["rounds"] >= 1 and b["stats"]["median"] > 0
+        assert e["flops"] > 0 and e["gflops"] > 0 and 0 < e["pct_of_peak"]  # the roofline columns
         if e["backend"] not in ("nflows", "zuko"):  # every nfkd row, density and samples, every batch size
             assert 0.0 <= e["err_over_tol_vs_eager64"] <= 1.0, (b["name"], e["err_over_tol_vs_eager64"])
     ran = {b["extra_info"]["backend"] for b in benches}
@@ -59,6 +60,8 @@ def test_quick_suite_runs_and_reports_every_backend_that_ran(tmp_path):
     refs = {b["group"] for b in benches if b["extra_info"]["backend"] == "eager" and b["extra_info"]["role"] == "teacher"}
     assert groups == refs
     assert data["machine_info"]["bench_threads"] == 2 and data["machine_info"]["omp_wait_policy"]
+    roof = data["machine_info"]["roofline"]
+    assert roof["peak_gflops"] > 0 and roof["peak_gflops_1t"] > 0 and roof["copy_gbs"] > 0
     # nothing unavailable on CPU may fail: GPU-only backends are skipped with a reason
     assert " failed" not in run.stdout.splitlines()[-1]
 
@@ -71,6 +74,7 @@ def test_quick_suite_runs_and_reports_every_backend_that_ran(tmp_path):
     for backend in ran:
         assert report.BACKEND_LABEL[backend] in md, backend
     assert "ONNX Runtime student vs eager teacher" in md
+    assert "roofline (measured in the same run)" in md and "GFLOP/s (% peak)" in md
     if ran & {"nflows", "zuko"}:  # the peer section exists exactly when a peer library ran
         assert "nflows / zuko" in md
     for direction, arch in pairs:
@@ -127,7 +131,7 @@ def test_report_arithmetic_on_a_hand_made_json(tmp_path):
     assert "| density | teacher | 8 | 4096 | 10.0 | 5.00 (onnxruntime) | 20.0 (2x) | - |" in md
     assert "| 8 | 4096 | 20.0 / 10.0 | 10.0 | 4.00 (2.5x) | 5.00 (2x) | 2.00 (5x) | 20.0 (0.5x) |" in md
     assert "| 8 | 256 | student | eager PyTorch | 1.0 | 500 (500 ± n/a) |" not in md  # 5 rounds: std shown
-    assert "| 8 | 256 | student | eager PyTorch | 1.0 | 500 (500 ± 0.000) | 450 | 512 | - | 5x1 |" in md
+    assert "| 8 | 256 | student | eager PyTorch | 1.0 | 500 (500 ± 0.000) | 450 | 512 | - | - | 5x1 |" in md
 
 
 def test_report_marks_speedups_whose_reference_comes_from_another_run(tmp_path):
