@@ -29,6 +29,14 @@ class Glow(Flow):
 
     Inputs are dequantized images in [-0.5, 0.5]; ``log_prob`` is the continuous density in nats.
     ``latents[l]`` is the standardized noise of the half factored out at level l (last: the top).
+
+    >>> import torch
+    >>> flow = Glow((3, 8, 8), levels=2, steps=2, hidden=16)
+    >>> [tuple(s) for s in flow.noise_shapes(1)]   # split noise of level 0, then the top
+    [(1, 6, 4, 4), (1, 24, 2, 2)]
+    >>> x = torch.rand(2, 3, 8, 8) - 0.5
+    >>> bits_per_dim(flow.log_prob(x), flow.dim).shape
+    torch.Size([2])
     """
 
     arch = "glow"
@@ -120,7 +128,14 @@ def bits_per_dim(log_prob: Tensor, dims: int, n_levels: int = 256) -> Tensor:
 
 
 class Glow1D(ChainFlow):
-    """The paper's tabular Glow: fixed input normalization, then K x [ActNorm, LU linear, coupling]."""
+    """The paper's tabular Glow: fixed input normalization, then K x [ActNorm, LU linear, coupling].
+
+    >>> import torch
+    >>> flow = Glow1D(dim=6, steps=3, hidden=16)
+    >>> flow.normalize.set(torch.zeros(6), torch.full((6,), 2.0))   # the training split's statistics
+    >>> flow.log_prob(torch.randn(4, 6)).shape, flow.tap_names()
+    (torch.Size([4]), ['block0', 'block1', 'block2'])
+    """
 
     arch = "glow1d"
 
