@@ -371,3 +371,66 @@ def test_constant_column_is_reported_not_nan(tmp_path):
     _write_npy(tmp_path, "miniboone", raw)
     with pytest.raises(DataError, match=r"column\(s\) \[17\] are constant"):
         load_miniboone(tmp_path)
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: the classic malicious pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_gas_pickle_that_runs_code_is_refused(tmp_path):
+    """Issue 19 #1: `data check gas` used pd.read_pickle, so a crafted file ran os.system."""
+    import pickle
+    import subprocess
+    import sys
+
+    marker = tmp_path / "payload_ran"
+    probe = tmp_path / "probe_ran"
+    subprocess.run([sys.executable, "-c", f"import pickle; pickle.loads({pickle.dumps(_RunsCode(probe))!r})"],
+                   check=False)
+    assert probe.exists(), "the payload is not live: the test would prove nothing"
+    (tmp_path / "gas").mkdir()
+    path = tmp_path / "gas" / "ethylene_CO.pickle"
+    for payload in (_RunsCode(marker), {"frame": _RunsCode(marker)}):
+        for protocol in (2, 5):
+            path.write_bytes(pickle.dumps(payload, protocol=protocol))
+            with pytest.raises(DataError, match=r"refused to unpickle.*posix\.system|refused to unpickle.*os\.system"):
+                load_gas(tmp_path)
+            assert not marker.exists()
+    # The CLI says it in one line, exit 2, no traceback.
+    from nfkd.data.cli import main
+    import io
+
+    err = io.StringIO()
+    assert main(["check", "gas", "--data-root", str(tmp_path)], out=io.StringIO(), err=err) == 2
+    assert "refused to unpickle" in err.getvalue() and not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_gas_genuine_frame_pickle_loads_through_the_allowlist(tmp_path, protocol):
+    """A real to_pickle DataFrame (the published file's layout: float columns, string labels) loads
+    unchanged through the allowlist, whatever the pickle protocol."""
+    from nfkd.data.safe_pickle import load_numeric_frame
+
+    df = _gas_frame()
+    path = _write_gas(tmp_path, df)
+    df.to_pickle(path, protocol=protocol)
+    with open(path, "rb") as f:
+        pd.testing.assert_frame_equal(load_numeric_frame(f), df)
+    assert load_gas(tmp_path).dim == 13
+
+
+def test_gas_frame_with_object_column_of_other_types_is_refused(tmp_path):
+    """Anything beyond numbers and labels (here a datetime index) is outside the allowlist."""
+    df = _gas_frame()
+    df.index = pd.date_range("2020-01-01", periods=len(df), freq="s")
+    _write_gas(tmp_path, df)
+    with pytest.raises(DataError, match="refused to unpickle"):
+        load_gas(tmp_path)

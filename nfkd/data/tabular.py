@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .layout import check_finite, check_table, corrupt, load_npy, require_maf_files
+from .layout import MAF_SOURCE, check_finite, check_table, corrupt, load_npy, require_maf_files
+from .safe_pickle import UnsafePickleError, load_numeric_frame
 from .splits import TabularSplits, make_splits, require_rows, tail_split
 
 __all__ = ["load_power", "load_gas", "load_hepmass", "load_miniboone", "load_bsds300"]
@@ -105,7 +106,14 @@ def load_gas(root: str | Path) -> TabularSplits:
 
     (path,) = require_maf_files("gas", Path(root))
     try:
-        df = pd.read_pickle(path)  # the published file is a pandas pickle: trusted input only
+        with open(path, "rb") as f:
+            df = load_numeric_frame(f)  # a pickle: read through an allowlist, never pd.read_pickle
+    except UnsafePickleError as exc:
+        raise DataError(
+            f"{path}: refused to unpickle it: it asks for {exc.module}.{exc.name}, which a pandas DataFrame "
+            "of numbers never needs, and loading it could run code; replace it with the standard file. "
+            + MAF_SOURCE
+        ) from None
     except Exception as exc:
         raise corrupt(path, "a pandas DataFrame pickle", exc) from exc
     if not isinstance(df, pd.DataFrame):
