@@ -6,6 +6,7 @@ the order of github.com/gpapamak/maf datasets/*.py, without calling the loader's
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -434,3 +435,39 @@ def test_gas_frame_with_object_column_of_other_types_is_refused(tmp_path):
     _write_gas(tmp_path, df)
     with pytest.raises(DataError, match="refused to unpickle"):
         load_gas(tmp_path)
+
+
+def test_overflowing_statistics_are_refused(tmp_path):
+    """Issue 19 #10: data x 1e300 overflowed the std, every normalized value became 0, exit 0."""
+    raw = _power_raw(400) * 1e300  # finite float64, but its square (the variance) overflows
+    with np.errstate(over="ignore"):
+        assert np.isfinite(raw).all() and not np.isfinite(raw.std(axis=0)).all()
+    _write_power(tmp_path, raw)
+    with np.errstate(over="ignore"), pytest.raises(DataError, match=r"power/data.npy: the mean/std of column\(s\) .* not finite.*rescale"):
+        load_power(tmp_path)
+    import io
+
+    from nfkd.data.cli import main
+
+    err = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the CLI's one line must not come after numpy warnings
+        assert main(["check", "power", "--data-root", str(tmp_path)], out=io.StringIO(), err=err) == 2
+    assert "not finite" in err.getvalue() and err.getvalue().count("\n") == 1
+
+
+def test_make_splits_refuses_float32_overflow_and_constant_columns():
+    from nfkd.data.splits import make_splits
+
+    rng = np.random.RandomState(0)
+    x = rng.randn(50, 3)
+    with pytest.raises(DataError, match=r"train row 7, column 1 is beyond float32's range"):
+        y = x.copy()
+        y[7, 1] = 1e300
+        make_splits("toy", y[:40], y[40:45], y[45:], "test data")
+    with pytest.raises(DataError, match=r"column\(s\) \[2\] are constant \(std 0\)"):
+        y = x.copy()
+        y[:, 2] = 4.0
+        make_splits("toy", y[:40], y[40:45], y[45:], "test data")
+    ok = make_splits("toy", x[:40], x[40:45], x[45:], "test data")
+    np.testing.assert_allclose(ok.std, x[:40].astype(np.float32).astype(np.float64).std(axis=0), rtol=1e-12)

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import DataError
 from .layout import MAF_SOURCE, check_finite, check_table, corrupt, load_npy, require_maf_files
 from .safe_pickle import UnsafePickleError, load_numeric_frame
-from .splits import TabularSplits, make_splits, require_rows, tail_split
+from .splits import TabularSplits, make_splits, require_rows, require_usable_stats, tail_split
 
 __all__ = ["load_power", "load_gas", "load_hepmass", "load_miniboone", "load_bsds300"]
 
@@ -39,11 +39,8 @@ def _float(data: np.ndarray) -> np.ndarray:
 
 
 def _require_spread(std: np.ndarray, path: Path) -> None:
-    """A constant column would normalize to NaN (0/0): report it instead of training on NaN."""
-    flat = np.flatnonzero(np.asarray(std) == 0)
-    if flat.size:
-        raise DataError(f"{path}: column(s) {flat.tolist()} are constant, so normalizing them gives NaN; "
-                        "the file is not the standard preprocessed file")
+    """A constant column would normalize to NaN (0/0), an overflowing std to all zeros: report it."""
+    require_usable_stats(np.zeros_like(np.asarray(std, dtype=np.float64)), std, path)
 
 
 def _maf_tail_split(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
