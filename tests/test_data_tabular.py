@@ -471,3 +471,23 @@ def test_make_splits_refuses_float32_overflow_and_constant_columns():
         make_splits("toy", y[:40], y[40:45], y[45:], "test data")
     ok = make_splits("toy", x[:40], x[40:45], x[45:], "test data")
     np.testing.assert_allclose(ok.std, x[:40].astype(np.float32).astype(np.float64).std(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("header", [
+    {"descr": "<f8", "fortran_order": False, "shape": (2.7, 43)},
+    {"descr": "<f8", "fortran_order": False, "shape": (True, 43)},
+    {"descr": "<f8", "fortran_order": "yes", "shape": (30, 43)},
+])
+def test_crafted_npy_header_is_one_data_error(tmp_path, header):
+    """Issue 19 #12 for data files: a .npy header np.save never writes is refused, naming the file."""
+    import struct
+
+    text = repr(header).encode("latin1")
+    text += b" " * ((64 - (10 + len(text) + 1) % 64) % 64) + b"\n"
+    rows = int(header["shape"][0])
+    (tmp_path / "miniboone").mkdir()
+    path = tmp_path / "miniboone" / "data.npy"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text
+                     + np.random.RandomState(0).rand(rows, 43).tobytes())
+    with pytest.raises(DataError, match=r"miniboone/data.npy: cannot read it as a .npy array"):
+        load_miniboone(tmp_path)
