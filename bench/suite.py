@@ -496,7 +496,7 @@ def _checkpoint_identity(path: Path) -> tuple | None:
             meta = json.loads(f.read(n)).get("__metadata__") or {}
     except Exception:
         return None
-    keys = ("format", "format_version", "arch", "config", "metadata", "tensor_sha256", "num_parameters")
+    keys = ("format", "format_version", "arch", "config", "metadata", "tensor_sha256", "sha256", "num_parameters")
     return tuple(meta.get(k) for k in keys)
 
 

@@ -2,7 +2,10 @@
 
 The file is a safetensors container (weights) whose JSON header carries the architecture, its
 config and free-form metadata (dataset, normalization statistics, training summary) plus a
-SHA-256 of the tensor bytes.  Loading parses JSON and raw tensor bytes only: a pickle (what
+SHA-256 of the header and the tensor bytes (format 2; format 1 files, whose checksum covers only
+the tensor bytes, are still read). The config is checked against the stored tensors before any
+model is built (:mod:`nfkd.checkpoint_header`), so a crafted header cannot make loading allocate
+more than the file holds.  Loading parses JSON and raw tensor bytes only: a pickle (what
 ``torch.save`` writes) is refused before any of it is interpreted.
 """
 from __future__ import annotations
@@ -20,11 +23,13 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .checkpoint_header import check_config, covered_digest, entries_of, loads_json, parse_header
 from .errors import CheckpointError
 from .flows import Flow, build_flow
 
 FORMAT = "nfkd-checkpoint"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: the checksum covers the header (config, metadata, tensor table) too
+READABLE_VERSIONS = ("1", "2")  # 1: checksum of the tensor bytes only, still read
 MAX_HEADER = 64 * 1024 * 1024
 
 
@@ -57,18 +62,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def save(flow: Flow, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Save a flow (config + weights + metadata) to one file, atomically."""
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in flow.state_dict().items()}
-    payload = st_save(tensors)  # header + data, used only to hash the tensor bytes
+    payload = st_save(tensors)  # header + data: the tensor table and bytes the digest covers
     header_len = struct.unpack("<Q", payload[:8])[0]
-    digest = hashlib.sha256(payload[8 + header_len :]).hexdigest()
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "arch": flow.arch,
         "config": json.dumps(flow.config, sort_keys=True),
         "metadata": json.dumps(metadata or {}, sort_keys=True, default=_jsonable),
-        "tensor_sha256": digest,
         "num_parameters": str(flow.num_parameters()),
     }
+    meta["sha256"] = covered_digest(meta, entries_of(payload), memoryview(payload)[8 + header_len :])
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
     return Path(path)
 
@@ -79,7 +83,7 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def _read_verified(path: Path) -> tuple[bytes, dict[str, str]]:
+def _read_verified(path: Path) -> tuple[bytes, dict[str, str], dict]:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
@@ -99,34 +103,41 @@ def _read_verified(path: Path) -> tuple[bytes, dict[str, str]]:
         raise CheckpointError(f"{path} is not an nfkd checkpoint: its header is unreadable; {hint}")
     if 8 + header_len > len(data):
         raise CheckpointError(f"{path} is truncated: header says {header_len} bytes, file has {len(data) - 8}")
-    try:
-        header = json.loads(data[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is corrupt: header is not valid JSON ({exc})") from None
-    meta = header.get("__metadata__") or {}
+    entries, meta = parse_header(path, data, header_len)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not an nfkd checkpoint (no '{FORMAT}' marker)")
-    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    if 8 + header_len + max(ends, default=0) > len(data):
-        raise CheckpointError(f"{path} is truncated: tensor data ends before the offsets its header lists")
-    digest = hashlib.sha256(data[8 + header_len :]).hexdigest()
-    if digest != meta.get("tensor_sha256"):
-        raise CheckpointError(f"{path} is corrupt: the tensor bytes do not match the checksum stored in its header")
-    return data, meta
+    version = meta.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path} is nfkd checkpoint format {str(version)[:20]!r}; this nfkd reads formats "
+                              f"{', '.join(READABLE_VERSIONS)} (upgrade nfkd, or re-save the model with this one)")
+    body = memoryview(data)[8 + header_len :]
+    if version == "1":
+        ok = hashlib.sha256(body).hexdigest() == meta.get("tensor_sha256")
+    else:
+        ok = covered_digest(meta, entries, body) == meta.get("sha256")
+    if not ok:
+        raise CheckpointError(f"{path} is corrupt: its header or tensor bytes do not match the checksum stored in it")
+    return data, meta, entries
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read, verify and rebuild; every failure is one CheckpointError with the reason."""
     path = Path(path)
-    data, meta = _read_verified(path)
+    data, meta, entries = _read_verified(path)
+    for key in ("arch", "config"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: its header has no '{key}'; it was not written by nfkd.save")
+    arch = meta["arch"]
+    config = loads_json(meta["config"], path, "config")
+    metadata = loads_json(meta.get("metadata", "{}"), path, "metadata")
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: its metadata is a JSON {type(metadata).__name__}; expected an object")
+    check_config(path, arch, config, entries)  # before anything real is allocated
     try:
         tensors = st_load(data)
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{path} is corrupt: {exc}") from None
     try:
-        config = json.loads(meta["config"])
-        metadata = json.loads(meta.get("metadata", "{}"))
-        arch = meta["arch"]
         flow = build_flow(arch, **config)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model from its config ({exc})") from None

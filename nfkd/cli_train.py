@@ -8,6 +8,7 @@ import os
 import torch
 
 from .checkpoint import load
+from .cli_checks import check_cli_run, check_teacher
 from .distill import METHODS, KDConfig
 from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
 from .presets import PRESETS, resolve
@@ -68,6 +69,7 @@ def main_train(argv: list[str]) -> int:
     parser.add_argument("--arch", required=True, choices=["glow", "glow1d", "maf"])
     parser.add_argument("--role", default="teacher", choices=["teacher", "student"])
     args = parser.parse_args(argv)
+    check_cli_run(_train_config(args), args.out, args.threads, {"steps_arch": args.steps_arch, "hidden": args.hidden})
     if args.threads:
         torch.set_num_threads(args.threads)
     _maybe_init_distributed()
@@ -92,11 +94,13 @@ def main_distill(argv: list[str]) -> int:
     parser.add_argument("--sample-distance", default="l1", choices=["l1", "mse"])
     parser.add_argument("--temperature", type=float, default=1.0, help="SKD noise temperature")
     args = parser.parse_args(argv)
+    check_cli_run(_train_config(args), args.out, args.threads, {"steps_arch": args.steps_arch, "hidden": args.hidden})
     if args.threads:
         torch.set_num_threads(args.threads)
     _maybe_init_distributed()
     teacher = load(args.teacher, map_location=args.device)
     data = get_data(args.data, args.data_root, seed=args.seed)
+    check_teacher(teacher, data)
     torch.manual_seed(args.seed)
     flow = flow_for(data, resolve(teacher.arch, "student", args.preset, _overrides(args, teacher.arch)))
     weights = None

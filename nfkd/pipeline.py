@@ -11,6 +11,7 @@ import torch
 from .data import load_dataset
 from .data.images import ImageSplits
 from .data.splits import TabularSplits
+from .errors import InputError
 from .flows import Flow, bits_per_dim, build_flow
 from .train import TrainData
 
@@ -27,11 +28,11 @@ def flow_for(data: Dataset, config: dict[str, Any]) -> Flow:
     arch = cfg.pop("arch")
     if isinstance(data, ImageSplits):
         if arch != "glow":
-            raise ValueError(f"{arch} is tabular; use --arch glow for image data")
+            raise InputError(f"{arch} is tabular; use --arch glow for image data")
         flow = build_flow(arch, in_shape=list(data.shape), n_levels_data=int(data.train.n_levels), **cfg)
     else:
         if arch == "glow":
-            raise ValueError("glow is for images; use --arch glow1d or maf for tables")
+            raise InputError("glow is for images; use --arch glow1d or maf for tables")
         flow = build_flow(arch, dim=data.dim, **cfg)
         flow.normalize.set(torch.from_numpy(data.mean), torch.from_numpy(np.maximum(data.std, 1e-12)))
     return flow

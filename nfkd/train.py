@@ -27,9 +27,11 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .checkpoint import atomic_write_bytes, save
+from .cli_checks import check_train_config
 from .distill import KDConfig, StudentObjective
 from .errors import InputError
 from .flows import Flow, initialize_actnorm
+from .train_state import load_into, prepare_metrics, read_train_state, run_fingerprint
 
 
 @dataclass
@@ -130,6 +132,7 @@ class Trainer:
     ) -> None:
         if len(data.train) == 0 or len(data.val) == 0:
             raise InputError("training and validation splits must both be non-empty")
+        check_train_config(cfg)
         self.flow, self.data, self.cfg = flow.to(cfg.device), data, cfg
         self.kd = kd or KDConfig()
         self.teacher = teacher.to(cfg.device) if teacher is not None else None
@@ -152,8 +155,10 @@ class Trainer:
         self.skipped = 0
         self.skd_excluded = 0
         self.history: list[dict[str, Any]] = []
+        self.running: dict[str, float] = {}  # moving averages of the train terms (saved: metrics resume exactly)
         self.good: dict[str, Any] | None = None
         self.nan_hook = None  # tests inject a NaN through this: fn(step, loss) -> loss
+        self.run_id = run_fingerprint(self.flow, data.train, data.val)  # what --resume must match
 
     # ---- state ---------------------------------------------------------------------------------
     @property
@@ -167,7 +172,8 @@ class Trainer:
             "skipped": self.skipped, "skd_excluded": self.skd_excluded,
             "model": self.flow.state_dict(), "opt": self.opt.state_dict(),
             "batch_gen": self.batch_gen.get_state(), "noise_gen": self.noise_gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "history": json.dumps(self.history),
+            "torch_rng": torch.get_rng_state(), "history": json.dumps(self.history), "run": self.run_id,
+            "running": json.dumps(self.running),
         }
 
     def save_state(self) -> None:
@@ -177,10 +183,9 @@ class Trainer:
     def load_state(self) -> bool:
         if not self.state_path.exists():
             return False
-        # weights_only=True: tensors and plain containers only, no code can run.
-        st = torch.load(self.state_path, map_location=self.cfg.device, weights_only=True)
-        self.flow.load_state_dict(st["model"])
-        self.opt.load_state_dict(st["opt"])
+        st = read_train_state(self.state_path, self.cfg.device, self.run_id)  # refuses foreign/damaged files
+        load_into(self.state_path, "model", self.flow, st["model"])
+        load_into(self.state_path, "optimizer state", self.opt, st["opt"])
         self.batch_gen.set_state(st["batch_gen"])
         self.noise_gen.set_state(st["noise_gen"])
         torch.set_rng_state(st["torch_rng"])
@@ -188,6 +193,7 @@ class Trainer:
                     "skipped", "skd_excluded"):
             setattr(self, key, st[key])
         self.history = json.loads(st["history"])
+        self.running = json.loads(st.get("running", "{}"))
         return True
 
     def _snapshot(self) -> None:
@@ -236,8 +242,10 @@ class Trainer:
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc=self.kd.method if self.teacher else "train",
                        dynamic_ncols=True, leave=False, disable=None)  # None: off when not a TTY
+        if self.rank == 0:  # a resume drops the rows of steps it will run again; a fresh run starts empty
+            prepare_metrics(self.out / "metrics.jsonl", self.step if resumed else None)
         metrics = (self.out / "metrics.jsonl").open("a") if self.rank == 0 else None
-        running: dict[str, float] = {}
+        running = self.running
         bad_in_row = 0
         try:
             while self.step < cfg.steps:

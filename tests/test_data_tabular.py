@@ -6,6 +6,7 @@ the order of github.com/gpapamak/maf datasets/*.py, without calling the loader's
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -370,4 +371,123 @@ def test_constant_column_is_reported_not_nan(tmp_path):
     raw[:, 17] = 3.0
     _write_npy(tmp_path, "miniboone", raw)
     with pytest.raises(DataError, match=r"column\(s\) \[17\] are constant"):
+        load_miniboone(tmp_path)
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: the classic malicious pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_gas_pickle_that_runs_code_is_refused(tmp_path):
+    """Issue 19 #1: `data check gas` used pd.read_pickle, so a crafted file ran os.system."""
+    import pickle
+    import subprocess
+    import sys
+
+    marker = tmp_path / "payload_ran"
+    probe = tmp_path / "probe_ran"
+    subprocess.run([sys.executable, "-c", f"import pickle; pickle.loads({pickle.dumps(_RunsCode(probe))!r})"],
+                   check=False)
+    assert probe.exists(), "the payload is not live: the test would prove nothing"
+    (tmp_path / "gas").mkdir()
+    path = tmp_path / "gas" / "ethylene_CO.pickle"
+    for payload in (_RunsCode(marker), {"frame": _RunsCode(marker)}):
+        for protocol in (2, 5):
+            path.write_bytes(pickle.dumps(payload, protocol=protocol))
+            with pytest.raises(DataError, match=r"refused to unpickle.*posix\.system|refused to unpickle.*os\.system"):
+                load_gas(tmp_path)
+            assert not marker.exists()
+    # The CLI says it in one line, exit 2, no traceback.
+    from nfkd.data.cli import main
+    import io
+
+    err = io.StringIO()
+    assert main(["check", "gas", "--data-root", str(tmp_path)], out=io.StringIO(), err=err) == 2
+    assert "refused to unpickle" in err.getvalue() and not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_gas_genuine_frame_pickle_loads_through_the_allowlist(tmp_path, protocol):
+    """A real to_pickle DataFrame (the published file's layout: float columns, string labels) loads
+    unchanged through the allowlist, whatever the pickle protocol."""
+    from nfkd.data.safe_pickle import load_numeric_frame
+
+    df = _gas_frame()
+    path = _write_gas(tmp_path, df)
+    df.to_pickle(path, protocol=protocol)
+    with open(path, "rb") as f:
+        pd.testing.assert_frame_equal(load_numeric_frame(f), df)
+    assert load_gas(tmp_path).dim == 13
+
+
+def test_gas_frame_with_object_column_of_other_types_is_refused(tmp_path):
+    """Anything beyond numbers and labels (here a datetime index) is outside the allowlist."""
+    df = _gas_frame()
+    df.index = pd.date_range("2020-01-01", periods=len(df), freq="s")
+    _write_gas(tmp_path, df)
+    with pytest.raises(DataError, match="refused to unpickle"):
+        load_gas(tmp_path)
+
+
+def test_overflowing_statistics_are_refused(tmp_path):
+    """Issue 19 #10: data x 1e300 overflowed the std, every normalized value became 0, exit 0."""
+    raw = _power_raw(400) * 1e300  # finite float64, but its square (the variance) overflows
+    with np.errstate(over="ignore"):
+        assert np.isfinite(raw).all() and not np.isfinite(raw.std(axis=0)).all()
+    _write_power(tmp_path, raw)
+    with np.errstate(over="ignore"), pytest.raises(DataError, match=r"power/data.npy: the mean/std of column\(s\) .* not finite.*rescale"):
+        load_power(tmp_path)
+    import io
+
+    from nfkd.data.cli import main
+
+    err = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the CLI's one line must not come after numpy warnings
+        assert main(["check", "power", "--data-root", str(tmp_path)], out=io.StringIO(), err=err) == 2
+    assert "not finite" in err.getvalue() and err.getvalue().count("\n") == 1
+
+
+def test_make_splits_refuses_float32_overflow_and_constant_columns():
+    from nfkd.data.splits import make_splits
+
+    rng = np.random.RandomState(0)
+    x = rng.randn(50, 3)
+    with pytest.raises(DataError, match=r"train row 7, column 1 is beyond float32's range"):
+        y = x.copy()
+        y[7, 1] = 1e300
+        make_splits("toy", y[:40], y[40:45], y[45:], "test data")
+    with pytest.raises(DataError, match=r"column\(s\) \[2\] are constant \(std 0\)"):
+        y = x.copy()
+        y[:, 2] = 4.0
+        make_splits("toy", y[:40], y[40:45], y[45:], "test data")
+    ok = make_splits("toy", x[:40], x[40:45], x[45:], "test data")
+    np.testing.assert_allclose(ok.std, x[:40].astype(np.float32).astype(np.float64).std(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("header", [
+    {"descr": "<f8", "fortran_order": False, "shape": (2.7, 43)},
+    {"descr": "<f8", "fortran_order": False, "shape": (True, 43)},
+    {"descr": "<f8", "fortran_order": "yes", "shape": (30, 43)},
+])
+def test_crafted_npy_header_is_one_data_error(tmp_path, header):
+    """Issue 19 #12 for data files: a .npy header np.save never writes is refused, naming the file."""
+    import struct
+
+    text = repr(header).encode("latin1")
+    text += b" " * ((64 - (10 + len(text) + 1) % 64) % 64) + b"\n"
+    rows = int(header["shape"][0])
+    (tmp_path / "miniboone").mkdir()
+    path = tmp_path / "miniboone" / "data.npy"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text
+                     + np.random.RandomState(0).rand(rows, 43).tobytes())
+    with pytest.raises(DataError, match=r"miniboone/data.npy: cannot read it as a .npy array"):
         load_miniboone(tmp_path)

@@ -5,9 +5,7 @@ Images stay as integer levels here; the model-space conversion (uniform dequanti
 """
 from __future__ import annotations
 
-import codecs
 import math
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 from ..errors import DataError, InputError
 from .layout import CELEBA_SOURCE, CIFAR_SOURCE, corrupt, missing
 from .quantize import dequantize, quantize, reduce_bits
+from .safe_pickle import NUMPY_ARRAYS, restricted_load
 from .splits import tail_split
 
 __all__ = [
@@ -100,27 +99,6 @@ def split_images(images: ImageSet, seed: int = 0, val_frac: float = 0.1, test_fr
 
 # --- CIFAR-10 ------------------------------------------------------------------------------
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """CIFAR batches are pickles; allow only what a dict of numpy arrays and lists needs."""
-
-    def find_class(self, module: str, name: str):
-        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in ("_reconstruct", "scalar"):
-            return getattr(_multiarray(), name)
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
-        if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes in protocol 2
-            return codecs.encode
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR batch holds only arrays and lists")
-
-
-def _multiarray():
-    try:
-        from numpy._core import multiarray  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray
-    return multiarray
-
-
 def cifar_dir(root: str | Path) -> Path:
     """Accept the data root, the `cifar10` folder, or `cifar-10-batches-py` itself."""
     root = Path(root)
@@ -133,7 +111,7 @@ def cifar_dir(root: str | Path) -> Path:
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            batch = _ArrayUnpickler(f, encoding="bytes").load()
+            batch = restricted_load(f, NUMPY_ARRAYS, "a CIFAR batch holds only arrays and lists", encoding="bytes")
     except Exception as exc:
         raise corrupt(path, "a CIFAR-10 python batch (pickle)", exc) from exc
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:

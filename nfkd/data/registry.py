@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from ..errors import DataError, InputError
 from . import embedded, images, tabular
 from .images import ImageSplits, split_images
@@ -114,4 +116,7 @@ def load_dataset(name: str, root: str | Path | None = None, seed: int = 0, **kw:
     if unknown:
         allowed = ", ".join(info.options) or "none"
         raise InputError(f"dataset {info.name!r} does not take option(s) {', '.join(unknown)} (accepted: {allowed})")
-    return loader(Path(root) if root is not None else default_data_root(), seed, **kw)
+    # Overflow in a loader's statistics is reported as one DataError by the checks in splits.py,
+    # not as numpy RuntimeWarnings ahead of it.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return loader(Path(root) if root is not None else default_data_root(), seed, **kw)

@@ -91,8 +91,50 @@ def train_stats(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(sq / n)
 
 
+def require_usable_stats(mean: np.ndarray, std: np.ndarray, where: object) -> None:
+    """Statistics the flow can normalize with: finite, and a non-zero spread in every column.
+
+    An overflowing std (values near 1e300) would normalize every value to 0, a zero std (a
+    constant column) would divide by zero: either way training "succeeds" on garbage.
+    """
+    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))
+    if bad.size:
+        raise DataError(
+            f"{where}: the mean/std of column(s) {bad[:10].tolist()} are not finite (mean {mean[bad[0]]:.4g}, "
+            f"std {std[bad[0]]:.4g}): the values are too large to normalize in floating point; rescale "
+            "the data (e.g. to unit scale) before training"
+        )
+    flat = np.flatnonzero(std == 0)
+    if flat.size:
+        raise DataError(
+            f"{where}: column(s) {flat[:10].tolist()} are constant (std 0), so normalizing them divides by "
+            "zero; drop those columns or check that the file is the standard one"
+        )
+
+
+def _require_float32_range(name: str, arrays: list[np.ndarray], source: str) -> None:
+    """After the float32 cast, |x| > 3.4e38 has become Inf: say where (row chunks, no full mask)."""
+    for split, x in zip(("train", "val", "test"), arrays):
+        for start in range(0, len(x), _STAT_CHUNK_ROWS):
+            bad = ~np.isfinite(x[start:start + _STAT_CHUNK_ROWS])
+            if bad.any():
+                row, col = np.argwhere(bad)[0]
+                raise DataError(
+                    f"{name} ({source}): {split} row {start + row}, column {col} is beyond float32's range "
+                    "(|x| > 3.4e38) or not finite; the flows compute in float32: rescale the data"
+                )
+
+
 def make_splits(name: str, train: np.ndarray, val: np.ndarray, test: np.ndarray, source: str) -> TabularSplits:
-    """Cast to float32 C-contiguous (no copy when already so) and attach the train statistics."""
-    arrays = [np.ascontiguousarray(x, dtype=np.float32) for x in (train, val, test)]
+    """Cast to float32 C-contiguous (no copy when already so) and attach the train statistics.
+
+    Values that overflow float32 and statistics the flow cannot normalize with are refused here,
+    so that ``data check`` and training say so instead of training on zeros or NaN.
+    """
+    with np.errstate(over="ignore"):  # overflow to Inf is reported just below, with its place
+        arrays = [np.ascontiguousarray(x, dtype=np.float32) for x in (train, val, test)]
+    _require_float32_range(name, arrays, source)
     mean, std = train_stats(arrays[0])
+    require_usable_stats(mean, std, f"{name} ({source}), train split")
     return TabularSplits(name, arrays[0], arrays[1], arrays[2], mean, std, source)

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .layout import check_finite, check_table, corrupt, load_npy, require_maf_files
-from .splits import TabularSplits, make_splits, require_rows, tail_split
+from .layout import MAF_SOURCE, check_finite, check_table, corrupt, load_npy, require_maf_files
+from .safe_pickle import UnsafePickleError, load_numeric_frame
+from .splits import TabularSplits, make_splits, require_rows, require_usable_stats, tail_split
 
 __all__ = ["load_power", "load_gas", "load_hepmass", "load_miniboone", "load_bsds300"]
 
@@ -38,11 +39,8 @@ def _float(data: np.ndarray) -> np.ndarray:
 
 
 def _require_spread(std: np.ndarray, path: Path) -> None:
-    """A constant column would normalize to NaN (0/0): report it instead of training on NaN."""
-    flat = np.flatnonzero(np.asarray(std) == 0)
-    if flat.size:
-        raise DataError(f"{path}: column(s) {flat.tolist()} are constant, so normalizing them gives NaN; "
-                        "the file is not the standard preprocessed file")
+    """A constant column would normalize to NaN (0/0), an overflowing std to all zeros: report it."""
+    require_usable_stats(np.zeros_like(np.asarray(std, dtype=np.float64)), std, path)
 
 
 def _maf_tail_split(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,7 +103,14 @@ def load_gas(root: str | Path) -> TabularSplits:
 
     (path,) = require_maf_files("gas", Path(root))
     try:
-        df = pd.read_pickle(path)  # the published file is a pandas pickle: trusted input only
+        with open(path, "rb") as f:
+            df = load_numeric_frame(f)  # a pickle: read through an allowlist, never pd.read_pickle
+    except UnsafePickleError as exc:
+        raise DataError(
+            f"{path}: refused to unpickle it: it asks for {exc.module}.{exc.name}, which a pandas DataFrame "
+            "of numbers never needs, and loading it could run code; replace it with the standard file. "
+            + MAF_SOURCE
+        ) from None
     except Exception as exc:
         raise corrupt(path, "a pandas DataFrame pickle", exc) from exc
     if not isinstance(df, pd.DataFrame):

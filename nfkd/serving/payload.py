@@ -175,9 +175,12 @@ def parse_npy(body: bytes, event_shape: Sequence[int], max_rows: int) -> np.ndar
     try:
         header = ast.literal_eval(body[start : start + hlen].decode("latin1" if major < 3 else "utf8"))
         descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
-        shape = tuple(int(v) for v in shape)
     except Exception:
         raise ApiError(400, "malformed .npy payload (unreadable header)") from None
+    # Exactly what np.save writes: int() would turn 2.7 or True into a size, and any string is truthy.
+    if not isinstance(shape, tuple) or not all(type(v) is int for v in shape) or type(fortran) is not bool:
+        raise ApiError(400, f"malformed .npy payload (shape {str(shape)[:40]} / fortran_order {str(fortran)[:10]}: "
+                            "expected a tuple of integers and True/False, as np.save writes)")
     if not isinstance(descr, str):
         raise ApiError(422, "structured arrays are not accepted; send a plain numeric array of shape "
                             f"(batch, {_dims(event_shape)})")
