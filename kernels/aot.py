@@ -187,15 +187,32 @@ def run_check(cfgs: Sequence[C.Config], archs: Sequence[int], jobs: int = 0,
     return [r for r in rows.values() if r.variants], records
 
 
+def _shared(r: Row) -> str:
+    return f"{r.shared if r.shared is not None else '-'} / {r.limit}"
+
+
 def format_table(rows: Sequence[Row], markdown: bool = False) -> str:
-    head = ["kernel", "configuration", "target", "result", "shared bytes / limit", "warps", "stages"]
-    body = [[r.kernel, r.config, r.target, r.status(),
-             f"{r.shared if r.shared is not None else '-'} / {r.limit}", str(r.num_warps), str(r.num_stages)]
-            for r in rows]
+    """Plain text: one line per (kernel, configuration, target).  Markdown: one line per
+    (kernel, configuration) with a result and a shared-memory column per target."""
     if markdown:
+        targets = list(dict.fromkeys(r.target for r in rows))
+        by: dict[tuple[str, str], dict[str, Row]] = {}
+        for r in rows:
+            by.setdefault((r.kernel, r.config), {})[r.target] = r
+        head = ["kernel", "configuration", "warps", "stages"]
+        for t in targets:
+            head += [f"{t} result", f"{t} shared bytes / limit"]
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        lines += ["| " + " | ".join(b) + " |" for b in body]
+        for (kernel, config), per in by.items():
+            first = next(iter(per.values()))
+            cells = [kernel, config, str(first.num_warps), str(first.num_stages)]
+            for t in targets:
+                r = per.get(t)
+                cells += [r.status(), _shared(r)] if r else ["-", "-"]
+            lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
+    head = ["kernel", "configuration", "target", "result", "shared bytes / limit", "warps", "stages"]
+    body = [[r.kernel, r.config, r.target, r.status(), _shared(r), str(r.num_warps), str(r.num_stages)] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
@@ -285,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(rows, markdown=a.markdown))
     failed = [r for r in rows if not r.ok]
     n_var = sum(r.variants for r in rows)
-    print(f"\n{n_var} variants of {len(cfgs)} configurations x {len(archs)} targets compiled with triton "
+    print(f"\n{n_var} variants of {len(cfgs)} configurations x {len(archs)} targets checked with triton "
           f"{tv} in {elapsed:.0f} s (compile time summed over variants: "
           f"{sum(r.seconds for r in rows):.0f} s)")
     if a.json:

@@ -31,6 +31,7 @@ def _aot(*args: str, timeout: float) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 @needs_triton
 def test_every_dispatchable_configuration_compiles_and_fits(tmp_path):
     """The CI gate: the whole list, both targets (minutes on a cold Triton cache, seconds warm)."""
