@@ -166,7 +166,11 @@ def run_check(cfgs: Sequence[C.Config], archs: Sequence[int], jobs: int = 0,
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
         futures = [(t, pool.submit(compile_one, t[0].kernel, *t)) for t in tasks]
         for (cfg, flags, arch), fut in futures:
-            res = fut.result()
+            try:
+                res = fut.result()
+            except Exception as exc:  # a compiler crash that took the worker process down
+                res = {"ok": False, "shared": None, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+                       "error": f"compile worker died: {type(exc).__name__}: {exc}", "seconds": 0.0}
             row = rows[(cfg, arch)]
             row.variants += 1
             row.seconds += res["seconds"]
