@@ -9,7 +9,9 @@ On a CUDA machine (torch + triton preinstalled, nothing to download):
    sizes, non-power-of-two widths;
 3. speed: Triton vs eager PyTorch (original flow and folded) vs ``torch.compile`` (folded),
    with achieved GB/s (compulsory bytes / time) next to the copy bandwidth;
-4. a small launch-config sweep (rows per program, warps, dot precision) to set the defaults.
+4. a small launch-config sweep (rows per program, warps, dot precision) to set the defaults
+   (``kernels/configs.py``; a new default must also pass ``python -m kernels.aot``, which
+   ``bench/gpu_check.sh`` runs first).
 
 Everything is budgeted (``--budget-s``, default 240 s; sections that would not fit are skipped
 and say so) so that ``bench/gpu_check.sh`` finishes in under 5 minutes.  Results go to stdout as
@@ -551,8 +553,8 @@ class Ctx:
                             rows.append({"model": self.name("tab", spec), "op": op, "block_b": bb, "warps": nw,
                                          "prec": prec, "ms": ms})
         self.rep.section("sweep", rows, ["model", "op", "block_b", "warps", "prec", "ms"],
-                         "tabular launch configs (defaults: block_b 32 if HP*max(HP,DP) >= 8192 else 64; "
-                         "warps 8 / 4 likewise; ieee)")
+                         "tabular launch configs (the dispatcher's defaults: kernels/configs.py, checked by "
+                         "python -m kernels.aot; ieee)")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ Selection (first match wins):
 2. ``use_kernels(False)``: PyTorch.  ``use_kernels(True)`` (or ``NFKD_KERNELS=1``): kernels are
    *required* - a clear error if triton is missing or the kernels cannot run on the input's
    device (compiled kernels need CUDA tensors; under ``TRITON_INTERPRET=1`` they run on CPU
-   tensors, which is how the tests exercise them).  Flows the kernels do not cover (e.g. a MAF
-   wider than ``kernels.tabular.MAX_D``) still fall back to PyTorch.
+   tensors, which is how the tests exercise them).  Flows the kernels do not cover still fall
+   back to PyTorch: a MAF wider than ``kernels.tabular.MAX_D``, or any flow whose kernels have no
+   launch configuration in ``kernels/configs.py`` for the GPU's architecture (the list that
+   ``python -m kernels.aot`` compiles; an unchecked configuration is never launched).
 3. Automatic (``use_kernels(None)``, the default): kernels when the input is on CUDA, triton
    imports and the model is float32 (kernels compute in float32; a float64 model keeps its
    float64 PyTorch results), else PyTorch.
@@ -141,7 +143,9 @@ def _kernel_supported(folded) -> bool:
     if folded.dtype != torch.float32:
         return False
     if folded.arch == "glow":
-        return all(len(steps) > 0 for steps in folded.levels)
+        from .glow_step import supports
+
+        return supports(folded)
     from .tabular import supports
 
     return supports(folded)

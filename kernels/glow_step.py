@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _env
+from . import configs as _configs
 from ._env import alloc, device_fn, next_pow2, version_key
 
 _env.select_mode()
@@ -66,8 +67,9 @@ import triton.language as tl  # noqa: E402
 
 from ._device import mm as _mm  # noqa: E402
 
+from .configs import DOT_PRECISION  # noqa: E402
+
 LOG_2PI = math.log(2 * math.pi)
-DOT_PRECISION = "ieee"
 LAYOUTS = {"nhwc": torch.channels_last, "nchw": torch.contiguous_format}
 DEFAULT_LAYOUT = "nhwc"
 
@@ -240,10 +242,39 @@ def _check_launch(kernel, t: Tensor) -> None:
         raise RuntimeError(f"Triton kernels are {mode}; got a tensor on {t.device}")
 
 
-def _block_p(block_p: int | None, kernel) -> int:
-    if block_p is not None:
-        return block_p
-    return 16 if _env.is_interpreted(kernel) else 64
+_KERNEL_NAMES = {"_glow_fwd_kernel": "glow_fwd", "_glow_inv_kernel": "glow_inv"}
+
+
+def _launch_cfg(kernel, CA: int, CB: int, use_dot: bool | None, device: torch.device,
+                block_p: int | None = None) -> tuple[int, int, int]:
+    """(BLOCK_P, num_warps, num_stages): the checked record of kernels/configs.py for this kernel,
+    these padded half widths and the device's architecture.  An explicit ``block_p`` / ``use_dot``
+    without a record (tests, benchmarks) is launched as given; the CPU interpreter uses 16."""
+    if _env.is_interpreted(kernel):
+        return block_p or 16, 4, 1
+    cap, ud = _half_pad(CA, use_dot)
+    cbp, _ = _half_pad(CB, ud)
+    cfg = _configs.lookup(_KERNEL_NAMES[kernel.__name__], _configs.device_arch(device), CAP=cap, CBP=cbp,
+                          USE_DOT=ud)
+    if cfg is None:
+        if block_p is None and use_dot is None:
+            raise ValueError(f"no checked launch configuration for {kernel.__name__} with CAP={cap}, CBP={cbp} "
+                             f"on {device} (kernels/configs.py); the dispatcher uses PyTorch for this flow")
+        return block_p or 64, 4, 3
+    return block_p or cfg.block, cfg.num_warps, cfg.num_stages
+
+
+def supports(folded) -> bool:
+    """Whether every level's step kernels have a checked configuration on the flow's device."""
+    if getattr(folded, "arch", "") != "glow" or not all(len(steps) > 0 for steps in folded.levels):
+        return False
+    dev = _configs.device_arch(folded.top_logs.device)
+    for lv in pack(folded).levels:
+        cap, ud = _half_pad(lv["CA"], None)
+        cbp, _ = _half_pad(lv["C"] - lv["CA"], ud)
+        if any(_configs.lookup(k, dev, CAP=cap, CBP=cbp, USE_DOT=ud) is None for k in ("glow_fwd", "glow_inv")):
+            return False
+    return True
 
 
 def _launch_fwd(src_a, src_b, hn, out_a, out_b, wpack, ld, *, C, CA, Hq, Wq, squeeze_in, has_coupling,
@@ -253,7 +284,7 @@ def _launch_fwd(src_a, src_b, hn, out_a, out_b, wpack, ld, *, C, CA, Hq, Wq, squ
     cbp, _ = _half_pad(CB, use_dot)
     B = out_b.shape[0]
     P = Hq * Wq
-    bp = _block_p(block_p, _glow_fwd_kernel)
+    bp, nw, ns = _launch_cfg(_glow_fwd_kernel, CA, CB, use_dot, out_b.device, block_p)
     grid = (triton.cdiv(P, bp), B)
     hn_ = hn if hn is not None else out_b
     w_ = wpack if wpack is not None else out_b
@@ -263,7 +294,8 @@ def _launch_fwd(src_a, src_b, hn, out_a, out_b, wpack, ld, *, C, CA, Hq, Wq, squ
         P, Wq, CA, CB, ld.stride(0) if ld is not None else 0,
         *_strides(src_a), *_strides(src_b), *_strides(hn_), *_strides(out_a), *_strides(out_b),
         SQUEEZE_IN=squeeze_in, HAS_COUPLING=has_coupling, ADDITIVE=additive, HAS_AFFINE=has_affine,
-        CAP=cap, CBP=cbp, BLOCK_P=bp, USE_DOT=use_dot, PREC=precision or DOT_PRECISION, num_warps=4,
+        CAP=cap, CBP=cbp, BLOCK_P=bp, USE_DOT=use_dot, PREC=precision or DOT_PRECISION, num_warps=nw,
+        num_stages=ns,
     )
 
 
@@ -274,13 +306,14 @@ def _launch_inv(ya, yb, hn, out_a, out_b, wpack, *, C, CA, Hq, Wq, additive, uns
     cbp, _ = _half_pad(CB, use_dot)
     B = ya.shape[0]
     P = Hq * Wq
-    bp = _block_p(block_p, _glow_inv_kernel)
+    bp, nw, ns = _launch_cfg(_glow_inv_kernel, CA, CB, use_dot, ya.device, block_p)
     grid = (triton.cdiv(P, bp), B)
     _glow_inv_kernel[grid](
         ya, yb, hn, out_a, out_b, wpack, P, Wq, CA, CB,
         *_strides(ya), *_strides(yb), *_strides(hn), *_strides(out_a), *_strides(out_b),
         ADDITIVE=additive, UNSQUEEZE_OUT=unsqueeze_out,
-        CAP=cap, CBP=cbp, BLOCK_P=bp, USE_DOT=use_dot, PREC=precision or DOT_PRECISION, num_warps=4,
+        CAP=cap, CBP=cbp, BLOCK_P=bp, USE_DOT=use_dot, PREC=precision or DOT_PRECISION, num_warps=nw,
+        num_stages=ns,
     )
 
 
@@ -295,7 +328,7 @@ def glow_step_forward(xa: Tensor, xb: Tensor, hnet: Tensor | None, weight: Tenso
     _check_launch(_glow_fwd_kernel, xa)
     B, CA, Hq, Wq = xa.shape
     C = CA + xb.shape[1]
-    bp = _block_p(block_p, _glow_fwd_kernel)
+    bp = _launch_cfg(_glow_fwd_kernel, CA, C - CA, use_dot, xa.device, block_p)[0]
     nblk = triton.cdiv(Hq * Wq, bp)
     ld_part = torch.zeros(B, nblk, device=xa.device, dtype=torch.float32)
     if out is None:
@@ -420,8 +453,8 @@ def glow_log_prob_triton(folded, x: Tensor, *, layout: str = DEFAULT_LAYOUT, blo
     if x.dtype != torch.float32:
         x = x.float()
     B = x.shape[0]
-    bp = _block_p(block_p, _glow_fwd_kernel)
-    nmax = max(triton.cdiv(lv["H"] * lv["W"], bp) for lv in pk.levels)
+    nmax = max(triton.cdiv(lv["H"] * lv["W"], _launch_cfg(_glow_fwd_kernel, lv["CA"], lv["C"] - lv["CA"], use_dot,
+                                                           x.device, block_p)[0]) for lv in pk.levels)
     ld = torch.zeros(B, nmax, device=x.device, dtype=torch.float32)
     extra = torch.zeros(B, device=x.device, dtype=torch.float32)
     kw = dict(block_p=block_p, use_dot=use_dot, precision=precision)

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from . import _env
+from . import configs as _configs
 from ._env import alloc, device_fn, next_pow2, version_key
 
 _env.select_mode()
@@ -43,9 +44,12 @@ import triton.language as tl  # noqa: E402
 
 from ._device import mm as _mm  # noqa: E402
 
+from .configs import DOT_PRECISION  # noqa: E402  fp32 exact; "tf32x3" is the tensor-core alternative (bench)
+
 LOG_2PI = math.log(2 * math.pi)
-MAX_D, MAX_HIDDEN = 128, 256  # beyond this the register tiles spill badly: use PyTorch
-DOT_PRECISION = "ieee"  # fp32 exact; "tf32x3" is the tensor-core alternative (see bench/gpu_check.py)
+# the widest padded dims with a checked launch configuration (kernels/configs.py); wider: PyTorch
+MAX_D = max(dict(c.shape)["DP"] for c in _configs.CONFIGS if c.kernel in ("glow1d_log_prob", "maf_log_prob"))
+MAX_HIDDEN = max(dict(c.shape)["HP"] for c in _configs.CONFIGS if c.kernel in ("glow1d_log_prob", "maf_log_prob"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +324,8 @@ def _made_layers(block) -> list[tuple[Tensor, Tensor]]:
 
 
 def supports(folded) -> bool:
-    """Whether the tabular kernels handle this folded flow (else use the PyTorch folded path)."""
+    """Whether the tabular kernels handle this folded flow (else use the PyTorch folded path): the
+    structure fits and both its kernels have a checked configuration on the flow's device."""
     from nfkd.fold import is_folded
 
     arch = getattr(folded, "arch", "")
@@ -329,13 +334,19 @@ def supports(folded) -> bool:
     if arch == "glow1d":
         d = folded.event_shape[0]
         ok = all(len(_coupling_layers(s)) == 3 for s in folded.steps)
-        return ok and d <= MAX_D and _coupling_layers(folded.steps[0])[0][0].shape[0] <= MAX_HIDDEN
-    if arch == "maf":
+        hidden = _coupling_layers(folded.steps[0])[0][0].shape[0]
+        device = folded.steps[0].mix.weight.device
+    elif arch == "maf":
         d = folded.event_shape[0]
         b0 = folded.blocks[0]
         ok = all(len(_made_layers(b)) >= 2 and b.made.activation == b0.made.activation for b in folded.blocks)
-        return ok and d <= MAX_D and _made_layers(b0)[0][0].shape[0] <= MAX_HIDDEN
-    return False
+        hidden = _made_layers(b0)[0][0].shape[0]
+        device = folded.normalize.loc.device
+    else:
+        return False
+    dev = _configs.device_arch(device)
+    shape = dict(DP=next_pow2(d, 16), HP=next_pow2(hidden, 16))
+    return ok and all(_configs.lookup(f"{arch}_{op}", dev, **shape) is not None for op in ("log_prob", "sample"))
 
 
 def _put(buf: Tensor, off: int, mat: Tensor, rows: int, cols: int) -> None:
@@ -459,13 +470,18 @@ def pack(folded) -> Packed:
     return p
 
 
-def _launch_cfg(p: Packed, kernel, block_b: int | None, num_warps: int | None):
-    interp = _env.is_interpreted(kernel)
-    if block_b is None:
-        block_b = 16 if interp else (32 if p.HP * max(p.HP, p.DP) >= 8192 else 64)
-    if num_warps is None:
-        num_warps = 8 if p.HP * max(p.HP, p.DP) >= 8192 else 4
-    return block_b, num_warps
+def _launch_cfg(p: Packed, kernel, op: str, device: torch.device, block_b: int | None,
+                num_warps: int | None) -> tuple[int, int, int]:
+    """(BLOCK_B, num_warps, num_stages): the checked record of kernels/configs.py for this kernel,
+    these padded dims and the device's architecture (explicit block_b / num_warps override it;
+    the CPU interpreter uses 16-row blocks for speed)."""
+    if _env.is_interpreted(kernel):
+        return block_b or 16, num_warps or 4, 1
+    cfg = _configs.lookup(f"{p.arch}_{op}", _configs.device_arch(device), DP=p.DP, HP=p.HP)
+    if cfg is None:
+        raise ValueError(f"no checked launch configuration for {p.arch}_{op} with DP={p.DP}, HP={p.HP} on {device} "
+                         f"(kernels/configs.py); use the PyTorch path (kernels.fast_log_prob falls back itself)")
+    return block_b or cfg.block, num_warps or cfg.num_warps, cfg.num_stages
 
 
 def _check_device(kernel, x: Tensor, p: Packed) -> None:
@@ -485,20 +501,20 @@ def tabular_log_prob(folded, x: Tensor, *, out: Tensor | None = None, block_b: i
     if x.dim() != 2 or x.shape[1] != p.D:
         raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, {p.D})")
     B = x.shape[0]
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if x.dtype != torch.float32:  # one compiled input type per configuration (python -m kernels.aot checks them)
         x = x.float()
     out = alloc((B,), x.device) if out is None else out
-    block_b, num_warps = _launch_cfg(p, kernel, block_b, num_warps)
+    block_b, num_warps, stages = _launch_cfg(p, kernel, "log_prob", x.device, block_b, num_warps)
     prec = precision or DOT_PRECISION
     grid = (triton.cdiv(B, block_b),)
     if p.arch == "glow1d":
         kernel[grid](x, out, p.buf, B, p.D, p.CA, p.n, x.stride(0), x.stride(1),
                      ADDITIVE=p.additive, DP=p.DP, HP=p.HP, BLOCK_B=block_b, USE_DOT=use_dot, PREC=prec,
-                     num_warps=num_warps)
+                     num_warps=num_warps, num_stages=stages)
     else:
         kernel[grid](x, out, p.buf, B, p.D, p.n, p.NH, x.stride(0), x.stride(1),
                      TANH=p.tanh, DP=p.DP, HP=p.HP, BLOCK_B=block_b, USE_DOT=use_dot, PREC=prec,
-                     num_warps=num_warps)
+                     num_warps=num_warps, num_stages=stages)
     return out
 
 
@@ -506,7 +522,7 @@ def _noise_temperature(noise, temperature) -> tuple[Tensor, float]:
     z = noise[0] if isinstance(noise, (list, tuple)) else noise
     if isinstance(temperature, Tensor):  # per-row / tensor temperature: multiply in torch
         return z * temperature, 1.0
-    if z.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if z.dtype != torch.float32:  # as in tabular_log_prob
         z = z.float()
     return z, float(temperature)
 
@@ -522,18 +538,18 @@ def _sample(folded, noise, temperature, out, block_b, num_warps, use_dot, precis
         raise ValueError(f"noise has shape {tuple(z.shape)}; expected (batch, {p.D})")
     B = z.shape[0]
     out = alloc((B, p.D), z.device) if out is None else out
-    block_b, num_warps = _launch_cfg(p, kernel, block_b, num_warps)
+    block_b, num_warps, stages = _launch_cfg(p, kernel, "sample", z.device, block_b, num_warps)
     prec = precision or DOT_PRECISION
     grid = (triton.cdiv(B, block_b),)
     if arch == "glow1d":
         kernel[grid](z, out, p.buf, B, p.D, p.CA, p.n, t, z.stride(0), z.stride(1), out.stride(0), out.stride(1),
                      ADDITIVE=p.additive, DP=p.DP, HP=p.HP, BLOCK_B=block_b, USE_DOT=use_dot, PREC=prec,
-                     num_warps=num_warps)
+                     num_warps=num_warps, num_stages=stages)
     else:
         kernel[grid](z, out, p.buf, p.gidx, B, p.D, p.n, p.NH, t, z.stride(0), z.stride(1),
                      out.stride(0), out.stride(1),
                      TANH=p.tanh, DP=p.DP, HP=p.HP, BLOCK_B=block_b, USE_DOT=use_dot, PREC=prec,
-                     num_warps=num_warps)
+                     num_warps=num_warps, num_stages=stages)
     return out
 
 

@@ -132,3 +132,22 @@ def test_round_trip_and_checks():
     assert max_scaled_err(back.cpu(), x) < SAMPLE_TOL, f"seed={seed}"
     with pytest.raises(ValueError):
         G.glow_log_prob_triton(ref64.to(DEV), x.to(DEV))  # float64 folded: kernels are float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_precision_inputs_and_float32_only_model(dtype):
+    """Half inputs / noise are converted to float32 on entry (same result as float64 on the rounded
+    values); a half-precision *folded model* is refused with one clear error (kernels are float32)."""
+    flow, ref64, f32 = _models("rgb12")
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(2, *flow.event_shape, generator=g, dtype=torch.float64) - 0.5).to(dtype)
+    noise = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in flow.noise_shapes(2)]
+    with torch.no_grad():
+        ref_lp, ref_s = ref64.log_prob(x.double()), ref64.sample([z.double() for z in noise], 0.7)
+    lp = G.glow_log_prob_triton(f32, x.to(DEV), block_p=16)
+    s = G.glow_sample_triton(f32, [z.to(DEV) for z in noise], 0.7, block_p=16)
+    assert max_rel_err(lp.cpu(), ref_lp) < LP_TOL and max_scaled_err(s.cpu(), ref_s) < SAMPLE_TOL, f"seed={seed}"
+    half_model = fold(flow, dtype).to(DEV)
+    with pytest.raises(ValueError, match=r"run float32: fold\(flow, torch.float32\)"):
+        G.glow_log_prob_triton(half_model, x.to(DEV))

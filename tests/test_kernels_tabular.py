@@ -143,3 +143,26 @@ def test_unsupported_raises():
         T.pack(fold(wide, torch.float32))
     with pytest.raises(ValueError):
         T.maf_sample(fold(flow, torch.float32).to(DEV), torch.zeros(2, 6, device=DEV))
+
+
+# float16 / bfloat16 inputs: the launchers convert them to float32 on entry (the kernels compute
+# and are compiled in float32 only: one input type per checked configuration, see kernels/configs.py)
+HALF_CASES = [("glow1d", 6, {}), ("maf", 5, {"n_hidden": 1, "batch_norm": True, "permutation": "random"})]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("arch,dim,opts", HALF_CASES, ids=[f"{a}-D{d}" for a, d, _ in HALF_CASES])
+def test_half_precision_inputs(arch, dim, opts, dtype):
+    flow, ref64, f32 = _models(arch, dim, opts)
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    x = (flow.normalize.loc + flow.normalize.scale * torch.randn(19, dim, generator=g, dtype=torch.float64)).to(dtype)
+    z = torch.randn(19, dim, generator=g, dtype=torch.float64).to(dtype)
+    with torch.no_grad():  # the reference sees the same rounded values, in float64
+        ref_lp, ref_s = ref64.log_prob(x.double()), ref64.sample([z.double()], 0.8)
+    with _env.poison_outputs():
+        lp = T.tabular_log_prob(f32, x.to(DEV), block_b=BLOCK)
+        s = T.tabular_sample(f32, z.to(DEV), 0.8, block_b=BLOCK)
+    assert lp.dtype == torch.float32 and s.dtype == torch.float32
+    assert max_rel_err(lp.cpu(), ref_lp) < LP_TOL, f"{arch} {dtype} (seed={seed})"
+    assert max_scaled_err(s.cpu(), ref_s) < SAMPLE_TOL, f"{arch} {dtype} (seed={seed})"

@@ -1,0 +1,173 @@
+"""python -m kernels.aot: every dispatchable kernel configuration compiles for sm_80 / sm_90 and fits
+the target's shared memory; the launchers take their configuration only from kernels/configs.py;
+a broken configuration fails the check with a clear message.
+
+The compile check runs the real Triton -> PTX -> ptxas pipeline for named targets (no GPU needed);
+it runs in subprocesses, since this process imported triton in interpreter mode.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels import configs as C
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+
+
+def _aot(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("TRITON_INTERPRET", None)  # the workers set TRITON_INTERPRET=0 themselves; the parent must not matter
+    return subprocess.run([sys.executable, "-m", "kernels.aot", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+@needs_triton
+def test_every_dispatchable_configuration_compiles_and_fits(tmp_path):
+    """The CI gate: the whole list, both targets (minutes on a cold Triton cache, seconds warm)."""
+    out = tmp_path / "aot.json"
+    r = _aot("--arch", "80,90", "--json", str(out), "--quiet", timeout=3600)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    assert "ALL OK" in r.stdout
+    data = json.loads(out.read_text())
+    got = {(v["kernel"], json.dumps(v["config"]), json.dumps(v["flags"], sort_keys=True), v["target"]): v
+           for v in data["variants"]}
+    # independent of aot's own bookkeeping: every (record, flag combination, target) is there,
+    # compiled, and within the target's limit (NVIDIA's per-block maxima, not aot's judgement)
+    limits = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
+    want = {(c.kernel, json.dumps(asdict(c)), json.dumps(dict(f), sort_keys=True), t)
+            for c in C.CONFIGS for f in C.KERNELS[c.kernel].flags for t in limits}
+    assert set(got) == want and len(data["variants"]) == len(want)
+    for key, v in got.items():
+        assert v["ok"] and v["error"] is None, key
+        assert 0 <= v["shared"] <= limits[v["target"]], key
+        assert v["num_warps"] == v["config"]["num_warps"] and v["cubin_bytes"] > 0, key
+
+
+@needs_triton
+def test_broken_configuration_fails_with_the_compiler_error():
+    """A block that is not a power of two is rejected by Triton's frontend: exit 1, the error named."""
+    r = _aot("--arch", "80", "--quiet", "--try", "glow1d_log_prob DP=16 HP=16 BLOCK_B=24 ADDITIVE=1", timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAIL: 1 of 1 kernel configurations cannot run on their target" in r.stdout
+    assert "glow1d_log_prob DP=16 HP=16 BLOCK_B=24 num_warps=4 num_stages=3 on sm_80: [ADDITIVE=1] does not compile" \
+        in r.stdout
+    assert "power of 2" in r.stdout  # the compiler's own words
+
+
+@needs_triton
+def test_configuration_over_shared_memory_fails_with_the_numbers():
+    """Compiles fine but would not launch on an A100: the check names bytes needed and allowed."""
+    r = _aot("--arch", "80,90", "--quiet", "--try",
+             "glow1d_log_prob DP=16 HP=128 BLOCK_B=16 num_warps=4 num_stages=3 ADDITIVE=0", timeout=900)
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if "on sm_80: [ADDITIVE=0] needs" in ln]
+    assert len(lines) == 1 and "bytes of shared memory per block; sm_80 allows 166912" in lines[0], r.stdout
+    assert "on sm_90" not in r.stdout.split("FAIL:", 1)[1]  # the same tile fits an H100's 227 KB
+
+
+def test_judge_limits():
+    """aot's verdict on compiler metadata: the A100 / H100 per-block shared memory maxima."""
+    from kernels.aot import judge
+
+    ok = {"ok": True, "shared": 166912, "num_warps": 4, "error": None}
+    assert judge(ok, 80) is None
+    over = dict(ok, shared=180224)  # the _glow1d_log_prob_kernel DP=HP=BLOCK_B=64 tile of issue 16
+    assert "needs 180224 bytes of shared memory per block; sm_80 allows 166912" in judge(over, 80)
+    assert judge(over, 90) is None
+    assert "does not compile: CompilationError: boom" in judge({"ok": False, "error": "CompilationError: boom"}, 90)
+
+
+def test_try_spec_errors_are_explained():
+    from kernels.aot import main
+
+    assert main(["--try", "nope DP=16"]) == 2
+    assert main(["--try", "maf_log_prob DP=16 BLOCK_B=16"]) == 2  # HP missing
+    assert main(["--try", "maf_log_prob DP=16 HP=16 BLOCK_B=16 ADDITIVE=1"]) == 2  # not a MAF flag
+    assert main(["--arch", "75"]) == 2  # no known limit
+
+
+# ------------------------------------------------------------------ the dispatcher follows the list
+def test_every_supported_dim_has_exactly_one_record_per_kernel():
+    from kernels._env import next_pow2
+
+    tab = ("glow1d_log_prob", "glow1d_sample", "maf_log_prob", "maf_sample")
+    for k in tab:
+        for d in range(1, 65):
+            for h in range(1, 129):
+                hits = [c for c in C.CONFIGS if c.kernel == k and dict(c.shape) == {"DP": next_pow2(d, 16),
+                                                                                    "HP": next_pow2(h, 16)}]
+                assert len(hits) == 1, (k, d, h)
+        assert C.lookup(k, 80, DP=128, HP=16) is None and C.lookup(k, 90, DP=16, HP=256) is None
+    for arch in C.ARCHS:
+        assert C.lookup("glow1d_log_prob", arch, DP=64, HP=64) is not None
+    assert C.lookup("glow1d_log_prob", 86, DP=16, HP=16) is None  # an unchecked architecture: PyTorch
+
+
+def _compiled_mode(monkeypatch, arch: int):
+    """Make the launchers believe they run compiled on a GPU of ``arch`` (no kernel is launched)."""
+    from kernels import _env
+
+    monkeypatch.setattr(_env, "is_interpreted", lambda kernel: False)
+    monkeypatch.setattr(C, "device_arch", lambda device: arch)
+
+
+@needs_triton
+def test_tabular_launcher_takes_the_listed_configuration(monkeypatch):
+    from kernels import tabular as T
+
+    for arch in C.ARCHS:
+        _compiled_mode(monkeypatch, arch)
+        for cfg in C.CONFIGS:
+            if cfg.kernel.startswith(("glow1d", "maf")):
+                family, op = cfg.kernel.split("_", 1)
+                p = T.Packed(arch=family, **dict(cfg.shape))
+                kernel = T._glow1d_log_prob_kernel
+                assert T._launch_cfg(p, kernel, op, torch.device("cuda"), None, None) == \
+                    (cfg.block, cfg.num_warps, cfg.num_stages)
+    _compiled_mode(monkeypatch, 86)
+    with pytest.raises(ValueError, match="no checked launch configuration"):
+        T._launch_cfg(T.Packed(arch="maf", DP=16, HP=16), T._maf_log_prob_kernel, "log_prob", torch.device("cuda"),
+                      None, None)
+
+
+@needs_triton
+def test_glow_launcher_takes_the_listed_configuration(monkeypatch):
+    from kernels import glow_step as G
+
+    _compiled_mode(monkeypatch, 80)
+    for ca in (2, 3, 6, 12, 24, 48, 64):  # c_a = 2 c_in at the first level, doubling per level
+        cap, ud = G._half_pad(ca, None)
+        for kernel, name in ((G._glow_fwd_kernel, "glow_fwd"), (G._glow_inv_kernel, "glow_inv")):
+            cfg = C.lookup(name, 80, CAP=cap, CBP=cap, USE_DOT=ud)
+            assert G._launch_cfg(kernel, ca, ca, None, torch.device("cuda")) == (cfg.block, cfg.num_warps,
+                                                                                 cfg.num_stages)
+    with pytest.raises(ValueError, match="no checked launch configuration"):
+        G._launch_cfg(G._glow_fwd_kernel, 96, 96, None, torch.device("cuda"))  # CAP 128: not in the list
+
+
+@needs_triton
+def test_unlisted_flows_fall_back_to_pytorch(monkeypatch):
+    """supports(): a flow wider than the list, or a GPU architecture the check does not cover."""
+    from nfkd.fold import fold
+
+    from kernels import glow_step as G
+    from kernels import tabular as T
+    from kernels.testing import glow_flow, tabular_flow
+
+    small = fold(tabular_flow("maf", 6, hidden=16, blocks=1), torch.float32)
+    wide_hidden = fold(tabular_flow("glow1d", 6, hidden=129, steps=1), torch.float32)
+    glow = fold(glow_flow((3, 8, 8), levels=2, steps=1, hidden=8), torch.float32)
+    assert T.supports(small) and not T.supports(wide_hidden) and G.supports(glow)
+    monkeypatch.setattr(C, "device_arch", lambda device: 86)
+    assert not T.supports(small) and not G.supports(glow)
