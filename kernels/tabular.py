@@ -311,9 +311,9 @@ class Packed:
 _PACK_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, Packed]]" = weakref.WeakKeyDictionary()
 
 
-def supports(folded) -> bool:
+def supports(folded, ops: Sequence[str] = ("log_prob", "sample")) -> bool:
     """Whether the tabular kernels handle this folded flow (else use the PyTorch folded path): the
-    structure fits and both its kernels have a checked configuration on the flow's device."""
+    structure fits and its kernels for ``ops`` have a checked configuration on the flow's device."""
     arch = getattr(folded, "arch", "")
     if arch == "glow1d":
         d = folded.event_shape[0]
@@ -328,7 +328,7 @@ def supports(folded) -> bool:
         return False
     dev = _configs.device_arch(folded.logdet_const.device)
     shape = dict(DP=next_pow2(d, 16), HP=next_pow2(hidden, 16))
-    return ok and all(_configs.lookup(f"{arch}_{op}", dev, **shape) is not None for op in ("log_prob", "sample"))
+    return ok and all(_configs.lookup(f"{arch}_{op}", dev, **shape) is not None for op in ops)
 
 
 def _put(buf: Tensor, off: int, mat: Tensor, rows: int, cols: int) -> None:
