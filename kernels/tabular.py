@@ -434,7 +434,7 @@ def pack(folded) -> Packed:
     hit = _PACK_CACHE.get(folded)
     if hit is not None and hit[0] == key:
         return hit[1]
-    if not supports(folded):
+    if not supports(folded, ("log_prob",)):  # structure and dims; each launcher also checks its op's record
         raise ValueError(f"tabular kernels do not support this {getattr(folded, 'arch', '?')} flow")
     with torch.no_grad():
         p = _pack_glow1d(folded) if folded.arch == "glow1d" else _pack_maf(folded)

@@ -179,5 +179,6 @@ def test_unlisted_flows_fall_back_to_pytorch(monkeypatch):
     assert T.supports(small) and not T.supports(wide_hidden) and G.supports(glow) and T.supports(big_maf)
     monkeypatch.setattr(C, "device_arch", lambda device: 80)
     assert T.supports(big_maf, ("log_prob",)) and not T.supports(big_maf, ("sample",))
+    assert T.pack(big_maf).HP == 128  # log p still packs and runs the kernel on an A100
     monkeypatch.setattr(C, "device_arch", lambda device: 86)
     assert not T.supports(small) and not G.supports(glow)
