@@ -7,7 +7,8 @@ launchers (``kernels.tabular``, ``kernels.glow_step``) therefore take block size
 pipeline stages only from ``CONFIGS``, look a record up by the kernel's shape constants (padded
 dims) and the device's compute capability, and treat "no record" as "not supported" (the
 dispatcher falls back to PyTorch).  ``python -m kernels.aot`` compiles every record in every flag
-combination in ``KERNELS`` for every architecture in ``ARCHS`` and fails when one does not
+combination in ``KERNELS`` for every target the record lists (default: all of ``ARCHS``) and
+fails when one does not
 compile or does not fit; CI runs it (``tests/test_kernels_aot.py``).
 
 Explicit ``block_b=`` / ``num_warps=`` / ``block_p=`` arguments of the launchers (tests, the
@@ -110,8 +111,9 @@ _TABULAR: dict[str, dict[tuple[int, int], tuple[int, int, int]]] = {
     },
 }
 # MAF sampling keeps a whole MADE block's weights in shared memory across its D sequential passes:
-# at DP = 64, HP = 128 that is 180,224 bytes with 1 or 2 stages (measured), too much for an A100
-# at any block size, so this record is for sm_90 only (an A100 samples such a MAF with PyTorch).
+# at DP = 64, HP = 128 that is 180,224 bytes with 1 or 2 stages (measured; its four weight tiles
+# alone are 163,840 bytes whatever the block size), too much for an A100, so this record is for
+# sm_90 only (an A100 samples such a MAF with PyTorch; its log p keeps the kernel).
 _PER_ARCH = (("maf_sample", 64, 128, (32, 8, 2), (90,)),)
 _TABLE_OF = {"glow1d_log_prob": "glow1d", "glow1d_sample": "glow1d", "maf_log_prob": "maf_log_prob",
              "maf_sample": "maf_sample"}
