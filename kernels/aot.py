@@ -142,6 +142,8 @@ def judge(result: dict[str, Any], arch: int) -> str | None:
 def _tasks(cfgs: Sequence[C.Config], archs: Sequence[int], pinned: dict[str, Any] | None = None):
     for cfg in cfgs:
         for arch in archs:
+            if arch not in cfg.archs:
+                continue
             for flags in C.variants(cfg):
                 if pinned and any(flags.get(k, v) != v for k, v in pinned.items()):
                     continue
@@ -160,6 +162,8 @@ def run_check(cfgs: Sequence[C.Config], archs: Sequence[int], jobs: int = 0,
     rows: dict[tuple, Row] = {}
     for cfg in cfgs:
         for arch in archs:
+            if arch not in cfg.archs:
+                continue
             rows[(cfg, arch)] = Row(cfg.kernel, cfg.label(), f"sm_{arch}", cfg.num_warps, cfg.num_stages,
                                     C.ARCHS[arch])
     records = []
@@ -212,7 +216,7 @@ def format_table(rows: Sequence[Row], markdown: bool = False) -> str:
             cells = [kernel, config, str(first.num_warps), str(first.num_stages)]
             for t in targets:
                 r = per.get(t)
-                cells += [r.status(), _shared(r)] if r else ["-", "-"]
+                cells += [r.status(), _shared(r)] if r else ["not offered (PyTorch)", "-"]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
     head = ["kernel", "configuration", "target", "result", "shared bytes / limit", "warps", "stages"]

@@ -43,7 +43,10 @@ def load_triton(source, device: str, threads: int | None, options: dict[str, Any
     if source.flow is None:
         raise InputError("the triton backend runs the folded flow: pass the checkpoint (.pt) or a Flow")
     folded = fold(source.flow, torch.float32).to(device)
-    if not _kernel_supported(folded):
-        raise InputError(f"the Triton kernels do not cover this {source.meta.arch} model (see kernels/README.md "
-                         f"for the supported sizes); use backend='folded' or 'auto'")
-    return TritonRunner(folded, source.meta, device, threads)
+    ops = [op for op in ("log_prob", "sample") if _kernel_supported(folded, op)]
+    if not ops:
+        raise InputError(f"the Triton kernels do not cover this {source.meta.arch} model on {device} (see "
+                         f"kernels/README.md for the supported sizes); use backend='folded' or 'auto'")
+    runner = TritonRunner(folded, source.meta, device, threads)
+    runner.meta.extra["kernel_ops"] = ops  # an op without a checked configuration runs the folded PyTorch path
+    return runner

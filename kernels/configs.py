@@ -7,7 +7,8 @@ launchers (``kernels.tabular``, ``kernels.glow_step``) therefore take block size
 pipeline stages only from ``CONFIGS``, look a record up by the kernel's shape constants (padded
 dims) and the device's compute capability, and treat "no record" as "not supported" (the
 dispatcher falls back to PyTorch).  ``python -m kernels.aot`` compiles every record in every flag
-combination in ``KERNELS`` for every architecture in ``ARCHS`` and fails when one does not
+combination in ``KERNELS`` for every target the record lists (default: all of ``ARCHS``) and
+fails when one does not
 compile or does not fit; CI runs it (``tests/test_kernels_aot.py``).
 
 Explicit ``block_b=`` / ``num_warps=`` / ``block_p=`` arguments of the launchers (tests, the
@@ -53,6 +54,7 @@ class Config:
     block: int
     num_warps: int
     num_stages: int
+    archs: tuple[int, ...] = tuple(ARCHS)  # the targets this record is for (and is checked on)
 
     def label(self) -> str:
         k = KERNELS[self.kernel]
@@ -105,9 +107,14 @@ _TABULAR: dict[str, dict[tuple[int, int], tuple[int, int, int]]] = {
     "maf_sample": {
         (16, 16): (64, 4, 3), (16, 32): (64, 4, 3), (16, 64): (64, 4, 3), (16, 128): (32, 8, 2),
         (32, 16): (64, 4, 3), (32, 32): (64, 4, 3), (32, 64): (64, 4, 3), (32, 128): (32, 8, 2),
-        (64, 16): (64, 4, 3), (64, 32): (64, 4, 3), (64, 64): (64, 4, 3), (64, 128): (32, 8, 2),
+        (64, 16): (64, 4, 3), (64, 32): (64, 4, 3), (64, 64): (64, 4, 3),
     },
 }
+# MAF sampling keeps a whole MADE block's weights in shared memory across its D sequential passes:
+# at DP = 64, HP = 128 that is 180,224 bytes with 1 or 2 stages (measured; its four weight tiles
+# alone are 163,840 bytes whatever the block size), too much for an A100, so this record is for
+# sm_90 only (an A100 samples such a MAF with PyTorch; its log p keeps the kernel).
+_PER_ARCH = (("maf_sample", 64, 128, (32, 8, 2), (90,)),)
 _TABLE_OF = {"glow1d_log_prob": "glow1d", "glow1d_sample": "glow1d", "maf_log_prob": "maf_log_prob",
              "maf_sample": "maf_sample"}
 # Glow step kernels: the padded half widths CAP = CBP (c_a = c_b in every Glow level), broadcast
@@ -117,6 +124,8 @@ _GLOW_HALVES = (2, 4, 8, 16, 32, 64)
 CONFIGS: tuple[Config, ...] = tuple(
     Config(k, (("DP", dp), ("HP", hp)), *launch)
     for k, table in _TABLE_OF.items() for (dp, hp), launch in _TABULAR[table].items()
+) + tuple(
+    Config(k, (("DP", dp), ("HP", hp)), *launch, archs=archs) for k, dp, hp, launch, archs in _PER_ARCH
 ) + tuple(
     Config(k, (("CAP", c), ("CBP", c), ("USE_DOT", c >= 16)), 64, 4, 3)
     for k in ("glow_fwd", "glow_inv") for c in _GLOW_HALVES
@@ -136,13 +145,11 @@ def lookup(kernel: str, arch: int | None, **shape: Any) -> Config | None:
     """The record of ``kernel`` for these shape constants (None: not supported -> PyTorch).
 
     ``arch=None`` (interpreter): any record of that shape (the support question only); a CUDA
-    arch not in ``ARCHS`` has no checked configuration at all.
+    arch not in a record's ``archs`` (e.g. one not in ``ARCHS``) has no checked configuration.
     """
-    if arch is not None and arch not in ARCHS:
-        return None
     key = tuple(sorted(shape.items()))
     for cfg in CONFIGS:
-        if cfg.kernel == kernel and tuple(sorted(cfg.shape)) == key:
+        if cfg.kernel == kernel and tuple(sorted(cfg.shape)) == key and (arch is None or arch in cfg.archs):
             return cfg
     return None
 

@@ -139,7 +139,7 @@ def _is_flow(model) -> bool:
     return isinstance(model, Flow) and not is_folded(model)
 
 
-def _kernel_supported(folded) -> bool:
+def _kernel_supported(folded, op: str) -> bool:
     if folded.dtype != torch.float32:
         return False
     if folded.arch == "glow":
@@ -148,11 +148,11 @@ def _kernel_supported(folded) -> bool:
         return supports(folded)
     from .tabular import supports
 
-    return supports(folded)
+    return supports(folded, (op,))
 
 
-def _resolve(model, device: torch.device):
-    """(folded, use_kernel) for a Flow or a folded module and an input device."""
+def _resolve(model, device: torch.device, op: str):
+    """(folded, use_kernel) for a Flow or a folded module, an input device and "log_prob" / "sample"."""
     want = kernels_enabled(device)
     if want and _setting() is None:  # automatic: a float64 model keeps float64 results (PyTorch)
         dt = model.dtype
@@ -161,7 +161,7 @@ def _resolve(model, device: torch.device):
         folded = folded_for(model, torch.float32 if want else None)
     else:
         folded = model
-    return folded, want and _kernel_supported(folded)
+    return folded, want and _kernel_supported(folded, op)
 
 
 def fast_log_prob(model, x: Tensor, *, validate: bool = True) -> Tensor:
@@ -170,7 +170,7 @@ def fast_log_prob(model, x: Tensor, *, validate: bool = True) -> Tensor:
         from nfkd.flows.base import check_finite_input
 
         check_finite_input(x, model.event_shape)
-    folded, use_k = _resolve(model, x.device)
+    folded, use_k = _resolve(model, x.device, "log_prob")
     with torch.no_grad():
         if use_k:
             if folded.arch == "glow":
@@ -196,7 +196,7 @@ def fast_sample(model, noise: Tensor | Sequence[Tensor] | None = None, temperatu
     elif _is_flow(model):
         noise = model.check_noise(noise)
     noise = [noise] if isinstance(noise, Tensor) else list(noise)
-    folded, use_k = _resolve(model, noise[0].device)
+    folded, use_k = _resolve(model, noise[0].device, "sample")
     with torch.no_grad():
         if use_k:
             if folded.arch == "glow":

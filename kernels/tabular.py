@@ -323,9 +323,9 @@ def _made_layers(block) -> list[tuple[Tensor, Tensor]]:
     return linear_layers(block.made.net)
 
 
-def supports(folded) -> bool:
+def supports(folded, ops: Sequence[str] = ("log_prob", "sample")) -> bool:
     """Whether the tabular kernels handle this folded flow (else use the PyTorch folded path): the
-    structure fits and both its kernels have a checked configuration on the flow's device."""
+    structure fits and its kernels for ``ops`` have a checked configuration on the flow's device."""
     from nfkd.fold import is_folded
 
     arch = getattr(folded, "arch", "")
@@ -346,7 +346,7 @@ def supports(folded) -> bool:
         return False
     dev = _configs.device_arch(device)
     shape = dict(DP=next_pow2(d, 16), HP=next_pow2(hidden, 16))
-    return ok and all(_configs.lookup(f"{arch}_{op}", dev, **shape) is not None for op in ("log_prob", "sample"))
+    return ok and all(_configs.lookup(f"{arch}_{op}", dev, **shape) is not None for op in ops)
 
 
 def _put(buf: Tensor, off: int, mat: Tensor, rows: int, cols: int) -> None:
@@ -462,7 +462,7 @@ def pack(folded) -> Packed:
     hit = _PACK_CACHE.get(folded)
     if hit is not None and hit[0] == key:
         return hit[1]
-    if not supports(folded):
+    if not supports(folded, ("log_prob",)):  # structure and dims; each launcher also checks its op's record
         raise ValueError(f"tabular kernels do not support this {getattr(folded, 'arch', '?')} flow")
     with torch.no_grad():
         p = _pack_glow1d(folded) if folded.arch == "glow1d" else _pack_maf(folded)

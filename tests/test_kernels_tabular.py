@@ -159,7 +159,7 @@ def test_half_precision_inputs(arch, dim, opts, dtype):
     x = (flow.normalize.loc + flow.normalize.scale * torch.randn(19, dim, generator=g, dtype=torch.float64)).to(dtype)
     z = torch.randn(19, dim, generator=g, dtype=torch.float64).to(dtype)
     with torch.no_grad():  # the reference sees the same rounded values, in float64
-        ref_lp, ref_s = ref64.log_prob(x.double()), ref64.sample([z.double()], 0.8)
+        ref_lp, ref_s = ref64.log_prob(x.double()), ref64.sample(len(z), 0.8, noise=[z.double()])
     with _env.poison_outputs():
         lp = T.tabular_log_prob(f32, x.to(DEV), block_b=BLOCK)
         s = T.tabular_sample(f32, z.to(DEV), 0.8, block_b=BLOCK)
