@@ -5,7 +5,8 @@ at most ``max_batch`` rows, waiting at most ``max_wait_ms`` after the *first* qu
 arrived (time spent queued behind a running model call counts) -- and hands the concatenated
 rows to ONE worker thread. Results are split back per request on the event loop, which never
 blocks on the model. A single request above ``max_batch`` rows runs alone, in chunks of
-``max_batch``. ``close()`` stops accepting work and drains what is queued.
+``max_batch``. ``close()`` stops accepting work and drains what is queued. How many rows may be
+queued is decided before ``submit`` (``admission``), for ``/log_prob`` and ``/sample`` together.
 """
 from __future__ import annotations
 
@@ -22,12 +23,7 @@ import numpy as np
 log = logging.getLogger("nfkd.serve")
 
 
-class Overloaded(Exception):
-    """The queue holds more rows than ``max_queue_rows``: answer 503, the client retries later."""
-
-
-class Closed(Exception):
-    """The service is shutting down: answer 503."""
+from .admission import Closed
 
 
 def _bucket(v: int) -> str:
@@ -65,6 +61,8 @@ class Stats:
     queue_rows: int = 0
     max_queue_depth: int = 0
     rejected_overloaded: int = 0
+    outstanding_rows: int = 0  # admitted rows of both endpoints, queued or running (admission)
+    max_outstanding_rows: int = 0
 
     def record_batch(self, n_requests: int, rows: int, calls: int, seconds: float) -> None:
         self.log_prob_requests += n_requests
@@ -101,6 +99,7 @@ class Stats:
                        "model_calls": self.sample_model_calls},
             "model_seconds": round(self.model_seconds, 6),
             "queue": {"depth": self.queue_depth, "rows": self.queue_rows, "max_depth": self.max_queue_depth,
+                      "outstanding_rows": self.outstanding_rows, "max_outstanding_rows": self.max_outstanding_rows,
                       "rejected_overloaded": self.rejected_overloaded},
         }
 
@@ -125,13 +124,30 @@ def run_chunked(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, max_batch
 
 
 class ModelWorker:
-    """The one thread that calls the model (log_prob batches and samples alike), in submission order."""
+    """The one thread that calls the model (log_prob batches and sample chunks alike), in submission order.
 
-    def __init__(self) -> None:
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nfkd-model")
+    ``initializer`` runs once inside that thread before any call: per-thread runtime settings
+    (``torch.set_num_threads``) must be made there, not in the thread that loaded the model.
+    """
+
+    def __init__(self, initializer: Callable[[], None] | None = None) -> None:
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nfkd-model",
+                                                              initializer=initializer)
+        self.submitted = 0  # written by the event loop only
+        self.started = 0  # written by the model thread only
+
+    @property
+    def pending(self) -> int:
+        """Calls submitted that the model thread has not started yet."""
+        return self.submitted - self.started
+
+    def _call(self, fn: Callable, args: tuple) -> Any:
+        self.started += 1
+        return fn(*args)
 
     async def run(self, fn: Callable, *args) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        self.submitted += 1
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._call, fn, args)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)
@@ -141,8 +157,7 @@ class LogProbBatcher:
     """Queue + collector task; ``submit(x)`` resolves to that request's log_prob rows."""
 
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], worker: ModelWorker, stats: Stats, *,
-                 max_batch: int = 4096, max_wait_ms: float = 2.0, max_queue_rows: int = 1 << 20,
-                 batching: bool = True) -> None:
+                 max_batch: int = 4096, max_wait_ms: float = 2.0, batching: bool = True) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
@@ -152,13 +167,11 @@ class LogProbBatcher:
         self.stats = stats
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait_ms) / 1000.0
-        self.max_queue_rows = int(max_queue_rows)
         self.batching = batching
         self._items: collections.deque[_Item] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
-        self._inflight_rows = 0  # unbatched mode: rows submitted and not yet answered
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -185,19 +198,11 @@ class LogProbBatcher:
         if self._closing:
             raise Closed("the server is shutting down")
         rows = int(x.shape[0])
-        queued = self.stats.queue_rows if self.batching else self._inflight_rows
-        if queued + rows > self.max_queue_rows and queued > 0:
-            self.stats.rejected_overloaded += 1
-            raise Overloaded(f"the server is overloaded ({queued} rows queued); retry later")
         if not self.batching:
-            self._inflight_rows += rows
-            try:
-                t0 = time.perf_counter()
-                out, calls = await self.worker.run(run_chunked, self.fn, x, self.max_batch)
-                self.stats.record_batch(1, rows, calls, time.perf_counter() - t0)
-                return out
-            finally:
-                self._inflight_rows -= rows
+            t0 = time.perf_counter()
+            out, calls = await self.worker.run(run_chunked, self.fn, x, self.max_batch)
+            self.stats.record_batch(1, rows, calls, time.perf_counter() - t0)
+            return out
         if self._task is None:  # the app's lifespan did not run (e.g. an ASGI test transport): start now
             self.start()
         loop = asyncio.get_running_loop()
@@ -267,4 +272,4 @@ class LogProbBatcher:
             off += n
 
 
-__all__ = ["Closed", "LogProbBatcher", "ModelWorker", "Overloaded", "Stats", "run_chunked"]
+__all__ = ["LogProbBatcher", "ModelWorker", "Stats", "run_chunked"]
