@@ -544,6 +544,18 @@ def test_admission_refuses_work_above_the_row_budget():
         a.admit(1)
 
 
+def test_admission_keeps_headroom_for_small_requests():
+    a = Admission(100, headroom=10)
+    a.admit(50)  # large (> 10 rows)
+    with pytest.raises(Overloaded, match="limit 90 for a request of 41 rows"):
+        a.admit(41)  # a large request may fill the budget only up to 100 - 10
+    a.admit(40)
+    for _ in range(10):
+        a.admit(1)  # small requests still get the last 10 rows
+    with pytest.raises(Overloaded):
+        a.admit(1)
+
+
 # --------------------------------------------------------------------------------------------
 # The CLI: python -m nfkd serve, JSON logs, SIGTERM drains in-flight requests, exit 0
 # --------------------------------------------------------------------------------------------

@@ -337,3 +337,37 @@ def test_a_huge_integer_is_a_clear_client_error(ort_backend, body):
     assert r.status_code == 422, r.text
     msg = r.json()["error"]
     assert "set_int_max_str_digits" not in msg and "digits" in msg and "float32" in msg, msg
+
+
+def test_large_json_bodies_parse_in_slices_to_the_same_array():
+    """The sliced parse (large bodies) gives exactly the one-piece parse's array, and falls back to it
+    (with its exact message) for anything but plain numbers."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((9000, DIM)) * 10.0 ** rng.integers(-8, 8, (9000, DIM))
+    x[:50] = np.round(x[:50])  # some integers
+    body = json.dumps({"x": x.tolist()}).encode()
+    assert len(body) > payload.SLICED_MIN_BYTES
+    sliced = payload._json_rows_sliced(body, (DIM,))
+    assert sliced is not None and sliced.shape == (9000, DIM)
+    np.testing.assert_array_equal(payload.json_rows(body, (DIM,), 10000), np.asarray(json.loads(body)["x"], np.float32))
+    spaced = json.dumps({"x": x.tolist()}, indent=1).encode()
+    np.testing.assert_array_equal(payload.json_rows(spaced, (DIM,), 10000), x.astype(np.float32))
+    for bad, status, message in [
+        (body.replace(b"]]}", b"], [1, 2, null, 4, 5]]}"), 422, "only numbers, found a null"),
+        (body.replace(b"]]}", b"], [1, 2]]}"), 422, "ragged"),
+        (body.replace(b"]]}", b"], [1, true, 0, 0, 0]]}"), 422, "booleans"),
+        (body.replace(b"]]}", b"], [[1, 2, 3, 4, 5]]]}"), 422, "ragged|expected"),
+    ]:
+        with pytest.raises(payload.ApiError, match=message) as err:
+            payload.json_rows(bad, (DIM,), 10000)
+        assert err.value.status == status
+
+
+def test_large_json_answers_are_encoded_in_slices():
+    x = np.random.default_rng(6).standard_normal((5000, 3)).astype(np.float32)
+    x[7, 1] = np.inf
+    got = json.loads(payload.json_array_bytes(x, "x", {"n": 5000, "seed": None}))
+    assert got["n"] == 5000 and got["seed"] is None and got["x"][7][1] is None
+    ref = x.astype(object)
+    ref[7, 1] = None
+    assert got["x"] == ref.tolist()

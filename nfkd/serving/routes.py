@@ -40,7 +40,7 @@ def _encode_array(arr: np.ndarray, npy: bool, key: str, extra: dict[str, Any]) -
     """The response body for an array (runs in the parse pool: 65536 rows of JSON take ~0.1 s)."""
     if npy:
         return payload.npy_bytes(arr.astype(np.float32, copy=False))
-    return json_bytes({key: payload.json_floats(arr), **extra})
+    return payload.json_array_bytes(arr, key, extra)
 
 
 async def _array_response(request: Request, svc: Service, arr: np.ndarray, key: str,

@@ -4,8 +4,10 @@ uvicorn's HTTP/1.1 protocol has a keep-alive timeout but no deadline for reading
 client that sends its headers one byte every few seconds (slow-loris) holds a connection forever
 (issue #19: 800 such connections stayed open). ``DeadlineH11Protocol`` adds two deadlines:
 
-- headers: from the connection's start (or the previous answer) until the request's headers are
-  complete -- ``header_timeout_s``; then a 408 is written and the connection is closed;
+- headers: from the connection's start (or, on a kept-alive connection, the first byte of the
+  next request) until the request's headers are complete -- ``header_timeout_s``; then a 408 is
+  written and the connection is closed (an idle kept-alive connection is uvicorn's keep-alive
+  timeout's business: closed after ``timeout_keep_alive``, 5 s);
 - body: from the headers until the body is complete -- ``body_timeout_s`` (+1 s, so that the
   endpoint's own 408 with a message comes first); then the connection is closed.
 
@@ -39,15 +41,18 @@ class DeadlineH11Protocol(H11Protocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
+        self._idle = False  # True between an answer and the next request's first byte
         super().connection_made(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        self._idle = False
         super().data_received(data)
         self._arm()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        self._idle = True
+        super().on_response_complete()  # may parse an already received (pipelined) request at once
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -62,7 +67,7 @@ class DeadlineH11Protocol(H11Protocol):
     def _arm(self) -> None:
         """Keep one deadline for the phase the client is in: sending headers, sending a body, or neither."""
         state = self.conn.their_state
-        phase = "headers" if state is h11.IDLE else "body" if state is h11.SEND_BODY else None
+        phase = "headers" if state is h11.IDLE and not self._idle else "body" if state is h11.SEND_BODY else None
         if phase == self._phase:
             return
         self._cancel()

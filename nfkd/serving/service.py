@@ -31,7 +31,7 @@ class Service:
         self.backend = backend
         self.cfg = config
         self.stats = Stats()
-        self.admission = Admission(config.max_queue_rows)
+        self.admission = Admission(config.max_queue_rows, headroom=config.max_batch)
         self.worker = ModelWorker(initializer=backend.init_model_thread)
         self.batcher = LogProbBatcher(backend.log_prob, self.worker, self.stats, max_batch=config.max_batch,
                                       max_wait_ms=config.max_wait_ms, batching=config.batching)
