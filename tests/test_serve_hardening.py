@@ -126,7 +126,8 @@ def test_healthz_is_answered_while_a_body_is_being_parsed(monkeypatch, ort_backe
         return real(*args, **kwargs)
 
     monkeypatch.setattr(payload, "json_rows", slow_parse)
-    x = rows(np.random.default_rng(0), 3)
+    x = rows(np.random.default_rng(0), 3000)  # a large body (small ones are parsed in place, in < 2 ms)
+    assert len(json.dumps({"x": x.tolist()})) > 64 * 1024
     with BackgroundServer(create_app(ort_backend, ServeConfig())) as srv:
         t, box = _in_thread(httpx.post, srv.url + "/log_prob", json={"x": x.tolist()}, timeout=TIMEOUT)
         try:

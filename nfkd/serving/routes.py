@@ -23,7 +23,7 @@ import nfkd
 from . import payload
 from .admission import Closed, Overloaded
 from .config import BODY_SLACK
-from .service import Service
+from .service import INLINE_BYTES, INLINE_VALUES, Service
 
 router = APIRouter()
 
@@ -46,7 +46,7 @@ def _encode_array(arr: np.ndarray, npy: bool, key: str, extra: dict[str, Any]) -
 async def _array_response(request: Request, svc: Service, arr: np.ndarray, key: str,
                           extra: dict[str, Any] | None = None) -> Response:
     npy = payload.wants_npy(request.headers.get("accept"))
-    body = await svc.parse(_encode_array, arr, npy, key, extra or {})
+    body = await svc.parse_sized(arr.size, INLINE_VALUES, _encode_array, arr, npy, key, extra or {})
     return Response(body, media_type=payload.NPY if npy else payload.JSON)
 
 
@@ -114,7 +114,8 @@ async def log_prob(request: Request) -> Response:
     ctype = _content_type(request, (payload.JSON, payload.NPY))
     body = await read_body(request, cfg.max_body_bytes, cfg.body_timeout_s)
     parse = payload.npy_rows if ctype == payload.NPY else payload.json_rows  # looked up per call (tests wrap them)
-    x = await svc.parse(parse, body, tuple(svc.backend.event_shape), cfg.max_request_rows)
+    x = await svc.parse_sized(len(body), INLINE_BYTES, parse, body, tuple(svc.backend.event_shape),
+                              cfg.max_request_rows)
     request.state.rows = int(x.shape[0])
     lp = await _model(svc.log_prob(x), cfg.request_timeout_s)
     return await _array_response(request, svc, lp, "log_prob")

@@ -21,7 +21,9 @@ from .config import ServeConfig
 
 log = logging.getLogger("nfkd.serve")
 
-PARSE_THREADS = 2  # bodies parsed at once; more wait in the pool's queue (their bytes are already read)
+PARSE_THREADS = 2  # large bodies parsed at once; more wait in the pool's queue (their bytes are already read)
+INLINE_BYTES = 64 * 1024  # smaller bodies are parsed on the event loop (< ~2 ms): no queue behind large ones
+INLINE_VALUES = 16384  # smaller answers are encoded on the event loop
 
 
 class Service:
@@ -56,8 +58,15 @@ class Service:
 
     # --- work ---------------------------------------------------------------------------------
     async def parse(self, fn: Callable, *args) -> Any:
-        """Run a body parser off the event loop (``/healthz`` stays answerable during a large parse)."""
+        """Run a body parser (or an answer encoder) off the event loop: ``/healthz`` and small requests
+        stay answerable during a large parse."""
         return await asyncio.get_running_loop().run_in_executor(self.parser, fn, *args)
+
+    async def parse_sized(self, size: int, inline_limit: int, fn: Callable, *args) -> Any:
+        """``fn(*args)`` in place when ``size`` is small (no wait behind large bodies in the pool), else ``parse``."""
+        if size <= inline_limit:
+            return fn(*args)
+        return await self.parse(fn, *args)
 
     def _admit(self, rows: int) -> None:
         try:
@@ -93,7 +102,8 @@ class Service:
         try:
             async def run() -> np.ndarray:
                 nonlocal remaining
-                noise = await self.parse(draw_noise, self.backend.noise_shapes, n, seed)
+                noise = await self.parse_sized(n * self.backend.dim, INLINE_VALUES, draw_noise,
+                                               self.backend.noise_shapes, n, seed)
                 step = self.cfg.sample_chunk_rows
                 parts = []
                 for i in range(0, n, step):
