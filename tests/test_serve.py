@@ -529,6 +529,35 @@ def test_batcher_skips_cancelled_requests_and_reports_model_errors():
     assert all(isinstance(o, RuntimeError) for o in outs)
 
 
+def test_model_worker_runs_log_prob_before_queued_sample_chunks():
+    gate, order = threading.Event(), []
+
+    def job(name):
+        if name == "running":
+            assert gate.wait(30)
+        order.append((name, threading.current_thread().name))
+        return name
+
+    async def main():
+        w = ModelWorker(initializer=lambda: order.append(("init", threading.current_thread().name)))
+        first = asyncio.ensure_future(w.run(job, "running"))
+        while w.started < 1:
+            await asyncio.sleep(0.01)
+        chunks = [asyncio.ensure_future(w.run(job, f"chunk{i}")) for i in range(3)]  # LOW: sample chunks
+        await asyncio.sleep(0)
+        batch = asyncio.ensure_future(w.run(job, "log_prob", priority=ModelWorker.HIGH))
+        await asyncio.sleep(0.05)
+        assert w.pending == 4
+        gate.set()
+        out = await asyncio.gather(first, batch, *chunks)
+        await asyncio.get_running_loop().run_in_executor(None, w.shutdown)
+        return out
+
+    assert asyncio.run(main()) == ["running", "log_prob", "chunk0", "chunk1", "chunk2"]
+    assert [n for n, _ in order] == ["init", "running", "log_prob", "chunk0", "chunk1", "chunk2"]
+    assert {t for _, t in order} == {"nfkd-model_0"}  # the initializer ran in the model thread
+
+
 def test_admission_refuses_work_above_the_row_budget():
     a = Admission(4)
     a.admit(3)
@@ -626,3 +655,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys, _restore_logging):
     with pytest.raises(SystemExit):
         main(["serve", str(tmp_path), "--max-batch", "0"])
     assert "expected a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", str(tmp_path), "--header-timeout", "0"])
+    assert "expected a finite number > 0" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["serve", str(student()[0]), "--cache-dir", str(tmp_path / "file" / "cache")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create the export cache folder" in err[0], err

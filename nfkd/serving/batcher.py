@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
+import itertools
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -123,16 +125,33 @@ def run_chunked(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, max_batch
     return np.concatenate(parts), len(parts)
 
 
-class ModelWorker:
-    """The one thread that calls the model (log_prob batches and sample chunks alike), in submission order.
+def _resolve(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if fut.done():  # the request was cancelled (client gone, 504) while the model ran
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
 
+
+class ModelWorker:
+    """The one thread that calls the model, highest priority first, then in submission order.
+
+    ``/log_prob`` batches run at ``HIGH`` priority, sample chunks at ``LOW``: a merged log_prob call
+    waits for at most the one call already running, never for a queue of sample chunks (so its
+    latency stays bounded while large samples are drawn), and sample chunks run in the gaps.
     ``initializer`` runs once inside that thread before any call: per-thread runtime settings
     (``torch.set_num_threads``) must be made there, not in the thread that loaded the model.
     """
 
+    HIGH, LOW = 0, 1
+
     def __init__(self, initializer: Callable[[], None] | None = None) -> None:
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nfkd-model",
-                                                              initializer=initializer)
+        self._initializer = initializer
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
         self.submitted = 0  # written by the event loop only
         self.started = 0  # written by the model thread only
 
@@ -141,16 +160,46 @@ class ModelWorker:
         """Calls submitted that the model thread has not started yet."""
         return self.submitted - self.started
 
-    def _call(self, fn: Callable, args: tuple) -> Any:
-        self.started += 1
-        return fn(*args)
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._main, name="nfkd-model_0", daemon=True)
+                self._thread.start()
 
-    async def run(self, fn: Callable, *args) -> Any:
+    def _main(self) -> None:
+        if self._initializer is not None:
+            try:
+                self._initializer()
+            except Exception:  # a failed setting must not kill the thread that answers every request
+                log.exception("model thread initializer failed")
+        while True:
+            _, _, job = self._queue.get()
+            if job is None:
+                return
+            fn, args, fut, loop = job
+            self.started += 1
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:  # handed to the awaiting request
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_resolve, fut, result, error)
+            except RuntimeError:  # the event loop is gone (shutdown)
+                pass
+
+    async def run(self, fn: Callable, *args, priority: int = LOW) -> Any:
+        self._ensure_thread()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self.submitted += 1
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._call, fn, args)
+        self._queue.put((priority, next(self._seq), (fn, args, fut, loop)))
+        return await fut
 
     def shutdown(self) -> None:
-        self.executor.shutdown(wait=True)
+        """Finish every queued call, then stop the thread."""
+        self._queue.put((self.LOW + 1, next(self._seq), None))
+        if self._thread is not None:
+            self._thread.join()
 
 
 class LogProbBatcher:
@@ -200,7 +249,7 @@ class LogProbBatcher:
         rows = int(x.shape[0])
         if not self.batching:
             t0 = time.perf_counter()
-            out, calls = await self.worker.run(run_chunked, self.fn, x, self.max_batch)
+            out, calls = await self.worker.run(run_chunked, self.fn, x, self.max_batch, priority=ModelWorker.HIGH)
             self.stats.record_batch(1, rows, calls, time.perf_counter() - t0)
             return out
         if self._task is None:  # the app's lifespan did not run (e.g. an ASGI test transport): start now
@@ -256,7 +305,7 @@ class LogProbBatcher:
         x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
         t0 = time.perf_counter()
         try:
-            out, calls = await self.worker.run(run_chunked, self.fn, x, self.max_batch)
+            out, calls = await self.worker.run(run_chunked, self.fn, x, self.max_batch, priority=ModelWorker.HIGH)
         except Exception as exc:  # the model failed: every request of this batch gets the error
             log.exception("model call failed", extra={"requests": len(batch), "rows": rows})
             for it in batch:
