@@ -24,6 +24,7 @@ import sys
 from .errors import InputError
 
 log = logging.getLogger("nfkd.serve")
+SWITCH_INTERVAL_S = 0.001
 
 
 def _positive_int(text: str) -> int:
@@ -102,6 +103,10 @@ def main_serve(argv: list[str] | None = None) -> int:
     from .serving.runner import bind, uvicorn_config
 
     configure_logging(args.log_level)
+    # The event loop releases the GIL at every socket call; with a CPU-bound thread (a large body's
+    # parse, numpy glue of the model thread) it waits up to the switch interval to get it back, each
+    # time. 1 ms instead of 5 keeps /healthz and small requests moving while large bodies are parsed.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     # Leave one core to the event loop (HTTP parsing, JSON): ONNX Runtime's intra-op threads spin while waiting.
     threads = args.threads or max(1, (os.cpu_count() or 2) - 1)
     backend = load_backend(args.model, args.backend, threads=threads, cache_dir=args.cache_dir, device=args.device)

@@ -68,8 +68,12 @@ class GatedBackend(ModelBackend):
             self.entered.set()
             assert self.release.wait(60), "never released"
 
+    gate_log_prob_above = None  # rows: the first log_prob call with more rows blocks too
+
     def log_prob(self, x):
         self.calls.append(("log_prob", len(x)))
+        if self.gate_log_prob_above is not None and len(x) > self.gate_log_prob_above:
+            self._gate()
         return self.inner.log_prob(x)
 
     def sample(self, n, temperature, seed):
@@ -186,6 +190,27 @@ def test_large_samples_are_split_and_log_prob_runs_between_chunks(ort_backend):
     got = np.asarray(box["value"].json()["x"], np.float32)
     np.testing.assert_allclose(got, ort_backend.sample(64, 0.8, 7), rtol=1e-5, atol=1e-5)  # same seed, same rows
     np.testing.assert_allclose(box2["value"].json()["log_prob"], ort_backend.log_prob(x), rtol=1e-6, atol=1e-6)
+
+
+def test_large_log_prob_requests_are_chunked_and_small_ones_run_between(ort_backend):
+    gated = GatedBackend(ort_backend)
+    gated.gate_log_prob_above = 2
+    big = rows(np.random.default_rng(3), 64)
+    small = rows(np.random.default_rng(4), 2)
+    with BackgroundServer(create_app(gated, ServeConfig(max_batch=16, max_request_rows=64))) as srv, \
+            httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
+        t, box = _in_thread(httpx.post, srv.url + "/log_prob", json={"x": big.tolist()}, timeout=TIMEOUT)
+        try:
+            assert gated.entered.wait(30)  # the first 16-row chunk is in the model thread
+            t2, box2 = _in_thread(c.post, "/log_prob", json={"x": small.tolist()})
+            _wait(lambda: c.get("/stats").json()["model"]["pending_calls"] >= 1, "the small call to be queued")
+        finally:
+            gated.release.set()
+            t.join(30)
+            t2.join(30)
+    assert [n for _, n in gated.calls] == [16, 2, 16, 16, 16], gated.calls
+    np.testing.assert_allclose(box["value"].json()["log_prob"], ort_backend.log_prob(big), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(box2["value"].json()["log_prob"], ort_backend.log_prob(small), rtol=1e-6, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from .config import ServeConfig
 
 log = logging.getLogger("nfkd.serve")
 
-PARSE_THREADS = 2  # large bodies parsed at once; more wait in the pool's queue (their bytes are already read)
+PARSE_THREADS = 1  # large bodies parsed at once (each holds the GIL in slices); more wait in the pool's queue
 INLINE_BYTES = 64 * 1024  # smaller bodies are parsed on the event loop (< ~2 ms): no queue behind large ones
 INLINE_VALUES = 16384  # smaller answers are encoded on the event loop
 
@@ -85,45 +85,66 @@ class Service:
         self.stats.max_outstanding_rows = self.admission.max_seen
 
     async def log_prob(self, x: np.ndarray) -> np.ndarray:
-        """Admit, queue for a merged model call, wait at most ``request_timeout_s`` (then TimeoutError)."""
+        """Admit, then either queue for a merged model call (up to ``max_batch`` rows) or, for a larger
+        request, run it in ``max_batch``-row chunks at low priority, so merged calls of small requests
+        run between its chunks. Waits at most ``request_timeout_s`` (then TimeoutError)."""
         rows = int(x.shape[0])
-        self._admit(rows)
-        try:
-            return await asyncio.wait_for(self.batcher.submit(x), self.cfg.request_timeout_s)
-        finally:
-            self._release(rows)
+        if rows <= self.cfg.max_batch:
+            self._admit(rows)
+            try:
+                return await asyncio.wait_for(self.batcher.submit(x), self.cfg.request_timeout_s)
+            finally:
+                self._release(rows)
+        t0 = time.perf_counter()
+        step = self.cfg.max_batch
+        out = await self._chunked(rows, step, lambda i: (self.backend.log_prob, x[i : i + step]))
+        self.stats.record_batch(1, rows, -(-rows // step), time.perf_counter() - t0)
+        return out
 
     async def sample(self, n: int, temperature: float, seed: int | None) -> np.ndarray:
-        """Admit ``n`` rows, then decode them in chunks of ``sample_chunk_rows``: each chunk is its own
-        model call, so merged ``/log_prob`` calls queued meanwhile run between chunks. The noise is
-        drawn once for all ``n`` rows, so a seed gives the same rows as one unchunked call."""
-        self._admit(n)
-        remaining = n
-        try:
-            async def run() -> np.ndarray:
-                nonlocal remaining
-                noise = await self.parse_sized(n * self.backend.dim, INLINE_VALUES, draw_noise,
-                                               self.backend.noise_shapes, n, seed)
-                step = self.cfg.sample_chunk_rows
-                parts = []
-                for i in range(0, n, step):
-                    t0 = time.perf_counter()
-                    chunk = [z[i : i + step] for z in noise]
-                    parts.append(np.asarray(await self.worker.run(self.backend.decode, chunk, temperature)))
-                    self.stats.sample_model_calls += 1
-                    self.stats.model_seconds += time.perf_counter() - t0
-                    done = min(step, remaining)
-                    remaining -= done
-                    self._release(done)
-                return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        """Admit ``n`` rows, then decode them in chunks of ``sample_chunk_rows``, each its own low-priority
+        model call, so merged ``/log_prob`` calls run between chunks. The noise is drawn once for all
+        ``n`` rows, so a seed gives the same rows as one unchunked call."""
+        step = self.cfg.sample_chunk_rows
+        noise: list[np.ndarray] = []
 
-            xs = await asyncio.wait_for(run(), self.cfg.request_timeout_s)
-        finally:
-            if remaining:
-                self._release(remaining)
+        async def draw() -> None:
+            noise.extend(await self.parse_sized(n * self.backend.dim, INLINE_VALUES, draw_noise,
+                                                self.backend.noise_shapes, n, seed))
+
+        t0 = time.perf_counter()
+        xs = await self._chunked(n, step, lambda i: (self.backend.decode, [z[i : i + step] for z in noise],
+                                                     temperature), before=draw)
+        self.stats.model_seconds += time.perf_counter() - t0
+        self.stats.sample_model_calls += -(-n // step)
         self.stats.sample_requests += 1
         self.stats.sample_rows += n
         return xs
+
+    async def _chunked(self, rows: int, step: int, call: Callable[[int], tuple], before=None) -> np.ndarray:
+        """Admit ``rows``, run ``call(i)`` = (fn, *args) for i = 0, step, ... as low-priority model calls,
+        one at a time, releasing each chunk's rows from the budget as it is done."""
+        self._admit(rows)
+        remaining = rows
+
+        async def run() -> np.ndarray:
+            nonlocal remaining
+            if before is not None:
+                await before()
+            parts = []
+            for i in range(0, rows, step):
+                fn, *args = call(i)
+                parts.append(np.asarray(await self.worker.run(fn, *args, priority=ModelWorker.LOW)))
+                done = min(step, remaining)
+                remaining -= done
+                self._release(done)
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+        try:
+            return await asyncio.wait_for(run(), self.cfg.request_timeout_s)
+        finally:
+            if remaining:
+                self._release(remaining)
 
     def stats_dict(self) -> dict[str, Any]:
         return {**self.stats.to_dict(), "model": {"pending_calls": self.worker.pending},
