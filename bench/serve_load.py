@@ -344,15 +344,18 @@ def _chunked_sample(runtime, n: int, t: float, seed: int) -> np.ndarray:
     return np.concatenate([runtime.decode([z[i : i + step] for z in noise], t) for i in range(0, n, step)])
 
 
-async def run(ctx: dict[str, Any], duration: float, clients: int, n_slowloris: int, seed: int) -> float:
+async def run(ctx: dict[str, Any], duration: float, clients: int, n_slowloris: int, seed: int,
+              hostile: bool = True) -> float:
     end = time.monotonic() + duration
     rng = random.Random(seed)
     tasks = [small_client(ctx, end, random.Random(rng.random())) for _ in range(clients)]
     tasks += [sample_client(ctx, end, random.Random(rng.random()), "sample", ctx["specs"]) for _ in range(4)]
-    tasks += [sample_client(ctx, end, random.Random(rng.random()), "big_sample", ctx["big_specs"]) for _ in range(3)]
-    tasks += [burst_client(ctx, end)]
-    tasks += [hostile_client(ctx, end, cls) for cls in ("oversized", "many_rows", "max_json", "abort")]
-    tasks += [slowloris(ctx, end, random.Random(rng.random())) for _ in range(n_slowloris)]
+    if hostile:
+        tasks += [sample_client(ctx, end, random.Random(rng.random()), "big_sample", ctx["big_specs"])
+                  for _ in range(3)]
+        tasks += [burst_client(ctx, end)]
+        tasks += [hostile_client(ctx, end, cls) for cls in ("oversized", "many_rows", "max_json", "abort")]
+        tasks += [slowloris(ctx, end, random.Random(rng.random())) for _ in range(n_slowloris)]
     tasks += [healthz(ctx, end)]
     t0 = time.perf_counter()
     await asyncio.gather(*tasks)
@@ -386,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--header-timeout", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-hostile", action="store_true",
+                    help="only the small, sample and healthz clients (the baseline of the same machine)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -403,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime = load(meta["export"]["folder"], intra_op_threads=1)
         ctx = {"host": host, "port": port, "meta": meta, "tally": Tally(), "think_s": args.think_s,
                **prepare(meta, runtime, args.seed)}
-        wall = asyncio.run(run(ctx, args.duration, args.clients, args.slowloris, args.seed))
+        wall = asyncio.run(run(ctx, args.duration, args.clients, args.slowloris, args.seed, not args.no_hostile))
         stats = asyncio.run(get_json(host, port, "/stats"))
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -420,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "server": {k: meta[k] for k in ("max_request_rows", "max_sample_n", "max_body_bytes", "max_queue_rows",
                                         "sample_chunk_rows", "header_timeout_s", "body_timeout_s", "threads")
                    if k in meta},
+        "hostile": not args.no_hostile,
         "clients": {"small": args.clients, "think_s": args.think_s, "sample": 4, "big_sample": 3, "burst": 14,
                     "hostile": 4, "slowloris": args.slowloris, "healthz": 1},
         "classes": {cls: {
