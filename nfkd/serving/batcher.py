@@ -154,6 +154,7 @@ class ModelWorker:
         self._lock = threading.Lock()
         self.submitted = 0  # written by the event loop only
         self.started = 0  # written by the model thread only
+        self.closed = False
 
     @property
     def pending(self) -> int:
@@ -188,6 +189,8 @@ class ModelWorker:
                 pass
 
     async def run(self, fn: Callable, *args, priority: int = LOW) -> Any:
+        if self.closed:
+            raise Closed("the server is shutting down")
         self._ensure_thread()
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
@@ -197,6 +200,7 @@ class ModelWorker:
 
     def shutdown(self) -> None:
         """Finish every queued call, then stop the thread."""
+        self.closed = True
         self._queue.put((self.LOW + 1, next(self._seq), None))
         if self._thread is not None:
             self._thread.join()
