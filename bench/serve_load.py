@@ -150,7 +150,7 @@ async def small_client(ctx, end: float, rng: random.Random) -> None:
     conn = Conn(ctx["host"], ctx["port"])
     await asyncio.sleep(rng.uniform(0, ctx["think_s"]))
     while time.monotonic() < end:
-        x, body_json, body_npy, ref = rng.choice(ctx["small_pool"])
+        _, body_json, body_npy, ref = rng.choice(ctx["small_pool"])
         as_npy = rng.random() < 0.2
         headers = {"content-type": "application/x-npy", "accept": "application/x-npy"} if as_npy \
             else {"content-type": "application/json"}
@@ -196,7 +196,7 @@ async def burst_client(ctx, end: float) -> None:
 
 async def hostile_client(ctx, end: float, cls: str) -> None:
     conn = Conn(ctx["host"], ctx["port"])
-    limit, rows, dim = ctx["meta"]["max_body_bytes"], ctx["meta"]["max_request_rows"], ctx["meta"]["dim"]
+    limit = ctx["meta"]["max_body_bytes"]
     while time.monotonic() < end:
         if cls == "oversized":  # declared above the byte limit: refused before reading
             body = b"{" + b" " * (limit + 10) + b"}"
@@ -213,7 +213,7 @@ async def hostile_client(ctx, end: float, cls: str) -> None:
             if res and res[0] == 200:
                 ctx["tally"].check(cls, decode(res[1], res[2], "log_prob"), ctx["max_json"][1], 1e-5)
         elif cls == "abort":  # half a body, then hang up
-            r, w = await asyncio.open_connection(ctx["host"], ctx["port"])
+            _, w = await asyncio.open_connection(ctx["host"], ctx["port"])
             w.write(b"POST /log_prob HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                     b"content-length: 100000\r\n\r\n" + b'{"x": [[0')
             await w.drain()

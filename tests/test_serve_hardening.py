@@ -24,7 +24,7 @@ from nfkd.errors import InputError
 from nfkd.serving import ModelBackend, ServeConfig, create_app, ensure_export, load_backend, payload
 from nfkd.serving.runner import BackgroundServer
 
-from .test_serve import CACHE, DIM, TIMEOUT, rows, student
+from .test_serve import DIM, TIMEOUT, rows, student
 
 J = {"content-type": "application/json"}
 
@@ -116,7 +116,8 @@ def test_json_row_count_is_exact_for_valid_bodies():
     for shape in [(5,), (2, 3, 4)]:
         for n in (1, 2, 7):
             x = np.zeros((n, *shape)).tolist()
-            for text in (json.dumps({"x": x}), json.dumps({"x": x}, separators=(",", ":")), json.dumps({"x": x}, indent=2)):
+            compact = json.dumps({"x": x}, separators=(",", ":"))
+            for text in (json.dumps({"x": x}), compact, json.dumps({"x": x}, indent=2)):
                 assert payload.json_row_bound(text.encode(), shape) == n
 
 

@@ -22,10 +22,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-log = logging.getLogger("nfkd.serve")
-
-
 from .admission import Closed
+
+log = logging.getLogger("nfkd.serve")
 
 
 def _bucket(v: int) -> str:

@@ -89,7 +89,8 @@ def _get(host: str, port: int, path: str) -> dict[str, Any]:
 
 def run_mode(model: str, mode: str, requests: int, rows: int, concurrency: int, max_wait_ms: float,
              threads: int | None, dim: int | None, seed: int = 0, backend: str = "onnxruntime") -> dict[str, Any]:
-    extra = ["--max-wait-ms", str(max_wait_ms), "--backend", backend] + (["--no-batching"] if mode == "unbatched" else [])
+    extra = ["--max-wait-ms", str(max_wait_ms), "--backend", backend]
+    extra += ["--no-batching"] if mode == "unbatched" else []
     if threads:
         extra += ["--threads", str(threads)]
     proc, host, port, _ = _start_server(model, extra)

@@ -408,6 +408,7 @@ def npy_bytes(arr: np.ndarray) -> bytes:
 
 __all__ = [
     "JSON", "MAX_TEMPERATURE", "NPY", "ApiError", "check_json_row_bound", "check_rows", "json_floats",
-    "json_array_bytes", "json_row_bound", "json_rows", "media_type", "npy_bytes", "npy_rows", "parse_json_object", "parse_npy",
+    "json_array_bytes", "json_row_bound", "json_rows", "media_type", "npy_bytes", "npy_rows", "parse_json_object",
+    "parse_npy",
     "sample_request", "show", "wants_npy",
 ]
