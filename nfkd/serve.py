@@ -1,4 +1,4 @@
-"""``python -m nfkd serve MODEL``: the HTTP density-estimation service (FastAPI + uvicorn).
+"""``python -m nfkd serve MODEL``: the command line of the HTTP density-estimation service (``nfkd.serving``).
 
     python -m nfkd serve student.pt                      # ONNX Runtime; exported on the fly (parity-gated, cached)
     python -m nfkd serve student-export/ --port 8000     # an export folder (manifest.json)
@@ -24,6 +24,7 @@ import sys
 from .errors import InputError
 
 log = logging.getLogger("nfkd.serve")
+SWITCH_INTERVAL_S = 0.001
 
 
 def _positive_int(text: str) -> int:
@@ -43,6 +44,13 @@ def _non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not v >= 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = _non_negative_float(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return v
 
 
@@ -67,9 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-body-bytes", type=_positive_int, default=None,
                     help="request body limit (default: from max-request-rows and the event size)")
     ap.add_argument("--max-queue-rows", type=_positive_int, default=None,
-                    help="rows queued before requests are refused with 503 (default 4x max-request-rows)")
-    ap.add_argument("--request-timeout", type=_non_negative_float, default=60.0,
+                    help="rows of /log_prob and /sample queued or running before requests are refused with 503 "
+                         "(default 4x max(max-request-rows, max-batch))")
+    ap.add_argument("--sample-chunk", type=_positive_int, default=None,
+                    help="rows per sampling model call; larger /sample requests are split so /log_prob runs "
+                         "between chunks (default min(max-batch, 1024))")
+    ap.add_argument("--request-timeout", type=_positive_float, default=60.0,
                     help="seconds a request may wait for the model before 504")
+    ap.add_argument("--header-timeout", type=_positive_float, default=10.0,
+                    help="seconds a connection may take to send a request's headers (then 408 and closed)")
+    ap.add_argument("--body-timeout", type=_positive_float, default=30.0,
+                    help="seconds a client may take to send a request's body after its headers (then 408)")
     ap.add_argument("--threads", type=_positive_int, default=None,
                     help="intra-op threads of the model (ONNX Runtime / torch; default: CPU count - 1, at least 1)")
     ap.add_argument("--cache-dir", default=None,
@@ -83,9 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main_serve(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .serving import ServeConfig, create_app, load_backend
-    from .serving.server import bind, configure_logging, uvicorn_config
+    from .serving.jsonlog import configure_logging
+    from .serving.runner import bind, uvicorn_config
 
     configure_logging(args.log_level)
+    # The event loop releases the GIL at every socket call; with a CPU-bound thread (a large body's
+    # parse, numpy glue of the model thread) it waits up to the switch interval to get it back, each
+    # time. 1 ms instead of 5 keeps /healthz and small requests moving while large bodies are parsed.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     # Leave one core to the event loop (HTTP parsing, JSON): ONNX Runtime's intra-op threads spin while waiting.
     threads = args.threads or max(1, (os.cpu_count() or 2) - 1)
     backend = load_backend(args.model, args.backend, threads=threads, cache_dir=args.cache_dir, device=args.device)
@@ -94,7 +115,8 @@ def main_serve(argv: list[str] | None = None) -> int:
     config = ServeConfig(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_request_rows=args.max_request_rows,
         max_sample_n=args.max_sample_n, max_body_bytes=args.max_body_bytes, max_queue_rows=args.max_queue_rows,
-        batching=not args.no_batching, request_timeout_s=args.request_timeout,
+        sample_chunk_rows=args.sample_chunk, batching=not args.no_batching, request_timeout_s=args.request_timeout,
+        header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
     )
     app = create_app(backend, config)
     try:

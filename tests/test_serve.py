@@ -36,8 +36,10 @@ from export.runtime import load as load_runtime
 from nfkd.errors import InputError
 from nfkd.flows import Glow1D
 from nfkd.serving import ServeConfig, create_app, ensure_export, load_backend
-from nfkd.serving.batcher import Closed, LogProbBatcher, ModelWorker, Overloaded, Stats
-from nfkd.serving.server import BackgroundServer, JsonFormatter
+from nfkd.serving.admission import Admission, Closed, Overloaded
+from nfkd.serving.batcher import LogProbBatcher, ModelWorker, Stats
+from nfkd.serving.jsonlog import JsonFormatter
+from nfkd.serving.runner import BackgroundServer
 
 from .helpers import perturb
 
@@ -245,8 +247,8 @@ BAD = [
     ("float32-overflow", "/log_prob", {"json": {"x": [[0, 0, 0, 0, 1e39]]}}, 422, r"beyond the float32 range"),
     ("huge-int", "/log_prob", {"content": b'{"x": [[0, 0, 0, 0, 1' + b"0" * 400 + b']]}', "headers": J}, 422,
      r"integer too large"),
-    ("int-digits-limit", "/log_prob", {"content": b'{"x": [[0, 0, 0, 0, 1' + b"0" * 5000 + b']]}', "headers": J}, 400,
-     r"malformed JSON"),
+    ("int-digits-limit", "/log_prob", {"content": b'{"x": [[0, 0, 0, 0, 1' + b"0" * 5000 + b']]}', "headers": J}, 422,
+     r"integer literal with more than 4300 digits.*float32"),
     ("deep-nesting", "/log_prob", {"content": b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "headers": J}, 400,
      r"nested too deeply"),
     ("nested-128", "/log_prob", {"content": b'{"x": ' + b"[" * 128 + b"1" + b"]" * 128 + b"}", "headers": J}, 422,
@@ -289,10 +291,21 @@ BAD = [
     ("n-too-large", "/sample", {"json": {"n": 257}}, 422, r"n = 257 is above this server's limit of 256"),
     ("n-missing", "/sample", {"json": {"temperature": 1.0}}, 422, r"missing field 'n'"),
     ("t-nan", "/sample", {"content": b'{"n": 2, "temperature": NaN}', "headers": J}, 422,
-     r"temperature must be a finite number >= 0, got NaN"),
+     r"temperature must be a number in \[0, 10\], got NaN"),
     ("t-inf", "/sample", {"content": b'{"n": 2, "temperature": Infinity}', "headers": J}, 422, r"temperature must be"),
     ("t-negative", "/sample", {"json": {"n": 2, "temperature": -0.5}}, 422, r"temperature must be .* got -0.5"),
     ("t-string", "/sample", {"json": {"n": 2, "temperature": "hot"}}, 422, r"temperature must be"),
+    ("t-huge-int", "/sample", {"content": b'{"n": 2, "temperature": 1' + b"0" * 400 + b"}", "headers": J}, 422,
+     r"temperature must be a number in \[0, 10\]"),
+    ("t-float32-overflow", "/sample", {"json": {"n": 2, "temperature": 1e39}}, 422,
+     r"temperature must be a number in \[0, 10\]"),
+    ("t-1e10", "/sample", {"json": {"n": 2, "temperature": 1e10}}, 422,
+     r"temperature must be a number in \[0, 10\], got 1e\+?10"),
+    ("t-above-limit", "/sample", {"json": {"n": 2, "temperature": 10.5}}, 422, r"in \[0, 10\], got 10.5"),
+    ("n-huge", "/sample", {"content": b'{"n": 1' + b"0" * 400 + b"}", "headers": J}, 422,
+     r"n = a 401-digit integer is above this server's limit of 256"),
+    ("seed-huge", "/sample", {"content": b'{"n": 2, "seed": 1' + b"0" * 400 + b"}", "headers": J}, 422,
+     r"seed must be null or an integer in \[0, 2\*\*63 - 1\], got a 401-digit integer"),
     ("seed-negative", "/sample", {"json": {"n": 2, "seed": -1}}, 422, r"seed must be null or an integer"),
     ("seed-float", "/sample", {"json": {"n": 2, "seed": 1.5}}, 422, r"seed must be null or an integer"),
     ("sample-malformed", "/sample", {"content": b"{n: 2}", "headers": J}, 400, r"malformed JSON"),
@@ -518,16 +531,60 @@ def test_batcher_skips_cancelled_requests_and_reports_model_errors():
     assert all(isinstance(o, RuntimeError) for o in outs)
 
 
-def test_batcher_refuses_work_above_the_queue_bound():
-    async def go(b):
-        first = asyncio.ensure_future(b.submit(np.ones((3, 2), np.float32)))
-        await asyncio.sleep(0)
-        with pytest.raises(Overloaded):
-            await b.submit(np.ones((3, 2), np.float32))
-        return await first
+def test_model_worker_runs_log_prob_before_queued_sample_chunks():
+    gate, order = threading.Event(), []
 
-    out, stats = _run_batcher(_Recorder(), go, max_batch=100, max_wait_ms=50, max_queue_rows=4)
-    assert out.shape == (3,) and stats.rejected_overloaded == 1
+    def job(name):
+        if name == "running":
+            assert gate.wait(30)
+        order.append((name, threading.current_thread().name))
+        return name
+
+    async def main():
+        w = ModelWorker(initializer=lambda: order.append(("init", threading.current_thread().name)))
+        first = asyncio.ensure_future(w.run(job, "running"))
+        while w.started < 1:
+            await asyncio.sleep(0.01)
+        chunks = [asyncio.ensure_future(w.run(job, f"chunk{i}")) for i in range(3)]  # LOW: sample chunks
+        await asyncio.sleep(0)
+        batch = asyncio.ensure_future(w.run(job, "log_prob", priority=ModelWorker.HIGH))
+        await asyncio.sleep(0.05)
+        assert w.pending == 4
+        gate.set()
+        out = await asyncio.gather(first, batch, *chunks)
+        await asyncio.get_running_loop().run_in_executor(None, w.shutdown)
+        return out
+
+    assert asyncio.run(main()) == ["running", "log_prob", "chunk0", "chunk1", "chunk2"]
+    assert [n for n, _ in order] == ["init", "running", "log_prob", "chunk0", "chunk1", "chunk2"]
+    assert {t for _, t in order} == {"nfkd-model_0"}  # the initializer ran in the model thread
+
+
+def test_admission_refuses_work_above_the_row_budget():
+    a = Admission(4)
+    a.admit(3)
+    with pytest.raises(Overloaded, match=r"3 rows queued or running, limit 4"):
+        a.admit(3)
+    a.admit(1)  # exactly at the limit: admitted
+    a.release(4)
+    a.admit(10)  # idle: one request above the budget still runs, alone
+    assert a.rejected == 1 and a.max_seen == 10
+    a.release(10)
+    a.closing = True
+    with pytest.raises(Closed):
+        a.admit(1)
+
+
+def test_admission_keeps_headroom_for_small_requests():
+    a = Admission(100, headroom=10)
+    a.admit(50)  # large (> 10 rows)
+    with pytest.raises(Overloaded, match="limit 90 for a request of 41 rows"):
+        a.admit(41)  # a large request may fill the budget only up to 100 - 10
+    a.admit(40)
+    for _ in range(10):
+        a.admit(1)  # small requests still get the last 10 rows
+    with pytest.raises(Overloaded):
+        a.admit(1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -600,3 +657,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys, _restore_logging):
     with pytest.raises(SystemExit):
         main(["serve", str(tmp_path), "--max-batch", "0"])
     assert "expected a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", str(tmp_path), "--header-timeout", "0"])
+    assert "expected a finite number > 0" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["serve", str(student()[0]), "--cache-dir", str(tmp_path / "file" / "cache")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create the export cache folder" in err[0], err

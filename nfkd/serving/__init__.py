@@ -3,10 +3,20 @@
     from nfkd.serving import ServeConfig, create_app, load_backend
     app = create_app(load_backend("student.pt", "onnxruntime"), ServeConfig(max_wait_ms=2))
 
-Modules: ``backends`` (onnxruntime / tensorrt / torch, export on the fly), ``payload`` (request
-parsing and validation -> 4xx), ``batcher`` (micro-batching, one model thread, counters), ``app``
-(endpoints, access log), ``server`` (uvicorn, JSON logs, a background-thread server for tests),
-``bench`` (loopback load test). See docs/serving.md.
+Modules, one job each:
+
+- ``backends``: what runs the model (onnxruntime / tensorrt / torch; export on the fly, cache re-check);
+- ``config``: ``ServeConfig``, every limit;
+- ``payload``: request parsing and validation -> one ``ApiError`` (4xx) each;
+- ``admission``: the row budget shared by ``/log_prob`` and ``/sample`` (503);
+- ``batcher``: micro-batching, the one model thread, counters;
+- ``service``: admission + batching + chunked sampling + the parse pool, no HTTP;
+- ``routes``: the endpoints (an ``APIRouter``); ``http_errors``: error answers; ``access_log``: request log;
+- ``http_app``: ``create_app``, wiring the above;
+- ``runner``: uvicorn with read deadlines (slow-loris), a background-thread server for tests;
+- ``jsonlog``: JSON-lines logging; ``bench``: loopback throughput benchmark.
+
+The command line is ``nfkd.serve`` (``python -m nfkd serve``). See docs/serving.md.
 
 Imports are lazy: ``nfkd.serving.backends`` (used by ``export.triton_repo``) needs neither FastAPI
 nor uvicorn.
@@ -16,7 +26,7 @@ from __future__ import annotations
 __all__ = ["BACKENDS", "ModelBackend", "ServeConfig", "create_app", "ensure_export", "load_backend"]
 
 _LAZY = {
-    "ServeConfig": "app", "create_app": "app",
+    "ServeConfig": "config", "create_app": "http_app",
     "BACKENDS": "backends", "ModelBackend": "backends", "ensure_export": "backends", "load_backend": "backends",
 }
 

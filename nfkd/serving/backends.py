@@ -7,14 +7,19 @@
 
 Inputs reaching ``log_prob`` were already validated by the service (float32, right shape,
 finite, at most ``max_batch`` rows). Sampling draws its noise with
-``numpy.random.default_rng(seed)`` exactly as ``export.runtime`` does, so every backend gives the
-same samples for the same seed (up to float32 round-off between runtimes).
+``numpy.random.default_rng(seed)`` exactly as ``export.runtime`` does (``draw_noise``), so every
+backend gives the same samples for the same seed (up to float32 round-off between runtimes), and
+``decode`` of row slices of that noise gives the same rows as one ``sample`` call: the service
+splits large sample requests that way.
+
+A cached export is never trusted on its own word: when one is reused, a small parity check
+against the checkpoint runs again (``verify_export``); a failing cache is rebuilt.
 """
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,14 @@ import numpy as np
 from nfkd.errors import InputError
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
+RECHECK_BATCHES = (7,)  # rows of the parity re-check of a reused export: cheap, both directions
 log = logging.getLogger("nfkd.serve")
+
+
+def draw_noise(noise_shapes: list[tuple[int, ...]], n: int, seed: int | None) -> list[np.ndarray]:
+    """The unit noise ``export.runtime`` draws for ``sample(n, seed=seed)``: one float32 array per level."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((n, *s), dtype=np.float32) for s in noise_shapes]
 
 
 @dataclass
@@ -41,6 +53,7 @@ class ModelBackend:
     source: str
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None  # intra-op threads of the model thread (None: the runtime's default)
 
     @property
     def dim(self) -> int:
@@ -49,8 +62,20 @@ class ModelBackend:
     def log_prob(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def sample(self, n: int, temperature: float, seed: int | None) -> np.ndarray:  # pragma: no cover - abstract
+    def decode(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:  # pragma: no cover - abstract
+        """Samples from given unit noise (one float32 array per level, rows aligned)."""
         raise NotImplementedError
+
+    def sample(self, n: int, temperature: float, seed: int | None) -> np.ndarray:
+        return self.decode(draw_noise(self.noise_shapes, n, seed), temperature)
+
+    def init_model_thread(self) -> None:
+        """Run once inside the model thread: torch's intra-op thread count is per thread (a thread
+        created later starts from whatever count was set last, anywhere), so it is set here."""
+        if self.threads and "torch" in sys.modules:
+            import torch
+
+            torch.set_num_threads(int(self.threads))
 
     def info(self) -> dict[str, Any]:
         return {
@@ -92,8 +117,8 @@ class ExportBackend(ModelBackend):
     def log_prob(self, x: np.ndarray) -> np.ndarray:
         return self.runtime.log_prob(x)
 
-    def sample(self, n: int, temperature: float, seed: int | None) -> np.ndarray:
-        return self.runtime.sample(n, temperature, seed)
+    def decode(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:
+        return self.runtime.decode(noise, temperature)
 
 
 class TorchBackend(ModelBackend):
@@ -120,14 +145,12 @@ class TorchBackend(ModelBackend):
             t = torch.from_numpy(x).to(self.device)
             return self.flow.log_prob(t).float().cpu().numpy()
 
-    def sample(self, n: int, temperature: float, seed: int | None) -> np.ndarray:
+    def decode(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:
         import torch
 
-        rng = np.random.default_rng(seed)  # the same noise export.runtime draws for this seed
-        noise = [torch.from_numpy(rng.standard_normal((n, *s), dtype=np.float32)).to(self.device)
-                 for s in self.noise_shapes]
+        z = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in noise]
         with torch.inference_mode():
-            return self.flow.sample(n, temperature, noise=noise).float().cpu().numpy()
+            return self.flow.sample(int(z[0].shape[0]), temperature, noise=z).float().cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,38 +168,85 @@ def is_export_folder(path: str | os.PathLike) -> bool:
     return p.is_dir() and (p / "manifest.json").exists()
 
 
-def ensure_export(checkpoint: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                  engines: bool = False) -> Path:
-    """The export folder of a checkpoint: reused from the cache when intact, else exported (parity gate)."""
-    import hashlib
+def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # never fall back to a shared folder (/tmp): anyone could plant an export there
+        raise InputError(f"cannot create the export cache folder {root} ({exc.strerror or exc}); pass a writable "
+                         f"--cache-dir (or set NFKD_CACHE_DIR)") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise InputError(f"the export cache folder {root} is not writable; pass a writable --cache-dir "
+                         f"(or set NFKD_CACHE_DIR)")
+    return root
+
+
+def verify_export(folder: Path, checkpoint: Path, backend: str = "onnxruntime", device: str | None = None,
+                  runtime=None) -> dict[str, Any]:
+    """Re-run the parity gate (``RECHECK_BATCHES`` rows, both directions) of an export folder against
+    the checkpoint's eager flow; raises ``ExportError`` when the graphs do not reproduce it."""
+    from export import parity
+    from export import runtime as rt_mod
+    from nfkd.checkpoint import load_checkpoint
+
+    flow = load_checkpoint(checkpoint).flow.eval()
+    if runtime is None:
+        threads = None if backend == "tensorrt" else 1
+        runtime = rt_mod.load(folder, backend=backend, device=device, intra_op_threads=threads)
+    res = parity.check_parity(flow, lambda x: runtime.density(x), lambda z, t: runtime.decode(z, t),
+                              batches=RECHECK_BATCHES, runtime=f"{backend} (re-check of a reused export)")
+    return {"passed": bool(res["passed"]), "batches": list(RECHECK_BATCHES),
+            "log_prob_max_rel_err": res["log_prob_max_rel_err"], "sample_max_abs_err": res["sample_max_abs_err"]}
+
+
+def ensure_verified_export(checkpoint: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                           engines: bool = False) -> tuple[Path, dict[str, Any] | None]:
+    """(export folder, re-check result or None when freshly exported) for a checkpoint.
+
+    The cache is keyed on the checkpoint's SHA-256 (folder name and manifest); a folder whose
+    manifest and graph hashes still agree is reused only if the parity gate passes again against
+    the checkpoint itself -- a graph swapped together with its manifest hash fails there and is
+    rebuilt (logged as a warning).
+    """
+    from export.manifest import reusable_export, sha256_file
+    from nfkd.errors import ExportError
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise InputError(f"model not found: {checkpoint} (expected a checkpoint .pt or an export folder)")
-    sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        root = Path(tempfile.gettempdir()) / "nfkd-exports"
-        root.mkdir(parents=True, exist_ok=True)
-    folder = root / f"{checkpoint.stem}-{sha[:16]}"
-    from export.manifest import reusable_export
-
+    sha = sha256_file(checkpoint)
+    folder = _cache_root(cache_dir) / f"{checkpoint.stem}-{sha[:16]}"
     if reusable_export(folder, sha, engines) is not None:
-        log.info("reusing export", extra={"folder": str(folder)})
-        return folder
+        try:
+            checks = {"onnxruntime": verify_export(folder, checkpoint, "onnxruntime", "cpu")}
+            if engines:
+                checks["tensorrt"] = verify_export(folder, checkpoint, "tensorrt")
+        except ExportError as exc:
+            log.warning("cached export failed the parity re-check against the checkpoint; rebuilding it",
+                        extra={"folder": str(folder), "reason": str(exc)})
+        except Exception as exc:  # an unloadable graph is a failed re-check as well
+            log.warning("cached export cannot be run; rebuilding it",
+                        extra={"folder": str(folder), "reason": f"{type(exc).__name__}: {exc}"})
+        else:
+            log.info("reusing export (parity re-checked)", extra={"folder": str(folder)})
+            return folder, checks["tensorrt" if engines else "onnxruntime"]
+    from export.onnx import export_onnx
+
+    log.info("exporting to ONNX (parity-gated)", extra={"checkpoint": str(checkpoint), "folder": str(folder)})
+    export_onnx(checkpoint, folder)
     if engines:
         from export.trt import build_engines
 
         log.info("building TensorRT engines", extra={"checkpoint": str(checkpoint), "folder": str(folder)})
         build_engines(checkpoint, folder)
-    else:
-        from export.onnx import export_onnx
+    return folder, None
 
-        log.info("exporting to ONNX (parity-gated)", extra={"checkpoint": str(checkpoint), "folder": str(folder)})
-        export_onnx(checkpoint, folder)
-    return folder
+
+def ensure_export(checkpoint: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                  engines: bool = False) -> Path:
+    """The export folder of a checkpoint: reused from the cache when it passes the parity re-check, else
+    exported (parity gate). See ``ensure_verified_export``."""
+    return ensure_verified_export(checkpoint, cache_dir, engines)[0]
 
 
 def load_backend(
@@ -199,20 +269,27 @@ def load_backend(
         if path.is_dir():
             raise InputError(f"backend 'torch' runs the eager flow and needs the checkpoint file (.pt), not the "
                              f"export folder {path}")
-        if threads:
-            import torch
-
-            torch.set_num_threads(int(threads))
-        return TorchBackend(path, device or "cpu")
+        tb = TorchBackend(path, device or "cpu")  # threads: set inside the model thread (init_model_thread)
+        tb.threads = threads
+        return tb
     from export import runtime
 
-    folder = path if path.is_dir() else ensure_export(path, cache_dir, engines=backend == "tensorrt")
+    recheck = None
+    if path.is_dir():
+        folder = path
+    else:
+        folder, recheck = ensure_verified_export(path, cache_dir, engines=backend == "tensorrt")
     if backend == "tensorrt":
         rt = runtime.load(folder, backend="tensorrt", device=device or "cuda")
     else:
         rt = runtime.load(folder, backend="onnxruntime", device=device or "cpu", intra_op_threads=threads)
-    return ExportBackend(rt, folder, backend)
+    eb = ExportBackend(rt, folder, backend)
+    eb.threads = threads  # ONNX Runtime: the session's intra-op threads; torch (if loaded): the model thread
+    eb.extra["export"]["parity"]["rechecked"] = recheck is not None
+    if recheck is not None:
+        eb.extra["export"]["parity"]["recheck"] = recheck
+    return eb
 
 
-__all__ = ["BACKENDS", "ExportBackend", "ModelBackend", "TorchBackend", "default_cache_dir", "ensure_export",
-           "is_export_folder", "load_backend"]
+__all__ = ["BACKENDS", "ExportBackend", "ModelBackend", "TorchBackend", "default_cache_dir", "draw_noise",
+           "ensure_export", "ensure_verified_export", "is_export_folder", "load_backend", "verify_export"]

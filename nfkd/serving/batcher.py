@@ -5,29 +5,26 @@ at most ``max_batch`` rows, waiting at most ``max_wait_ms`` after the *first* qu
 arrived (time spent queued behind a running model call counts) -- and hands the concatenated
 rows to ONE worker thread. Results are split back per request on the event loop, which never
 blocks on the model. A single request above ``max_batch`` rows runs alone, in chunks of
-``max_batch``. ``close()`` stops accepting work and drains what is queued.
+``max_batch``. ``close()`` stops accepting work and drains what is queued. How many rows may be
+queued is decided before ``submit`` (``admission``), for ``/log_prob`` and ``/sample`` together.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
+import itertools
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
+from .admission import Closed
+
 log = logging.getLogger("nfkd.serve")
-
-
-class Overloaded(Exception):
-    """The queue holds more rows than ``max_queue_rows``: answer 503, the client retries later."""
-
-
-class Closed(Exception):
-    """The service is shutting down: answer 503."""
 
 
 def _bucket(v: int) -> str:
@@ -65,6 +62,8 @@ class Stats:
     queue_rows: int = 0
     max_queue_depth: int = 0
     rejected_overloaded: int = 0
+    outstanding_rows: int = 0  # admitted rows of both endpoints, queued or running (admission)
+    max_outstanding_rows: int = 0
 
     def record_batch(self, n_requests: int, rows: int, calls: int, seconds: float) -> None:
         self.log_prob_requests += n_requests
@@ -101,6 +100,7 @@ class Stats:
                        "model_calls": self.sample_model_calls},
             "model_seconds": round(self.model_seconds, 6),
             "queue": {"depth": self.queue_depth, "rows": self.queue_rows, "max_depth": self.max_queue_depth,
+                      "outstanding_rows": self.outstanding_rows, "max_outstanding_rows": self.max_outstanding_rows,
                       "rejected_overloaded": self.rejected_overloaded},
         }
 
@@ -124,25 +124,92 @@ def run_chunked(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, max_batch
     return np.concatenate(parts), len(parts)
 
 
+def _resolve(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if fut.done():  # the request was cancelled (client gone, 504) while the model ran
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
 class ModelWorker:
-    """The one thread that calls the model (log_prob batches and samples alike), in submission order."""
+    """The one thread that calls the model, highest priority first, then in submission order.
 
-    def __init__(self) -> None:
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nfkd-model")
+    ``/log_prob`` batches run at ``HIGH`` priority, sample chunks at ``LOW``: a merged log_prob call
+    waits for at most the one call already running, never for a queue of sample chunks (so its
+    latency stays bounded while large samples are drawn), and sample chunks run in the gaps.
+    ``initializer`` runs once inside that thread before any call: per-thread runtime settings
+    (``torch.set_num_threads``) must be made there, not in the thread that loaded the model.
+    """
 
-    async def run(self, fn: Callable, *args) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+    HIGH, LOW = 0, 1
+
+    def __init__(self, initializer: Callable[[], None] | None = None) -> None:
+        self._initializer = initializer
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.submitted = 0  # written by the event loop only
+        self.started = 0  # written by the model thread only
+        self.closed = False
+
+    @property
+    def pending(self) -> int:
+        """Calls submitted that the model thread has not started yet."""
+        return self.submitted - self.started
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._main, name="nfkd-model_0", daemon=True)
+                self._thread.start()
+
+    def _main(self) -> None:
+        if self._initializer is not None:
+            try:
+                self._initializer()
+            except Exception:  # a failed setting must not kill the thread that answers every request
+                log.exception("model thread initializer failed")
+        while True:
+            _, _, job = self._queue.get()
+            if job is None:
+                return
+            fn, args, fut, loop = job
+            self.started += 1
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:  # handed to the awaiting request
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_resolve, fut, result, error)
+            except RuntimeError:  # the event loop is gone (shutdown)
+                pass
+
+    async def run(self, fn: Callable, *args, priority: int = LOW) -> Any:
+        if self.closed:
+            raise Closed("the server is shutting down")
+        self._ensure_thread()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.submitted += 1
+        self._queue.put((priority, next(self._seq), (fn, args, fut, loop)))
+        return await fut
 
     def shutdown(self) -> None:
-        self.executor.shutdown(wait=True)
+        """Finish every queued call, then stop the thread."""
+        self.closed = True
+        self._queue.put((self.LOW + 1, next(self._seq), None))
+        if self._thread is not None:
+            self._thread.join()
 
 
 class LogProbBatcher:
     """Queue + collector task; ``submit(x)`` resolves to that request's log_prob rows."""
 
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], worker: ModelWorker, stats: Stats, *,
-                 max_batch: int = 4096, max_wait_ms: float = 2.0, max_queue_rows: int = 1 << 20,
-                 batching: bool = True) -> None:
+                 max_batch: int = 4096, max_wait_ms: float = 2.0, batching: bool = True) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
@@ -152,13 +219,11 @@ class LogProbBatcher:
         self.stats = stats
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait_ms) / 1000.0
-        self.max_queue_rows = int(max_queue_rows)
         self.batching = batching
         self._items: collections.deque[_Item] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
-        self._inflight_rows = 0  # unbatched mode: rows submitted and not yet answered
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -185,19 +250,11 @@ class LogProbBatcher:
         if self._closing:
             raise Closed("the server is shutting down")
         rows = int(x.shape[0])
-        queued = self.stats.queue_rows if self.batching else self._inflight_rows
-        if queued + rows > self.max_queue_rows and queued > 0:
-            self.stats.rejected_overloaded += 1
-            raise Overloaded(f"the server is overloaded ({queued} rows queued); retry later")
         if not self.batching:
-            self._inflight_rows += rows
-            try:
-                t0 = time.perf_counter()
-                out, calls = await self.worker.run(run_chunked, self.fn, x, self.max_batch)
-                self.stats.record_batch(1, rows, calls, time.perf_counter() - t0)
-                return out
-            finally:
-                self._inflight_rows -= rows
+            t0 = time.perf_counter()
+            out, calls = await self.worker.run(run_chunked, self.fn, x, self.max_batch, priority=ModelWorker.HIGH)
+            self.stats.record_batch(1, rows, calls, time.perf_counter() - t0)
+            return out
         if self._task is None:  # the app's lifespan did not run (e.g. an ASGI test transport): start now
             self.start()
         loop = asyncio.get_running_loop()
@@ -251,7 +308,7 @@ class LogProbBatcher:
         x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
         t0 = time.perf_counter()
         try:
-            out, calls = await self.worker.run(run_chunked, self.fn, x, self.max_batch)
+            out, calls = await self.worker.run(run_chunked, self.fn, x, self.max_batch, priority=ModelWorker.HIGH)
         except Exception as exc:  # the model failed: every request of this batch gets the error
             log.exception("model call failed", extra={"requests": len(batch), "rows": rows})
             for it in batch:
@@ -267,4 +324,4 @@ class LogProbBatcher:
             off += n
 
 
-__all__ = ["Closed", "LogProbBatcher", "ModelWorker", "Overloaded", "Stats", "run_chunked"]
+__all__ = ["LogProbBatcher", "ModelWorker", "Stats", "run_chunked"]

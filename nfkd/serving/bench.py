@@ -1,6 +1,7 @@
 """Loopback load test of ``python -m nfkd serve``: requests/s and latency, micro-batched vs one call per request.
 
     python -m nfkd.serving.bench student-export/ [--requests 2000 --rows 16 --concurrency 64]
+    python -m nfkd.serving.bench student.pt --backend torch --threads 1 --modes batched
 
 For each mode the server runs as its own process (the real CLI, ``--port 0``); the client is a
 minimal asyncio HTTP/1.1 keep-alive client (``concurrency`` connections, each sending its share
@@ -87,8 +88,9 @@ def _get(host: str, port: int, path: str) -> dict[str, Any]:
 
 
 def run_mode(model: str, mode: str, requests: int, rows: int, concurrency: int, max_wait_ms: float,
-             threads: int | None, dim: int | None, seed: int = 0) -> dict[str, Any]:
-    extra = ["--max-wait-ms", str(max_wait_ms)] + (["--no-batching"] if mode == "unbatched" else [])
+             threads: int | None, dim: int | None, seed: int = 0, backend: str = "onnxruntime") -> dict[str, Any]:
+    extra = ["--max-wait-ms", str(max_wait_ms), "--backend", backend]
+    extra += ["--no-batching"] if mode == "unbatched" else []
     if threads:
         extra += ["--threads", str(threads)]
     proc, host, port, _ = _start_server(model, extra)
@@ -112,6 +114,7 @@ def run_mode(model: str, mode: str, requests: int, rows: int, concurrency: int, 
     lat_ms = np.asarray(lat) * 1000
     calls = after["model_calls"] - before["model_calls"]
     return {
+        "backend": backend,
         "mode": mode,
         "requests": requests,
         "rows_per_request": rows,
@@ -136,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=None, help="model intra-op threads (server --threads)")
     ap.add_argument("--modes", default="batched,unbatched")
+    ap.add_argument("--backend", default="onnxruntime", help="server --backend (torch needs a checkpoint)")
     args = ap.parse_args(argv)
     if not (1 <= args.requests <= 1_000_000 and 1 <= args.concurrency <= 1024 and 1 <= args.rows <= 65536):
         ap.error("requests in [1, 1e6], concurrency in [1, 1024], rows in [1, 65536]")
     results = [run_mode(args.model, m.strip(), args.requests, args.rows, args.concurrency, args.max_wait_ms,
-                        args.threads, None) for m in args.modes.split(",") if m.strip()]
+                        args.threads, None, backend=args.backend) for m in args.modes.split(",") if m.strip()]
     print(json.dumps({"cpu_count": os.cpu_count(), "results": results}, indent=1))
     return 0
 

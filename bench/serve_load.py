@@ -1,0 +1,459 @@
+"""Load test of ``python -m nfkd serve`` with hostile clients (issue #19): a benchmark, not a test.
+
+    python -m bench.serve_load                       # a small Glow-1D student, 60 s, 200 small clients
+    python -m bench.serve_load --checkpoint student.pt --duration 60 --clients 200 --json out.json
+
+The server is the real CLI in its own process on 127.0.0.1 (``--port 0``); every client below is
+one keep-alive connection of a minimal asyncio HTTP/1.1 client in this process:
+
+- ``small``: ``--clients`` clients, each posting 1-16 rows to ``/log_prob`` (JSON, every fifth
+  ``.npy``), then thinking ``--think-s`` (uniform 0..2x) -- the latency that must stay bounded;
+- ``sample``: 4 clients, ``/sample`` n in {8, 64, 512} with a seed;
+- ``big_sample``: 3 clients, ``/sample`` n = ``max_sample_n`` (npy and JSON answers);
+- ``burst``: every 10 s, 14 concurrent ``/sample`` n = ``max_sample_n`` (the issue's attack: some 503);
+- hostile: ``oversized`` (Content-Length above the byte limit: 413), ``many_rows`` (a compact
+  body of zeros, 10x the row limit, under the byte limit: 413), ``max_json`` (the largest legal
+  JSON body, ``max_request_rows`` rows: 200), ``abort`` (half a body, then hang up: 499),
+  ``slowloris`` (``--slowloris`` connections sending one header byte per second: dropped after
+  the server's header timeout);
+- ``healthz``: ``GET /healthz`` every 0.1 s.
+
+Every 200 answer is checked against the model directly (``export.runtime`` on the same export
+folder: log-densities to 1e-5 relative, samples of the same seed to 1e-4): a wrong or missing row is
+a *mismatch*; a request that got no HTTP answer (reset, timeout) is *lost*; any status other than
+the one expected for its class is an *error*. Prints one JSON object (and writes it with ``--json``).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------
+# A minimal HTTP/1.1 client
+# --------------------------------------------------------------------------------------------
+class Conn:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+                      timeout: float = 120.0) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 26)
+        try:
+            return await asyncio.wait_for(self._send(method, path, body, headers or {}), timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _send(self, method, path, body, headers):
+        head = f"{method} {path} HTTP/1.1\r\nhost: load\r\ncontent-length: {len(body)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.writer.write(head.encode() + b"\r\n" + body)
+        await self.writer.drain()
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        hdrs = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+        payload = await self.reader.readexactly(int(hdrs.get("content-length", "0")))
+        if hdrs.get("connection", "").lower() == "close":
+            self.close()
+        return status, hdrs, payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode(hdrs: dict[str, str], payload: bytes, key: str) -> np.ndarray:
+    if hdrs.get("content-type", "").startswith("application/x-npy"):
+        return np.load(io.BytesIO(payload), allow_pickle=False)
+    return np.asarray(json.loads(payload)[key], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# Bookkeeping
+# --------------------------------------------------------------------------------------------
+class Tally:
+    def __init__(self) -> None:
+        self.status: dict[str, Counter] = defaultdict(Counter)
+        self.latency: dict[str, list[float]] = defaultdict(list)
+        self.errors: dict[str, list[str]] = defaultdict(list)
+        self.lost: Counter = Counter()
+        self.mismatched_rows: Counter = Counter()
+        self.checked_rows: Counter = Counter()
+        self.dropped: list[float] = []  # slowloris: seconds until the server closed the connection
+
+    def error(self, cls: str, text: str) -> None:
+        if len(self.errors[cls]) < 5:
+            self.errors[cls].append(text[:300])
+        self.errors[cls + "_count"].append("")
+
+    def check(self, cls: str, got: np.ndarray, ref: np.ndarray, rtol: float) -> None:
+        got = np.asarray(got, np.float64).reshape(ref.shape) if got.size == ref.size else None
+        if got is None:
+            self.mismatched_rows[cls] += len(ref)
+        else:
+            bad = ~np.isclose(got, ref, rtol=rtol, atol=rtol).reshape(len(ref), -1).all(1)
+            self.mismatched_rows[cls] += int(bad.sum())
+        self.checked_rows[cls] += len(ref)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(np.asarray(values) * 1000, q)), 1) if values else None
+
+
+# --------------------------------------------------------------------------------------------
+# Client classes
+# --------------------------------------------------------------------------------------------
+async def timed(tally: Tally, cls: str, conn: Conn, *args, expect=(200,), **kwargs):
+    t0 = time.perf_counter()
+    try:
+        status, hdrs, payload = await conn.request(*args, **kwargs)
+    except Exception as exc:  # no HTTP answer at all
+        tally.lost[cls] += 1
+        tally.error(cls, f"no answer: {type(exc).__name__}: {exc}")
+        return None
+    tally.latency[cls].append(time.perf_counter() - t0)
+    tally.status[cls][str(status)] += 1
+    if status not in expect:
+        tally.error(cls, f"{status}: {payload[:200]!r}")
+    return status, hdrs, payload
+
+
+async def small_client(ctx, end: float, rng: random.Random) -> None:
+    conn = Conn(ctx["host"], ctx["port"])
+    await asyncio.sleep(rng.uniform(0, ctx["think_s"]))
+    while time.monotonic() < end:
+        _, body_json, body_npy, ref = rng.choice(ctx["small_pool"])
+        as_npy = rng.random() < 0.2
+        headers = {"content-type": "application/x-npy", "accept": "application/x-npy"} if as_npy \
+            else {"content-type": "application/json"}
+        res = await timed(ctx["tally"], "small", conn, "POST", "/log_prob", body_npy if as_npy else body_json,
+                          headers, expect=(200, 503))
+        if res and res[0] == 200:
+            ctx["tally"].check("small", decode(res[1], res[2], "log_prob"), ref, 1e-5)
+        await asyncio.sleep(rng.uniform(0, 2 * ctx["think_s"]))
+    conn.close()
+
+
+async def sample_client(ctx, end: float, rng: random.Random, cls: str, specs: list) -> None:
+    conn = Conn(ctx["host"], ctx["port"])
+    while time.monotonic() < end:
+        (n, t, seed, as_npy), ref = rng.choice(specs)
+        headers = {"content-type": "application/json", **({"accept": "application/x-npy"} if as_npy else {})}
+        body = json.dumps({"n": n, "temperature": t, "seed": seed}).encode()
+        res = await timed(ctx["tally"], cls, conn, "POST", "/sample", body, headers, expect=(200, 503))
+        if res and res[0] == 200:
+            ctx["tally"].check(cls, decode(res[1], res[2], "x"), ref, 1e-4)
+        elif res and res[0] == 503:
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(rng.uniform(0, 0.5))
+    conn.close()
+
+
+async def burst_client(ctx, end: float) -> None:
+    (n, t, seed, _), ref = ctx["big_specs"][0]
+    body = json.dumps({"n": n, "temperature": t, "seed": seed}).encode()
+    headers = {"content-type": "application/json", "accept": "application/x-npy"}
+    while time.monotonic() + 10 < end:
+        t0 = time.monotonic()
+        conns = [Conn(ctx["host"], ctx["port"]) for _ in range(14)]
+        results = await asyncio.gather(*(timed(ctx["tally"], "burst", c, "POST", "/sample", body, headers,
+                                               expect=(200, 503)) for c in conns))
+        for res in results:
+            if res and res[0] == 200:
+                ctx["tally"].check("burst", decode(res[1], res[2], "x"), ref, 1e-4)
+        for c in conns:
+            c.close()
+        await asyncio.sleep(max(0.0, 10 - (time.monotonic() - t0)))
+
+
+async def hostile_client(ctx, end: float, cls: str) -> None:
+    conn = Conn(ctx["host"], ctx["port"])
+    limit = ctx["meta"]["max_body_bytes"]
+    while time.monotonic() < end:
+        if cls == "oversized":  # declared above the byte limit: refused before reading
+            body = b"{" + b" " * (limit + 10) + b"}"
+            await timed(ctx["tally"], cls, conn, "POST", "/log_prob", body, {"content-type": "application/json"},
+                        expect=(413,))
+            conn.close()
+        elif cls == "many_rows":
+            await timed(ctx["tally"], cls, conn, "POST", "/log_prob", ctx["many_rows_body"],
+                        {"content-type": "application/json"}, expect=(413,))
+            conn.close()
+        elif cls == "max_json":
+            res = await timed(ctx["tally"], cls, conn, "POST", "/log_prob", ctx["max_json"][0],
+                              {"content-type": "application/json"}, expect=(200, 503))
+            if res and res[0] == 200:
+                ctx["tally"].check(cls, decode(res[1], res[2], "log_prob"), ctx["max_json"][1], 1e-5)
+        elif cls == "abort":  # half a body, then hang up
+            _, w = await asyncio.open_connection(ctx["host"], ctx["port"])
+            w.write(b"POST /log_prob HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                    b"content-length: 100000\r\n\r\n" + b'{"x": [[0')
+            await w.drain()
+            await asyncio.sleep(0.05)
+            w.close()
+            ctx["tally"].status[cls]["sent"] += 1
+        await asyncio.sleep(0.5)
+    conn.close()
+
+
+async def slowloris(ctx, end: float, rng: random.Random) -> None:
+    head = b"POST /log_prob HTTP/1.1\r\nhost: slow\r\ncontent-type: application/json\r\ncontent-length: 10\r\n"
+    while time.monotonic() < end:
+        t0 = time.monotonic()
+        try:
+            r, w = await asyncio.open_connection(ctx["host"], ctx["port"])
+        except OSError as exc:
+            ctx["tally"].error("slowloris", f"connect: {exc}")
+            await asyncio.sleep(1)
+            continue
+        closed = False
+        for i in range(len(head)):
+            if time.monotonic() > end:
+                break
+            try:
+                w.write(head[i : i + 1])
+                await w.drain()
+                data = await asyncio.wait_for(r.read(4096), 1.0 + rng.random() * 0.1)
+            except asyncio.TimeoutError:
+                continue
+            except OSError:
+                data = b""
+            if not data or data.startswith(b"HTTP/1.1 408"):
+                closed = True
+                break
+        w.close()
+        if closed:
+            ctx["tally"].dropped.append(time.monotonic() - t0)
+        else:
+            ctx["tally"].status["slowloris"]["held_to_end"] += 1
+
+
+async def healthz(ctx, end: float) -> None:
+    conn = Conn(ctx["host"], ctx["port"])
+    while time.monotonic() < end:
+        await timed(ctx["tally"], "healthz", conn, "GET", "/healthz")
+        await asyncio.sleep(0.1)
+    conn.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Setup, run, report
+# --------------------------------------------------------------------------------------------
+def make_student(path: Path, dim: int) -> None:
+    import torch
+
+    import nfkd
+    from nfkd.flows import Glow1D
+    from nfkd.testing import perturb
+
+    torch.manual_seed(0)
+    flow = Glow1D(dim, steps=4, hidden=32)
+    g = torch.Generator().manual_seed(1)
+    flow.normalize.set(2 * torch.randn(dim, generator=g), torch.rand(dim, generator=g) + 0.5)
+    nfkd.save(perturb(flow, scale=0.1, seed=3).eval(), path)
+
+
+def start_server(model: Path, workdir: Path, extra: list[str]) -> tuple[subprocess.Popen, str, int, Path]:
+    log_path = workdir / "server.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    logf = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "nfkd", "serve", str(model), "--port", "0",
+                             "--cache-dir", str(workdir / "cache"), *extra],
+                            stdout=subprocess.DEVNULL, stderr=logf, env=env, cwd=REPO)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited: " + log_path.read_text()[-2000:])
+        for ln in log_path.read_text().splitlines():
+            if '"listening"' in ln:
+                rec = json.loads(ln)
+                return proc, rec["host"], rec["port"], log_path
+        time.sleep(0.2)
+    proc.kill()
+    raise TimeoutError("server did not start")
+
+
+async def get_json(host: str, port: int, path: str) -> dict[str, Any]:
+    c = Conn(host, port)
+    try:
+        _, _, payload = await c.request("GET", path)
+        return json.loads(payload)
+    finally:
+        c.close()
+
+
+def prepare(meta: dict[str, Any], runtime, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    dim, max_rows, max_n = int(meta["dim"]), int(meta["max_request_rows"]), int(meta["max_sample_n"])
+    pool = []
+    for _ in range(512):
+        n = int(rng.integers(1, 17))
+        x = (rng.standard_normal((n, dim)) * rng.choice([0.5, 1.0, 2.0, 4.0])).astype(np.float32)
+        pool.append((x, json.dumps({"x": x.tolist()}).encode(), npy(x), runtime.log_prob(x).astype(np.float64)))
+    specs = []
+    for n in (8, 64, 512):
+        for t in (0.7, 1.0):
+            for s in (1, 2):
+                specs.append(((n, t, s, n == 512), runtime.sample(n, t, seed=s).astype(np.float64)))
+    # .npy answers: decoding 65536 rows of JSON would stall this client's own event loop for ~1 s
+    big = [(spec, _chunked_sample(runtime, *spec[:3]).astype(np.float64))
+           for spec in ((max_n, 0.8, 11, True), (max_n, 1.0, 12, True))]
+    xmax = rng.standard_normal((max_rows, dim)).astype(np.float32)
+    ref_max = np.concatenate([runtime.log_prob(xmax[i : i + 4096]) for i in range(0, max_rows, 4096)])
+    zeros_row = b"[" + b",".join([b"0"] * dim) + b"]"
+    many = min(10 * max_rows, (int(meta["max_body_bytes"]) - 16) // (len(zeros_row) + 1))
+    return {"small_pool": pool, "specs": specs, "big_specs": big,
+            "max_json": (json.dumps({"x": xmax.tolist()}).encode(), ref_max.astype(np.float64)),
+            "many_rows_body": b'{"x":[' + b",".join([zeros_row] * many) + b"]}", "many_rows": many}
+
+
+def _chunked_sample(runtime, n: int, t: float, seed: int) -> np.ndarray:
+    """runtime.sample(n, t, seed) for n above the runtime's max batch: the same noise, decoded in pieces."""
+    from nfkd.serving.backends import draw_noise
+
+    noise = draw_noise(runtime.noise_shapes, n, seed)
+    step = runtime.max_batch
+    return np.concatenate([runtime.decode([z[i : i + step] for z in noise], t) for i in range(0, n, step)])
+
+
+async def run(ctx: dict[str, Any], duration: float, clients: int, n_slowloris: int, seed: int,
+              hostile: bool = True) -> float:
+    end = time.monotonic() + duration
+    rng = random.Random(seed)
+    tasks = [small_client(ctx, end, random.Random(rng.random())) for _ in range(clients)]
+    tasks += [sample_client(ctx, end, random.Random(rng.random()), "sample", ctx["specs"]) for _ in range(4)]
+    if hostile:
+        tasks += [sample_client(ctx, end, random.Random(rng.random()), "big_sample", ctx["big_specs"])
+                  for _ in range(3)]
+        tasks += [burst_client(ctx, end)]
+        tasks += [hostile_client(ctx, end, cls) for cls in ("oversized", "many_rows", "max_json", "abort")]
+        tasks += [slowloris(ctx, end, random.Random(rng.random())) for _ in range(n_slowloris)]
+    tasks += [healthz(ctx, end)]
+    t0 = time.perf_counter()
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - t0
+
+
+def _server_latency(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """p50/p99/max of the server's own access-log latency (arrival of the headers -> answer sent): without
+    this client's event-loop lag."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if r.get("logger") != "nfkd.serve.access" or r.get("status") != 200:
+            continue
+        if r.get("path") == "/log_prob" and (r.get("rows") or 0) <= 16:
+            groups["small_log_prob"].append(r["latency_ms"] / 1000)
+        elif r.get("path") == "/healthz":
+            groups["healthz"].append(r["latency_ms"] / 1000)
+    return {k: {"n": len(v), "p50": pct(v, 50), "p99": pct(v, 99), "max": pct(v, 100)} for k, v in groups.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.serve_load", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, default=None, help="default: a small Glow-1D student (dim 8)")
+    ap.add_argument("--dim", type=int, default=8)
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--clients", type=int, default=200, help="small /log_prob clients")
+    ap.add_argument("--think-s", type=float, default=0.5, help="mean pause of a small client between requests")
+    ap.add_argument("--slowloris", type=int, default=50, help="slow-loris connections held open at once")
+    ap.add_argument("--max-request-rows", type=int, default=65536)
+    ap.add_argument("--header-timeout", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-hostile", action="store_true",
+                    help="only the small, sample and healthz clients (the baseline of the same machine)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    from export.runtime import load
+
+    work = Path(tempfile.mkdtemp(prefix="nfkd-serve-load-"))
+    model = args.checkpoint or work / "student.pt"
+    if args.checkpoint is None:
+        make_student(model, args.dim)
+    extra = ["--threads", str(args.threads), "--max-request-rows", str(args.max_request_rows),
+             "--header-timeout", str(args.header_timeout), "--log-level", "info"]
+    proc, host, port, log_path = start_server(model, work, extra)
+    try:
+        meta = asyncio.run(get_json(host, port, "/metadata"))
+        runtime = load(meta["export"]["folder"], intra_op_threads=1)
+        ctx = {"host": host, "port": port, "meta": meta, "tally": Tally(), "think_s": args.think_s,
+               **prepare(meta, runtime, args.seed)}
+        wall = asyncio.run(run(ctx, args.duration, args.clients, args.slowloris, args.seed, not args.no_hostile))
+        stats = asyncio.run(get_json(host, port, "/stats"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    t: Tally = ctx["tally"]
+    records = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.startswith("{")]
+    classes = sorted(set(t.status) | set(t.latency) | set(t.lost))
+    out = {
+        "duration_s": round(wall, 1), "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "model": {"arch": meta["arch"], "dim": meta["dim"], "config": meta["config"]},
+        "server": {k: meta[k] for k in ("max_request_rows", "max_sample_n", "max_body_bytes", "max_queue_rows",
+                                        "sample_chunk_rows", "header_timeout_s", "body_timeout_s", "threads")
+                   if k in meta},
+        "hostile": not args.no_hostile,
+        "clients": {"small": args.clients, "think_s": args.think_s, "sample": 4, "big_sample": 3, "burst": 14,
+                    "hostile": 4, "slowloris": args.slowloris, "healthz": 1},
+        "classes": {cls: {
+            "requests": sum(v for k, v in t.status[cls].items() if k.isdigit()),
+            "status": dict(t.status[cls]), "lost": t.lost[cls], "errors": len(t.errors.get(cls + "_count", [])),
+            "error_examples": t.errors.get(cls, []),
+            "checked_rows": t.checked_rows[cls], "mismatched_rows": t.mismatched_rows[cls],
+            "latency_ms": {"p50": pct(t.latency[cls], 50), "p99": pct(t.latency[cls], 99),
+                           "max": pct(t.latency[cls], 100)},
+        } for cls in classes},
+        "slowloris": {"dropped": len(t.dropped), "held_to_end": t.status["slowloris"]["held_to_end"],
+                      "seconds_to_drop_p50": round(float(np.median(t.dropped)), 2) if t.dropped else None},
+        "totals": {"lost": sum(t.lost.values()), "mismatched_rows": sum(t.mismatched_rows.values()),
+                   "checked_rows": sum(t.checked_rows.values()),
+                   "errors": sum(len(v) for k, v in t.errors.items() if k.endswith("_count"))},
+        "server_stats": {k: stats[k] for k in ("http_by_status", "queue", "log_prob", "sample") if k in stats},
+        "server_side_latency_ms": _server_latency(records),
+        "server_log": {"tracebacks": sum("exc" in r for r in records),
+                       "errors": sum(r.get("level") == "error" for r in records),
+                       "client_aborted": sum(r.get("msg") == "client aborted" for r in records),
+                       "slow_clients_dropped": sum(r.get("msg") == "slow client dropped" for r in records)},
+    }
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

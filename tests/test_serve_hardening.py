@@ -1,0 +1,400 @@
+"""Issue #19, service half: each test reproduces one defect found by a hostile client.
+
+No timing thresholds: stalls are shown by ordering (``/healthz`` answered while a parse or a model
+call is provably still blocked on an event), admission by status codes, thread counts by reading
+them inside the model thread. Socket timeouts below only turn a hang into a failure.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+import nfkd
+from export.manifest import Manifest, sha256_file
+from nfkd.errors import InputError
+from nfkd.serving import ModelBackend, ServeConfig, create_app, ensure_export, load_backend, payload
+from nfkd.serving.runner import BackgroundServer
+
+from .test_serve import DIM, TIMEOUT, rows, student
+
+J = {"content-type": "application/json"}
+
+
+def _wait(pred, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def _in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # surfaced by the test
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+class GatedBackend(ModelBackend):
+    """A real backend whose first sampling call blocks until released; records every model call."""
+
+    def __init__(self, inner: ModelBackend) -> None:
+        super().__init__(name=inner.name, arch=inner.arch, config=inner.config, event_shape=inner.event_shape,
+                         noise_shapes=inner.noise_shapes, max_batch=inner.max_batch,
+                         checkpoint_sha256=inner.checkpoint_sha256, source=inner.source, device=inner.device)
+        self.inner = inner
+        self.calls: list[tuple[str, int]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def _gate(self) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(60), "never released"
+
+    gate_log_prob_above = None  # rows: the first log_prob call with more rows blocks too
+
+    def log_prob(self, x):
+        self.calls.append(("log_prob", len(x)))
+        if self.gate_log_prob_above is not None and len(x) > self.gate_log_prob_above:
+            self._gate()
+        return self.inner.log_prob(x)
+
+    def sample(self, n, temperature, seed):
+        self.calls.append(("sample", n))
+        self._gate()
+        return self.inner.sample(n, temperature, seed)
+
+    def decode(self, noise, temperature):
+        self.calls.append(("sample", len(noise[0])))
+        self._gate()
+        return self.inner.decode(noise, temperature)
+
+
+@pytest.fixture(scope="module")
+def ort_backend():
+    return load_backend(student()[1], "onnxruntime", threads=1)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Large JSON bodies: rows bounded before parsing, parsing off the event loop
+# --------------------------------------------------------------------------------------------
+def test_json_rows_are_counted_before_the_body_is_parsed(monkeypatch):
+    body = b'{"x":[' + b",".join([b"[0,0,0,0,0]"] * 1000) + b"]}"  # 1000 rows, 12 bytes each
+
+    def no_parse(*a, **k):
+        raise AssertionError("the body was parsed before its rows were counted")
+
+    monkeypatch.setattr(json, "loads", no_parse)
+    with pytest.raises(payload.ApiError) as err:
+        payload.json_rows(body, (DIM,), 64)
+    assert err.value.status == 413 and "1000 rows" in err.value.message and "limit of 64" in err.value.message
+    # one row with 5000 values is as many values as 1000 rows: refused before parsing, too
+    wide = b'{"x":[[' + b",".join([b"0"] * 5000) + b"]]}"
+    with pytest.raises(payload.ApiError) as err:
+        payload.json_rows(wide, (DIM,), 64)
+    assert err.value.status == 413
+
+
+def test_json_row_count_is_exact_for_valid_bodies():
+    for shape in [(5,), (2, 3, 4)]:
+        for n in (1, 2, 7):
+            x = np.zeros((n, *shape)).tolist()
+            compact = json.dumps({"x": x}, separators=(",", ":"))
+            for text in (json.dumps({"x": x}), compact, json.dumps({"x": x}, indent=2)):
+                assert payload.json_row_bound(text.encode(), shape) == n
+
+
+def test_healthz_is_answered_while_a_body_is_being_parsed(monkeypatch, ort_backend):
+    entered, release = threading.Event(), threading.Event()
+    real = payload.json_rows
+
+    def slow_parse(*args, **kwargs):
+        entered.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(payload, "json_rows", slow_parse)
+    x = rows(np.random.default_rng(0), 3000)  # a large body (small ones are parsed in place, in < 2 ms)
+    assert len(json.dumps({"x": x.tolist()})) > 64 * 1024
+    with BackgroundServer(create_app(ort_backend, ServeConfig())) as srv:
+        t, box = _in_thread(httpx.post, srv.url + "/log_prob", json={"x": x.tolist()}, timeout=TIMEOUT)
+        try:
+            assert entered.wait(30)
+            r = httpx.get(srv.url + "/healthz", timeout=10.0)  # the event loop is free while the body is parsed
+            assert r.status_code == 200 and not release.is_set()
+        finally:
+            release.set()
+            t.join(30)
+    assert box["value"].status_code == 200, box
+    np.testing.assert_allclose(box["value"].json()["log_prob"], ort_backend.log_prob(x), rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. /sample: admission control, chunks interleaved with /log_prob
+# --------------------------------------------------------------------------------------------
+def test_sample_rows_count_against_the_queue_limit(ort_backend):
+    gated = GatedBackend(ort_backend)
+    cfg = ServeConfig(max_queue_rows=100, max_request_rows=100, max_sample_n=1000)
+    with BackgroundServer(create_app(gated, cfg)) as srv, httpx.Client(base_url=srv.url, timeout=10.0) as c:
+        t, box = _in_thread(httpx.post, srv.url + "/sample", json={"n": 80, "seed": 3}, timeout=TIMEOUT)
+        try:
+            assert gated.entered.wait(30)  # 80 rows in the model thread
+            r = c.post("/sample", json={"n": 80, "seed": 4})
+            assert r.status_code == 503 and "overloaded" in r.json()["error"], r.text
+            r = c.post("/log_prob", json={"x": np.zeros((30, DIM)).tolist()})
+            assert r.status_code == 503 and "overloaded" in r.json()["error"], r.text
+            assert c.get("/healthz").status_code == 200
+        finally:
+            gated.release.set()
+            t.join(30)
+        assert box["value"].status_code == 200, box
+        np.testing.assert_array_equal(np.asarray(box["value"].json()["x"], np.float32), ort_backend.sample(80, 1.0, 3))
+        assert c.get("/stats").json()["queue"]["rejected_overloaded"] == 2
+
+
+def test_large_samples_are_split_and_log_prob_runs_between_chunks(ort_backend):
+    gated = GatedBackend(ort_backend)
+    with BackgroundServer(create_app(gated, ServeConfig(max_batch=16, max_sample_n=64))) as srv, \
+            httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
+        t, box = _in_thread(httpx.post, srv.url + "/sample", json={"n": 64, "temperature": 0.8, "seed": 7},
+                            timeout=TIMEOUT)
+        x = rows(np.random.default_rng(1), 2)
+        try:
+            assert gated.entered.wait(30)  # the first chunk is in the model thread
+            t2, box2 = _in_thread(c.post, "/log_prob", json={"x": x.tolist()})
+            _wait(lambda: c.get("/stats").json()["model"]["pending_calls"] >= 1, "the log_prob call to be queued")
+        finally:
+            gated.release.set()
+            t.join(30)
+            t2.join(30)
+    assert box["value"].status_code == 200 and box2["value"].status_code == 200
+    kinds = [k for k, _ in gated.calls]
+    assert all(n <= 16 for k, n in gated.calls if k == "sample") and kinds.count("sample") == 4, gated.calls
+    assert kinds.index("log_prob") < len(kinds) - 1 - kinds[::-1].index("sample"), gated.calls  # ran between chunks
+    got = np.asarray(box["value"].json()["x"], np.float32)
+    np.testing.assert_allclose(got, ort_backend.sample(64, 0.8, 7), rtol=1e-5, atol=1e-5)  # same seed, same rows
+    np.testing.assert_allclose(box2["value"].json()["log_prob"], ort_backend.log_prob(x), rtol=1e-6, atol=1e-6)
+
+
+def test_large_log_prob_requests_are_chunked_and_small_ones_run_between(ort_backend):
+    gated = GatedBackend(ort_backend)
+    gated.gate_log_prob_above = 2
+    big = rows(np.random.default_rng(3), 64)
+    small = rows(np.random.default_rng(4), 2)
+    with BackgroundServer(create_app(gated, ServeConfig(max_batch=16, max_request_rows=64))) as srv, \
+            httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
+        t, box = _in_thread(httpx.post, srv.url + "/log_prob", json={"x": big.tolist()}, timeout=TIMEOUT)
+        try:
+            assert gated.entered.wait(30)  # the first 16-row chunk is in the model thread
+            t2, box2 = _in_thread(c.post, "/log_prob", json={"x": small.tolist()})
+            _wait(lambda: c.get("/stats").json()["model"]["pending_calls"] >= 1, "the small call to be queued")
+        finally:
+            gated.release.set()
+            t.join(30)
+            t2.join(30)
+    assert [n for _, n in gated.calls] == [16, 2, 16, 16, 16], gated.calls
+    np.testing.assert_allclose(box["value"].json()["log_prob"], ort_backend.log_prob(big), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(box2["value"].json()["log_prob"], ort_backend.log_prob(small), rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. --threads applies inside the model thread, for the torch backend too
+# --------------------------------------------------------------------------------------------
+def test_torch_threads_are_set_inside_the_model_thread():
+    before = torch.get_num_threads()
+    k = 1 if before != 1 else 2
+    backend = load_backend(student()[0], "torch", threads=k)
+    assert torch.get_num_threads() == before  # loading does not change the caller's thread count
+    torch.set_num_threads(before)  # whatever the process does afterwards must not matter
+    seen: list[int] = []
+    inner = backend.log_prob
+
+    def spy(x):
+        seen.append(torch.get_num_threads())
+        return inner(x)
+
+    backend.log_prob = spy
+    with BackgroundServer(create_app(backend, ServeConfig())) as srv:
+        r = httpx.post(srv.url + "/log_prob", json={"x": np.zeros((9, DIM)).tolist()}, timeout=TIMEOUT)
+    assert r.status_code == 200 and seen == [k]
+
+
+# --------------------------------------------------------------------------------------------
+# 6. The export cache is checked against the checkpoint, not against itself
+# --------------------------------------------------------------------------------------------
+def _tamper(folder) -> None:
+    """Another model's density graph (one weight changed), with the manifest's hash updated to match."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = folder / "density.onnx"
+    model = onnx.load(str(path))
+    init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    w = numpy_helper.to_array(init).copy()
+    w.flat[0] += 0.5
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    onnx.save(model, str(path))
+    m = Manifest.load(folder)
+    m.graphs["density"]["sha256"] = sha256_file(path)
+    m.save(folder)
+
+
+def test_a_tampered_cached_export_is_refused_and_rebuilt(tmp_path, caplog):
+    ckpt, folder = student()
+    cache = tmp_path / "cache"
+    copy = cache / folder.name
+    shutil.copytree(folder, copy)
+    intact = load_backend(ckpt, "onnxruntime", threads=1, cache_dir=cache)  # reused after a passing re-check
+    parity = intact.info()["export"]["parity"]
+    assert parity["rechecked"] is True and parity["recheck"]["passed"] is True
+    _tamper(copy)
+    x = rows(np.random.default_rng(2), 8)
+    flow = nfkd.load(ckpt).double()
+    with torch.no_grad():
+        ref = flow.log_prob(torch.from_numpy(x).double()).numpy()
+    from export.runtime import load
+
+    bad = load(copy).log_prob(x)
+    assert np.max(np.abs(bad - ref)) > 1e-2  # the tampered graph really serves other densities
+    with caplog.at_level(logging.WARNING, logger="nfkd.serve"):
+        backend = load_backend(ckpt, "onnxruntime", threads=1, cache_dir=cache)
+    assert any("failed the parity re-check" in r.getMessage() for r in caplog.records)
+    got = backend.log_prob(x)
+    assert np.max(np.abs(got - ref) / np.maximum(1, np.abs(ref))) <= 1e-4
+    parity = backend.info()["export"]["parity"]
+    assert parity["passed"] is True and parity["rechecked"] is False  # rebuilt: the full gate ran again
+    assert Manifest.load(copy).graphs["density"]["sha256"] == sha256_file(copy / "density.onnx")
+
+
+def test_an_uncreatable_cache_dir_is_an_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(InputError, match="cannot create the export cache folder .*--cache-dir"):
+        ensure_export(student()[0], blocker / "cache")
+
+
+# --------------------------------------------------------------------------------------------
+# 7. A client that goes away mid-request is a client abort, not a server error
+# --------------------------------------------------------------------------------------------
+def test_client_disconnect_is_logged_as_a_client_abort(ort_backend, caplog):
+    with caplog.at_level(logging.INFO), BackgroundServer(create_app(ort_backend, ServeConfig())) as srv:
+        with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+            s.sendall(b"POST /log_prob HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                      b"content-length: 1000\r\n\r\n" + b'{"x": [[0, 0')
+        _wait(lambda: srv_stat(srv)["http_by_path"].get("/log_prob", 0) == 1, "the aborted request to be counted")
+        stats = srv_stat(srv)
+    assert stats["http_by_status"].get("500") is None and stats["http_by_status"].get("499") == 1, stats
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+    aborts = [r for r in caplog.records if r.name == "nfkd.serve.access" and getattr(r, "status", None) == 499]
+    assert aborts and "client" in aborts[0].error
+
+
+def srv_stat(srv) -> dict:
+    return httpx.get(srv.url + "/stats", timeout=TIMEOUT).json()
+
+
+# --------------------------------------------------------------------------------------------
+# 12. Slow clients (slowloris) are dropped; a huge integer is a clear client error
+# --------------------------------------------------------------------------------------------
+def _read_until_closed(s: socket.socket) -> bytes:
+    s.settimeout(20)
+    out = b""
+    while True:
+        chunk = s.recv(65536)  # socket.timeout here means the server kept a slow client open
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_a_client_that_never_finishes_its_headers_is_dropped(ort_backend):
+    app = create_app(ort_backend, ServeConfig(header_timeout_s=0.3, body_timeout_s=0.3))
+    with BackgroundServer(app) as srv:
+        with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+            s.sendall(b"POST /log_prob HTTP/1.1\r\nhost: t\r\n")  # ... and never the rest
+            out = _read_until_closed(s)
+        assert out == b"" or out.startswith(b"HTTP/1.1 408")
+        assert httpx.get(srv.url + "/healthz", timeout=TIMEOUT).status_code == 200
+
+
+def test_a_client_that_never_finishes_its_body_gets_408(ort_backend):
+    app = create_app(ort_backend, ServeConfig(header_timeout_s=0.3, body_timeout_s=0.3))
+    with BackgroundServer(app) as srv:
+        with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+            s.sendall(b"POST /log_prob HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                      b"content-length: 100\r\n\r\n" + b'{"x": [[')
+            out = _read_until_closed(s)
+        assert out.startswith(b"HTTP/1.1 408"), out
+        assert b"body" in out and b"seconds" in out
+        stats = srv_stat(srv)
+        assert stats["http_by_status"].get("500") is None
+
+
+def test_keep_alive_requests_are_not_cut_by_the_header_timeout(ort_backend):
+    """The header deadline is per request: a client sending many quick requests on one connection is fine."""
+    app = create_app(ort_backend, ServeConfig(header_timeout_s=1.0, body_timeout_s=1.0))
+    with BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
+        for _ in range(4):  # one connection, 1.6 s in all: longer than one header deadline
+            assert c.post("/log_prob", json={"x": np.zeros((1, DIM)).tolist()}).status_code == 200
+            time.sleep(0.4)
+        assert c.get("/stats").json()["http_by_path"]["/log_prob"] == 4
+
+
+@pytest.mark.parametrize("body", [b'{"x": [[0, 0, 0, 0, 1' + b"0" * 5000 + b']]}', b'{"n": 1' + b"0" * 5000 + b"}"])
+def test_a_huge_integer_is_a_clear_client_error(ort_backend, body):
+    with BackgroundServer(create_app(ort_backend, ServeConfig())) as srv:
+        path = "/log_prob" if body.startswith(b'{"x"') else "/sample"
+        r = httpx.post(srv.url + path, content=body, headers=J, timeout=TIMEOUT)
+    assert r.status_code == 422, r.text
+    msg = r.json()["error"]
+    assert "set_int_max_str_digits" not in msg and "digits" in msg and "float32" in msg, msg
+
+
+def test_large_json_bodies_parse_in_slices_to_the_same_array():
+    """The sliced parse (large bodies) gives exactly the one-piece parse's array, and falls back to it
+    (with its exact message) for anything but plain numbers."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((9000, DIM)) * 10.0 ** rng.integers(-8, 8, (9000, DIM))
+    x[:50] = np.round(x[:50])  # some integers
+    body = json.dumps({"x": x.tolist()}).encode()
+    assert len(body) > payload.SLICED_MIN_BYTES
+    sliced = payload._json_rows_sliced(body, (DIM,))
+    assert sliced is not None and sliced.shape == (9000, DIM)
+    np.testing.assert_array_equal(payload.json_rows(body, (DIM,), 10000), np.asarray(json.loads(body)["x"], np.float32))
+    spaced = json.dumps({"x": x.tolist()}, indent=1).encode()
+    np.testing.assert_array_equal(payload.json_rows(spaced, (DIM,), 10000), x.astype(np.float32))
+    for bad, status, message in [
+        (body.replace(b"]]}", b"], [1, 2, null, 4, 5]]}"), 422, "only numbers, found a null"),
+        (body.replace(b"]]}", b"], [1, 2]]}"), 422, "ragged"),
+        (body.replace(b"]]}", b"], [1, true, 0, 0, 0]]}"), 422, "booleans"),
+        (body.replace(b"]]}", b"], [[1, 2, 3, 4, 5]]]}"), 422, "ragged|expected"),
+    ]:
+        with pytest.raises(payload.ApiError, match=message) as err:
+            payload.json_rows(bad, (DIM,), 10000)
+        assert err.value.status == status
+
+
+def test_large_json_answers_are_encoded_in_slices():
+    x = np.random.default_rng(6).standard_normal((5000, 3)).astype(np.float32)
+    x[7, 1] = np.inf
+    got = json.loads(payload.json_array_bytes(x, "x", {"n": 5000, "seed": None}))
+    assert got["n"] == 5000 and got["seed"] is None and got["x"][7][1] is None
+    ref = x.astype(object)
+    ref[7, 1] = None
+    assert got["x"] == ref.tolist()
