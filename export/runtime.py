@@ -40,14 +40,16 @@ class ExportedFlow(Runner):
     native = "numpy"
 
     def __init__(self, folder: Path, manifest: Manifest, device: str, threads: int | None = None) -> None:
+        trt, engines = self.backend == "tensorrt", manifest.engines or {}
         meta = ModelMeta(
             arch=manifest.arch, config=dict(manifest.config),
             event_shape=tuple(int(v) for v in manifest.event_shape),
             noise_shapes=tuple(tuple(int(v) for v in s) for s in manifest.noise_shapes),
             checkpoint_sha256=str(manifest.source.get("sha256", "")), source=str(folder),
-            extra={"export": {"folder": str(folder), "fp16": manifest.fp16, "opset": manifest.opset,
-                              "maf_sampling": manifest.maf_sampling,
-                              "parity": manifest.parity}},
+            extra={"export": {"folder": str(folder), "checkpoint": manifest.source.get("checkpoint"),
+                              "fp16": bool(engines.get("fp16", False) if trt else manifest.fp16),
+                              "opset": manifest.opset, "maf_sampling": manifest.maf_sampling,
+                              "parity": engines.get("parity", {}) if trt else manifest.parity}},
         )
         super().__init__(meta, device, threads, max_batch=int(manifest.max_batch))
         self.folder = folder

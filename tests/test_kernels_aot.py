@@ -31,10 +31,34 @@ def _aot(*args: str, timeout: float) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-@pytest.mark.slow
+@needs_triton
+def test_largest_configuration_of_every_kernel_compiles_and_fits_both_targets(tmp_path):
+    """The CI gate: per kernel and target, the largest record (where shared memory binds first), every
+    flag combination, the real pipeline down to the cubin. The whole list is the NFKD_SLOW test below
+    (47 min of compiling on 2 cold cores) and runs first in bench/gpu_check.sh on a GPU machine."""
+    from kernels.aot import largest_per_kernel
+
+    out = tmp_path / "aot.json"
+    r = _aot("--arch", "80,90", "--representative", "--json", str(out), "--quiet", timeout=3000)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    limits = {80: 163 * 1024, 90: 227 * 1024}
+    want = {(c.kernel, json.dumps(asdict(c)), json.dumps(dict(f), sort_keys=True), f"sm_{a}")
+            for a in limits for c in largest_per_kernel(C.CONFIGS, a) for f in C.KERNELS[c.kernel].flags}
+    got = {(v["kernel"], json.dumps(v["config"]), json.dumps(v["flags"], sort_keys=True), v["target"]): v
+           for v in data["variants"]}
+    assert set(got) == want
+    assert {k[0] for k in want} == set(C.KERNELS)  # every kernel the package ships
+    for key, v in got.items():
+        assert v["ok"] and v["error"] is None and v["cubin_bytes"] > 0, key
+        assert 0 <= v["shared"] <= limits[int(v["target"][3:])], key
+
+
+@pytest.mark.skipif(not os.environ.get("NFKD_SLOW"), reason="the whole list: ~47 min of compiling on 2 cold cores "
+                    "(set NFKD_SLOW=1; bench/gpu_check.sh runs it on a GPU machine)")
 @needs_triton
 def test_every_dispatchable_configuration_compiles_and_fits(tmp_path):
-    """The CI gate: the whole list, both targets (minutes on a cold Triton cache, seconds warm)."""
+    """The whole list, both targets (most of an hour on a cold Triton cache on 2 cores, seconds warm)."""
     out = tmp_path / "aot.json"
     r = _aot("--arch", "80,90", "--json", str(out), "--quiet", timeout=3600)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]

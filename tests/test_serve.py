@@ -35,7 +35,8 @@ from export.manifest import reusable_export
 from export.runtime import load as load_runtime
 from nfkd.errors import InputError
 from nfkd.flows import Glow1D
-from nfkd.serving import ServeConfig, create_app, ensure_export, load_backend
+from export.cache import ensure_export
+from nfkd.serving import ServeConfig, create_app, load_backend
 from nfkd.serving.admission import Admission, Closed, Overloaded
 from nfkd.serving.batcher import LogProbBatcher, ModelWorker, Stats
 from nfkd.serving.jsonlog import JsonFormatter

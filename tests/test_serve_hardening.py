@@ -21,7 +21,8 @@ import torch
 import nfkd
 from export.manifest import Manifest, sha256_file
 from nfkd.errors import InputError
-from nfkd.serving import ModelBackend, ServeConfig, create_app, ensure_export, load_backend, payload
+from export.cache import ensure_export
+from nfkd.serving import ModelBackend, ServeConfig, create_app, load_backend, payload
 from nfkd.serving.runner import BackgroundServer
 
 from .test_serve import DIM, TIMEOUT, rows, student

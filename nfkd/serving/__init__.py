@@ -5,7 +5,8 @@
 
 Modules, one job each:
 
-- ``backends``: what runs the model (onnxruntime / tensorrt / torch; export on the fly, cache re-check);
+- ``backends``: what runs the model: an ``nfkd.inference`` Runner on any backend (auto, onnxruntime,
+  tensorrt, triton, torch = eager, ...), adapted to numpy batches and the one model thread;
 - ``config``: ``ServeConfig``, every limit;
 - ``payload``: request parsing and validation -> one ``ApiError`` (4xx) each;
 - ``admission``: the row budget shared by ``/log_prob`` and ``/sample`` (503);
@@ -18,16 +19,16 @@ Modules, one job each:
 
 The command line is ``nfkd.serve`` (``python -m nfkd serve``). See docs/serving.md.
 
-Imports are lazy: ``nfkd.serving.backends`` (used by ``export.triton_repo``) needs neither FastAPI
-nor uvicorn.
+Imports are lazy: ``nfkd.serving.backends`` needs neither FastAPI nor uvicorn. Exports and their
+cache live in ``export/`` (``export.cache``), reached only through ``nfkd.inference``.
 """
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "ModelBackend", "ServeConfig", "create_app", "ensure_export", "load_backend"]
+__all__ = ["BACKENDS", "ModelBackend", "ServeConfig", "create_app", "load_backend"]
 
 _LAZY = {
     "ServeConfig": "config", "create_app": "http_app",
-    "BACKENDS": "backends", "ModelBackend": "backends", "ensure_export": "backends", "load_backend": "backends",
+    "BACKENDS": "backends", "ModelBackend": "backends", "load_backend": "backends",
 }
 
 
