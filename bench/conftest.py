@@ -130,7 +130,7 @@ def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
     settings = metafunc.config._nfkd_bench
-    direction = getattr(metafunc.module, "DIRECTION")
+    direction = metafunc.module.DIRECTION
     cs = suite.cases(settings, direction)
     metafunc.parametrize("case", cs, ids=[c.id for c in cs])
 

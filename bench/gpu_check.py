@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -159,9 +158,10 @@ def main(argv=None) -> int:
         info["gpu"] = torch.cuda.get_device_name()
         info["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
     if use_kernels:
+        import triton
+
         import kernels.glow_step as G  # noqa: F401  (imports triton after the interpreter switch)
         import kernels.tabular as T  # noqa: F401
-        import triton
 
         info["triton"] = triton.__version__
     print("nfkd gpu_check:", json.dumps(info), flush=True)
@@ -277,8 +277,8 @@ class Ctx:
                 ("glow_additive", dict(in_shape=(3, 32, 32), levels=3, steps=4, hidden=64, additive=True))]
 
     def build(self, kind, spec):
-        from nfkd.fold import fold
         from kernels.testing import glow_flow, tabular_flow
+        from nfkd.fold import fold
 
         if kind == "glow":
             flow = glow_flow(**spec[1], seed=1)
@@ -306,7 +306,6 @@ class Ctx:
         self.copy_gbs = 2 * nbytes / (ms * 1e-3) / 1e9
         self.rep.section("copy", [{"bytes": nbytes, "ms": ms, "GB/s": self.copy_gbs}], ["bytes", "ms", "GB/s"],
                          "device-to-device copy (read + write)")
-        del src, dst
 
     def correctness(self) -> None:
         from kernels.testing import max_rel_err, max_scaled_err

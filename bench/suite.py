@@ -418,8 +418,8 @@ class Registry:
             return None
         import numpy as np
         import torch
-        from export.parity import TOLERANCE
 
+        from export.parity import TOLERANCE
         from nfkd.inference import draw_noise
 
         tol = TOLERANCE["float32"]

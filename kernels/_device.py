@@ -1,9 +1,9 @@
 """Device helpers shared by the Glow-step and tabular kernels."""
 from __future__ import annotations
 
-from ._env import device_fn  # noqa: F401  (imported first: the interpreter switch precedes triton)
-
 import triton.language as tl  # noqa: E402
+
+from ._env import device_fn  # noqa: F401  (imported first: the interpreter switch precedes triton)
 
 
 @device_fn

@@ -100,7 +100,6 @@ def interpreting() -> bool:
 
         mode = is_interpreted(triton.jit(_probe))
         import triton.language as tl
-
         from triton.runtime.jit import JITFunction
 
         z = getattr(tl, "zeros", None)

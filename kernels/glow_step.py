@@ -66,7 +66,6 @@ import triton  # noqa: E402  (after _env)
 import triton.language as tl  # noqa: E402
 
 from ._device import mm as _mm  # noqa: E402
-
 from .configs import DOT_PRECISION  # noqa: E402
 
 LOG_2PI = math.log(2 * math.pi)

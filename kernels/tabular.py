@@ -43,7 +43,6 @@ import triton  # noqa: E402  (after _env: the interpreter switch must precede @t
 import triton.language as tl  # noqa: E402
 
 from ._device import mm as _mm  # noqa: E402
-
 from .configs import DOT_PRECISION  # noqa: E402  fp32 exact; "tf32x3" is the tensor-core alternative (bench)
 
 LOG_2PI = math.log(2 * math.pi)

@@ -13,7 +13,6 @@ import torch
 
 from nfkd.flows import MAF, Glow, Glow1D
 
-
 CONFTEST_HINT = ("triton was imported (e.g. by torch.compile) before TRITON_INTERPRET=1 was set, so the "
                  "kernels cannot run in the interpreter in this process; set it first thing in tests/conftest.py: "
                  "`if not torch.cuda.is_available(): os.environ.setdefault('TRITON_INTERPRET', '1')`")

@@ -20,10 +20,10 @@ import torch
 
 from . import inference
 from .data.splits import TabularSplits
-from .errors import InputError
-from .inference.timing import interleaved_medians
 from .demo_images import render_image_section, run_image_demo
+from .errors import InputError
 from .experiment import LABELS, ROWS, train_family
+from .inference.timing import interleaved_medians
 from .pipeline import evaluate, get_data
 from .train import TrainConfig
 

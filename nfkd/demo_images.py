@@ -30,8 +30,8 @@ def run_image_demo(out: Path, data_name: str = "digits_images", teacher_steps: i
     """Train the family, write the grids (and FID when asked) under ``out``; return a JSON-ready dict."""
     from .data.images import ImageSplits
     from .experiment import train_family
-    from .train import TrainConfig
     from .metrics import interpolation_grid, sample_grid
+    from .train import TrainConfig
 
     data = get_data(data_name, seed=seed)
     if not isinstance(data, ImageSplits):

@@ -30,7 +30,14 @@ from torch import Tensor, nn
 
 from .flows import Flow
 from .flows.layers import (
-    ActNorm, AffineCoupling, BatchNormFlow, FixedAffine, FlowStep, FoldedAffine, LUInvertibleLinear, MaskedLinear,
+    ActNorm,
+    AffineCoupling,
+    BatchNormFlow,
+    FixedAffine,
+    FlowStep,
+    FoldedAffine,
+    LUInvertibleLinear,
+    MaskedLinear,
     ZeroConv2d,
 )
 
@@ -166,7 +173,7 @@ def constant_logdet(folded: Flow) -> Tensor:
 
 def _glow_positions(folded: Flow, affine: FoldedAffine) -> int:
     c, h, w = folded.event_shape
-    for lvl, steps in enumerate(folded.levels):
+    for steps in folded.levels:
         h, w = h // 2, w // 2
         if any(step.mix is affine for step in steps):
             return h * w

@@ -12,7 +12,7 @@ def brute_logabsdet(fn, x: torch.Tensor) -> torch.Tensor:
     for i in range(x.shape[0]):
         xi = x[i : i + 1]
 
-        def flat(v: torch.Tensor) -> torch.Tensor:
+        def flat(v: torch.Tensor, xi: torch.Tensor = xi) -> torch.Tensor:
             return fn(v.view_as(xi)).reshape(-1)
 
         jac = torch.autograd.functional.jacobian(flat, xi.reshape(-1))

@@ -16,8 +16,8 @@ from nfkd.data import (
     load_digits_table,
     load_magic,
     load_wine_table,
+    registry,
 )
-from nfkd.data import registry
 from nfkd.data.cli import main
 from nfkd.errors import DataError, InputError
 

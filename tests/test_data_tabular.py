@@ -406,8 +406,9 @@ def test_gas_pickle_that_runs_code_is_refused(tmp_path):
                 load_gas(tmp_path)
             assert not marker.exists()
     # The CLI says it in one line, exit 2, no traceback.
-    from nfkd.data.cli import main
     import io
+
+    from nfkd.data.cli import main
 
     err = io.StringIO()
     assert main(["check", "gas", "--data-root", str(tmp_path)], out=io.StringIO(), err=err) == 2

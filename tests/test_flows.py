@@ -10,8 +10,17 @@ import torch
 from nfkd.errors import InputError
 from nfkd.flows import MAF, Glow, Glow1D, initialize_actnorm
 from nfkd.flows.layers import (
-    MADE, ActNorm, AffineCoupling, BatchNormFlow, FixedAffine, FlowStep, FoldedAffine, LUInvertibleLinear, Permutation,
-    squeeze2d, unsqueeze2d,
+    MADE,
+    ActNorm,
+    AffineCoupling,
+    BatchNormFlow,
+    FixedAffine,
+    FlowStep,
+    FoldedAffine,
+    LUInvertibleLinear,
+    Permutation,
+    squeeze2d,
+    unsqueeze2d,
 )
 
 from .helpers import brute_logabsdet, perturb

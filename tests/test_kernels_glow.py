@@ -13,10 +13,9 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from nfkd.fold import fold  # noqa: E402
-
 from kernels import _env  # noqa: E402
-from kernels.testing import kernel_module, fresh_seed, glow_flow, max_rel_err, max_scaled_err  # noqa: E402
+from kernels.testing import fresh_seed, glow_flow, kernel_module, max_rel_err, max_scaled_err  # noqa: E402
+from nfkd.fold import fold  # noqa: E402
 
 G = kernel_module("glow_step")  # skips with a fix hint if triton was imported too early
 

@@ -14,10 +14,9 @@ if not torch.cuda.is_available():  # CPU: run the kernels through the Triton int
 
 import pytest  # noqa: E402
 
-from nfkd.fold import fold  # noqa: E402
-
 from kernels import _env  # noqa: E402
-from kernels.testing import kernel_module, fresh_seed, max_rel_err, max_scaled_err, tabular_flow  # noqa: E402
+from kernels.testing import fresh_seed, kernel_module, max_rel_err, max_scaled_err, tabular_flow  # noqa: E402
+from nfkd.fold import fold  # noqa: E402
 
 T = kernel_module("tabular")  # skips with a fix hint if triton was imported too early
 

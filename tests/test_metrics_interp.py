@@ -18,10 +18,17 @@ from torch import nn
 
 from nfkd.data.images import ImageSet, ImageSplits
 from nfkd.errors import InputError
-from nfkd.flows import Glow, MAF
+from nfkd.flows import MAF, Glow
 from nfkd.metrics import (
-    flatten_latents, grid_size, image_metrics, interpolate_latents, interpolation_grid, interpolation_images, sample_grid,
-    sample_images, tile_images,
+    flatten_latents,
+    grid_size,
+    image_metrics,
+    interpolate_latents,
+    interpolation_grid,
+    interpolation_images,
+    sample_grid,
+    sample_images,
+    tile_images,
     unflatten_latents,
 )
 from nfkd.metrics.fid import DEFAULT_INCEPTION_SHA256, PREPROCESSINGS

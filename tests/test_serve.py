@@ -31,11 +31,11 @@ import pytest
 import torch
 
 import nfkd
+from export.cache import ensure_export
 from export.manifest import reusable_export
 from export.runtime import load as load_runtime
 from nfkd.errors import InputError
 from nfkd.flows import Glow1D
-from export.cache import ensure_export
 from nfkd.serving import ServeConfig, create_app, load_backend
 from nfkd.serving.admission import Admission, Closed, Overloaded
 from nfkd.serving.batcher import LogProbBatcher, ModelWorker, Stats

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 import nfkd
+from export.cache import ensure_export
 from export.manifest import Manifest, sha256_file
 from nfkd.errors import InputError
-from export.cache import ensure_export
 from nfkd.serving import ModelBackend, ServeConfig, create_app, load_backend, payload
 from nfkd.serving.runner import BackgroundServer
 

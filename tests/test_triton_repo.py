@@ -159,7 +159,7 @@ def test_repository_models_compute_the_students_values(repo):
 
 def test_module_cross_check_agrees(repo):
     _, out, res = repo
-    for graph, name in res["models"].items():
+    for name in res["models"].values():
         cfg = _config(out / name)
         assert triton_repo.check_config_against_onnx(cfg, triton_repo.onnx_io(out / name / "1" / "model.onnx")) == []
         bad = json.loads(json.dumps(cfg))

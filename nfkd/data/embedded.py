@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import DataError
 from .layout import MAGIC_SOURCE, check_finite, missing
-from .splits import TabularSplits, make_splits, maf_split_sizes, seeded_permutation, tail_split
+from .splits import TabularSplits, maf_split_sizes, make_splits, seeded_permutation, tail_split
 
 __all__ = ["load_digits_table", "load_breast_cancer_table", "load_wine_table", "load_magic", "seeded_splits"]
 

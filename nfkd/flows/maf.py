@@ -1,7 +1,6 @@
 """Masked Autoregressive Flow (Papamakarios et al. 2017) on the shared flow protocol."""
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 

