@@ -166,14 +166,14 @@ def conv_coupling_net(in_ch: int, out_ch: int, hidden: int) -> nn.Module:
     )
 
 
-def mlp_coupling_net(in_f: int, out_f: int, hidden: int) -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(in_f, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        zero_linear(hidden, out_f),
-    )
+def mlp_coupling_net(in_f: int, out_f: int, hidden: int, depth: int = 2) -> nn.Module:
+    """``depth`` hidden Linear+ReLU layers, then the zero-initialised output (the paper's code: 5)."""
+    if depth < 1:
+        raise ValueError(f"coupling depth must be at least 1 hidden layer, got {depth}")
+    layers: list[nn.Module] = [nn.Linear(in_f, hidden), nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(hidden, hidden), nn.ReLU()]
+    return nn.Sequential(*layers, zero_linear(hidden, out_f))
 
 
 class AffineCoupling(Bijection):
@@ -182,13 +182,16 @@ class AffineCoupling(Bijection):
     ``additive=True`` keeps only the shift (volume preserving, log-det 0).
     """
 
-    def __init__(self, num_channels: int, hidden: int, image: bool, additive: bool = False) -> None:
+    def __init__(self, num_channels: int, hidden: int, image: bool, additive: bool = False, depth: int = 2) -> None:
         super().__init__()
         self.c_a = num_channels // 2
         self.c_b = num_channels - self.c_a
         self.additive = additive
         out = self.c_b if additive else 2 * self.c_b
-        self.net = (conv_coupling_net if image else mlp_coupling_net)(self.c_a, out, hidden)
+        if image:
+            self.net = conv_coupling_net(self.c_a, out, hidden)
+        else:
+            self.net = mlp_coupling_net(self.c_a, out, hidden, depth)
 
     def _shift_scale(self, x_a: Tensor) -> tuple[Tensor, Tensor | None]:
         h = self.net(x_a)
@@ -217,11 +220,11 @@ class AffineCoupling(Bijection):
 class FlowStep(Bijection):
     """One Glow step: ActNorm -> invertible 1x1 conv / LU linear -> affine coupling."""
 
-    def __init__(self, num_channels: int, hidden: int, image: bool, additive: bool = False) -> None:
+    def __init__(self, num_channels: int, hidden: int, image: bool, additive: bool = False, depth: int = 2) -> None:
         super().__init__()
         self.actnorm = ActNorm(num_channels)
         self.mix = LUInvertibleLinear(num_channels)
-        self.coupling = AffineCoupling(num_channels, hidden, image=image, additive=additive)
+        self.coupling = AffineCoupling(num_channels, hidden, image=image, additive=additive, depth=depth)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x, ld1 = self.actnorm(x)
