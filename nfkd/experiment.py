@@ -70,7 +70,7 @@ def train_family(data: Any, arch: str, teacher_cfg: TrainConfig, student_cfg: Tr
         base_state = b_res.flow.state_dict()
         results["base"] = {**evaluate(b_res.flow, data), "seconds": b_res.seconds}
         log(f"base: {_describe(results['base'])} ({b_res.seconds:.0f} s)")
-        cfg = replace(student_cfg, steps=warm_steps or student_cfg.steps)
+        cfg = replace(student_cfg, steps=student_cfg.steps if warm_steps is None else warm_steps)
     students = {}
     for method in methods or PAPER_VARIANTS:
         variant = get_variant(method)
