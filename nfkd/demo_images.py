@@ -15,18 +15,18 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .experiment import ROWS
 from .pipeline import get_data
 
 #: Short panel titles: an 8x8 digit grid is narrow.
-SHORT = {"teacher": "teacher", "none": "no KD", "lkd": "LKD", "ilkd": "ILKD", "skd": "SKD"}
+SHORT = {"teacher": "teacher", "none": "no KD", "lkd": "LKD", "ilkd": "ILKD", "skd": "SKD", "fkl": "fwd KL",
+         "density": "density"}
 GRID_TEMPERATURES = (0.7, 1.0)
 GRID_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def run_image_demo(out: Path, data_name: str = "digits_images", teacher_steps: int = 1000, student_steps: int = 600,
                    seed: int = 0, fid_n: int = 0, log: Callable[[str], None] = print,
-                   inception: str | None = None) -> dict[str, Any]:
+                   inception: str | None = None, methods: list[str] | None = None) -> dict[str, Any]:
     """Train the family, write the grids (and FID when asked) under ``out``; return a JSON-ready dict."""
     from .data.images import ImageSplits
     from .experiment import train_family
@@ -41,9 +41,9 @@ def run_image_demo(out: Path, data_name: str = "digits_images", teacher_steps: i
     log(f"demo (images): {data_name} {tuple(data.shape)}, {n_levels} levels, splits {data.sizes}, glow teacher -> students")
     t_res, students, results = train_family(data, "glow", TrainConfig(steps=teacher_steps, **base),
                                             TrainConfig(steps=student_steps, **base), out / "runs_images", seed,
-                                            log=lambda m: log(f"  {m}"))
+                                            methods=methods, log=lambda m: log(f"  {m}"))
     flows = {"teacher": t_res.flow, **students}
-    titled = {SHORT[k]: f for k, f in flows.items()}
+    titled = {SHORT.get(k, k): f for k, f in flows.items()}
     width = int(data.shape[-1])
     scale = 4 if width <= 16 else 2 if width <= 32 else 1  # digits drawn at 32 px, CIFAR at 64, CelebA as is
 
@@ -110,7 +110,7 @@ def render_image_section(r: dict[str, Any]) -> str:
         head,
         rule,
     ]
-    for name in ROWS:
+    for name in res:
         v = res[name]
         closed = "" if name in ("teacher", "none") or not gap else f"{100 * (res['none']['bpd'] - v['bpd']) / gap:.0f} %"
         row = f"| {LABELS[name]} | {v['params']:,} | {v['bpd']:.3f} ± {v['bpd_2se']:.3f} | {closed} | {v['seconds']:.0f} |"
@@ -123,8 +123,8 @@ def render_image_section(r: dict[str, Any]) -> str:
                       "biased upwards, so compare rows with each other, not with published numbers."]
     elif r.get("fid"):
         lines += ["", f"FID not computed: {r['fid']['skipped']}"]
-    lines += ["", "Every panel decodes the same unit noise, scaled by the temperature (left to right: teacher, "
-                  "no-KD student, LKD, ILKD, SKD students):", ""]
+    order = ", ".join(SHORT.get(k, k) for k in res)
+    lines += ["", f"Every panel decodes the same unit noise, scaled by the temperature (left to right: {order}):", ""]
     lines += [f"![samples {k}]({v})" for k, v in r["grids"].items() if k != "interpolation"]
     lines += ["", "Eq.-16 norm-preserving interpolation between the same four pairs of test images "
                   f"(columns alpha = {', '.join(f'{a:g}' for a in GRID_ALPHAS)}; each model encodes the pair itself):",

@@ -174,3 +174,26 @@ def test_teacher_pool_is_drawn_from_and_overflow_is_dropped():
     assert obj._pool.shape == (300, 3) and bool(torch.isfinite(obj._pool).all())
     bad = torch.tensor([[0.0, 1.0, 2.0], [float("nan"), 0.0, 0.0], [1e9, 0.0, 0.0]], dtype=torch.float64)
     assert obj._clean(bad).shape == (1, 3)
+
+
+def test_cli_distill_with_the_new_options(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nfkd
+
+    repo = Path(__file__).resolve().parents[1]
+    common = ["--data", "wine", "--steps", "12", "--batch-size", "32", "--eval-every", "6", "--no-progress",
+              "--threads", "1"]
+    run = lambda *a: subprocess.run([sys.executable, "-m", "nfkd", *a], capture_output=True, text=True, cwd=repo,
+                                    timeout=300)
+    t = run("train", *common, "--arch", "glow1d", "--out", str(tmp_path / "t"))
+    assert t.returncode == 0, t.stderr[-2000:]
+    s = run("distill", *common, "--teacher", str(tmp_path / "t" / "model.pt"), "--method", "fkl",
+            "--teacher-pool", "300", "--init-from-teacher", "--kd-scale", "mean", "--out", str(tmp_path / "s"))
+    assert s.returncode == 0, s.stderr[-2000:]
+    meta = nfkd.load_checkpoint(tmp_path / "s" / "model.pt").metadata
+    kd = meta["training"]["kd"]
+    assert kd["method"] == "fkl" and kd["teacher_pool"] == 300 and kd["init_from_teacher"] and kd["kd_scale"] == "mean"
+    assert any("actnorm" in m for m in meta["init_from_teacher"])
