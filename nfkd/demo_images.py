@@ -19,7 +19,7 @@ from .pipeline import get_data
 
 #: Short panel titles: an 8x8 digit grid is narrow.
 SHORT = {"teacher": "teacher", "none": "no KD", "lkd": "LKD", "ilkd": "ILKD", "skd": "SKD", "fkl": "fwd KL",
-         "density": "density"}
+         "density": "density", "init": "init"}
 GRID_TEMPERATURES = (0.7, 1.0)
 GRID_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
