@@ -1,6 +1,6 @@
 """``python -m nfkd demo``: the main job end to end on an embedded dataset.
 
-teacher -> students (no KD, the paper's SKD, and the best measured method: ``variants.BEST``, or
+teacher -> students (no KD, the paper's SKD, and the best measured method: ``variants.BEST_BY_ARCH``, or
 ``--method``) under one budget -> test evaluation -> ONNX export of
 the best student with its parity gate -> density throughput (eager teacher, eager student, ONNX
 Runtime student; same threads, interleaved) -> then the same for images (a small Glow family on
@@ -24,7 +24,7 @@ import torch
 from .data.splits import TabularSplits
 from .errors import InputError
 from .demo_images import render_image_section, run_image_demo
-from .distill.variants import BEST, BEST_REASON, get_variant
+from .distill.variants import BEST_BY_ARCH, get_variant
 from .experiment import LABELS, train_family
 from .pipeline import evaluate, get_data
 from .train import TrainConfig
@@ -109,8 +109,10 @@ def plot_throughput(tp: dict[str, dict[str, float]], path: Path) -> None:
 def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", teacher_steps: int = 2000,
              student_steps: int = 1500, threads: int = 2, seed: int = 0, log=print,
              image_data: str | None = "digits_images", image_steps: tuple[int, int] = (1000, 600),
-             fid_n: int = 0, inception: str | None = None, method: str = BEST) -> dict[str, Any]:
+             fid_n: int = 0, inception: str | None = None, method: str | None = None) -> dict[str, Any]:
     torch.set_num_threads(threads)
+    chosen = method is not None
+    method, why = (method, "chosen with --method") if chosen else BEST_BY_ARCH[arch]
     get_variant(method)  # a typo fails before any training
     methods = list(dict.fromkeys(["none", "skd", method]))
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +166,6 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
     for name in ["teacher", *students]:
         if (runs / name.replace(":", "_") / "loss_curve.png").exists():
             shutil.copy(runs / name.replace(":", "_") / "loss_curve.png", out / f"loss_curve_{name}.png")
-    why = BEST_REASON if method == BEST else "chosen with --method"
     report = {"dataset": data_name, "arch": arch, "dim": data.dim, "splits": data.sizes, "results": results,
               "methods": methods, "kd_method": method, "kd_method_why": why,
               "best_student_by_val": best_by_val, "best_student_by_test": best, "export": export_info,
@@ -172,7 +173,7 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
     _write_report(out, report)  # the tabular results are kept even if the image part fails
     if image_data:
         report["images"] = run_image_demo(out, image_data, *image_steps, seed=seed, fid_n=fid_n, log=log,
-                                           inception=inception, methods=methods)
+                                           inception=inception, method=method if chosen else None)
         _write_report(out, report)
     log(f"report: {out / 'report.md'}")
     return report
@@ -228,9 +229,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--student-steps", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--method", default=BEST,
-                        help=f"distillation method next to no-KD and SKD (default {BEST}: the best measured; "
-                             "list: python -m nfkd experiment --methods)")
+    parser.add_argument("--method", default=None,
+                        help="distillation method next to no-KD and SKD (default: the best measured for the "
+                             "architecture, see docs/experiments.md; list: python -m nfkd experiment --methods)")
     img = parser.add_argument_group("images")
     img.add_argument("--image-data", default="digits_images", help="image dataset (digits_images, cifar10, celeba)")
     img.add_argument("--no-images", action="store_true", help="skip the image part")

@@ -36,17 +36,19 @@ def test_demo_quick_writes_full_report(tmp_path):
     for name in ["report.md", "results.json", "samples.png", "throughput.png", "loss_curve_teacher.png"]:
         assert (out / name).exists(), name
     res = json.loads((out / "results.json").read_text())
-    from nfkd.distill.variants import BEST
+    from nfkd.distill.variants import BEST_BY_ARCH
 
-    models = {"teacher", "none", "skd", BEST}
-    assert set(res["results"]) == models and res["kd_method"] == BEST and res["kd_method_why"]
+    best, best_img = BEST_BY_ARCH["glow1d"][0], BEST_BY_ARCH["glow"][0]
+    models = {"teacher", "none", "skd", best}
+    assert set(res["results"]) == models and res["kd_method"] == best and res["kd_method_why"]
     assert res["export"]["ok"] is True
     assert (out / "export" / "manifest.json").exists()
     assert res["throughput_batch4096"]["student (onnxruntime)"]["rows_per_s"] > 0
     assert res["results"]["teacher"]["params"] > res["results"]["none"]["params"]
     # the image part: bpd for every model, grids from the same noise, all linked from the report
     img = res["images"]
-    assert set(img["results"]) == models
+    models = {"teacher", "none", "skd", best_img}
+    assert set(img["results"]) == models and img["kd_method"] == best_img
     assert all(r["bpd"] > 0 and r["nonfinite"] == 0 for r in img["results"].values())
     report = (out / "report.md").read_text()
     for name in img["grids"].values():
@@ -58,7 +60,7 @@ def test_demo_quick_writes_full_report(tmp_path):
     assert "FID T=0.7" in report and "FID from 12 samples" in report
     grid = Image.open(out / img["grids"]["T=0.7"])
     assert grid.size == grid_size(len(models), 16, (8, 8), cols=4, scale=4)  # a panel of 4x4 digits per model
-    assert f"Distillation method: **{BEST}**" in report
+    assert f"Distillation method: **{best}**" in report and f"Distillation method: **{best_img}**" in report
 
 
 def test_demo_rejects_wrong_data_kinds_before_training(tmp_path):
