@@ -256,7 +256,7 @@ class StudentObjective(nn.Module):
         return torch.cat(chunks)[:size]
 
     def _density_terms(self, x, log_prob, total, terms, noise):
-        (w0, w1, _), dim = self.weights, self.student.dim
+        (_, w1, _), dim = self.weights, self.student.dim
         n = self.kd.skd_batch or len(x)
         xs = self.teacher_samples(n, noise, x)
         if len(xs) == 0:
