@@ -8,7 +8,18 @@ from .checkpoint import describe, load_checkpoint
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m nfkd info", description=__doc__)
-    parser.add_argument("model", help="an nfkd checkpoint file (e.g. student.pt)")
+    parser.add_argument("model", nargs="?", help="an nfkd checkpoint file (e.g. student.pt)")
+    parser.add_argument("--presets", action="store_true",
+                        help="print the tabular presets' parameter counts at the paper's D = 6, 8, 21, 43, 63")
     args = parser.parse_args(argv)
+    if args.presets:
+        from .presets import parameter_table
+
+        print("effective parameters (LU strict triangles only, as the paper counts) and, in brackets, stored")
+        print(parameter_table())
+        if args.model is None:
+            return 0
+    if args.model is None:
+        parser.error("give a checkpoint file, or --presets")
     print(describe(load_checkpoint(args.model)))
     return 0

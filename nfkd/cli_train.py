@@ -9,7 +9,7 @@ import torch
 
 from .checkpoint import load
 from .cli_checks import check_cli_run, check_teacher
-from .distill import METHODS, KDConfig
+from .distill import KD_SCALES, METHODS, KDConfig
 from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
 from .presets import PRESETS, resolve
 from .train import TrainConfig, train_flow
@@ -88,11 +88,22 @@ def main_distill(argv: list[str]) -> int:
     parser.add_argument("--teacher", required=True, help="teacher checkpoint (.pt)")
     parser.add_argument("--method", default="skd", choices=METHODS)
     parser.add_argument("--lambda-nll", type=float, default=None, help="λ0 (default: the paper's for the method)")
-    parser.add_argument("--lambda-kd", type=float, default=None, help="λ1, weight of (I)LKD")
+    parser.add_argument("--lambda-kd", type=float, default=None, help="λ1, weight of the (I)LKD, density or fkl term")
     parser.add_argument("--lambda-skd", type=float, default=None, help="λ2, weight of SKD")
     parser.add_argument("--distance", default="l1", choices=["l1", "mse"], help="(I)LKD distance")
     parser.add_argument("--sample-distance", default="l1", choices=["l1", "mse"])
-    parser.add_argument("--temperature", type=float, default=1.0, help="SKD noise temperature")
+    parser.add_argument("--temperature", type=float, default=1.0, help="SKD noise / teacher-sample temperature")
+    parser.add_argument("--kd-scale", default=KDConfig.kd_scale, choices=list(KD_SCALES),
+                        help="paper: (I)LKD/SKD divided by D against the per-dim NLL (the paper code's ratio); "
+                             "mean: as dimension means (D times stronger)")
+    parser.add_argument("--align", action="store_true",
+                        help="Procrustes-align student latents to the teacher's inside (I)LKD/SKD")
+    parser.add_argument("--align-every", type=int, default=KDConfig.align_every, help="steps between alignment fits")
+    parser.add_argument("--init-from-teacher", action="store_true",
+                        help="start the student from the paired teacher blocks (ActNorm, mixing, permutations, "
+                             "coupling nets of equal width)")
+    parser.add_argument("--teacher-pool", type=int, default=0,
+                        help="density/fkl: draw teacher samples from a pool of this size (0: fresh every step)")
     args = parser.parse_args(argv)
     check_cli_run(_train_config(args), args.out, args.threads, {"steps_arch": args.steps_arch, "hidden": args.hidden})
     if args.threads:
@@ -110,9 +121,11 @@ def main_distill(argv: list[str]) -> int:
         base = PAPER_WEIGHTS[args.method]
         weights = tuple(v if v is not None else b for v, b in zip((args.lambda_nll, args.lambda_kd, args.lambda_skd), base))
     kd = KDConfig(method=args.method, weights=weights, latent_distance=args.distance,
-                  sample_distance=args.sample_distance, temperature=args.temperature)
+                  sample_distance=args.sample_distance, temperature=args.temperature, kd_scale=args.kd_scale,
+                  align=args.align, align_every=args.align_every, init_from_teacher=args.init_from_teacher,
+                  teacher_pool=args.teacher_pool, seed=args.seed)
     meta = {**data_metadata(data), "role": "student", "teacher": os.path.abspath(args.teacher), "preset": args.preset}
-    result = train_flow(flow, train_data(data), _train_config(args), args.out, teacher=teacher if args.method != "none" else None,
+    result = train_flow(flow, train_data(data), _train_config(args), args.out, teacher=teacher if kd.needs_teacher else None,
                         kd=kd, metadata=meta, resume=args.resume)
     _report(result, result.flow, data, args)
     return 0

@@ -1,6 +1,7 @@
 """``python -m nfkd demo``: the main job end to end on an embedded dataset.
 
-teacher -> students (no KD, LKD, ILKD, SKD) under one budget -> test evaluation -> ONNX export of
+teacher -> students (no KD, the paper's SKD, and the best measured method: ``variants.BEST_BY_ARCH``, or
+``--method``) under one budget -> test evaluation -> ONNX export of
 the best student with its parity gate -> density throughput (eager teacher, eager student, ONNX
 Runtime student; same threads, interleaved) -> then the same for images (a small Glow family on
 8x8 digits by default: test bpd, sample grids from the same noise at T=0.7 and 1.0, an eq.-16
@@ -21,8 +22,9 @@ import torch
 from . import inference
 from .data.splits import TabularSplits
 from .demo_images import render_image_section, run_image_demo
+from .distill.variants import BEST_BY_ARCH, get_variant
 from .errors import InputError
-from .experiment import LABELS, ROWS, train_family
+from .experiment import LABELS, train_family
 from .inference.timing import interleaved_medians
 from .pipeline import evaluate, get_data
 from .train import TrainConfig
@@ -74,8 +76,12 @@ def plot_throughput(tp: dict[str, dict[str, float]], path: Path) -> None:
 def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", teacher_steps: int = 2000,
              student_steps: int = 1500, threads: int = 2, seed: int = 0, log=print,
              image_data: str | None = "digits_images", image_steps: tuple[int, int] = (1000, 600),
-             fid_n: int = 0, inception: str | None = None) -> dict[str, Any]:
+             fid_n: int = 0, inception: str | None = None, method: str | None = None) -> dict[str, Any]:
     torch.set_num_threads(threads)
+    chosen = method is not None
+    method, why = (method, "chosen with --method") if chosen else BEST_BY_ARCH[arch]
+    get_variant(method)  # a typo fails before any training
+    methods = list(dict.fromkeys(["none", "skd", method]))
     out.mkdir(parents=True, exist_ok=True)
     runs = out / "runs"
     data = get_data(data_name, seed=seed)
@@ -90,7 +96,7 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
     log(f"demo: {data_name} ({data.dim}-d, splits {data.sizes}), {arch} teacher -> students")
     t_res, students, results = train_family(data, arch, TrainConfig(steps=teacher_steps, **base),
                                             TrainConfig(steps=student_steps, **base), runs, seed,
-                                            log=lambda m: log(f"  {m}"))
+                                            methods=methods, log=lambda m: log(f"  {m}"))
     best = max(students, key=lambda m: results[m]["log_likelihood"])  # by test LL for the report only
     best_by_val = min(students, key=lambda m: -evaluate(students[m], data, "val")["log_likelihood"])
     log(f"  best student by validation LL: {best_by_val}")
@@ -101,7 +107,7 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
                "student (eager)": inference.load(students[best_by_val], "eager", threads=threads),
                "student (folded)": inference.load(students[best_by_val], "folded", threads=threads)}
     try:
-        ort_runner = inference.load(runs / best_by_val / "model.pt", "onnxruntime", threads=threads,
+        ort_runner = inference.load(runs / best_by_val.replace(":", "_") / "model.pt", "onnxruntime", threads=threads,
                                     export_dir=out / "export")
         export_info.update({"ok": True, "folder": str(ort_runner.folder),
                             "parity": ort_runner.info()["export"]["parity"]})
@@ -127,15 +133,16 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
     plot_samples(data.train, samples, out / "samples.png", (int(var[0]), int(var[1])))
     plot_throughput(tp, out / "throughput.png")
     for name in ["teacher", *students]:
-        if (runs / name / "loss_curve.png").exists():
-            shutil.copy(runs / name / "loss_curve.png", out / f"loss_curve_{name}.png")
+        if (runs / name.replace(":", "_") / "loss_curve.png").exists():
+            shutil.copy(runs / name.replace(":", "_") / "loss_curve.png", out / f"loss_curve_{name}.png")
     report = {"dataset": data_name, "arch": arch, "dim": data.dim, "splits": data.sizes, "results": results,
+              "methods": methods, "kd_method": method, "kd_method_why": why,
               "best_student_by_val": best_by_val, "best_student_by_test": best, "export": export_info,
               "throughput_batch4096": tp, "threads": threads}
     _write_report(out, report)  # the tabular results are kept even if the image part fails
     if image_data:
         report["images"] = run_image_demo(out, image_data, *image_steps, seed=seed, fid_n=fid_n, log=log,
-                                           inception=inception)
+                                           inception=inception, method=method if chosen else None)
         _write_report(out, report)
     log(f"report: {out / 'report.md'}")
     return report
@@ -156,10 +163,13 @@ def render_report(r: dict[str, Any]) -> str:
         "",
         f"Splits (train/val/test): {r['splits']}. Test log-likelihood in nats (higher is better) ± 2 SE.",
         "",
+        f"Distillation method: **{r['kd_method']}** ({get_variant(r['kd_method']).about}), next to the paper's "
+        f"SKD and a no-KD student with the same budget. Why: {r['kd_method_why']}.",
+        "",
         "| model | params | test LL | gap closed | train s |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name in ROWS:
+    for name in res:
         v = res[name]
         closed = "" if name in ("teacher", "none") or not gap else f"{100 * (v['log_likelihood'] - res['none']['log_likelihood']) / gap:.0f} %"
         lines.append(f"| {LABELS[name]} | {v['params']:,} | {v['log_likelihood']:.3f} ± {v['ll_2se']:.3f} | {closed} | {v['seconds']:.0f} |")
@@ -171,7 +181,7 @@ def render_report(r: dict[str, Any]) -> str:
     for name, v in r["throughput_batch4096"].items():
         lines.append(f"| {name} | {1000 * v['median_s']:.2f} | {v['rows_per_s']:,.0f} | {v['speedup_vs_eager_teacher']:.2f}x |")
     lines += ["", "![samples](samples.png)", "", "![throughput](throughput.png)", ""]
-    lines += [f"![loss {n}](loss_curve_{n}.png)" for n in ROWS]
+    lines += [f"![loss {n}](loss_curve_{n}.png)" for n in res]
     text = "\n".join(lines) + "\n"
     if "images" in r:
         text += "\n" + render_image_section(r["images"])
@@ -188,6 +198,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--student-steps", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", default=None,
+                        help="distillation method next to no-KD and SKD (default: the best measured for the "
+                             "architecture, see docs/experiments.md; list: python -m nfkd experiment --methods)")
     img = parser.add_argument_group("images")
     img.add_argument("--image-data", default="digits_images", help="image dataset (digits_images, cifar10, celeba)")
     img.add_argument("--no-images", action="store_true", help="skip the image part")
@@ -204,5 +217,5 @@ def main(argv: list[str]) -> int:
     run_demo(Path(args.out), args.data, args.arch, args.teacher_steps, args.student_steps, args.threads, args.seed,
              image_data=None if args.no_images else args.image_data,
              image_steps=(args.image_teacher_steps, args.image_student_steps), fid_n=args.fid,
-             inception=args.inception)
+             inception=args.inception, method=args.method)
     return 0

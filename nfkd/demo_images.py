@@ -15,24 +15,27 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .experiment import ROWS
 from .pipeline import get_data
 
 #: Short panel titles: an 8x8 digit grid is narrow.
-SHORT = {"teacher": "teacher", "none": "no KD", "lkd": "LKD", "ilkd": "ILKD", "skd": "SKD"}
+SHORT = {"teacher": "teacher", "none": "no KD", "lkd": "LKD", "ilkd": "ILKD", "skd": "SKD", "fkl": "fwd KL",
+         "density": "density", "init": "init", "ilkd-aligned": "ILKD+R"}
 GRID_TEMPERATURES = (0.7, 1.0)
 GRID_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def run_image_demo(out: Path, data_name: str = "digits_images", teacher_steps: int = 1000, student_steps: int = 600,
                    seed: int = 0, fid_n: int = 0, log: Callable[[str], None] = print,
-                   inception: str | None = None) -> dict[str, Any]:
+                   inception: str | None = None, method: str | None = None) -> dict[str, Any]:
     """Train the family, write the grids (and FID when asked) under ``out``; return a JSON-ready dict."""
     from .data.images import ImageSplits
+    from .distill.variants import BEST_BY_ARCH
     from .experiment import train_family
     from .metrics import interpolation_grid, sample_grid
     from .train import TrainConfig
 
+    method, why = (method, "chosen with --method") if method else BEST_BY_ARCH["glow"]
+    methods = list(dict.fromkeys(["none", "skd", method]))
     data = get_data(data_name, seed=seed)
     if not isinstance(data, ImageSplits):
         raise InputError(f"--image-data must be an image dataset, {data_name!r} is tabular")
@@ -41,9 +44,9 @@ def run_image_demo(out: Path, data_name: str = "digits_images", teacher_steps: i
     log(f"demo (images): {data_name} {tuple(data.shape)}, {n_levels} levels, splits {data.sizes}, glow teacher -> students")
     t_res, students, results = train_family(data, "glow", TrainConfig(steps=teacher_steps, **base),
                                             TrainConfig(steps=student_steps, **base), out / "runs_images", seed,
-                                            log=lambda m: log(f"  {m}"))
+                                            methods=methods, log=lambda m: log(f"  {m}"))
     flows = {"teacher": t_res.flow, **students}
-    titled = {SHORT[k]: f for k, f in flows.items()}
+    titled = {SHORT.get(k, k): f for k, f in flows.items()}
     width = int(data.shape[-1])
     scale = 4 if width <= 16 else 2 if width <= 32 else 1  # digits drawn at 32 px, CIFAR at 64, CelebA as is
 
@@ -61,7 +64,8 @@ def run_image_demo(out: Path, data_name: str = "digits_images", teacher_steps: i
     log(f"  grids: {', '.join(grids.values())}")
 
     report: dict[str, Any] = {"dataset": data_name, "shape": list(data.shape), "n_levels": n_levels,
-                              "splits": data.sizes, "results": results, "grids": grids}
+                              "splits": data.sizes, "results": results, "grids": grids, "kd_method": method,
+                              "kd_method_why": why}
     if fid_n:
         report["fid"] = _fid_all(flows, data, fid_n, seed, log, inception)
     return report
@@ -107,10 +111,13 @@ def render_image_section(r: dict[str, Any]) -> str:
         "",
         f"Splits (train/val/test): {r['splits']}. Bits per dimension on the test split (lower is better) ± 2 SE.",
         "",
+        f"Distillation method: **{r['kd_method']}**, next to the paper's SKD and a no-KD student. "
+        f"Why: {r['kd_method_why']}.",
+        "",
         head,
         rule,
     ]
-    for name in ROWS:
+    for name in res:
         v = res[name]
         closed = "" if name in ("teacher", "none") or not gap else f"{100 * (res['none']['bpd'] - v['bpd']) / gap:.0f} %"
         row = f"| {LABELS[name]} | {v['params']:,} | {v['bpd']:.3f} ± {v['bpd_2se']:.3f} | {closed} | {v['seconds']:.0f} |"
@@ -123,8 +130,8 @@ def render_image_section(r: dict[str, Any]) -> str:
                       "biased upwards, so compare rows with each other, not with published numbers."]
     elif r.get("fid"):
         lines += ["", f"FID not computed: {r['fid']['skipped']}"]
-    lines += ["", "Every panel decodes the same unit noise, scaled by the temperature (left to right: teacher, "
-                  "no-KD student, LKD, ILKD, SKD students):", ""]
+    order = ", ".join(SHORT.get(k, k) for k in res)
+    lines += ["", f"Every panel decodes the same unit noise, scaled by the temperature (left to right: {order}):", ""]
     lines += [f"![samples {k}]({v})" for k, v in r["grids"].items() if k != "interpolation"]
     lines += ["", "Eq.-16 norm-preserving interpolation between the same four pairs of test images "
                   f"(columns alpha = {', '.join(f'{a:g}' for a in GRID_ALPHAS)}; each model encodes the pair itself):",

@@ -1,6 +1,8 @@
-"""``python -m nfkd experiment``: teacher, no-KD, LKD, ILKD and SKD students, paper Table 1 layout.
+"""``python -m nfkd experiment``: a teacher and one student per distillation method, paper Table 1 layout.
 
-Every student gets the same budget (steps, batch, lr, seed); each seed trains its own teacher.
+``--methods`` without names lists every method; ``--methods all`` compares them all. Under
+``--protocol equal-budget`` every student gets the same budget (steps, batch, lr, seed); under
+``warm-start`` every method continues one trained no-KD student. Each seed trains its own teacher.
 Results are test log-likelihoods (nats, higher is better; bpd for images, lower is better), mean
 ± std over seeds, with the share of the teacher-student gap that each method closes:
 (LL_method − LL_noKD) / (LL_teacher − LL_noKD).
@@ -9,45 +11,82 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .distill import KDConfig
+from .distill.variants import PAPER_VARIANTS, VARIANTS, describe_variants, get_variant
 from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
 from .presets import resolve
-from .train import TrainConfig, train_flow
+from .train import TrainConfig, TrainResult, train_flow
 
-ROWS = ["teacher", "none", "lkd", "ilkd", "skd"]
-LABELS = {"teacher": "Teacher", "none": "Student (no KD)", "lkd": "Student + LKD", "ilkd": "Student + ILKD",
-          "skd": "Student + SKD"}
+PROTOCOLS = ("equal-budget", "warm-start")
+ROWS = ["teacher", "base", *VARIANTS]
+LABELS = {"teacher": "Teacher", "base": "Student (no KD, before the extra steps)",
+          **{v.name: v.label for v in VARIANTS.values()}}
+
+
+def _teacher(data: Any, arch: str, cfg: TrainConfig, out: Path, preset: str | None, seed: int,
+             reuse: bool, meta: dict[str, Any]) -> tuple[Any, float]:
+    """Train the seed's teacher, or load it from ``out/model.pt`` when ``reuse`` (pilot -> full run)."""
+    path = out / "model.pt"
+    if reuse and path.exists():
+        from .checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        return ckpt.flow.eval(), float(ckpt.metadata.get("training", {}).get("seconds", 0.0))
+    torch.manual_seed(seed)
+    teacher = flow_for(data, resolve(arch, "teacher", preset))
+    res = train_flow(teacher, train_data(data), cfg, out, metadata={**meta, "role": "teacher"})
+    return res.flow, res.seconds
 
 
 def train_family(data: Any, arch: str, teacher_cfg: TrainConfig, student_cfg: TrainConfig, runs_dir: Path,
-                 seed: int, preset: str | None = None, methods: list[str] | None = None, log=print):
-    """A teacher, then one student per method (no KD, LKD, ILKD, SKD), each from ``seed`` with one budget.
+                 seed: int, preset: str | None = None, methods: list[str] | None = None, log=print,
+                 protocol: str = "equal-budget", warm_steps: int | None = None, reuse_teacher: bool = False):
+    """A teacher, then one student per method, each from ``seed`` with one budget.
 
-    Returns (the teacher's TrainResult, {method: student flow}, {name: test evaluation + seconds}).
+    ``equal-budget``: every student starts fresh and trains ``student_cfg.steps`` steps.
+    ``warm-start`` (the paper code's tabular setting): a no-KD student trains ``student_cfg.steps``
+    steps once ("base"), then every method — the no-KD baseline included — continues from it for
+    ``warm_steps`` more, so that the extra steps are not credited to distillation.
+    Returns (the teacher as a TrainResult-like object, {method: student flow}, {name: test evaluation + seconds}).
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     td, meta = train_data(data), data_metadata(data)
-    torch.manual_seed(seed)
-    teacher = flow_for(data, resolve(arch, "teacher", preset))
-    t_res = train_flow(teacher, td, teacher_cfg, runs_dir / "teacher", metadata={**meta, "role": "teacher"})
-    results: dict[str, Any] = {"teacher": {**evaluate(t_res.flow, data), "seconds": t_res.seconds}}
-    log(f"teacher: {_describe(results['teacher'])} ({t_res.seconds:.0f} s)")
+    teacher, t_seconds = _teacher(data, arch, teacher_cfg, runs_dir / "teacher", preset, seed, reuse_teacher, meta)
+    results: dict[str, Any] = {"teacher": {**evaluate(teacher, data), "seconds": t_seconds}}
+    log(f"teacher: {_describe(results['teacher'])} ({t_seconds:.0f} s)")
+    base_state, cfg = None, student_cfg
+    if protocol == "warm-start":
+        torch.manual_seed(seed)
+        base = flow_for(data, resolve(arch, "student", preset))
+        b_res = train_flow(base, td, student_cfg, runs_dir / "base", metadata={**meta, "role": "student", "method": "base"})
+        base_state = b_res.flow.state_dict()
+        results["base"] = {**evaluate(b_res.flow, data), "seconds": b_res.seconds}
+        log(f"base: {_describe(results['base'])} ({b_res.seconds:.0f} s)")
+        cfg = replace(student_cfg, steps=student_cfg.steps if warm_steps is None else warm_steps)
     students = {}
-    for method in methods or ROWS[1:]:
+    for method in methods or PAPER_VARIANTS:
+        variant = get_variant(method)
+        kd = variant.config(seed=seed)
         torch.manual_seed(seed)
         student = flow_for(data, resolve(arch, "student", preset))
-        res = train_flow(student, td, student_cfg, runs_dir / method,
-                         teacher=t_res.flow if method != "none" else None, kd=KDConfig(method=method),
-                         metadata={**meta, "role": "student", "method": method})
+        if base_state is not None:
+            student.load_state_dict(base_state)
+            kd = replace(kd, init_from_teacher=False)  # the warm start is the initialisation
+        res = train_flow(student, td, cfg, runs_dir / method.replace(":", "_"),
+                         teacher=teacher if kd.needs_teacher else None, kd=kd,
+                         metadata={**meta, "role": "student", "method": method, "protocol": protocol})
         students[method] = res.flow
         results[method] = {**evaluate(res.flow, data), "seconds": res.seconds, "skd_excluded": res.skd_excluded}
         log(f"{method}: {_describe(results[method])} ({res.seconds:.0f} s)")
-    return t_res, students, results
+    return TrainResult(teacher, math.nan, -1, 0, t_seconds), students, results
 
 
 def _describe(r: dict[str, Any]) -> str:
@@ -57,22 +96,26 @@ def _describe(r: dict[str, Any]) -> str:
 def run_experiment(data_name: str, arch: str, seeds: int, out: Path, preset: str | None = None,
                    teacher_cfg: TrainConfig | None = None, student_cfg: TrainConfig | None = None,
                    data_root: str | None = None, methods: list[str] | None = None,
-                   log=print) -> dict[str, Any]:
-    methods = methods or ROWS[1:]
+                   log=print, protocol: str = "equal-budget", warm_steps: int | None = None,
+                   reuse_teachers: bool = False) -> dict[str, Any]:
+    methods = methods or PAPER_VARIANTS
+    for m in methods:
+        get_variant(m)  # fail before any training
     out.mkdir(parents=True, exist_ok=True)
-    runs: dict[str, list[dict[str, Any]]] = {r: [] for r in ["teacher", *methods]}
+    runs: dict[str, list[dict[str, Any]]] = {}
     for seed in range(seeds):
         data = get_data(data_name, data_root, seed=seed)
         _, _, results = train_family(data, arch, _with_seed(teacher_cfg or TrainConfig(), seed),
                                      _with_seed(student_cfg or TrainConfig(), seed), out / f"seed{seed}", seed,
-                                     preset, methods, log=lambda m, seed=seed: log(f"[seed {seed}] {m}"))
+                                     preset, methods, log=lambda m, seed=seed: log(f"[seed {seed}] {m}"),
+                                     protocol=protocol, warm_steps=warm_steps, reuse_teacher=reuse_teachers)
         for name, r in results.items():
-            runs[name].append(r)
-    summary = summarize(runs)
-    result = {"dataset": data_name, "arch": arch, "preset": preset, "seeds": seeds, "runs": runs, "summary": summary}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    (out / "table.md").write_text(markdown_table(result))
-    return result
+            runs.setdefault(name, []).append(r)
+        partial = {"dataset": data_name, "arch": arch, "preset": preset, "seeds": seed + 1, "protocol": protocol,
+                   "methods": methods, "runs": runs, "summary": summarize(runs)}
+        (out / "results.json").write_text(json.dumps(partial, indent=1))  # every finished seed is kept
+        (out / "table.md").write_text(markdown_table(partial))
+    return partial
 
 
 def _with_seed(cfg: TrainConfig, seed: int) -> TrainConfig:
@@ -113,7 +156,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     image = any("bpd" in r for r in result["runs"]["teacher"])
     metric = "test bpd (lower is better)" if image else "test log-likelihood, nats (higher is better)"
     lines = [
-        f"### {result['dataset']} — {result['arch']} ({result['seeds']} seeds, mean ± std)",
+        f"### {result['dataset']} — {result['arch']}{' ' + result['preset'] if result.get('preset') else ''}, "
+        f"{result.get('protocol', 'equal-budget')} ({result['seeds']} seeds, mean ± std)",
         "",
         f"| model | params | {metric} | Δ vs no-KD (paired) | better than no-KD | gap closed | train s |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -124,7 +168,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         gap = f"{100 * row['gap_closed']:.0f} %" if student_kd else ""
         delta = f"{row['delta_vs_none']:+.3f} ± {row['delta_std']:.3f}" if student_kd or name == "teacher" else ""
         wins = f"{row['seeds_better_than_none']}/{row['n']}" if student_kd or name == "teacher" else ""
-        lines.append(f"| {LABELS[name]} | {row['params'] / 1000:.1f}k | {row['mean']:.3f} ± {row['std']:.3f} | {delta} | "
+        key = f" (`{name}`)" if name in VARIANTS else ""
+        lines.append(f"| {LABELS[name]}{key} | {row['params'] / 1000:.1f}k | {row['mean']:.3f} ± {row['std']:.3f} | {delta} | "
                      f"{wins} | {gap} | {row['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -132,26 +177,40 @@ def markdown_table(result: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m nfkd experiment", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True)
+    parser.add_argument("--data", default=None, help="dataset name (required unless only listing methods)")
     parser.add_argument("--data-root", default=None)
-    parser.add_argument("--arch", required=True, choices=["glow", "glow1d", "maf"])
+    parser.add_argument("--arch", default=None, choices=["glow", "glow1d", "maf"])
     parser.add_argument("--preset", default=None)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--teacher-steps", type=int, default=3000)
     parser.add_argument("--student-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--methods", nargs="+", default=ROWS[1:], choices=ROWS[1:])
+    parser.add_argument("--methods", nargs="*", default=None, metavar="METHOD",
+                        help="methods to compare ('all' for every one); without names: list them and exit")
+    parser.add_argument("--protocol", default="equal-budget", choices=PROTOCOLS,
+                        help="equal-budget: fresh students, one budget; warm-start: continue a trained no-KD student")
+    parser.add_argument("--warm-steps", type=int, default=None, help="warm-start: extra steps (default: --student-steps)")
+    parser.add_argument("--reuse-teachers", action="store_true", help="load OUT/seedN/teacher/model.pt when present")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="runs/experiment")
     args = parser.parse_args(argv)
+    if args.methods is not None and not args.methods:
+        print(describe_variants())
+        return 0
+    if args.data is None or args.arch is None:
+        parser.error("--data and --arch are required to run an experiment")
+    methods = list(VARIANTS) if args.methods == ["all"] else (args.methods or PAPER_VARIANTS)
+    for m in methods:
+        get_variant(m)
     if args.threads:
         torch.set_num_threads(args.threads)
     base = dict(batch_size=args.batch_size, lr=args.lr, eval_every=100, patience=10, progress=False)
     result = run_experiment(
         args.data, args.arch, args.seeds, Path(args.out), args.preset,
         TrainConfig(steps=args.teacher_steps, **base), TrainConfig(steps=args.student_steps, **base),
-        args.data_root, args.methods,
+        args.data_root, methods, protocol=args.protocol, warm_steps=args.warm_steps,
+        reuse_teachers=args.reuse_teachers,
     )
     print(markdown_table(result))
     return 0

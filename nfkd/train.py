@@ -144,6 +144,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.batch_gen = torch.Generator().manual_seed(cfg.seed)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        if self.kd.init_from_teacher:
+            if self.teacher is None:
+                raise ValueError("init_from_teacher needs a teacher")
+            from .distill import init_from_teacher
+
+            self.metadata["init_from_teacher"] = init_from_teacher(self.flow, self.teacher)
         self.objective = StudentObjective(self.flow, self.teacher, self.kd)
         self.opt = torch.optim.AdamW(self.flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = 0
@@ -211,7 +217,7 @@ class Trainer:
         return x[self.rank :: self.world].to(self.cfg.device)
 
     def _noise(self, n: int) -> list[Tensor] | None:
-        if self.kd.method != "skd":
+        if not self.objective.needs_noise:
             return None
         shapes = self.flow.noise_shapes(n)
         noise = [torch.randn(s, generator=self.noise_gen) for s in shapes]

@@ -36,25 +36,31 @@ def test_demo_quick_writes_full_report(tmp_path):
     for name in ["report.md", "results.json", "samples.png", "throughput.png", "loss_curve_teacher.png"]:
         assert (out / name).exists(), name
     res = json.loads((out / "results.json").read_text())
-    assert set(res["results"]) == {"teacher", "none", "lkd", "ilkd", "skd"}
+    from nfkd.distill.variants import BEST_BY_ARCH
+
+    best, best_img = BEST_BY_ARCH["glow1d"][0], BEST_BY_ARCH["glow"][0]
+    models = {"teacher", "none", "skd", best}
+    assert set(res["results"]) == models and res["kd_method"] == best and res["kd_method_why"]
     assert res["export"]["ok"] is True
     assert (out / "export" / "manifest.json").exists()
     assert res["throughput_batch4096"]["student (onnxruntime)"]["rows_per_s"] > 0
     assert res["results"]["teacher"]["params"] > res["results"]["none"]["params"]
     # the image part: bpd for every model, grids from the same noise, all linked from the report
     img = res["images"]
-    assert set(img["results"]) == {"teacher", "none", "lkd", "ilkd", "skd"}
+    models = {"teacher", "none", "skd", best_img}
+    assert set(img["results"]) == models and img["kd_method"] == best_img
     assert all(r["bpd"] > 0 and r["nonfinite"] == 0 for r in img["results"].values())
     report = (out / "report.md").read_text()
     for name in img["grids"].values():
         assert (out / name).is_file() and f"]({name})" in report, name
-    for name in ["teacher", "none", "lkd", "ilkd", "skd"]:
+    for name in models:
         f = img["fid"][name]
         assert f["fid"]["1.0"]["n_samples"] == 12 and f["fid"]["0.7"]["n_reference"] == 12
         assert f["fid"]["1.0"]["fid"] >= 0 and f["interpolation_fid"]["n_samples"] == 12
     assert "FID T=0.7" in report and "FID from 12 samples" in report
     grid = Image.open(out / img["grids"]["T=0.7"])
-    assert grid.size == grid_size(5, 16, (8, 8), cols=4, scale=4)  # 5 panels of 4x4 digits drawn at 32x32
+    assert grid.size == grid_size(len(models), 16, (8, 8), cols=4, scale=4)  # a panel of 4x4 digits per model
+    assert f"Distillation method: **{best}**" in report and f"Distillation method: **{best_img}**" in report
 
 
 def test_demo_rejects_wrong_data_kinds_before_training(tmp_path):

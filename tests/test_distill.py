@@ -63,23 +63,24 @@ def test_nll_term_is_per_dim_negative_log_likelihood():
 def test_lkd_hand_computed():
     t, s = _pair()
     x = torch.randn(8, 4, dtype=torch.float64)
-    obj = StudentObjective(s, t, KDConfig("lkd", latent_distance="l1"))
-    loss, terms = obj(x)
-    zs, zt = s(x).latents[0], t(x).latents[0]
+    zs, zt = s(x).latents[0], t(x).latents[0]  # 2 and 4 reversals: both latents in input order
     lkd = (zs - zt).abs().mean()
-    torch.testing.assert_close(terms["lkd"], lkd)
-    torch.testing.assert_close(loss, 1.0 * (-s.log_prob(x).mean() / 4) + 1.0 * lkd)
+    for scale, factor in (("mean", 1.0), ("paper", 1.0 / 4)):
+        loss, terms = StudentObjective(s, t, KDConfig("lkd", latent_distance="l1", kd_scale=scale))(x)
+        torch.testing.assert_close(terms["lkd"], lkd)
+        torch.testing.assert_close(loss, 1.0 * (-s.log_prob(x).mean() / 4) + factor * lkd)
 
 
 @pytest.mark.parametrize("kind", ["l1", "mse"])
 def test_ilkd_hand_computed(kind):
     t, s = _pair()
     x = torch.randn(8, 4, dtype=torch.float64)
-    loss, terms = StudentObjective(s, t, KDConfig("ilkd", latent_distance=kind))(x)
+    loss, terms = StudentObjective(s, t, KDConfig("ilkd", latent_distance=kind, kd_scale="mean"))(x)
     so, to = s(x, taps=True), t(x, taps=True)
     f = (lambda d: d.abs()) if kind == "l1" else (lambda d: d.pow(2))
-    # student block0 <-> teacher block1 (K_t=4, K_s=2), plus the final latents.
-    per_pair = [f(so.taps["block0"] - to.taps["block1"]).mean(1), f(so.latents[0] - to.latents[0]).mean(1)]
+    # student block0 <-> teacher block1 (K_t=4, K_s=2), plus the final latents. The student's
+    # block0 has reversed its features once, the teacher's block1 twice: flip to input order.
+    per_pair = [f(so.taps["block0"].flip(1) - to.taps["block1"]).mean(1), f(so.latents[0] - to.latents[0]).mean(1)]
     ilkd = torch.stack(per_pair).mean()
     torch.testing.assert_close(terms["ilkd"], ilkd)
     torch.testing.assert_close(loss, 0.9 * (-s.log_prob(x).mean() / 4) + 0.1 * ilkd)
@@ -89,7 +90,7 @@ def test_skd_uses_shared_noise_at_every_level():
     t, s = _pair("glow")
     x = torch.rand(4, 2, 4, 4, dtype=torch.float64) - 0.5
     noise = t.sample_noise(4, generator=torch.Generator().manual_seed(3))
-    obj = StudentObjective(s, t, KDConfig("skd", temperature=0.7))
+    obj = StudentObjective(s, t, KDConfig("skd", temperature=0.7, kd_scale="mean"))
     loss, terms = obj(x, noise)
     xs = s.inverse([z * 0.7 for z in noise]).x
     xt = t.inverse([z * 0.7 for z in noise]).x
@@ -101,6 +102,9 @@ def test_skd_uses_shared_noise_at_every_level():
     ilkd = StudentObjective(s, t, KDConfig("ilkd"))(x)[1]["ilkd"]
     nll = -s.log_prob(x).mean() / s.dim
     torch.testing.assert_close(loss, 0.85 * nll + 0.075 * ilkd + 0.075 * terms["skd"])
+    # The paper code's scale: the same terms, divided by D relative to the per-dim NLL.
+    paper, _ = StudentObjective(s, t, KDConfig("skd", temperature=0.7, kd_scale="paper"))(x, noise)
+    torch.testing.assert_close(paper, 0.85 * nll + (0.075 * ilkd + 0.075 * terms["skd"]) / s.dim)
 
 
 def test_skd_overflow_is_excluded_and_counted_not_zeroed():

@@ -34,3 +34,36 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert "Student + LKD" in table and "± " in table
     assert json.loads((tmp_path / "results.json").read_text())["seeds"] == 2
     assert markdown_table(res) == table
+
+
+def test_warm_start_students_continue_the_base_student(tmp_path):
+    cfg = TrainConfig(steps=12, batch_size=32, eval_every=4, progress=False, warmup=2)
+    res = run_experiment("wine", "glow1d", 1, tmp_path, teacher_cfg=cfg, student_cfg=cfg, methods=["none", "lkd"],
+                         log=lambda *_: None, protocol="warm-start", warm_steps=0)
+    runs = res["runs"]
+    # Zero extra steps: every method is exactly the trained no-KD base student.
+    assert runs["none"][0]["log_likelihood"] == runs["base"][0]["log_likelihood"]
+    assert runs["lkd"][0]["log_likelihood"] == runs["base"][0]["log_likelihood"]
+    assert "warm-start" in (tmp_path / "table.md").read_text()
+
+
+def test_methods_flag_lists_every_method(capsys):
+    from nfkd.distill.variants import VARIANTS
+    from nfkd.experiment import main
+
+    assert main(["--methods"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()]
+    assert listed == list(VARIANTS)
+    with pytest.raises(Exception, match="unknown method"):
+        main(["--data", "wine", "--arch", "glow1d", "--methods", "nope"])
+
+
+def test_paper_preset_sizes_match_table_2_at_d6():
+    """The paper's Table 2 (POWER, D = 6): student 13.8k, teacher 86.7k parameters."""
+    from nfkd.flows import build_flow
+    from nfkd.presets import PRESETS, effective_parameters
+
+    for role, paper in (("student", 13_800), ("teacher", 86_700)):
+        cfg = dict(PRESETS["glow1d-paper"][role])
+        n = effective_parameters(build_flow(cfg.pop("arch"), dim=6, **cfg))
+        assert abs(n - paper) / paper < 0.02, (role, n)

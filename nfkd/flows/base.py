@@ -93,6 +93,18 @@ class Flow(nn.Module):
     def tap_names(self) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def tap_permutation(self, name: str) -> Tensor | None:
+        """Feature bookkeeping of a tap: entry k is the canonical (input-order) index of its coordinate k.
+
+        None means the tap is already in canonical order. Distillation compares teacher and student
+        taps (and feeds SKD noise) in canonical order, so fixed permutations never count as a mismatch.
+        """
+        return None
+
+    def latent_permutations(self) -> list[Tensor | None]:
+        """The same bookkeeping for each latent (noise) tensor."""
+        return [None] * len(self.noise_shapes(1))
+
     # --- shared API ---------------------------------------------------------------------------
     @property
     def dim(self) -> int:
@@ -181,6 +193,27 @@ class ChainFlow(Flow):
 
     def tap_names(self) -> list[str]:
         return [f"block{i}" for i in range(len(self.chain()))]
+
+    def _cumulative_orders(self) -> list[Tensor]:
+        """After each block, the canonical index of every coordinate (blocks with a ``perm`` move them)."""
+        order = torch.arange(self._dim)
+        orders = []
+        for block in self.chain():
+            perm = getattr(getattr(block, "perm", None), "perm", None)
+            if perm is not None:
+                order = order[perm.cpu()]
+            orders.append(order)
+        return orders
+
+    def tap_permutation(self, name: str) -> Tensor | None:
+        names = self.tap_names()
+        if name not in names:
+            raise KeyError(f"no tap {name!r}; taps are {names}")
+        order = self._cumulative_orders()[names.index(name)]
+        return None if bool((order == torch.arange(self._dim)).all()) else order
+
+    def latent_permutations(self) -> list[Tensor | None]:
+        return [self.tap_permutation(self.tap_names()[-1])]
 
     def forward(self, x: Tensor, taps: bool = False) -> FlowOutput:
         # normalize is None in the folded form of Glow-1D (folded into the first step's affine)

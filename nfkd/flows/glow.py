@@ -139,13 +139,18 @@ class Glow1D(ChainFlow):
 
     arch = "glow1d"
 
-    def __init__(self, dim: int, steps: int = 5, hidden: int = 32, additive: bool = False) -> None:
-        super().__init__(dim=dim, steps=steps, hidden=hidden, additive=additive)
+    def __init__(self, dim: int, steps: int = 5, hidden: int = 32, additive: bool = False, depth: int = 2) -> None:
+        config = dict(dim=dim, steps=steps, hidden=hidden, additive=additive)
+        if depth != 2:  # only non-default depths are stored, so older checkpoints keep their config
+            config["depth"] = depth
+        super().__init__(**config)
         if dim < 2:
             raise ValueError("Glow1D needs at least 2 features for its coupling layers")
         self._dim = dim
         self.normalize = FixedAffine(dim)
-        self.steps = nn.ModuleList([FlowStep(dim, hidden, image=False, additive=additive) for _ in range(steps)])
+        self.steps = nn.ModuleList(
+            [FlowStep(dim, hidden, image=False, additive=additive, depth=depth) for _ in range(steps)]
+        )
 
     def chain(self) -> nn.ModuleList:
         return self.steps

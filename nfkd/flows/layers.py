@@ -208,14 +208,14 @@ def conv_coupling_net(in_ch: int, out_ch: int, hidden: int) -> nn.Module:
     )
 
 
-def mlp_coupling_net(in_f: int, out_f: int, hidden: int) -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(in_f, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        zero_linear(hidden, out_f),
-    )
+def mlp_coupling_net(in_f: int, out_f: int, hidden: int, depth: int = 2) -> nn.Module:
+    """``depth`` hidden Linear+ReLU layers, then the zero-initialised output (the paper's code: 5)."""
+    if depth < 1:
+        raise ValueError(f"coupling depth must be at least 1 hidden layer, got {depth}")
+    layers: list[nn.Module] = [nn.Linear(in_f, hidden), nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(hidden, hidden), nn.ReLU()]
+    return nn.Sequential(*layers, zero_linear(hidden, out_f))
 
 
 class AffineCoupling(Bijection):
@@ -224,7 +224,7 @@ class AffineCoupling(Bijection):
     ``additive=True`` keeps only the shift (volume preserving, log-det 0).
     """
 
-    def __init__(self, num_channels: int, hidden: int, image: bool, additive: bool = False) -> None:
+    def __init__(self, num_channels: int, hidden: int, image: bool, additive: bool = False, depth: int = 2) -> None:
         super().__init__()
         self.c_a = num_channels // 2
         self.c_b = num_channels - self.c_a
@@ -232,7 +232,10 @@ class AffineCoupling(Bijection):
         # The +2 of sigmoid(s + 2) (Glow); folding moves it into the last layer's bias and sets 0.
         self.scale_offset = 2.0
         out = self.c_b if additive else 2 * self.c_b
-        self.net = (conv_coupling_net if image else mlp_coupling_net)(self.c_a, out, hidden)
+        if image:
+            self.net = conv_coupling_net(self.c_a, out, hidden)
+        else:
+            self.net = mlp_coupling_net(self.c_a, out, hidden, depth)
 
     def _shift_scale(self, x_a: Tensor) -> tuple[Tensor, Tensor | None]:
         h = self.net(x_a)
@@ -265,11 +268,11 @@ class FlowStep(Bijection):
     ``FoldedAffine`` holding ActNorm and the mixing together; the same code runs both.
     """
 
-    def __init__(self, num_channels: int, hidden: int, image: bool, additive: bool = False) -> None:
+    def __init__(self, num_channels: int, hidden: int, image: bool, additive: bool = False, depth: int = 2) -> None:
         super().__init__()
         self.actnorm = ActNorm(num_channels)
         self.mix = LUInvertibleLinear(num_channels)
-        self.coupling = AffineCoupling(num_channels, hidden, image=image, additive=additive)
+        self.coupling = AffineCoupling(num_channels, hidden, image=image, additive=additive, depth=depth)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         logdet = 0.0

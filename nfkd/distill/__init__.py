@@ -1,0 +1,19 @@
+"""Knowledge distillation of normalizing flows (Walton et al., eq. 15) and gauge-free alternatives.
+
+- ``objective``: the per-step student loss (NLL, (I)LKD, SKD, density matching, forward KL);
+- ``pairing``: which taps are compared, in canonical feature order;
+- ``align``: Procrustes alignment of latents (the rotation gauge);
+- ``init``: ``--init-from-teacher``;
+- ``variants``: the named recipes that ``nfkd experiment --methods`` compares.
+"""
+from __future__ import annotations
+
+from .align import Aligner, procrustes
+from .init import init_from_teacher
+from .objective import KD_SCALES, METHODS, PAPER_WEIGHTS, KDConfig, LossTerms, StudentObjective, distance
+from .pairing import aligned_teacher_index, pair_taps
+
+__all__ = [
+    "Aligner", "KDConfig", "KD_SCALES", "LossTerms", "METHODS", "PAPER_WEIGHTS", "StudentObjective",
+    "aligned_teacher_index", "distance", "init_from_teacher", "pair_taps", "procrustes",
+]
