@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from nfkd.experiment import LABELS
 from nfkd.metrics import grid_size
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +46,17 @@ def test_demo_quick_writes_full_report(tmp_path):
     assert (out / "export" / "manifest.json").exists()
     assert res["throughput_batch4096"]["student (onnxruntime)"]["rows_per_s"] > 0
     assert res["results"]["teacher"]["params"] > res["results"]["none"]["params"]
+    # report.md's tables say what results.json says (test LL, params, gap closed; throughput rows)
+    report = (out / "report.md").read_text()
+    teacher_ll, none_ll = res["results"]["teacher"]["log_likelihood"], res["results"]["none"]["log_likelihood"]
+    for name, v in res["results"].items():
+        row = next(ln for ln in report.splitlines() if ln.startswith(f"| {LABELS[name]} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == f"{v['params']:,}" and cells[2].startswith(f"{v['log_likelihood']:.3f} ±"), row
+        if name not in ("teacher", "none"):
+            assert cells[3] == f"{100 * (v['log_likelihood'] - none_ll) / (teacher_ll - none_ll):.0f} %", row
+    for name, v in res["throughput_batch4096"].items():
+        assert f"| {name} | {1000 * v['median_s']:.2f} | {v['rows_per_s']:,.0f} |" in report, name
     # the image part: bpd for every model, grids from the same noise, all linked from the report
     img = res["images"]
     models = {"teacher", "none", "skd", best_img}
