@@ -80,6 +80,10 @@ def train_family(data: Any, arch: str, teacher_cfg: TrainConfig, student_cfg: Tr
         if base_state is not None:
             student.load_state_dict(base_state)
             kd = replace(kd, init_from_teacher=False)  # the warm start is the initialisation
+            if cfg.steps == 0:  # no extra steps: every student is the base student (nothing to train)
+                students[method] = student.eval()
+                results[method] = {**evaluate(student, data), "seconds": 0.0, "skd_excluded": 0}
+                continue
         res = train_flow(student, td, cfg, runs_dir / method.replace(":", "_"),
                          teacher=teacher if kd.needs_teacher else None, kd=kd,
                          metadata={**meta, "role": "student", "method": method, "protocol": protocol})

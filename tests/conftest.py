@@ -23,3 +23,13 @@ def shared_datasets() -> Path:
     if not root.exists():
         pytest.skip(f"shared datasets not found at {root}")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A test that runs a model with threads=N (runners pin it in the calling thread) must not change
+    the thread count, and so the float32 reduction order, of the tests after it."""
+    n = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)

@@ -20,12 +20,7 @@ from nfkd.train import TrainConfig, TrainData, Trainer
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """In-process `--threads 1` sets torch's global thread count: give later tests theirs back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+# In-process `--threads 1` sets torch's thread count: tests/conftest.py gives later tests theirs back.
 FAST = ["--data", "wine", "--steps", "20", "--batch-size", "32", "--eval-every", "10", "--checkpoint-every", "10",
         "--no-progress", "--threads", "1", "--steps-arch", "2", "--hidden", "8"]
 
