@@ -65,10 +65,11 @@ _env.select_mode()
 import triton  # noqa: E402  (after _env)
 import triton.language as tl  # noqa: E402
 
+from nfkd.flows.base import LOG_2PI  # noqa: E402
+
 from ._device import mm as _mm  # noqa: E402
 from .configs import DOT_PRECISION  # noqa: E402
 
-LOG_2PI = math.log(2 * math.pi)
 LAYOUTS = {"nhwc": torch.channels_last, "nchw": torch.contiguous_format}
 DEFAULT_LAYOUT = "nhwc"
 

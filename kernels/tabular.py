@@ -26,7 +26,6 @@ PyTorch reference: ``folded.log_prob`` / ``folded.sample`` of the same ``fold()`
 """
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Sequence
 
@@ -42,10 +41,11 @@ _env.select_mode()
 import triton  # noqa: E402  (after _env: the interpreter switch must precede @triton.jit)
 import triton.language as tl  # noqa: E402
 
+from nfkd.flows.base import LOG_2PI  # noqa: E402
+
 from ._device import mm as _mm  # noqa: E402
 from .configs import DOT_PRECISION  # noqa: E402  fp32 exact; "tf32x3" is the tensor-core alternative (bench)
 
-LOG_2PI = math.log(2 * math.pi)
 # the widest padded dims with a checked launch configuration (kernels/configs.py); wider: PyTorch
 MAX_D = max(dict(c.shape)["DP"] for c in _configs.CONFIGS if c.kernel in ("glow1d_log_prob", "maf_log_prob"))
 MAX_HIDDEN = max(dict(c.shape)["HP"] for c in _configs.CONFIGS if c.kernel in ("glow1d_log_prob", "maf_log_prob"))
