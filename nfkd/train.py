@@ -230,6 +230,39 @@ class Trainer:
         return lr
 
     def run(self, resume: bool = False) -> TrainResult:
+        """Train to ``cfg.steps`` (or early stop): steps, the non-finite guard, evaluation, checkpoints."""
+        cfg = self.cfg
+        model, resumed = self._prepare(resume)
+        t0 = time.time()
+        bar = self._progress_bar()
+        if self.rank == 0:  # a resume drops the rows of steps it will run again; a fresh run starts empty
+            prepare_metrics(self.out / "metrics.jsonl", self.step if resumed else None)
+        metrics = (self.out / "metrics.jsonl").open("a") if self.rank == 0 else None
+        bad_in_row = 0
+        try:
+            while self.step < cfg.steps:
+                lr = self._set_lr()
+                terms = self._train_step(model)
+                if terms is None:  # the guard: skip, lower the lr, go back to the last good state
+                    bad_in_row += 1
+                    self._recover(metrics, bad_in_row)
+                    continue
+                bad_in_row = 0
+                self._after_step(terms, bar)
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    if self._evaluate(lr, self.running, metrics):
+                        break
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save_state()
+        finally:
+            if bar is not None:
+                bar.close()
+            if metrics:
+                metrics.close()
+        return self._finish_run(t0)
+
+    def _prepare(self, resume: bool) -> tuple[torch.nn.Module, bool]:
+        """(the module to call per step, whether a saved state was resumed)."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = resume and self.load_state()
@@ -241,66 +274,59 @@ class Trainer:
             model = torch.nn.parallel.DistributedDataParallel(self.objective, broadcast_buffers=False)
         self.flow.train()
         self._snapshot()
-        t0 = time.time()
-        bar = None
-        if cfg.progress and self.rank == 0:
-            from tqdm.auto import tqdm
+        return model, resumed
 
-            bar = tqdm(total=cfg.steps, initial=self.step, desc=self.kd.method if self.teacher else "train",
-                       dynamic_ncols=True, leave=False, disable=None)  # None: off when not a TTY
-        if self.rank == 0:  # a resume drops the rows of steps it will run again; a fresh run starts empty
-            prepare_metrics(self.out / "metrics.jsonl", self.step if resumed else None)
-        metrics = (self.out / "metrics.jsonl").open("a") if self.rank == 0 else None
+    def _progress_bar(self):
+        if not (self.cfg.progress and self.rank == 0):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.cfg.steps, initial=self.step, desc=self.kd.method if self.teacher else "train",
+                    dynamic_ncols=True, leave=False, disable=None)  # None: off when not a TTY
+
+    def _train_step(self, model: torch.nn.Module) -> dict[str, Any] | None:
+        """One optimizer step; None (and no update) when the loss or the gradient is not finite."""
+        x = self._batch()
+        noise = self._noise(self.kd.skd_batch or self.cfg.batch_size)
+        loss, terms = model(x, noise)
+        if self.nan_hook is not None:
+            loss = self.nan_hook(self.step, loss)
+        self.opt.zero_grad(set_to_none=True)
+        if not bool(torch.isfinite(loss)):
+            return None
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), self.cfg.clip_grad)
+        if not bool(torch.isfinite(gnorm)):
+            return None
+        self.opt.step()
+        return terms
+
+    def _recover(self, metrics, bad_in_row: int) -> None:
+        """After a non-finite step: halve the lr, restore the last good state, count and log it."""
+        self.skipped += 1
+        self.lr_scale *= 0.5
+        self._restore_good()
+        if metrics:
+            metrics.write(json.dumps({"step": self.step, "event": "nonfinite_step_skipped",
+                                      "lr_scale": self.lr_scale}) + "\n")
+        if bad_in_row > self.cfg.max_bad_steps:
+            raise RuntimeError(f"{bad_in_row} non-finite steps in a row; giving up (lower the lr?)")
+        self.step += 1
+
+    def _after_step(self, terms: dict[str, Any], bar) -> None:
+        self.step += 1
+        self.skd_excluded += int(terms.get("skd_excluded", 0))
         running = self.running
-        bad_in_row = 0
-        try:
-            while self.step < cfg.steps:
-                lr = self._set_lr()
-                x = self._batch()
-                noise = self._noise(self.kd.skd_batch or cfg.batch_size)
-                loss, terms = model(x, noise)
-                if self.nan_hook is not None:
-                    loss = self.nan_hook(self.step, loss)
-                self.opt.zero_grad(set_to_none=True)
-                ok = bool(torch.isfinite(loss))
-                if ok:
-                    loss.backward()
-                    gnorm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), cfg.clip_grad)
-                    ok = bool(torch.isfinite(gnorm))
-                if not ok:  # the guard: skip, lower the lr, go back to the last good state
-                    self.skipped += 1
-                    bad_in_row += 1
-                    self.lr_scale *= 0.5
-                    self._restore_good()
-                    if metrics:
-                        metrics.write(json.dumps({"step": self.step, "event": "nonfinite_step_skipped",
-                                                  "lr_scale": self.lr_scale}) + "\n")
-                    if bad_in_row > cfg.max_bad_steps:
-                        raise RuntimeError(f"{bad_in_row} non-finite steps in a row; giving up (lower the lr?)")
-                    self.step += 1
-                    continue
-                bad_in_row = 0
-                self.opt.step()
-                self.step += 1
-                self.skd_excluded += int(terms.get("skd_excluded", 0))
-                for k, v in terms.items():
-                    running[k] = 0.9 * running.get(k, float(v)) + 0.1 * float(v)
-                if self.step % cfg.snapshot_every == 0:
-                    self._snapshot()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in running.items() if k != "skd_excluded"})
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                    stop = self._evaluate(lr, running, metrics)
-                    if stop:
-                        break
-                if self.step % cfg.checkpoint_every == 0:
-                    self.save_state()
-        finally:
-            if bar is not None:
-                bar.close()
-            if metrics:
-                metrics.close()
+        for k, v in terms.items():
+            running[k] = 0.9 * running.get(k, float(v)) + 0.1 * float(v)
+        if self.step % self.cfg.snapshot_every == 0:
+            self._snapshot()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in running.items() if k != "skd_excluded"})
+
+    def _finish_run(self, t0: float) -> TrainResult:
+        """Save the final state, keep the best-by-validation weights, write the artefacts (rank 0)."""
         self.save_state()
         if self.best_state is not None:
             self.flow.load_state_dict(self.best_state)
