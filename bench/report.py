@@ -268,8 +268,13 @@ def table2_section(rows: list[Row]) -> str:
 
 def headline_section(rows: list[Row]) -> str:
     idx = _index(rows)
-    parts = []
-    # 1. ONNX Runtime student vs eager teacher, tabular density at the largest common batch <= 4096
+    parts = [*_ort_vs_teacher(rows, idx), *_student_vs_teacher(rows, idx), *_peers(rows, idx)]
+    return "\n\n".join(parts)
+
+
+def _ort_vs_teacher(rows: list[Row], idx: dict) -> list[str]:
+    """ONNX Runtime student vs eager teacher, tabular density at the largest common batch <= 4096."""
+    parts: list[str] = []
     dens = [r for r in rows if r.direction == "density" and r.arch in ("glow1d", "maf")]
     batches = sorted({r.batch for r in dens})
     if dens and any(r.backend == "onnxruntime" and r.role == "student" for r in dens):
@@ -294,7 +299,12 @@ def headline_section(rows: list[Row]) -> str:
                          "speed-up", "(ORT teacher speed-up)"], body)
                 + f"\n\nGeometric mean speed-up of the ONNX Runtime student over the eager teacher: **{fmt_x(g)}**."
             )
-    # 2. student vs teacher at equal backend (geometric mean over dims)
+    return parts
+
+
+def _student_vs_teacher(rows: list[Row], idx: dict) -> list[str]:
+    """Student vs teacher at equal backend (geometric mean over dims)."""
+    parts: list[str] = []
     body = []
     for direction in ("density", "sample"):
         for arch in ("glow1d", "maf", "glow"):
@@ -326,7 +336,12 @@ def headline_section(rows: list[Row]) -> str:
                 "Teacher time / student time on the same backend, geometric mean over dimensions.\n\n"
                 + table(["direction", "arch", "backend", *[f"batch {b}" for b in bs]], sel)
             )
-    # 3. nfkd MAF vs peers of the same size
+    return parts
+
+
+def _peers(rows: list[Row], idx: dict) -> list[str]:
+    """nfkd MAF vs the same MAF in the peer libraries."""
+    parts: list[str] = []
     peer_rows = [r for r in rows if r.backend in PEERS]
     if peer_rows:
         body = []
@@ -363,7 +378,7 @@ def headline_section(rows: list[Row]) -> str:
                 + table(["direction", "size", "D", "batch", "nfkd eager ms", "nfkd best ms", *[f"{p} ms" for p in PEERS]], body)
                 + ("\n\n" + "\n".join(f"- {s}" for s in summary) if summary else "")
             )
-    return "\n\n".join(parts)
+    return parts
 
 
 def _fmt_roof(r: Row) -> str:
