@@ -347,6 +347,26 @@ def write_repository(
     """
     export_dir = Path(export_dir)
     manifest = Manifest.load(export_dir)
+    use_trt = _use_tensorrt(manifest, export_dir, platform, cpu)
+    if max_batch < 1 or instances < 1 or queue_delay_us < 0:
+        raise InputError("max_batch and instances must be >= 1 and queue_delay_us >= 0")
+    max_batch, preferred = _batching(manifest, use_trt, max_batch, preferred_batch)
+    base = model_name(name or Path(manifest.source.get("checkpoint") or export_dir.name).stem)
+    kind = "KIND_CPU" if cpu else "KIND_GPU"
+    plat = PLATFORM_TRT if use_trt else PLATFORM_ONNX
+    names = {"density": f"{base}_density", "sample": f"{base}_sample"}
+    configs = {
+        "density": density_config(manifest, names["density"], plat, max_batch, preferred, queue_delay_us, kind, instances),
+        "sample": sample_config(manifest, names["sample"], plat, kind, instances),
+    }
+    sources = _checked_sources(export_dir, manifest, configs, use_trt)
+    written = _write_models(Path(out_dir), export_dir, manifest, names, configs, sources, use_trt)
+    return {"models": names, "paths": written, "platform": plat, "max_batch_size": max_batch,
+            "preferred_batch_size": preferred, "instance_kind": kind, "configs": configs}
+
+
+def _use_tensorrt(manifest: Manifest, export_dir: Path, platform: str, cpu: bool) -> bool:
+    """Whether the repository serves TensorRT plans (else the ONNX graphs)."""
     if platform not in ("auto", "onnx", "tensorrt"):
         raise InputError(f"platform must be auto, onnx or tensorrt, got {platform!r}")
     has_engines = all(k in (manifest.engines or {}) for k in ("density", "sample"))
@@ -355,9 +375,12 @@ def write_repository(
                           f"`python -m export.trt <checkpoint> -o {export_dir}` or use --platform onnx")
     if platform == "tensorrt" and cpu:
         raise InputError("TensorRT plans run on the GPU only: drop --cpu, or use --platform onnx")
-    use_trt = platform == "tensorrt" or (platform == "auto" and has_engines and not cpu)
-    if max_batch < 1 or instances < 1 or queue_delay_us < 0:
-        raise InputError("max_batch and instances must be >= 1 and queue_delay_us >= 0")
+    return platform == "tensorrt" or (platform == "auto" and has_engines and not cpu)
+
+
+def _batching(manifest: Manifest, use_trt: bool, max_batch: int,
+              preferred_batch: Sequence[int] | None) -> tuple[int, list[int]]:
+    """(max_batch_size within what the graphs / engine profile accept, preferred batch sizes)."""
     cap = int(manifest.max_batch)
     opt = None
     if use_trt:
@@ -371,15 +394,12 @@ def write_repository(
     preferred = sorted({int(v) for v in (preferred_batch or _default_preferred(max_batch, opt))})
     if any(v < 1 or v > max_batch for v in preferred):
         raise InputError(f"preferred batch sizes {preferred} must lie in [1, max_batch={max_batch}]")
-    base = model_name(name or Path(manifest.source.get("checkpoint") or export_dir.name).stem)
-    kind = "KIND_CPU" if cpu else "KIND_GPU"
-    plat = PLATFORM_TRT if use_trt else PLATFORM_ONNX
-    names = {"density": f"{base}_density", "sample": f"{base}_sample"}
-    configs = {
-        "density": density_config(manifest, names["density"], plat, max_batch, preferred, queue_delay_us, kind, instances),
-        "sample": sample_config(manifest, names["sample"], plat, kind, instances),
-    }
-    # Cross-check against the ONNX graphs themselves (the plans are built from these very graphs).
+    return max_batch, preferred
+
+
+def _checked_sources(export_dir: Path, manifest: Manifest, configs: dict[str, Any], use_trt: bool) -> dict[str, Path]:
+    """The verified graph (or plan) per model, its config cross-checked against the ONNX graph itself
+    (the plans are built from these very graphs)."""
     sources: dict[str, Path] = {}
     for graph in ("density", "sample"):
         onnx_path = verified_path(export_dir, manifest.graphs[graph], graph)
@@ -387,8 +407,12 @@ def write_repository(
         if problems:
             raise ExportError(f"{graph} graph and manifest disagree: {'; '.join(problems)}; re-export the model")
         sources[graph] = verified_path(export_dir, manifest.engines[graph], f"{graph} engine") if use_trt else onnx_path
+    return sources
 
-    out_dir = Path(out_dir)
+
+def _write_models(out_dir: Path, export_dir: Path, manifest: Manifest, names: dict[str, str],
+                  configs: dict[str, Any], sources: dict[str, Path], use_trt: bool) -> dict[str, str]:
+    """Each model folder staged and installed whole; other models in ``out_dir`` are left alone."""
     out_dir.mkdir(parents=True, exist_ok=True)
     header = (
         f"# Written by `python -m export.triton_repo` (nfkd) from {export_dir.resolve()}\n"
@@ -410,8 +434,7 @@ def write_repository(
             (tmp / "config.pbtxt").write_text(header + notes[graph] + to_pbtxt(configs[graph]) + "\n")
             (tmp / MANIFEST_COPY).write_text(manifest.to_json())
         written[graph] = str(final)
-    return {"models": names, "paths": written, "platform": plat, "max_batch_size": max_batch,
-            "preferred_batch_size": preferred, "instance_kind": kind, "configs": configs}
+    return written
 
 
 # --------------------------------------------------------------------------------------------
