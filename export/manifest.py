@@ -48,7 +48,7 @@ class Manifest:
     max_batch: int
     opset: int
     fp16: bool
-    maf_sampling: str | None  # "loop" | "unrolled" for MAF, None otherwise
+    maf_sampling: str | None  # "loop" | "unrolled": MAF's sampling / IAF's density graph; None otherwise
     graphs: dict[str, dict[str, Any]]
     source: dict[str, Any]  # {"checkpoint": file name, "sha256": of the checkpoint file}
     parity: dict[str, Any]

@@ -15,7 +15,8 @@ Both graphs are traced from ``nfkd.fold.fold(flow)`` -- the one inference form -
 second copy of the model. MAF sampling needs D sequential MADE passes per block; it is exported
 either as an ONNX ``Loop`` (``torch.while_loop``; one MADE body per block) or unrolled (D copies
 per block). ``'auto'`` picks the loop: it measured faster in ONNX Runtime (see README) and its graph
-and export time do not grow with D.
+and export time do not grow with D. An IAF is the mirror image: its *sampling* graph is one MADE
+pass per block (no loop), and ``--maf-sampling`` chooses the form of its sequential *density* graph.
 
 Every export runs the parity gate (``export.parity``) in ONNX Runtime against the eager float64
 flow. Files are written to a temporary folder beside ``out_dir`` and moved into place only after
@@ -59,8 +60,17 @@ MAF_SAMPLING_CHOICES = ("auto", "loop", "unrolled")
 # What 'auto' resolves to, from the ORT CPU measurements in export/README.md (loop was faster at
 # batch 1 and 4096 for D=8 and D=63, and exports in seconds where unrolled D=63 takes minutes).
 MAF_SAMPLING_AUTO = "loop"
+#: Architectures with a sequential direction: MAF's sampling graph, IAF's density graph.
+SEQUENTIAL_ARCHS = ("maf", "iaf")
 # Engines and caches that an older export may have left; stale once the graphs change.
 STALE_ON_REEXPORT = ("density.plan", "sample.plan")
+
+
+def _set_sequential_mode(folded: Flow, mode: str | None) -> None:
+    """Every MADE's sequential direction (MAF sampling, IAF density) as an ONNX Loop or unrolled."""
+    for m in folded.modules():
+        if isinstance(m, MADE):
+            m.inverse_mode = "graph_loop" if mode == "loop" else "python"
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,9 +79,10 @@ STALE_ON_REEXPORT = ("density.plan", "sample.plan")
 class DensityGraph(nn.Module):
     """x -> (log_prob, latent). Float32 at the boundary; the Gaussian term is reduced in float32."""
 
-    def __init__(self, folded: Flow, dim: int) -> None:
+    def __init__(self, folded: Flow, dim: int, sequential: str | None = None) -> None:
         super().__init__()
         self.folded = folded
+        _set_sequential_mode(folded, sequential)
         self.dtype = folded.dtype
         self.gauss_const = 0.5 * dim * LOG_2PI  # sum over levels of log N's normalizer
 
@@ -94,10 +105,7 @@ class SampleGraph(nn.Module):
         super().__init__()
         self.folded = folded
         self.dtype = folded.dtype
-        mode = "graph_loop" if maf_sampling == "loop" else "python"
-        for m in folded.modules():
-            if isinstance(m, MADE):
-                m.inverse_mode = mode
+        _set_sequential_mode(folded, maf_sampling)
 
     def forward(self, noise: list[Tensor], temperature: Tensor) -> Tensor:
         t = temperature.to(self.dtype)
@@ -200,7 +208,7 @@ def _opset_of(model: onnx.ModelProto) -> int:
 def _resolve_maf_sampling(arch: str, maf_sampling: str) -> str | None:
     if maf_sampling not in MAF_SAMPLING_CHOICES:
         raise ExportError(f"maf_sampling must be one of {MAF_SAMPLING_CHOICES}, got {maf_sampling!r}")
-    if arch != "maf":
+    if arch not in SEQUENTIAL_ARCHS:
         return None
     return MAF_SAMPLING_AUTO if maf_sampling == "auto" else maf_sampling
 
@@ -217,21 +225,32 @@ def build_graphs(
     ex_b = 3  # example batch (not 0/1, which torch.export would specialize)
     batch = torch.export.Dim("B", min=1, max=max(2, int(max_batch)))
     x = torch.zeros(ex_b, *flow.event_shape)
-    density = _to_onnx(
-        DensityGraph(folded, flow.dim), (x,), {"x": {0: batch}}, ["x"], ["log_prob", "latent"], opset, "density"
-    )
+    density_mode = mode if flow.arch == "iaf" else None
+    sample_mode = mode if flow.arch == "maf" else None
+
+    def density_graph(m: str | None) -> onnx.ModelProto:
+        return _to_onnx(DensityGraph(folded, flow.dim, m), (x,), {"x": {0: batch}}, ["x"], ["log_prob", "latent"],
+                        opset, "density")
+
     noise = [torch.zeros(s) for s in flow.noise_shapes(ex_b)]
     names = [f"noise_{i}" for i in range(len(noise))]
     dyn = ([{0: batch} for _ in noise], None)
     args = (noise, torch.ones(1))
-    try:
-        sample = _to_onnx(SampleGraph(folded, mode), args, dyn, [*names, "temperature"], ["x"], opset, "sample")
-    except ExportError as exc:
-        if not (mode == "loop" and maf_sampling == "auto"):
-            raise
-        notes.append(f"loop form failed to export ({exc}); fell back to unrolled")
-        mode = "unrolled"
-        sample = _to_onnx(SampleGraph(folded, mode), args, dyn, [*names, "temperature"], ["x"], opset, "sample")
+
+    def sample_graph(m: str | None) -> onnx.ModelProto:
+        return _to_onnx(SampleGraph(folded, m), args, dyn, [*names, "temperature"], ["x"], opset, "sample")
+
+    graphs = {}
+    for what, build, m in (("density", density_graph, density_mode), ("sample", sample_graph, sample_mode)):
+        try:
+            graphs[what] = build(m)
+        except ExportError as exc:
+            if not (m == "loop" and maf_sampling == "auto"):
+                raise
+            notes.append(f"loop form failed to export ({exc}); fell back to unrolled")
+            mode = "unrolled"
+            graphs[what] = build(mode)
+    density, sample = graphs["density"], graphs["sample"]
     for m in (density, sample):
         m.metadata_props.add(key="nfkd.arch", value=flow.arch)
         m.metadata_props.add(key="nfkd.version", value=nfkd.__version__)
@@ -381,11 +400,18 @@ def _batches(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _sequential_note(manifest: Manifest) -> str:
+    if not manifest.maf_sampling:
+        return ""
+    what = "IAF density" if manifest.arch == "iaf" else "MAF sampling"
+    return f", {what} {manifest.maf_sampling}"
+
+
 def summary(manifest: Manifest, out_dir: Path) -> str:
     p = manifest.parity
     return (
         f"exported {manifest.arch} to {out_dir} (density.onnx, sample.onnx, manifest.json; opset {manifest.opset}"
-        f"{', fp16' if manifest.fp16 else ''}{', MAF sampling ' + manifest.maf_sampling if manifest.maf_sampling else ''}); "
+        f"{', fp16' if manifest.fp16 else ''}{_sequential_note(manifest)}); "
         f"parity vs eager float64 at batches {p['batches']}: log_prob rel err {p['log_prob_max_rel_err']:.2g} "
         f"(tol {manifest.tolerance['log_prob_rel']:g}), sample abs err {p['sample_max_abs_err']:.2g} "
         f"(tol {manifest.tolerance['sample_abs']:g} + {manifest.tolerance['sample_rel']:g}*|x|)"
@@ -402,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fp16", action="store_true", help="float16 graph (inputs/outputs stay float32)")
     ap.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     ap.add_argument("--maf-sampling", choices=MAF_SAMPLING_CHOICES, default="auto",
-                    help="MAF sampling graph: ONNX Loop or unrolled D passes (auto: loop)")
+                    help="MAF sampling graph (IAF: density graph): ONNX Loop or unrolled D passes (auto: loop)")
     ap.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch runtimes accept")
     ap.add_argument("--parity-batches", type=_batches, default=list(parity.DEFAULT_BATCHES),
                     help="batch sizes for the parity gate (default 1,7,128)")

@@ -219,7 +219,7 @@ def build_engines(
     out_dir = Path(out_dir)
     ckpt = load_checkpoint(checkpoint_path)
     manifest = reusable_export(out_dir, ckpt.sha256)
-    wanted = None if maf_sampling == "auto" or ckpt.arch != "maf" else maf_sampling
+    wanted = None if maf_sampling == "auto" or ckpt.arch not in ("maf", "iaf") else maf_sampling
     if (
         manifest is None
         or manifest.max_batch < max_batch

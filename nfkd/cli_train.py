@@ -9,7 +9,8 @@ import torch
 
 from .checkpoint import load
 from .cli_checks import check_cli_run, check_teacher
-from .distill import KD_SCALES, METHODS, KDConfig
+from .distill import KD_SCALES, METHODS, KDConfig, default_weights
+from .errors import InputError
 from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
 from .presets import PRESETS, resolve
 from .train import TrainConfig, train_flow
@@ -46,8 +47,26 @@ def _train_config(args) -> TrainConfig:
 
 
 def _overrides(args, arch: str) -> dict:
-    key = "blocks" if arch == "maf" else "steps"
+    key = "blocks" if arch in ("maf", "iaf") else "steps"
     return {key: args.steps_arch, "hidden": args.hidden}
+
+
+def check_student_arch(arch: str, teacher_arch: str, method: str) -> None:
+    """Which student architectures a teacher can be distilled into, with which methods (one clear error)."""
+    from .distill import PARALLEL_METHODS
+
+    if arch == "iaf":
+        if teacher_arch != "maf":
+            raise InputError(f"an iaf student is distilled from a maf teacher; this teacher is {teacher_arch}")
+        if method not in PARALLEL_METHODS:
+            raise InputError(f"--arch iaf trains with --method {'|'.join(PARALLEL_METHODS)}, not {method!r} "
+                             "(the other methods need the student's density direction: D passes per block)")
+    elif arch != teacher_arch:
+        raise InputError(f"a {teacher_arch} teacher distils into a {teacher_arch} student (or --arch iaf from "
+                         f"a maf teacher), not {arch}")
+    elif method in ("rkl", "rkl+skd"):
+        raise InputError(f"--method {method} needs a student that knows its density on its own samples in one "
+                         f"pass: use --arch iaf (with a maf teacher)")
 
 
 def _maybe_init_distributed() -> None:
@@ -66,7 +85,8 @@ def _report(result, flow, data, args) -> None:
 def main_train(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m nfkd train", description="Train a teacher or a plain student.")
     _common(parser)
-    parser.add_argument("--arch", required=True, choices=["glow", "glow1d", "maf"])
+    parser.add_argument("--arch", required=True, choices=["glow", "glow1d", "maf", "iaf"],
+                        help="iaf: a parallel-sampling student (its density costs D passes per block)")
     parser.add_argument("--role", default="teacher", choices=["teacher", "student"])
     args = parser.parse_args(argv)
     check_cli_run(_train_config(args), args.out, args.threads, {"steps_arch": args.steps_arch, "hidden": args.hidden})
@@ -86,9 +106,15 @@ def main_distill(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m nfkd distill", description="Train a student from a teacher.")
     _common(parser)
     parser.add_argument("--teacher", required=True, help="teacher checkpoint (.pt)")
-    parser.add_argument("--method", default="skd", choices=METHODS)
+    parser.add_argument("--arch", default=None, choices=["glow", "glow1d", "maf", "iaf"],
+                        help="student architecture (default: the teacher's); iaf: parallel sampling, distilled "
+                             "from a MAF teacher with --method rkl|skd|rkl+skd")
+    parser.add_argument("--method", default=None, choices=METHODS,
+                        help="default: skd (rkl for --arch iaf); rkl = reverse KL (probability density "
+                             "distillation), rkl+skd adds SKD with shared noise")
     parser.add_argument("--lambda-nll", type=float, default=None, help="λ0 (default: the paper's for the method)")
-    parser.add_argument("--lambda-kd", type=float, default=None, help="λ1, weight of the (I)LKD, density or fkl term")
+    parser.add_argument("--lambda-kd", type=float, default=None,
+                        help="λ1, weight of the (I)LKD, density, fkl or reverse-KL term")
     parser.add_argument("--lambda-skd", type=float, default=None, help="λ2, weight of SKD")
     parser.add_argument("--distance", default="l1", choices=["l1", "mse"], help="(I)LKD distance")
     parser.add_argument("--sample-distance", default="l1", choices=["l1", "mse"])
@@ -103,7 +129,8 @@ def main_distill(argv: list[str]) -> int:
                         help="start the student from the paired teacher blocks (ActNorm, mixing, permutations, "
                              "coupling nets of equal width)")
     parser.add_argument("--teacher-pool", type=int, default=0,
-                        help="density/fkl: draw teacher samples from a pool of this size (0: fresh every step)")
+                        help="density/fkl (and SKD of an iaf student): draw teacher samples from a pool of this "
+                             "size, drawn once (0: fresh every step)")
     args = parser.parse_args(argv)
     check_cli_run(_train_config(args), args.out, args.threads, {"steps_arch": args.steps_arch, "hidden": args.hidden})
     if args.threads:
@@ -113,12 +140,13 @@ def main_distill(argv: list[str]) -> int:
     data = get_data(args.data, args.data_root, seed=args.seed)
     check_teacher(teacher, data)
     torch.manual_seed(args.seed)
-    flow = flow_for(data, resolve(teacher.arch, "student", args.preset, _overrides(args, teacher.arch)))
+    arch = args.arch or teacher.arch
+    args.method = args.method or ("rkl" if arch == "iaf" else "skd")
+    check_student_arch(arch, teacher.arch, args.method)
+    flow = flow_for(data, resolve(arch, "student", args.preset, _overrides(args, arch)))
     weights = None
     if any(v is not None for v in (args.lambda_nll, args.lambda_kd, args.lambda_skd)):
-        from .distill import PAPER_WEIGHTS
-
-        base = PAPER_WEIGHTS[args.method]
+        base = default_weights(args.method, arch)
         weights = tuple(v if v is not None else b for v, b in zip((args.lambda_nll, args.lambda_kd, args.lambda_skd), base))
     kd = KDConfig(method=args.method, weights=weights, latent_distance=args.distance,
                   sample_distance=args.sample_distance, temperature=args.temperature, kd_scale=args.kd_scale,

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .checkpoint import atomic_write_bytes, save
 from .cli_checks import check_train_config
-from .distill import KDConfig, StudentObjective
+from .distill import KDConfig, build_objective
 from .errors import InputError
 from .flows import Flow, initialize_actnorm
 from .train_state import load_into, prepare_metrics, read_train_state, run_fingerprint
@@ -150,7 +150,7 @@ class Trainer:
             from .distill import init_from_teacher
 
             self.metadata["init_from_teacher"] = init_from_teacher(self.flow, self.teacher)
-        self.objective = StudentObjective(self.flow, self.teacher, self.kd)
+        self.objective = build_objective(self.flow, self.teacher, self.kd)
         self.opt = torch.optim.AdamW(self.flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = 0
         self.lr_scale = 1.0

@@ -23,7 +23,7 @@ from export import onnx as export_onnx_mod
 from export.manifest import Manifest, sha256_file
 from export.onnx import export_onnx, main
 from nfkd.errors import ExportError
-from nfkd.flows import MAF, Glow, Glow1D
+from nfkd.flows import IAF, MAF, Glow, Glow1D
 
 from .helpers import perturb
 
@@ -39,6 +39,7 @@ CASES = {
         lambda: MAF(5, blocks=2, hidden=16, activation="tanh", permutation="random"), 0.1,
         {"maf_sampling": "unrolled"},
     ),
+    "iaf": (lambda: IAF(6, blocks=2, hidden=16), 0.1, {}),
 }
 
 _ROOT = Path(tempfile.mkdtemp(prefix="nfkd-export-tests-"))
@@ -95,7 +96,7 @@ def test_manifest_describes_the_graphs(name):
     assert m.parity["log_prob_max_rel_err"] <= m.tolerance["log_prob_rel"] == 1e-4
     assert m.tolerance["sample_abs"] == m.tolerance["sample_rel"] == 1e-3 and not m.fp16
     assert m.opset >= 13 and m.versions["nfkd"] == nfkd.__version__
-    assert m.maf_sampling == ({"maf_bn": "loop", "maf_unrolled": "unrolled"}.get(name))
+    assert m.maf_sampling == ({"maf_bn": "loop", "maf_unrolled": "unrolled", "iaf": "loop"}.get(name))
     dens, samp = m.graphs["density"], m.graphs["sample"]
     assert dens["inputs"] == [{"name": "x", "shape": ["B", *flow.event_shape], "dtype": "float32"}]
     assert [o["name"] for o in dens["outputs"]] == ["log_prob", "latent"]
@@ -153,6 +154,14 @@ def test_maf_loop_graph_uses_an_onnx_loop_and_unrolled_does_not():
     ops = lambda name: {n.op_type for n in onnx.load(str(exported(name)[1] / "sample.onnx")).graph.node}  # noqa: E731
     assert "Loop" in ops("maf_bn")
     assert "Loop" not in ops("maf_unrolled")
+
+
+def test_iaf_sampling_graph_has_no_loop_and_its_density_graph_does():
+    flow, out, m = exported("iaf")
+    ops = lambda f: {n.op_type for n in onnx.load(str(out / f)).graph.node}  # noqa: E731
+    assert "Loop" not in ops("sample.onnx")  # one MADE pass per block
+    assert "Loop" in ops("density.onnx")  # D sequential passes per block, as one ONNX Loop each
+    assert m.arch == "iaf" and m.maf_sampling == "loop" and m.parity["passed"]
 
 
 def test_fp16_export_reports_measured_accuracy(tmp_path):

@@ -16,7 +16,7 @@ import nfkd
 from export.parity import TOLERANCE
 from nfkd import inference
 from nfkd.errors import InputError
-from nfkd.flows import MAF, Glow, Glow1D
+from nfkd.flows import IAF, MAF, Glow, Glow1D
 
 from .helpers import perturb
 
@@ -25,6 +25,7 @@ FLOWS = {
     "glow": lambda: Glow((2, 4, 4), levels=2, steps=2, hidden=8),
     "glow1d": lambda: Glow1D(5, steps=3, hidden=12),
     "maf": lambda: MAF(4, blocks=2, hidden=12, batch_norm=True),
+    "iaf": lambda: IAF(4, blocks=2, hidden=12),
 }
 _MADE: dict[str, nfkd.Flow] = {}
 
@@ -48,7 +49,9 @@ def data(flow: nfkd.Flow, n: int, seed: int) -> torch.Tensor:
 
 
 AVAILABLE = [b.name for b in inference.backends() if b.available and "cpu" in b.devices]
-CASES = [(arch, name) for arch in FLOWS for name in AVAILABLE]
+#: (arch, backend) pairs with nothing to run: no Triton kernel for IAF yet (the folded backend serves it)
+NOT_COVERED = {("iaf", "triton")}
+CASES = [(arch, name) for arch in FLOWS for name in AVAILABLE if (arch, name) not in NOT_COVERED]
 
 
 @pytest.fixture(scope="module")

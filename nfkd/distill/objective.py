@@ -30,7 +30,7 @@ from ..flows.base import standard_normal_logpdf
 from .align import Aligner, rotate_channels
 from .pairing import canonical_latents, canonical_taps, flow_noise, pair_taps
 
-METHODS = ("none", "lkd", "ilkd", "skd", "density", "fkl")
+METHODS = ("none", "lkd", "ilkd", "skd", "density", "fkl", "rkl", "rkl+skd")
 PAPER_METHODS = ("lkd", "ilkd", "skd")
 KD_SCALES = ("paper", "mean")
 PAPER_WEIGHTS: dict[str, tuple[float, float, float]] = {
@@ -40,6 +40,9 @@ PAPER_WEIGHTS: dict[str, tuple[float, float, float]] = {
     "skd": (0.85, 0.075, 0.075),  # SKD runs with ILKD as its latent term
     "density": (1.0, 1.0, 0.0),  # ours: NLL + squared per-dim log-density gap
     "fkl": (0.5, 0.5, 0.0),  # ours: half real data, half teacher samples
+    # parallel students (IAF, ``parallel``): (λ0 NLL on data, λ1 reverse KL, λ2 SKD)
+    "rkl": (0.0, 1.0, 0.0),
+    "rkl+skd": (0.0, 1.0, 1.0),
 }
 
 
@@ -87,7 +90,7 @@ class KDConfig:
     @property
     def needs_noise(self) -> bool:
         """Whether each step needs fresh unit noise (SKD, or fresh teacher samples)."""
-        return self.method == "skd" or (self.method in ("density", "fkl") and self.teacher_pool == 0)
+        return self.method in ("skd", "rkl", "rkl+skd") or (self.method in ("density", "fkl") and self.teacher_pool == 0)
 
 
 @dataclass
@@ -99,6 +102,38 @@ class LossTerms:
 def finite_rows(x: Tensor, limit: float) -> Tensor:
     """Rows that are finite and within ±limit everywhere (the rest counts as overflowed)."""
     return (torch.isfinite(x) & (x.abs() < limit)).flatten(1).all(1)
+
+
+def sample_distance(
+    teacher: Flow, student: Flow, noise: list[Tensor], kd: KDConfig,
+    student_noise: list[Tensor] | None = None, teacher_x: Tensor | None = None,
+) -> tuple[Tensor, int]:
+    """SKD term: mean distance between teacher and student samples decoded from the same canonical noise.
+
+    ``teacher_x`` (the teacher's samples of exactly this noise, e.g. from a cache) skips the
+    teacher's decoding. Rows whose sample overflows (non-finite or beyond the threshold) in either
+    flow are excluded from the mean and counted, never silently zeroed. Returns (mean, excluded rows).
+    """
+    s_noise = flow_noise(student, student_noise if student_noise is not None else noise)
+    if teacher_x is None:
+        with torch.no_grad():
+            teacher_x = teacher.inverse(flow_noise(teacher, noise)).x
+    x_t = teacher_x
+    x_s = student.inverse(s_noise).x
+    lim = kd.overflow_threshold
+    ok = finite_rows(x_t, lim) & finite_rows(x_s.detach(), lim)
+    excluded = int((~ok).sum())
+    if excluded == len(ok):
+        return x_s.sum() * 0.0 if bool(torch.isfinite(x_s).all()) else x_s.new_zeros(()), excluded
+    if excluded:
+        # Decode the good rows again: backpropagating through an overflowed row (0 * inf)
+        # would poison the gradient with NaN even if the row is masked out.
+        x_s = student.inverse([z[ok] for z in s_noise]).x
+        x_t = x_t[ok]
+    norm = getattr(student, "normalize", None)
+    if norm is not None:  # compare in the normalized space: raw feature units would let one column dominate
+        x_s, x_t = norm(x_s)[0], norm(x_t)[0]
+    return distance(x_s, x_t, kd.sample_distance).mean(), excluded
 
 
 class StudentObjective(nn.Module):
@@ -195,33 +230,14 @@ class StudentObjective(nn.Module):
         """SKD: decode the same (temperature-scaled, canonical-order) noise at every level with both flows.
 
         With ``align`` the student decodes the noise rotated by Rᵀ of its final-latent alignment,
-        i.e. the point its own gauge maps onto the teacher's. Rows whose sample overflows
-        (non-finite or beyond the threshold) in either flow are excluded from the mean and
-        counted — never silently zeroed.
+        i.e. the point its own gauge maps onto the teacher's. See ``sample_distance``.
         """
         noise = [z * self.kd.temperature for z in noise]
         s_noise = noise
         if self.aligner is not None:
             s_noise = [rotate_channels(z, self.aligner.rotations[f"latent{i}"].T.to(z.dtype))
                        if f"latent{i}" in self.aligner.rotations else z for i, z in enumerate(noise)]
-        t_noise, s_noise = flow_noise(self.teacher, noise), flow_noise(self.student, s_noise)
-        with torch.no_grad():
-            x_t = self.teacher.inverse(t_noise).x
-        x_s = self.student.inverse(s_noise).x
-        lim = self.kd.overflow_threshold
-        ok = finite_rows(x_t, lim) & finite_rows(x_s.detach(), lim)
-        excluded = int((~ok).sum())
-        if excluded == len(ok):
-            return x_s.sum() * 0.0 if bool(torch.isfinite(x_s).all()) else x_s.new_zeros(()), excluded
-        if excluded:
-            # Decode the good rows again: backpropagating through an overflowed row (0 * inf)
-            # would poison the gradient with NaN even if the row is masked out.
-            x_s = self.student.inverse([z[ok] for z in s_noise]).x
-            x_t = x_t[ok]
-        norm = getattr(self.student, "normalize", None)
-        if norm is not None:  # compare in the normalized space: raw feature units would let one column dominate
-            x_s, x_t = norm(x_s)[0], norm(x_t)[0]
-        return distance(x_s, x_t, self.kd.sample_distance).mean(), excluded
+        return sample_distance(self.teacher, self.student, noise, self.kd, student_noise=s_noise)
 
     # ---- density terms ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,11 +1,12 @@
-"""Flows: one protocol (``nfkd.flows.base.Flow``) for Glow, Glow-1D and MAF."""
+"""Flows: one protocol (``nfkd.flows.base.Flow``) for Glow, Glow-1D, MAF and IAF."""
 from __future__ import annotations
 
 from .base import Flow, FlowOutput, InverseOutput, standard_normal_logpdf
 from .glow import Glow, Glow1D, bits_per_dim
+from .iaf import IAF
 from .maf import MAF
 
-ARCHITECTURES: dict[str, type[Flow]] = {"glow": Glow, "glow1d": Glow1D, "maf": MAF}
+ARCHITECTURES: dict[str, type[Flow]] = {"glow": Glow, "glow1d": Glow1D, "maf": MAF, "iaf": IAF}
 
 
 def build_flow(arch: str, **config) -> Flow:
@@ -27,6 +28,6 @@ def initialize_actnorm(flow: Flow, x) -> None:
 
 
 __all__ = [
-    "ARCHITECTURES", "Flow", "FlowOutput", "InverseOutput", "Glow", "Glow1D", "MAF",
+    "ARCHITECTURES", "Flow", "FlowOutput", "InverseOutput", "Glow", "Glow1D", "IAF", "MAF",
     "bits_per_dim", "build_flow", "initialize_actnorm", "standard_normal_logpdf",
 ]

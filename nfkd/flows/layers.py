@@ -364,20 +364,57 @@ class MADE(Bijection):
         mu, alpha = self._mu_alpha(x)
         return u * torch.exp(alpha) + mu
 
-    def inverse(self, u: Tensor) -> Tensor:
+    def _solve(self, like: Tensor, one_pass, passes: int) -> Tensor:
+        """``passes`` autoregressive passes from zeros: after pass i, coordinates 0..i are exact.
+
+        The one loop behind both sequential directions (MAF sampling, IAF density), in either
+        ``inverse_mode`` (Python-unrolled, or one ``torch.while_loop`` for an ONNX ``Loop``).
+        """
+        start = torch.zeros_like(like)
+        if passes <= 0:
+            return start
         if self.inverse_mode == "graph_loop":
-            def cond(i: Tensor, x: Tensor) -> Tensor:
-                return i < self.dim
+            def cond(i: Tensor, h: Tensor) -> Tensor:
+                return i < passes
 
-            def body(i: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-                return i + 1, self._inverse_pass(x, u)
+            def body(i: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+                return i + 1, one_pass(h)
 
-            start = (torch.zeros((), dtype=torch.int64, device=u.device), torch.zeros_like(u))
-            return torch.while_loop(cond, body, start)[1]
-        x = torch.zeros_like(u)
-        for _ in range(self.dim):
-            x = self._inverse_pass(x, u)
-        return x
+            return torch.while_loop(cond, body, (torch.zeros((), dtype=torch.int64, device=like.device), start))[1]
+        h = start
+        for _ in range(passes):
+            h = one_pass(h)
+        return h
+
+    def inverse(self, u: Tensor) -> Tensor:
+        return self._solve(u, lambda x: self._inverse_pass(x, u), self.dim)
+
+
+class InverseMADE(MADE):
+    """The same Gaussian MADE used the other way round: one block of an IAF (Kingma et al. 2016).
+
+    Sampling (z -> x) is one pass, x = z * exp(alpha(z_<i)) + mu(z_<i), the MAF's sampling step with
+    the conditioner reading the noise instead of the output; the density direction (x -> z) solves
+    z = (x - mu(z)) * exp(-alpha(z)) in D sequential passes (exact, triangular). Same parameters,
+    masks, clamp and state-dict keys as ``MADE``, so folding, init and export treat it as a MADE.
+    """
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        def one_pass(z: Tensor) -> Tensor:
+            mu, alpha = self._mu_alpha(z)
+            return (x - mu) * torch.exp(-alpha)
+
+        z = self._solve(x, one_pass, self.dim - 1)  # the last coordinate comes with alpha below
+        mu, alpha = self._mu_alpha(z)
+        return (x - mu) * torch.exp(-alpha), -alpha.sum(1)
+
+    def inverse_and_logdet(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """x and log|det dx/dz| from one pass (what probability density distillation needs)."""
+        mu, alpha = self._mu_alpha(z)
+        return z * torch.exp(alpha) + mu, alpha.sum(1)
+
+    def inverse(self, z: Tensor) -> Tensor:
+        return self._inverse_pass(z, z)
 
 
 class Permutation(Bijection):

@@ -11,9 +11,10 @@ from .layers import MADE, BatchNormFlow, FixedAffine, Permutation
 class MAFBlock(nn.Module):
     """MADE, optional batch-norm, then a fixed permutation (order reversal by default)."""
 
-    def __init__(self, dim: int, hidden: int, n_hidden: int, activation: str, batch_norm: bool, perm: Tensor) -> None:
+    def __init__(self, dim: int, hidden: int, n_hidden: int, activation: str, batch_norm: bool, perm: Tensor,
+                 made: type[MADE] = MADE) -> None:
         super().__init__()
-        self.made = MADE(dim, hidden, n_hidden, activation)
+        self.made = made(dim, hidden, n_hidden, activation)
         self.bn = BatchNormFlow(dim) if batch_norm else None
         self.perm = Permutation(perm)
 
@@ -31,6 +32,19 @@ class MAFBlock(nn.Module):
         for layer in reversed(self.layers()):
             y = layer.inverse(y)
         return y
+
+
+def block_permutations(dim: int, blocks: int, activation: str, permutation: str, seed: int) -> list[Tensor]:
+    """The fixed permutation after each block (checks the shared MAF / IAF options too)."""
+    if activation not in ("relu", "tanh"):
+        raise ValueError("activation must be 'relu' or 'tanh'")
+    if permutation not in ("reverse", "random"):
+        raise ValueError("permutation must be 'reverse' or 'random'")
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.arange(dim - 1, -1, -1) if permutation == "reverse" else torch.randperm(dim, generator=g)
+        for _ in range(blocks)
+    ]
 
 
 class MAF(ChainFlow):
@@ -59,19 +73,11 @@ class MAF(ChainFlow):
     ) -> None:
         super().__init__(dim=dim, blocks=blocks, hidden=hidden, n_hidden=n_hidden, activation=activation,
                          batch_norm=batch_norm, permutation=permutation, seed=seed)
-        if activation not in ("relu", "tanh"):
-            raise ValueError("activation must be 'relu' or 'tanh'")
-        if permutation not in ("reverse", "random"):
-            raise ValueError("permutation must be 'reverse' or 'random'")
         self._dim = dim
         self.normalize = FixedAffine(dim)
-        g = torch.Generator().manual_seed(seed)
-        perms = [
-            torch.arange(dim - 1, -1, -1) if permutation == "reverse" else torch.randperm(dim, generator=g)
-            for _ in range(blocks)
-        ]
         self.blocks = nn.ModuleList(
-            [MAFBlock(dim, hidden, n_hidden, activation, batch_norm, p) for p in perms]
+            [MAFBlock(dim, hidden, n_hidden, activation, batch_norm, p)
+             for p in block_permutations(dim, blocks, activation, permutation, seed)]
         )
 
     def chain(self) -> nn.ModuleList:
