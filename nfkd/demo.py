@@ -35,6 +35,17 @@ def measure_throughput(runners: dict[str, Any], x: np.ndarray, rounds: int = 5) 
     return interleaved_medians({k: (lambda r=r: r.log_prob(x)) for k, r in runners.items()}, len(x), rounds)
 
 
+def measure_sampling(flows: dict[str, Any], seed: int, n: int = 4096, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Median seconds to draw n samples with each eager flow (the same noise), interleaved."""
+    noise = next(iter(flows.values())).sample_noise(n, generator=torch.Generator().manual_seed(seed))
+
+    def draw(flow: Any) -> None:
+        with torch.no_grad():
+            flow.sample(n, noise=noise)
+
+    return interleaved_medians({k: (lambda f=f: draw(f)) for k, f in flows.items()}, n, rounds)
+
+
 def plot_samples(data: np.ndarray, samples: dict[str, np.ndarray], path: Path, cols: tuple[int, int]) -> None:
     import matplotlib
 
@@ -81,7 +92,8 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
     chosen = method is not None
     method, why = (method, "chosen with --method") if chosen else BEST_BY_ARCH[arch]
     get_variant(method)  # a typo fails before any training
-    methods = list(dict.fromkeys(["none", "skd", method]))
+    # A MAF teacher also gets the parallel-sampling IAF student (one MADE pass per block to sample).
+    methods = list(dict.fromkeys(["none", "skd", method, *(["iaf"] if arch == "maf" else [])]))
     out.mkdir(parents=True, exist_ok=True)
     runs = out / "runs"
     data = get_data(data_name, seed=seed)
@@ -97,8 +109,11 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
     t_res, students, results = train_family(data, arch, TrainConfig(steps=teacher_steps, **base),
                                             TrainConfig(steps=student_steps, **base), runs, seed,
                                             methods=methods, log=lambda m: log(f"  {m}"))
-    best = max(students, key=lambda m: results[m]["log_likelihood"])  # by test LL for the report only
-    best_by_val = min(students, key=lambda m: -evaluate(students[m], data, "val")["log_likelihood"])
+    # The exported student serves densities: the IAF student (D passes per block for a density) is
+    # there for sampling and is not a candidate.
+    density_students = [m for m in students if get_variant(m).student_arch is None]
+    best = max(density_students, key=lambda m: results[m]["log_likelihood"])  # by test LL for the report only
+    best_by_val = min(density_students, key=lambda m: -evaluate(students[m], data, "val")["log_likelihood"])
     log(f"  best student by validation LL: {best_by_val}")
 
     # Export the best student (chosen on validation data) with the parity gate, through the one door.
@@ -132,13 +147,14 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
     var = np.argsort(-np.abs(np.corrcoef(data.train.T) - np.eye(data.dim)).max(0))[:2]
     plot_samples(data.train, samples, out / "samples.png", (int(var[0]), int(var[1])))
     plot_throughput(tp, out / "throughput.png")
+    sampling = measure_sampling({"teacher": t_res.flow, **students}, seed) if "iaf" in students else {}
     for name in ["teacher", *students]:
         if (runs / name.replace(":", "_") / "loss_curve.png").exists():
             shutil.copy(runs / name.replace(":", "_") / "loss_curve.png", out / f"loss_curve_{name}.png")
     report = {"dataset": data_name, "arch": arch, "dim": data.dim, "splits": data.sizes, "results": results,
               "methods": methods, "kd_method": method, "kd_method_why": why,
               "best_student_by_val": best_by_val, "best_student_by_test": best, "export": export_info,
-              "throughput_batch4096": tp, "threads": threads}
+              "throughput_batch4096": tp, "sampling_batch4096": sampling, "threads": threads}
     _write_report(out, report)  # the tabular results are kept even if the image part fails
     if image_data:
         report["images"] = run_image_demo(out, image_data, *image_steps, seed=seed, fid_n=fid_n, log=log,
@@ -180,6 +196,11 @@ def render_report(r: dict[str, Any]) -> str:
               "| backend | ms / batch | rows / s | vs eager teacher |", "|---|---:|---:|---:|"]
     for name, v in r["throughput_batch4096"].items():
         lines.append(f"| {name} | {1000 * v['median_s']:.2f} | {v['rows_per_s']:,.0f} | {v['speedup_vs_eager_teacher']:.2f}x |")
+    if r.get("sampling_batch4096"):
+        lines += ["", f"## Sampling time, batch 4096, {r['threads']} threads, eager (median of interleaved rounds)", "",
+                  "| model | ms / batch | samples / s |", "|---|---:|---:|"]
+        for name, v in r["sampling_batch4096"].items():
+            lines.append(f"| {LABELS[name]} | {1000 * v['median_s']:.2f} | {v['rows_per_s']:,.0f} |")
     lines += ["", "![samples](samples.png)", "", "![throughput](throughput.png)", ""]
     lines += [f"![loss {n}](loss_curve_{n}.png)" for n in res]
     text = "\n".join(lines) + "\n"

@@ -5,7 +5,10 @@
 ``warm-start`` every method continues one trained no-KD student. Each seed trains its own teacher.
 Results are test log-likelihoods (nats, higher is better; bpd for images, lower is better), mean
 ± std over seeds, with the share of the teacher-student gap that each method closes:
-(LL_method − LL_noKD) / (LL_teacher − LL_noKD).
+(LL_method − LL_noKD) / (LL_teacher − LL_noKD). On tables each model's samples are also scored
+without its own density: the teacher's log-density of them and their energy distance to the test
+split (``nfkd.metrics.tabular``). With a MAF teacher, the ``iaf`` methods train an IAF student
+(one-pass sampling) of the MAF student's size beside the MAF students.
 """
 from __future__ import annotations
 
@@ -19,12 +22,16 @@ from typing import Any
 
 import torch
 
+from .data.splits import TabularSplits
 from .distill.variants import PAPER_VARIANTS, VARIANTS, describe_variants, get_variant
+from .errors import InputError
+from .metrics.tabular import sample_quality
 from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
-from .presets import resolve
+from .presets import resolve, student_preset
 from .train import TrainConfig, TrainResult, train_flow
 
 PROTOCOLS = ("equal-budget", "warm-start")
+QUALITY_KEYS = ("teacher_ll_of_samples", "energy_distance")
 ROWS = ["teacher", "base", *VARIANTS]
 LABELS = {"teacher": "Teacher", "base": "Student (no KD, before the extra steps)",
           **{v.name: v.label for v in VARIANTS.values()}}
@@ -60,7 +67,8 @@ def train_family(data: Any, arch: str, teacher_cfg: TrainConfig, student_cfg: Tr
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     td, meta = train_data(data), data_metadata(data)
     teacher, t_seconds = _teacher(data, arch, teacher_cfg, runs_dir / "teacher", preset, seed, reuse_teacher, meta)
-    results: dict[str, Any] = {"teacher": {**evaluate(teacher, data), "seconds": t_seconds}}
+    quality = _quality_fn(teacher, data, seed)
+    results: dict[str, Any] = {"teacher": {**evaluate(teacher, data), "seconds": t_seconds, **quality(teacher)}}
     log(f"teacher: {_describe(results['teacher'])} ({t_seconds:.0f} s)")
     base_state, cfg = None, student_cfg
     if protocol == "warm-start":
@@ -68,7 +76,7 @@ def train_family(data: Any, arch: str, teacher_cfg: TrainConfig, student_cfg: Tr
         base = flow_for(data, resolve(arch, "student", preset))
         b_res = train_flow(base, td, student_cfg, runs_dir / "base", metadata={**meta, "role": "student", "method": "base"})
         base_state = b_res.flow.state_dict()
-        results["base"] = {**evaluate(b_res.flow, data), "seconds": b_res.seconds}
+        results["base"] = {**evaluate(b_res.flow, data), "seconds": b_res.seconds, **quality(b_res.flow)}
         log(f"base: {_describe(results['base'])} ({b_res.seconds:.0f} s)")
         cfg = replace(student_cfg, steps=student_cfg.steps if warm_steps is None else warm_steps)
     students = {}
@@ -76,21 +84,41 @@ def train_family(data: Any, arch: str, teacher_cfg: TrainConfig, student_cfg: Tr
         variant = get_variant(method)
         kd = variant.config(seed=seed)
         torch.manual_seed(seed)
-        student = flow_for(data, resolve(arch, "student", preset))
+        student_arch = variant.student_arch or arch
+        student = flow_for(data, resolve(student_arch, "student", student_preset(preset, student_arch)))
         if base_state is not None:
             student.load_state_dict(base_state)
             kd = replace(kd, init_from_teacher=False)  # the warm start is the initialisation
             if cfg.steps == 0:  # no extra steps: every student is the base student (nothing to train)
                 students[method] = student.eval()
-                results[method] = {**evaluate(student, data), "seconds": 0.0, "skd_excluded": 0}
+                results[method] = {**evaluate(student, data), "seconds": 0.0, "skd_excluded": 0, **quality(student)}
                 continue
         res = train_flow(student, td, cfg, runs_dir / method.replace(":", "_"),
                          teacher=teacher if kd.needs_teacher else None, kd=kd,
                          metadata={**meta, "role": "student", "method": method, "protocol": protocol})
         students[method] = res.flow
-        results[method] = {**evaluate(res.flow, data), "seconds": res.seconds, "skd_excluded": res.skd_excluded}
+        results[method] = {**evaluate(res.flow, data), "seconds": res.seconds, "skd_excluded": res.skd_excluded,
+                           **quality(res.flow)}
         log(f"{method}: {_describe(results[method])} ({res.seconds:.0f} s)")
     return TrainResult(teacher, math.nan, -1, 0, t_seconds), students, results
+
+
+def _quality_fn(teacher: Any, data: Any, seed: int):
+    """Tables: each model's samples scored by the teacher and against the test split; images: nothing."""
+    if not isinstance(data, TabularSplits):
+        return lambda flow: {}
+    return lambda flow: sample_quality(flow, teacher, data.test, data.mean, data.std, seed=seed)
+
+
+def check_methods(arch: str, methods: list[str], protocol: str = "equal-budget") -> None:
+    """Every method exists and fits the teacher architecture and protocol (before any training)."""
+    for m in methods:
+        v = get_variant(m)
+        if not v.applies_to(arch):
+            raise InputError(f"method {m!r} trains an {v.student_arch} student, which needs a maf teacher (--arch maf)")
+        if v.student_arch is not None and protocol == "warm-start":
+            raise InputError(f"method {m!r} trains an {v.student_arch} student, which cannot continue the "
+                             f"{arch} base student: use --protocol equal-budget")
 
 
 def _describe(r: dict[str, Any]) -> str:
@@ -103,8 +131,7 @@ def run_experiment(data_name: str, arch: str, seeds: int, out: Path, preset: str
                    log=print, protocol: str = "equal-budget", warm_steps: int | None = None,
                    reuse_teachers: bool = False) -> dict[str, Any]:
     methods = methods or PAPER_VARIANTS
-    for m in methods:
-        get_variant(m)  # fail before any training
+    check_methods(arch, methods, protocol)  # fail before any training
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, Any]]] = {}
     for seed in range(seeds):
@@ -140,6 +167,11 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, floa
             "mean": statistics.fmean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
             "params": rs[0]["params"], "seconds": statistics.fmean(r["seconds"] for r in rs), "n": len(scores),
         }
+        for key in QUALITY_KEYS:
+            vals = [r[key] for r in rs if key in r]
+            if len(vals) == len(rs):
+                out[name][key] = statistics.fmean(vals)
+                out[name][key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
     if "teacher" in out and "none" in out:
         gap = out["teacher"]["mean"] - out["none"]["mean"]
         base = [_score(r) for r in runs["none"]]
@@ -175,6 +207,15 @@ def markdown_table(result: dict[str, Any]) -> str:
         key = f" (`{name}`)" if name in VARIANTS else ""
         lines.append(f"| {LABELS[name]}{key} | {row['params'] / 1000:.1f}k | {row['mean']:.3f} ± {row['std']:.3f} | {delta} | "
                      f"{wins} | {gap} | {row['seconds']:.0f} |")
+    names = [r for r in ROWS if r in s and all(k in s[r] for k in QUALITY_KEYS)]
+    if names:
+        lines += ["", "Samples, scored without the model's own density (2000 samples per model; energy distance "
+                  "to the test split in standardized units, lower is better):", "",
+                  "| model | teacher log-density of its samples | energy distance to test data |", "|---|---:|---:|"]
+        for name in names:
+            row = s[name]
+            lines.append(f"| {LABELS[name]} | {row['teacher_ll_of_samples']:.3f} ± {row['teacher_ll_of_samples_std']:.3f} "
+                         f"| {row['energy_distance']:.4f} ± {row['energy_distance_std']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -183,7 +224,8 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="dataset name (required unless only listing methods)")
     parser.add_argument("--data-root", default=None)
-    parser.add_argument("--arch", default=None, choices=["glow", "glow1d", "maf"])
+    parser.add_argument("--arch", default=None, choices=["glow", "glow1d", "maf"],
+                        help="the teacher's architecture (maf: the iaf methods add IAF students)")
     parser.add_argument("--preset", default=None)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--teacher-steps", type=int, default=3000)
@@ -204,9 +246,11 @@ def main(argv: list[str]) -> int:
         return 0
     if args.data is None or args.arch is None:
         parser.error("--data and --arch are required to run an experiment")
-    methods = list(VARIANTS) if args.methods == ["all"] else (args.methods or PAPER_VARIANTS)
-    for m in methods:
-        get_variant(m)
+    if args.methods == ["all"]:
+        methods = [m for m, v in VARIANTS.items() if v.applies_to(args.arch)]
+    else:
+        methods = args.methods or PAPER_VARIANTS
+    check_methods(args.arch, methods, args.protocol)
     if args.threads:
         torch.set_num_threads(args.threads)
     base = dict(batch_size=args.batch_size, lr=args.lr, eval_every=100, patience=10, progress=False)

@@ -64,6 +64,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 DEFAULT_PRESET = {"glow1d": "glow1d-cpu", "maf": "maf-cpu", "iaf": "iaf-cpu", "glow": "glow-cpu"}
 
 
+#: The IAF student that sits beside a MAF preset's students (same size as its MAF student).
+IAF_OF_MAF = {"maf-paper": "iaf-paper", "maf-cpu": "iaf-cpu"}
+
+
+def student_preset(preset: str | None, student_arch: str) -> str | None:
+    """The preset of a student of ``student_arch`` under a teacher preset (an IAF beside a MAF preset)."""
+    return IAF_OF_MAF.get(preset, preset) if student_arch == "iaf" else preset
+
+
 def resolve(arch: str, role: str, preset: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config (with 'arch') for a role ('teacher' or 'student') of a preset."""
     name = preset or DEFAULT_PRESET.get(arch)

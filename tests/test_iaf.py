@@ -254,3 +254,36 @@ def test_cli_distill_arch_iaf(tmp_path, capsys):
     assert "--arch iaf trains with --method rkl|skd|rkl+skd" in capsys.readouterr().err
     assert main(["distill", *common, "--teacher", teacher, "--method", "rkl", "--out", str(tmp_path / "bad2")]) == 2
     assert "--arch iaf" in capsys.readouterr().err
+
+
+def test_energy_distance_matches_scipy_and_separates():
+    from scipy.stats import energy_distance as scipy_ed
+
+    from nfkd.metrics.tabular import energy_distance
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(300, 1, generator=g, dtype=D64), torch.randn(200, 1, generator=g, dtype=D64) + 0.7
+    want = scipy_ed(a[:, 0].numpy(), b[:, 0].numpy()) ** 2  # scipy: sqrt of the V-statistic
+    assert energy_distance(a, b, unbiased=False) == pytest.approx(want, rel=1e-10)
+    same = energy_distance(torch.randn(400, 3, generator=g), torch.randn(400, 3, generator=g))
+    assert abs(same) < 0.02 < energy_distance(torch.randn(400, 3, generator=g), torch.randn(400, 3, generator=g) + 0.5)
+
+
+def test_experiment_has_an_iaf_student_row_and_sample_quality(tmp_path):
+    from nfkd.experiment import check_methods, markdown_table, run_experiment
+    from nfkd.train import TrainConfig
+
+    cfg = TrainConfig(steps=10, batch_size=32, eval_every=5, progress=False, warmup=2)
+    res = run_experiment("wine", "maf", 1, tmp_path, teacher_cfg=cfg, student_cfg=cfg, methods=["none", "iaf"],
+                         log=lambda *_: None)
+    iaf = res["runs"]["iaf"][0]
+    assert iaf["arch"] == "iaf" and iaf["nonfinite"] == 0 and res["runs"]["none"][0]["arch"] == "maf"
+    assert iaf["params"] == res["runs"]["none"][0]["params"] > 0  # the MAF student's size (maf-cpu / iaf-cpu)
+    for name in ("teacher", "none", "iaf"):
+        assert {"teacher_ll_of_samples", "energy_distance"} <= set(res["runs"][name][0])
+    table = markdown_table(res)
+    assert "| IAF student (distilled) (`iaf`) |" in table and "teacher log-density of its samples" in table
+    with pytest.raises(InputError, match="needs a maf teacher"):
+        check_methods("glow1d", ["iaf"])
+    with pytest.raises(InputError, match="equal-budget"):
+        check_methods("maf", ["iaf"], "warm-start")

@@ -19,6 +19,11 @@ class Variant:
     label: str
     kd: dict[str, Any] = field(default_factory=dict)
     about: str = ""
+    student_arch: str | None = None  # None: the teacher's architecture; "iaf": a parallel-sampling student
+
+    def applies_to(self, arch: str) -> bool:
+        """Whether a teacher of this architecture can be distilled with this recipe."""
+        return self.student_arch is None or (self.student_arch == "iaf" and arch == "maf")
 
     def config(self, **overrides: Any) -> KDConfig:
         return replace(KDConfig(**self.kd), **overrides)
@@ -44,6 +49,13 @@ _ALL = [
             "no-KD student started from the paired teacher blocks"),
     Variant("fkl+init", "Forward KL + init", {"method": "fkl", "teacher_pool": 50_000, "init_from_teacher": True},
             "forward KL, started from the paired teacher blocks"),
+    Variant("iaf", "IAF student (distilled)", {"method": "rkl+skd", "teacher_pool": 4096},
+            "MAF teacher only: IAF student (one-pass sampling), reverse KL + SKD (4096 cached teacher samples)",
+            student_arch="iaf"),
+    Variant("iaf:rkl", "IAF student, reverse KL", {"method": "rkl"},
+            "MAF teacher only: IAF student, probability density distillation alone", student_arch="iaf"),
+    Variant("iaf:skd", "IAF student, SKD", {"method": "skd", "teacher_pool": 4096},
+            "MAF teacher only: IAF student, shared-noise sample distance alone", student_arch="iaf"),
 ]
 VARIANTS: dict[str, Variant] = {v.name: v for v in _ALL}
 PAPER_VARIANTS = ["none", "lkd", "ilkd", "skd"]
