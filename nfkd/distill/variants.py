@@ -52,6 +52,10 @@ _ALL = [
     Variant("iaf", "IAF student (distilled)", {"method": "rkl+skd", "teacher_pool": 4096},
             "MAF teacher only: IAF student (one-pass sampling), reverse KL + SKD (4096 cached teacher samples)",
             student_arch="iaf"),
+    Variant("iaf+nll", "IAF student (distilled + NLL)",
+            {"method": "rkl+skd", "teacher_pool": 4096, "weights": (0.1, 1.0, 1.0)},
+            "MAF teacher only: IAF student, reverse KL + SKD + 0.1 NLL on data (D passes per step: covers the "
+            "data that reverse KL, which seeks modes, leaves out)", student_arch="iaf"),
     Variant("iaf:rkl", "IAF student, reverse KL", {"method": "rkl"},
             "MAF teacher only: IAF student, probability density distillation alone", student_arch="iaf"),
     Variant("iaf:skd", "IAF student, SKD", {"method": "skd", "teacher_pool": 4096},
