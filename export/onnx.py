@@ -348,7 +348,7 @@ def export_onnx(
     maf_sampling: str = "auto",
     *,
     max_batch: int = DEFAULT_MAX_BATCH,
-    parity_batches: Sequence[int] = parity.DEFAULT_BATCHES,
+    parity_batches: Sequence[int] | None = None,
 ) -> Manifest:
     """Export ``checkpoint_path`` to ``out_dir/{density,sample}.onnx`` + ``manifest.json``, parity-gated.
 
@@ -359,6 +359,8 @@ def export_onnx(
     flow = ckpt.flow.eval()
     if max_batch < 1:
         raise ExportError(f"max_batch must be positive, got {max_batch}")
+    if parity_batches is None:  # the default set, capped at what the graphs are exported for
+        parity_batches = sorted({min(b, max_batch) for b in parity.DEFAULT_BATCHES})
     if any(b < 1 or b > max_batch for b in parity_batches):
         raise ExportError(f"parity batches {list(parity_batches)} must lie in [1, max_batch={max_batch}]")
     models, mode, notes = build_graphs(flow, fp16=fp16, opset=opset, maf_sampling=maf_sampling, max_batch=max_batch)
@@ -430,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--maf-sampling", choices=MAF_SAMPLING_CHOICES, default="auto",
                     help="MAF sampling graph (IAF: density graph): ONNX Loop or unrolled D passes (auto: loop)")
     ap.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch runtimes accept")
-    ap.add_argument("--parity-batches", type=_batches, default=list(parity.DEFAULT_BATCHES),
+    ap.add_argument("--parity-batches", type=_batches, default=None,
                     help="batch sizes for the parity gate (default 1,7,128)")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else default_out_dir(args.checkpoint)

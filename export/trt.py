@@ -194,6 +194,57 @@ def _gpu_name() -> str:
     return f"{p.name} (sm_{p.major}{p.minor})"
 
 
+def _graphs_for(checkpoint_path, out_dir: Path, ckpt, *, max_batch: int, opset: int | None, maf_sampling: str):
+    """The parity-gated ONNX export the engines are built from: reused when it covers the request."""
+    from .manifest import reusable_export
+    from .onnx import export_onnx
+
+    manifest = reusable_export(out_dir, ckpt.sha256)
+    wanted = None if maf_sampling == "auto" or ckpt.arch not in ("maf", "iaf") else maf_sampling
+    if (
+        manifest is None
+        or manifest.max_batch < max_batch
+        or (wanted and manifest.maf_sampling != wanted)
+        or (opset and manifest.opset != opset)
+    ):
+        manifest = export_onnx(
+            checkpoint_path, out_dir, fp16=False, opset=opset, maf_sampling=maf_sampling, max_batch=max(max_batch, 2)
+        )
+    return manifest
+
+
+def _gate(trt, flow, engines: dict[str, "TrtEngine"], n_levels: int, *, fp16: bool, batches: list[int], device: str):
+    """Run both engines on the GPU through the export parity gate (raises ExportError on failure)."""
+    from . import parity
+
+    def density(x):
+        out = engines["density"].run({"x": x})
+        return out["log_prob"], out["latent"]
+
+    def sample(noise, temperature):
+        feeds = {f"noise_{i}": z for i, z in enumerate(noise[:n_levels])}
+        feeds["temperature"] = np.asarray([temperature], np.float32)
+        return engines["sample"].run(feeds)["x"]
+
+    return parity.check_parity(flow, density, sample, fp16=fp16, batches=batches,
+                               runtime=f"TensorRT {trt.__version__} on {device}")
+
+
+def _install(out_dir: Path, manifest, plans: dict[str, bytes], record: dict) -> None:
+    """Move the gated plans into place, then record them in the manifest (plans first: a crash in
+    between leaves a manifest that does not name them, never one naming missing files)."""
+    from .artifacts import atomic_file
+    from .manifest import sha256_bytes
+
+    for name, plan in plans.items():
+        atomic_file(out_dir / PLAN_FILES[name], plan)
+    manifest.engines = {
+        **{name: {"file": PLAN_FILES[name], "sha256": sha256_bytes(plan)} for name, plan in plans.items()},
+        **record,
+    }
+    manifest.save(out_dir)
+
+
 def build_engines(
     checkpoint_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -212,52 +263,23 @@ def build_engines(
     from nfkd.checkpoint import load_checkpoint
 
     from . import parity
-    from .artifacts import atomic_file
-    from .manifest import reusable_export, sha256_bytes
-    from .onnx import export_onnx
 
     out_dir = Path(out_dir)
     ckpt = load_checkpoint(checkpoint_path)
-    manifest = reusable_export(out_dir, ckpt.sha256)
-    wanted = None if maf_sampling == "auto" or ckpt.arch not in ("maf", "iaf") else maf_sampling
-    if (
-        manifest is None
-        or manifest.max_batch < max_batch
-        or (wanted and manifest.maf_sampling != wanted)
-        or (opset and manifest.opset != opset)
-    ):
-        manifest = export_onnx(
-            checkpoint_path, out_dir, fp16=False, opset=opset, maf_sampling=maf_sampling, max_batch=max(max_batch, 2)
+    manifest = _graphs_for(checkpoint_path, out_dir, ckpt, max_batch=max_batch, opset=opset, maf_sampling=maf_sampling)
+    plans = {
+        name: build_engine(
+            trt, (out_dir / manifest.graphs[name]["file"]).read_bytes(), fp16=fp16, min_batch=min_batch,
+            opt_batch=opt_batch, max_batch=max_batch, timing_cache=out_dir / TIMING_CACHE,
+            workspace_bytes=int(workspace_gib * (1 << 30)), what=name,
         )
-    cache = out_dir / TIMING_CACHE
-    plans = {}
-    for name in ("density", "sample"):
-        onnx_bytes = (out_dir / manifest.graphs[name]["file"]).read_bytes()
-        plans[name] = build_engine(
-            trt, onnx_bytes, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-            timing_cache=cache, workspace_bytes=int(workspace_gib * (1 << 30)), what=name,
-        )
-    engines = {name: TrtEngine(trt, plan) for name, plan in plans.items()}
-    n_levels = len(manifest.noise_shapes)
-
-    def density(x):
-        out = engines["density"].run({"x": x})
-        return out["log_prob"], out["latent"]
-
-    def sample(noise, temperature):
-        feeds = {f"noise_{i}": z for i, z in enumerate(noise[:n_levels])}
-        feeds["temperature"] = np.asarray([temperature], np.float32)
-        return engines["sample"].run(feeds)["x"]
-
-    batches = sorted({min_batch, min(7, max_batch), max_batch} - {0})
+        for name in ("density", "sample")
+    }
     device = _gpu_name()
-    res = parity.check_parity(
-        ckpt.flow, density, sample, fp16=fp16, batches=batches, runtime=f"TensorRT {trt.__version__} on {device}"
-    )
-    for name, plan in plans.items():
-        atomic_file(out_dir / PLAN_FILES[name], plan)
-    manifest.engines = {
-        **{name: {"file": PLAN_FILES[name], "sha256": sha256_bytes(plan)} for name, plan in plans.items()},
+    res = _gate(trt, ckpt.flow, {name: TrtEngine(trt, plan) for name, plan in plans.items()},
+                len(manifest.noise_shapes), fp16=fp16,
+                batches=sorted({min_batch, min(7, max_batch), max_batch} - {0}), device=device)
+    _install(out_dir, manifest, plans, {
         "fp16": bool(fp16),
         "profile": {"min": min_batch, "opt": opt_batch, "max": max_batch},
         "tensorrt": trt.__version__,
@@ -266,8 +288,7 @@ def build_engines(
         "workspace_gib": workspace_gib,
         "parity": res,
         "tolerance": {**parity.tolerance_for(fp16), "definition": parity.TOLERANCE_DEFINITION},
-    }
-    manifest.save(out_dir)
+    })
     return manifest
 
 

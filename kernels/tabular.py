@@ -6,6 +6,8 @@ each program reads every weight once per step/block from one packed buffer (L2-r
 across its BLOCK_B rows).  The packed buffer is derived once from ``fold()`` output (cached on the
 folded module, invalidated when its buffers change) - it is a re-layout, not a second model:
 
+* the layout (which field sits where) is described once, in ``kernels/layout.py``: the packer
+  writes by it and the kernels read their compile-time offsets from it;
 * every matrix is stored transposed ([in, out], row-major) and zero-padded to powers of two
   (DP = pow2(D) >= 16, HP = pow2(hidden) >= 16, so ``tl.dot`` shapes are legal); the zero padding
   keeps padded columns exactly 0 through the whole flow, masks handle the tails of rows/columns;
@@ -43,8 +45,12 @@ import triton.language as tl  # noqa: E402
 
 from nfkd.flows.base import LOG_2PI  # noqa: E402
 
+from . import layout  # noqa: E402
 from ._device import mm as _mm  # noqa: E402
 from .configs import DOT_PRECISION  # noqa: E402  fp32 exact; "tf32x3" is the tensor-core alternative (bench)
+
+__all__ = ["tabular_log_prob", "maf_sample", "glow1d_sample", "tabular_sample", "pack", "unpack", "supports",
+           "reference_log_prob", "reference_sample"]
 
 # the widest padded dims with a checked launch configuration (kernels/configs.py); wider: PyTorch
 MAX_D = max(dict(c.shape)["DP"] for c in _configs.CONFIGS if c.kernel in ("glow1d_log_prob", "maf_log_prob"))
@@ -88,36 +94,24 @@ def _act(x, TANH: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 # Glow-1D
 # ---------------------------------------------------------------------------------------------
-def _glow1d_offsets(DP: int, HP: int) -> dict[str, int]:
-    o = {}
-    o["WT"] = 0
-    o["B"] = o["WT"] + DP * DP
-    o["WIT"] = o["B"] + DP
-    o["BI"] = o["WIT"] + DP * DP
-    o["W0"] = o["BI"] + DP
-    o["B0"] = o["W0"] + DP * HP
-    o["W1"] = o["B0"] + HP
-    o["B1"] = o["W1"] + HP * HP
-    o["W2S"] = o["B1"] + HP
-    o["B2S"] = o["W2S"] + HP * DP
-    o["W2C"] = o["B2S"] + DP
-    o["B2C"] = o["W2C"] + HP * DP
-    o["STEP"] = o["B2C"] + DP
-    return o
+@triton.constexpr_function
+def _g1d(name: str, DP: int, HP: int) -> int:
+    """Offset of a Glow-1D step field (``"SIZE"``: the step's length), from ``kernels.layout``."""
+    return layout.offsets(layout.glow1d_step_fields(DP, HP))[name]
 
 
 @device_fn
 def _g1d_net(h, base, i_dh, i_hh, i_hd, DP: tl.constexpr, HP: tl.constexpr, ADDITIVE: tl.constexpr,
              USE_DOT: tl.constexpr, PREC: tl.constexpr):
     """Coupling net of one Glow-1D step on the full padded state; shift/s live in b-half columns."""
-    O_W0: tl.constexpr = 2 * DP * DP + 2 * DP
-    O_B0: tl.constexpr = O_W0 + DP * HP
-    O_W1: tl.constexpr = O_B0 + HP
-    O_B1: tl.constexpr = O_W1 + HP * HP
-    O_W2S: tl.constexpr = O_B1 + HP
-    O_B2S: tl.constexpr = O_W2S + HP * DP
-    O_W2C: tl.constexpr = O_B2S + DP
-    O_B2C: tl.constexpr = O_W2C + HP * DP
+    O_W0: tl.constexpr = _g1d("W0", DP, HP)
+    O_B0: tl.constexpr = _g1d("B0", DP, HP)
+    O_W1: tl.constexpr = _g1d("W1", DP, HP)
+    O_B1: tl.constexpr = _g1d("B1", DP, HP)
+    O_W2S: tl.constexpr = _g1d("W2S", DP, HP)
+    O_B2S: tl.constexpr = _g1d("B2S", DP, HP)
+    O_W2C: tl.constexpr = _g1d("W2C", DP, HP)
+    O_B2C: tl.constexpr = _g1d("B2C", DP, HP)
     t = _mm(h, tl.load(base + O_W0 + i_dh), USE_DOT, PREC) + _load_vec(base + O_B0, HP)[None, :]
     t = tl.maximum(t, 0.0)
     t = _mm(t, tl.load(base + O_W1 + i_hh), USE_DOT, PREC) + _load_vec(base + O_B1, HP)[None, :]
@@ -136,7 +130,8 @@ def _glow1d_log_prob_kernel(
     ADDITIVE: tl.constexpr, DP: tl.constexpr, HP: tl.constexpr, BLOCK_B: tl.constexpr,
     USE_DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    STEP: tl.constexpr = 2 * DP * DP + 2 * DP + DP * HP + HP + HP * HP + HP + 2 * HP * DP + 2 * DP
+    STEP: tl.constexpr = _g1d("SIZE", DP, HP)
+    HDR: tl.constexpr = _g1d_header(DP)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, DP)
     rm = rows < B
@@ -150,8 +145,9 @@ def _glow1d_log_prob_kernel(
     i_hd = _mat_idx(HP, DP)
     ld = tl.zeros([BLOCK_B], dtype=tl.float32)
     for k in range(n_steps):
-        base = w_ptr + DP + k * STEP
-        h = _mm(h, tl.load(base + i_dd), USE_DOT, PREC) + _load_vec(base + DP * DP, DP)[None, :]
+        base = w_ptr + HDR + k * STEP
+        h = _mm(h, tl.load(base + _g1d("WT", DP, HP) + i_dd), USE_DOT, PREC) \
+            + _load_vec(base + _g1d("B", DP, HP), DP)[None, :]
         shift, s = _g1d_net(h, base, i_dh, i_hh, i_hd, DP, HP, ADDITIVE, USE_DOT, PREC)
         if ADDITIVE:
             h = h + shift  # shift is exactly 0 outside the b-half (zero-padded weights)
@@ -169,7 +165,8 @@ def _glow1d_sample_kernel(
     ADDITIVE: tl.constexpr, DP: tl.constexpr, HP: tl.constexpr, BLOCK_B: tl.constexpr,
     USE_DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    STEP: tl.constexpr = 2 * DP * DP + 2 * DP + DP * HP + HP + HP * HP + HP + 2 * HP * DP + 2 * DP
+    STEP: tl.constexpr = _g1d("SIZE", DP, HP)
+    HDR: tl.constexpr = _g1d_header(DP)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, DP)
     rm = rows < B
@@ -183,52 +180,70 @@ def _glow1d_sample_kernel(
     i_hh = _mat_idx(HP, HP)
     i_hd = _mat_idx(HP, DP)
     for kk in range(n_steps):
-        base = w_ptr + DP + (n_steps - 1 - kk) * STEP
+        base = w_ptr + HDR + (n_steps - 1 - kk) * STEP
         shift, s = _g1d_net(h, base, i_dh, i_hh, i_hd, DP, HP, ADDITIVE, USE_DOT, PREC)
         if ADDITIVE:
             h = h - shift
         else:
             h = tl.where(is_b[None, :], h / tl.sigmoid(s) - shift, h)
-        h = _mm(h, tl.load(base + DP * DP + DP + i_dd), USE_DOT, PREC) \
-            + _load_vec(base + 2 * DP * DP + DP, DP)[None, :]
+        h = _mm(h, tl.load(base + _g1d("WIT", DP, HP) + i_dd), USE_DOT, PREC) \
+            + _load_vec(base + _g1d("BI", DP, HP), DP)[None, :]
     tl.store(out_ptr + rows[:, None].to(tl.int64) * sob + cols[None, :] * sod, h, mask=m2)
 
 
 # ---------------------------------------------------------------------------------------------
 # MAF
 # ---------------------------------------------------------------------------------------------
-def _maf_offsets(DP: int, HP: int, NH: int) -> dict[str, int]:
-    o = {"W0": 0}
-    o["B0"] = DP * HP
-    o["WH"] = o["B0"] + HP
-    o["WMU"] = o["WH"] + (NH - 1) * (HP * HP + HP)
-    o["BMU"] = o["WMU"] + HP * DP
-    o["WA"] = o["BMU"] + DP
-    o["BA"] = o["WA"] + HP * DP
-    o["PS"] = o["BA"] + DP
-    o["PSH"] = o["PS"] + DP
-    o["CL"] = o["PSH"] + DP
-    o["STEP"] = o["CL"] + DP
-    return o
+@triton.constexpr_function
+def _g1d_header(DP: int) -> int:
+    return layout.glow1d_header_size(DP)
+
+
+@triton.constexpr_function
+def _maf_hdr(name: str, DP: int) -> int:
+    """Offset of a MAF header field (``"SIZE"``: the header's length)."""
+    return layout.offsets(layout.maf_header_fields(DP))[name]
+
+
+@triton.constexpr_function
+def _maf_head(name: str, DP: int, HP: int) -> int:
+    return layout.offsets(layout.maf_head_fields(DP, HP))[name]
+
+
+@triton.constexpr_function
+def _maf_hidden(name: str, HP: int) -> int:
+    return layout.offsets(layout.maf_hidden_fields(HP))[name]
+
+
+@triton.constexpr_function
+def _maf_tail(name: str, DP: int, HP: int) -> int:
+    """Offset of a MAF tail field, relative to the end of the block's hidden layers."""
+    return layout.offsets(layout.maf_tail_fields(DP, HP))[name]
+
+
+@device_fn
+def _tail_base(base, NH, DP: tl.constexpr, HP: tl.constexpr):
+    """Start of a MAF block's tail fields (after its NH - 1 hidden layers)."""
+    return base + _maf_head("SIZE", DP, HP) + (NH - 1) * _maf_hidden("SIZE", HP)
 
 
 @device_fn
 def _made(x, base, NH, i_dh, i_hh, i_hd, DP: tl.constexpr, HP: tl.constexpr, TANH: tl.constexpr,
           USE_DOT: tl.constexpr, PREC: tl.constexpr):
     """mu and soft-clamped alpha of one (permutation-folded) MADE block."""
-    O_B0: tl.constexpr = DP * HP
-    O_WH: tl.constexpr = O_B0 + HP
-    HSTEP: tl.constexpr = HP * HP + HP
-    t = _mm(x, tl.load(base + i_dh), USE_DOT, PREC) + _load_vec(base + O_B0, HP)[None, :]
+    t = _mm(x, tl.load(base + _maf_head("W0", DP, HP) + i_dh), USE_DOT, PREC) \
+        + _load_vec(base + _maf_head("B0", DP, HP), HP)[None, :]
     t = _act(t, TANH)
     for j in range(NH - 1):
-        hb = base + O_WH + j * HSTEP
-        t = _act(_mm(t, tl.load(hb + i_hh), USE_DOT, PREC) + _load_vec(hb + HP * HP, HP)[None, :], TANH)
-    o_mu = base + O_WH + (NH - 1) * HSTEP
-    mu = _mm(t, tl.load(o_mu + i_hd), USE_DOT, PREC) + _load_vec(o_mu + HP * DP, DP)[None, :]
-    o_a = o_mu + HP * DP + DP
-    raw = _mm(t, tl.load(o_a + i_hd), USE_DOT, PREC) + _load_vec(o_a + HP * DP, DP)[None, :]
-    c = _load_vec(o_a + HP * DP + 3 * DP, DP)  # clamp (same value in every slot)
+        hb = base + _maf_head("SIZE", DP, HP) + j * _maf_hidden("SIZE", HP)
+        t = _act(_mm(t, tl.load(hb + _maf_hidden("W", HP) + i_hh), USE_DOT, PREC)
+                 + _load_vec(hb + _maf_hidden("B", HP), HP)[None, :], TANH)
+    tail = _tail_base(base, NH, DP, HP)
+    mu = _mm(t, tl.load(tail + _maf_tail("WMU", DP, HP) + i_hd), USE_DOT, PREC) \
+        + _load_vec(tail + _maf_tail("BMU", DP, HP), DP)[None, :]
+    raw = _mm(t, tl.load(tail + _maf_tail("WA", DP, HP) + i_hd), USE_DOT, PREC) \
+        + _load_vec(tail + _maf_tail("BA", DP, HP), DP)[None, :]
+    c = _load_vec(tail + _maf_tail("CL", DP, HP), DP)  # clamp (same value in every slot)
     alpha = c[None, :] * _tanh(raw / c[None, :])
     return mu, alpha
 
@@ -239,16 +254,17 @@ def _maf_log_prob_kernel(
     TANH: tl.constexpr, DP: tl.constexpr, HP: tl.constexpr, BLOCK_B: tl.constexpr,
     USE_DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    HDR: tl.constexpr = 4 * DP
+    HDR: tl.constexpr = _maf_hdr("SIZE", DP)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, DP)
     rm = rows < B
     cm = cols < D
     x = tl.load(x_ptr + rows[:, None].to(tl.int64) * sxb + cols[None, :] * sxd,
                 mask=rm[:, None] & cm[None, :], other=0.0).to(tl.float32)
-    h = (x - _load_vec(w_ptr, DP)[None, :]) * _load_vec(w_ptr + DP, DP)[None, :]
+    h = (x - _load_vec(w_ptr + _maf_hdr("LOC", DP), DP)[None, :]) \
+        * _load_vec(w_ptr + _maf_hdr("INV_SCALE", DP), DP)[None, :]
     h = tl.where(cm[None, :], h, 0.0)
-    bstep = DP * HP + HP + (NH - 1) * (HP * HP + HP) + 2 * HP * DP + 5 * DP
+    bstep = _maf_head("SIZE", DP, HP) + (NH - 1) * _maf_hidden("SIZE", HP) + _maf_tail("SIZE", DP, HP)
     i_dh = _mat_idx(DP, HP)
     i_hh = _mat_idx(HP, HP)
     i_hd = _mat_idx(HP, DP)
@@ -256,11 +272,12 @@ def _maf_log_prob_kernel(
     for k in range(n_blocks):
         base = w_ptr + HDR + k * bstep
         mu, alpha = _made(h, base, NH, i_dh, i_hh, i_hd, DP, HP, TANH, USE_DOT, PREC)
-        o_ps = base + DP * HP + HP + (NH - 1) * (HP * HP + HP) + 2 * HP * DP + 2 * DP
+        tail = _tail_base(base, NH, DP, HP)
         u = (h - mu) * tl.exp(-alpha)
-        h = u * _load_vec(o_ps, DP)[None, :] + _load_vec(o_ps + DP, DP)[None, :]
+        h = u * _load_vec(tail + _maf_tail("PS", DP, HP), DP)[None, :] \
+            + _load_vec(tail + _maf_tail("PSH", DP, HP), DP)[None, :]
         ld -= tl.sum(tl.where(cm[None, :], alpha, 0.0), axis=1)
-    const = tl.load(w_ptr + 3 * DP)
+    const = tl.load(w_ptr + _maf_hdr("CONST", DP))
     lp = ld + const - 0.5 * tl.sum(h * h, axis=1)
     tl.store(out_ptr + rows, lp, mask=rm)
 
@@ -271,7 +288,7 @@ def _maf_sample_kernel(
     TANH: tl.constexpr, DP: tl.constexpr, HP: tl.constexpr, BLOCK_B: tl.constexpr,
     USE_DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    HDR: tl.constexpr = 4 * DP
+    HDR: tl.constexpr = _maf_hdr("SIZE", DP)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, DP)
     rm = rows < B
@@ -280,20 +297,21 @@ def _maf_sample_kernel(
     g = tl.load(gidx_ptr + cols)  # accumulated inverse permutation (padded with 0)
     h = tl.load(z_ptr + rows[:, None].to(tl.int64) * szb + g[None, :] * szd, mask=m2, other=0.0)
     h = h.to(tl.float32) * temperature
-    bstep = DP * HP + HP + (NH - 1) * (HP * HP + HP) + 2 * HP * DP + 5 * DP
+    bstep = _maf_head("SIZE", DP, HP) + (NH - 1) * _maf_hidden("SIZE", HP) + _maf_tail("SIZE", DP, HP)
     i_dh = _mat_idx(DP, HP)
     i_hh = _mat_idx(HP, HP)
     i_hd = _mat_idx(HP, DP)
     for kk in range(n_blocks):
         base = w_ptr + HDR + (n_blocks - 1 - kk) * bstep
-        o_ps = base + DP * HP + HP + (NH - 1) * (HP * HP + HP) + 2 * HP * DP + 2 * DP
-        u = (h - _load_vec(o_ps + DP, DP)[None, :]) / _load_vec(o_ps, DP)[None, :]
+        tail = _tail_base(base, NH, DP, HP)
+        u = (h - _load_vec(tail + _maf_tail("PSH", DP, HP), DP)[None, :]) \
+            / _load_vec(tail + _maf_tail("PS", DP, HP), DP)[None, :]
         x = tl.zeros([BLOCK_B, DP], dtype=tl.float32)
         for _it in range(D):  # pass i fixes coordinate i (autoregressive order); D passes in all
             mu, alpha = _made(x, base, NH, i_dh, i_hh, i_hd, DP, HP, TANH, USE_DOT, PREC)
             x = u * tl.exp(alpha) + mu
         h = x
-    h = h * _load_vec(w_ptr + 2 * DP, DP)[None, :] + _load_vec(w_ptr, DP)[None, :]
+    h = h * _load_vec(w_ptr + _maf_hdr("SCALE", DP), DP)[None, :] + _load_vec(w_ptr + _maf_hdr("LOC", DP), DP)[None, :]
     tl.store(out_ptr + rows[:, None].to(tl.int64) * sob + cols[None, :] * sod, h, mask=m2)
 
 
@@ -362,14 +380,15 @@ def _pack_glow1d(folded) -> Packed:
     c0 = folded.steps[0].coupling
     H = _coupling_layers(folded.steps[0])[0][0].shape[0]
     DP, HP = next_pow2(D, 16), next_pow2(H, 16)
-    o = _glow1d_offsets(DP, HP)
+    o = layout.offsets(layout.glow1d_step_fields(DP, HP))
+    hdr = layout.glow1d_header_size(DP)
     K = len(folded.steps)
-    buf = torch.zeros(DP + K * o["STEP"], dtype=torch.float64)
+    buf = torch.zeros(hdr + K * o["SIZE"], dtype=torch.float64)
     buf[0] = float(constant_logdet(folded)) - 0.5 * D * LOG_2PI
     ca = c0.c_a
     cb = D - ca
     for k, st in enumerate(folded.steps):
-        base = DP + k * o["STEP"]
+        base = hdr + k * o["SIZE"]
         cp = st.coupling
         (w0, b0), (w1, b1), (w2, b2) = [(w.detach().double().cpu(), b.detach().double().cpu())
                                         for w, b in _coupling_layers(st)]
@@ -396,7 +415,7 @@ def _pack_glow1d(folded) -> Packed:
             _put(buf, base + o["W2C"], wc, HP, DP)
             _put(buf, base + o["B2C"], bc, 1, DP)
     dev = folded.steps[0].mix.weight.device
-    return Packed(arch="glow1d", buf=buf.float().to(dev), D=D, DP=DP, HP=HP, CA=ca, n=K,
+    return Packed(arch="glow1d", buf=buf.float().to(dev), D=D, DP=DP, HP=HP, H=H, CA=ca, n=K,
                   additive=bool(c0.additive))
 
 
@@ -410,33 +429,39 @@ def _pack_maf(folded) -> Packed:
     if any(len(_made_layers(b)) - 1 != NH for b in folded.blocks):
         raise ValueError("all MADE blocks must have the same depth")
     DP, HP = next_pow2(D, 16), next_pow2(H, 16)
-    o = _maf_offsets(DP, HP, NH)
-    HDR = 4 * DP
+    hd = layout.offsets(layout.maf_header_fields(DP))
+    head = layout.offsets(layout.maf_head_fields(DP, HP))
+    hid = layout.offsets(layout.maf_hidden_fields(HP))
+    tail = layout.offsets(layout.maf_tail_fields(DP, HP))
+    step = layout.maf_block_size(DP, HP, NH)
     K = len(folded.blocks)
-    buf = torch.zeros(HDR + K * o["STEP"], dtype=torch.float64)
+    buf = torch.zeros(hd["SIZE"] + K * step, dtype=torch.float64)
     scale = folded.normalize.scale.double().cpu()
-    buf[0:D] = folded.normalize.loc.double().cpu()
-    buf[DP: DP + D] = 1.0 / scale
-    buf[2 * DP: 2 * DP + D] = scale
-    buf[3 * DP] = float(constant_logdet(folded)) - 0.5 * D * LOG_2PI
+    buf[hd["LOC"]: hd["LOC"] + D] = folded.normalize.loc.double().cpu()
+    buf[hd["INV_SCALE"]: hd["INV_SCALE"] + D] = 1.0 / scale
+    buf[hd["SCALE"]: hd["SCALE"] + D] = scale
+    buf[hd["CONST"]] = float(constant_logdet(folded)) - 0.5 * D * LOG_2PI
     q = torch.arange(D)  # block k input x_k[j] = state[q[j]]
+    qs = []
     for k, blk in enumerate(folded.blocks):
-        base = HDR + k * o["STEP"]
+        qs.append(q.clone())
+        base = hd["SIZE"] + k * step
+        t0 = base + head["SIZE"] + (NH - 1) * hid["SIZE"]  # start of the tail fields
         inv_q = torch.argsort(q)
         ws = [(w.detach().double().cpu(), b.detach().double().cpu()) for w, b in _made_layers(blk)]
         w0, bb0 = ws[0]
-        _put(buf, base + o["W0"], w0[:, inv_q].T, DP, HP)
-        _put(buf, base + o["B0"], bb0[None], 1, HP)
+        _put(buf, base + head["W0"], w0[:, inv_q].T, DP, HP)
+        _put(buf, base + head["B0"], bb0[None], 1, HP)
         for j in range(NH - 1):
             wh, bh = ws[1 + j]
-            off = base + o["WH"] + j * (HP * HP + HP)
-            _put(buf, off, wh.T, HP, HP)
-            _put(buf, off + HP * HP, bh[None], 1, HP)
+            off = base + head["SIZE"] + j * hid["SIZE"]
+            _put(buf, off + hid["W"], wh.T, HP, HP)
+            _put(buf, off + hid["B"], bh[None], 1, HP)
         wl, bl = ws[-1]
-        _put(buf, base + o["WMU"], wl[:D][inv_q].T, HP, DP)
-        _put(buf, base + o["BMU"], bl[:D][inv_q][None], 1, DP)
-        _put(buf, base + o["WA"], wl[D:][inv_q].T, HP, DP)
-        _put(buf, base + o["BA"], bl[D:][inv_q][None], 1, DP)
+        _put(buf, t0 + tail["WMU"], wl[:D][inv_q].T, HP, DP)
+        _put(buf, t0 + tail["BMU"], bl[:D][inv_q][None], 1, DP)
+        _put(buf, t0 + tail["WA"], wl[D:][inv_q].T, HP, DP)
+        _put(buf, t0 + tail["BA"], bl[D:][inv_q][None], 1, DP)
         # eval batch-norm (folded to (u - loc) / scale) as u * post_scale + post_shift
         post_scale, post_shift = torch.ones(D, dtype=torch.float64), torch.zeros(D, dtype=torch.float64)
         if blk.bn is not None:
@@ -444,14 +469,14 @@ def _pack_maf(folded) -> Packed:
             post_shift = -blk.bn.loc.double().cpu() * post_scale
         ps = torch.ones(DP, dtype=torch.float64)
         ps[:D] = post_scale[inv_q]
-        buf[base + o["PS"]: base + o["PS"] + DP] = ps
-        _put(buf, base + o["PSH"], post_shift[inv_q][None], 1, DP)
-        buf[base + o["CL"]: base + o["CL"] + DP] = float(blk.made.alpha_clamp)
+        buf[t0 + tail["PS"]: t0 + tail["PS"] + DP] = ps
+        _put(buf, t0 + tail["PSH"], post_shift[inv_q][None], 1, DP)
+        buf[t0 + tail["CL"]: t0 + tail["CL"] + DP] = float(blk.made.alpha_clamp)
         q = q[blk.perm.perm.cpu()]
     gidx = torch.zeros(DP, dtype=torch.int32)
     gidx[:D] = torch.argsort(q).to(torch.int32)
     dev = folded.normalize.loc.device
-    return Packed(arch="maf", buf=buf.float().to(dev), gidx=gidx.to(dev), D=D, DP=DP, HP=HP, NH=NH, n=K,
+    return Packed(arch="maf", buf=buf.float().to(dev), gidx=gidx.to(dev), D=D, DP=DP, HP=HP, H=H, NH=NH, n=K, qs=qs,
                   tanh=b0.made.activation == "tanh")
 
 
@@ -467,6 +492,62 @@ def pack(folded) -> Packed:
         p = _pack_glow1d(folded) if folded.arch == "glow1d" else _pack_maf(folded)
     _PACK_CACHE[folded] = (key, p)
     return p
+
+
+def _get(buf: Tensor, off: int, rows: int, cols: int) -> Tensor:
+    """The rows x cols row-major block at off (the inverse of ``_put``, padding included)."""
+    return buf[off: off + rows * cols].reshape(rows, cols)
+
+
+def unpack(p: Packed) -> dict:
+    """Read a packed buffer back, by the same ``kernels.layout``, into the folded flow's own
+    tensors and coordinates (float32, CPU): ``{"const", "steps"/"blocks": [...]}`` with, per step or
+    block, the (weight, bias) of every linear layer as ``nfkd.fold.linear_layers`` lists them.
+    The pack/unpack round-trip test compares this with the folded module."""
+    buf = p.buf.detach().cpu()
+    D, DP, HP, H = p.D, p.DP, p.HP, p.H
+    if p.arch == "glow1d":
+        o = layout.offsets(layout.glow1d_step_fields(DP, HP))
+        hdr = layout.glow1d_header_size(DP)
+        ca, steps = p.CA, []
+        for k in range(p.n):
+            b = hdr + k * o["SIZE"]
+            def vec(name: str, n: int, b: int = b) -> Tensor:
+                return buf[b + o[name]: b + o[name] + n]
+            w2 = _get(buf, b + o["W2S"], HP, DP)[:H, ca:D].T
+            b2 = vec("B2S", D)[ca:]
+            if not p.additive:
+                w2 = torch.cat([w2, _get(buf, b + o["W2C"], HP, DP)[:H, ca:D].T])
+                b2 = torch.cat([b2, vec("B2C", D)[ca:]])
+            steps.append({
+                "mix": (_get(buf, b + o["WT"], DP, DP)[:D, :D].T, vec("B", D)),
+                "mix_inv": (_get(buf, b + o["WIT"], DP, DP)[:D, :D].T, vec("BI", D)),
+                "net": [(_get(buf, b + o["W0"], DP, HP)[:ca, :H].T, vec("B0", H)),
+                        (_get(buf, b + o["W1"], HP, HP)[:H, :H].T, vec("B1", H)), (w2, b2)],
+            })
+        return {"const": float(buf[0]), "steps": steps}
+    hd = layout.offsets(layout.maf_header_fields(DP))
+    head = layout.offsets(layout.maf_head_fields(DP, HP))
+    hid = layout.offsets(layout.maf_hidden_fields(HP))
+    tail = layout.offsets(layout.maf_tail_fields(DP, HP))
+    blocks = []
+    for k in range(p.n):
+        b = hd["SIZE"] + k * layout.maf_block_size(DP, HP, p.NH)
+        t0 = b + head["SIZE"] + (p.NH - 1) * hid["SIZE"]
+        q = p.qs[k]  # the packer stored row j of block k's input side at q[j]'s place: undo it
+        layers = [(_get(buf, b + head["W0"], DP, HP)[:D, :H].T[:, q], buf[b + head["B0"]: b + head["B0"] + H])]
+        for j in range(p.NH - 1):
+            off = b + head["SIZE"] + j * hid["SIZE"]
+            layers.append((_get(buf, off + hid["W"], HP, HP)[:H, :H].T, buf[off + hid["B"]: off + hid["B"] + H]))
+        wl = torch.cat([_get(buf, t0 + tail["WMU"], HP, DP)[:H, :D].T[q], _get(buf, t0 + tail["WA"], HP, DP)[:H, :D].T[q]])
+        bl = torch.cat([buf[t0 + tail["BMU"]: t0 + tail["BMU"] + D][q], buf[t0 + tail["BA"]: t0 + tail["BA"] + D][q]])
+        layers.append((wl, bl))
+        ps = buf[t0 + tail["PS"]: t0 + tail["PS"] + D][q]
+        psh = buf[t0 + tail["PSH"]: t0 + tail["PSH"] + D][q]
+        blocks.append({"made": layers, "post_scale": ps, "post_shift": psh,
+                       "alpha_clamp": float(buf[t0 + tail["CL"]])})
+    return {"const": float(buf[hd["CONST"]]), "loc": buf[hd["LOC"]: hd["LOC"] + D],
+            "scale": buf[hd["SCALE"]: hd["SCALE"] + D], "blocks": blocks}
 
 
 def _launch_cfg(p: Packed, kernel, op: str, device: torch.device, block_b: int | None,
@@ -580,7 +661,3 @@ def reference_sample(folded, noise, temperature=1.0) -> Tensor:
     noise = [noise] if isinstance(noise, Tensor) else list(noise)
     with torch.no_grad():
         return folded.sample(noise[0].shape[0], temperature, noise=noise)
-
-
-__all__ = ["tabular_log_prob", "maf_sample", "glow1d_sample", "tabular_sample", "pack", "supports",
-           "reference_log_prob", "reference_sample"]

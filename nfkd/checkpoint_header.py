@@ -7,9 +7,13 @@ before a real model is built: its sizes are bounded by the stored element count,
 is built on the ``meta`` device (no memory) under an operation budget, and its parameter names,
 shapes and dtypes must equal the stored ones.
 
-Cost: the first check in a process imports torch's meta-tensor machinery (``torch._dynamo``, which
-the meta decompositions and dispatch modes load lazily): 3-12 s measured on a loaded 2-core box,
-once per process; later checks take milliseconds for tabular flows, ~2 s for a paper-size Glow.
+Cost: most of torch's meta kernels (and any ``TorchDispatchMode``) are Python code whose first call
+imports ``torch._dynamo``: 3-12 s once per process on a 2-core box. The build therefore runs under
+``_Skeleton``, a ``TorchFunctionMode`` (no such import) that counts operations against the budget
+and answers the few that nfkd's constructors use on values (elementwise, cat, eye, triangles,
+casts, arange, sort / argsort, QR / LU of the mixing init) with empty meta tensors of the right shape and dtype;
+factories, views and in-place initialisers go to torch's C++ meta kernels. A tabular check takes
+milliseconds (tested in a fresh process: ``torch._dynamo`` stays unimported).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 
 from .errors import CheckpointError
 from .flows import ARCHITECTURES, Flow, build_flow
@@ -134,22 +138,85 @@ def _walk_sizes(path: Path, config: dict[str, Any], bound: int) -> None:
                 )
 
 
-class _OpBudget(TorchDispatchMode):
-    """Stops a build whose loops run far more tensor operations than the stored tensors can explain."""
+class _OverBudget(Exception):
+    pass
+
+
+def _meta(shape, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(tuple(shape), dtype=dtype, device="meta")
+
+
+def _shape_of(x: Any) -> tuple[int, ...]:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else ()
+
+
+def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """NumPy broadcasting (``torch.broadcast_shapes`` would import sympy: ~1 s)."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    if any(x != y and 1 not in (x, y) for x, y in zip(a, b, strict=True)):
+        raise ValueError(f"shapes {a} and {b} do not broadcast")
+    return tuple(y if x == 1 else x for x, y in zip(a, b, strict=True))
+
+
+_ARITH = {"add", "sub", "mul", "div", "remainder", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__",
+          "__rmul__", "__truediv__", "__mod__"}
+_COMPARE = {"ge", "gt", "le", "lt", "__ge__", "__gt__", "__le__", "__lt__"}
+_SAME = {"abs", "sign", "log", "exp", "neg", "__neg__", "tril", "triu", "clone", "sqrt", "reciprocal"}
+_CAST = {"float": torch.float32, "double": torch.float64, "long": torch.int64, "bool": torch.bool}
+
+
+class _Skeleton(TorchFunctionMode):
+    """Builds a model's skeleton on ``meta``: counts every torch call against a budget (a config that
+    loops far more than its stored tensors explain is refused) and computes only shapes and dtypes
+    for the value operations listed above."""
 
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit, self.ops = limit, 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         self.ops += 1
         if self.ops > self.limit:
             raise _OverBudget()
-        return func(*args, **(kwargs or {}))
-
-
-class _OverBudget(Exception):
-    pass
+        name = getattr(func, "__name__", "")
+        a = args[0] if args else None
+        if name in _ARITH or name in _COMPARE:
+            shape = _broadcast(_shape_of(args[0]), _shape_of(args[1]))
+            return _meta(shape, torch.bool if name in _COMPARE else torch.result_type(args[0], args[1]))
+        if isinstance(a, torch.Tensor) and (name in _SAME or name in _CAST):
+            return _meta(a.shape, _CAST.get(name, a.dtype))
+        if name == "cat":
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            parts = [t for t in a if t.dim() > 1 or t.numel()]  # cat skips empty 1-d tensors
+            shape = list(parts[0].shape)
+            shape[dim] = sum(t.shape[dim] for t in parts)
+            return _meta(shape, parts[0].dtype)
+        if name in ("randn", "rand"):
+            shape = args[0] if len(args) == 1 and not isinstance(args[0], int) else args
+            return _meta(shape, kwargs.get("dtype") or torch.get_default_dtype())
+        if name == "arange" and all(isinstance(v, (int, float)) for v in args):
+            start, end, step = (0, args[0], 1) if len(args) == 1 else (*args[:2], args[2] if len(args) > 2 else 1)
+            ints = all(isinstance(v, int) for v in (start, end, step))
+            return _meta((max(0, math.ceil((end - start) / step)),),
+                         kwargs.get("dtype") or (torch.int64 if ints else torch.get_default_dtype()))
+        if name == "eye":
+            n = args[0]
+            m = args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("m", n)
+            return _meta((n, m), kwargs.get("dtype") or torch.get_default_dtype())
+        if name == "argsort" and isinstance(a, torch.Tensor):
+            return _meta(a.shape, torch.int64)
+        if name == "sort" and isinstance(a, torch.Tensor):
+            return torch.return_types.sort((_meta(a.shape, a.dtype), _meta(a.shape, torch.int64)))
+        if name in ("linalg_qr", "linalg_lu") and isinstance(a, torch.Tensor):
+            *batch, m, n = a.shape
+            k = min(m, n)
+            if name == "linalg_qr":
+                return torch.return_types.linalg_qr((_meta((*batch, m, k), a.dtype), _meta((*batch, k, n), a.dtype)))
+            return torch.return_types.linalg_lu((_meta((*batch, m, m), a.dtype), _meta((*batch, m, k), a.dtype),
+                                                 _meta((*batch, k, n), a.dtype)))
+        return func(*args, **kwargs)
 
 
 def check_config(path: Path, arch: Any, config: Any, entries: dict[str, TensorEntry]) -> None:
@@ -160,9 +227,8 @@ def check_config(path: Path, arch: Any, config: Any, entries: dict[str, TensorEn
         raise CheckpointError(f"{path}: config is a JSON {type(config).__name__}; expected an object")
     stored = sum(math.prod(e.shape) for e in entries.values())
     _walk_sizes(path, config, max(stored, MIN_SIZE_BOUND))
-    budget = _OpBudget(OPS_PER_TENSOR * len(entries) + OPS_BASE)
     try:
-        with torch.device("meta"), budget:
+        with torch.device("meta"), _Skeleton(OPS_PER_TENSOR * len(entries) + OPS_BASE):
             skeleton: Flow = build_flow(arch, **config)
     except _OverBudget:
         raise CheckpointError(

@@ -149,3 +149,62 @@ def test_parser_and_builder_failures_are_export_errors():
 def test_batch_profile_arguments_are_checked(tmp_path):
     with pytest.raises(ExportError, match="min_batch <= opt_batch <= max_batch"):
         export_trt.build_engines(tmp_path / "x.pt", tmp_path, min_batch=8, opt_batch=4, max_batch=16)
+
+
+def test_build_engines_exports_gates_installs_and_records(tmp_path, monkeypatch):
+    """The orchestration of build_engines without TensorRT: ONNX export, one build per graph, the GPU
+    parity gate (ONNX Runtime sessions stand in for the engines, so the gate sees real numbers),
+    plans installed and recorded with their hashes; a failing gate installs nothing."""
+    import hashlib
+
+    import numpy as np
+    import onnxruntime as ort
+
+    import nfkd
+    from nfkd.flows import Glow1D
+    from nfkd.testing import perturb
+
+    ckpt = tmp_path / "student.pt"
+    nfkd.save(perturb(Glow1D(5, steps=2, hidden=8), seed=3), ckpt)
+    out = tmp_path / "export"
+    built: list[str] = []
+
+    def fake_build(trt, onnx_bytes, *, what, **kw):
+        built.append(what)
+        return b"PLAN:" + onnx_bytes  # the "engine" carries its graph
+
+    class OrtEngine:
+        broken = False
+
+        def __init__(self, trt, plan: bytes) -> None:
+            self.sess = ort.InferenceSession(plan[len(b"PLAN:"):], providers=["CPUExecutionProvider"])
+
+        def run(self, feeds):
+            res = dict(zip([o.name for o in self.sess.get_outputs()], self.sess.run(None, {
+                k: np.asarray(v, np.float32) for k, v in feeds.items()}), strict=True))
+            if OrtEngine.broken and "log_prob" in res:
+                res["log_prob"] = res["log_prob"] + 1.0
+            return res
+
+    monkeypatch.setattr(export_trt, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.0"))
+    monkeypatch.setattr(export_trt, "build_engine", fake_build)
+    monkeypatch.setattr(export_trt, "TrtEngine", OrtEngine)
+    monkeypatch.setattr(export_trt, "_gpu_name", lambda: "stand-in GPU")
+
+    OrtEngine.broken = True
+    with pytest.raises(ExportError, match="parity") as err:
+        export_trt.build_engines(ckpt, out, opt_batch=8, max_batch=64)
+    assert "TensorRT 10.9.0 on stand-in GPU" in str(err.value), err.value
+    assert not (out / "density.plan").exists() and not (out / "sample.plan").exists()
+
+    OrtEngine.broken = False
+    m = export_trt.build_engines(ckpt, out, min_batch=1, opt_batch=8, max_batch=64)
+    assert built == ["density", "sample"] * 2
+    for name in ("density", "sample"):
+        plan = (out / f"{name}.plan").read_bytes()
+        assert m.engines[name]["sha256"] == hashlib.sha256(plan).hexdigest()
+    assert m.engines["profile"] == {"min": 1, "opt": 8, "max": 64} and m.engines["device"] == "stand-in GPU"
+    assert m.engines["parity"]["log_prob_max_rel_err"] < 1e-4
+    from export.manifest import Manifest
+
+    assert Manifest.load(out).engines["tensorrt"] == "10.9.0"  # recorded on disk, not only returned
