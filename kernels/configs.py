@@ -74,6 +74,8 @@ KERNELS: dict[str, Kernel] = {
                            tuple((("TANH", t),) for t in _B), _TAB_TYPES),
     "maf_sample": Kernel("tabular", "_maf_sample_kernel", "BLOCK_B", ("DP", "HP"), _TAB_FIXED,
                          tuple((("TANH", t),) for t in _B), _TAB_TYPES),
+    "iaf_sample": Kernel("tabular", "_iaf_sample_kernel", "BLOCK_B", ("DP", "HP"), _TAB_FIXED,
+                         tuple((("TANH", t),) for t in _B), _TAB_TYPES),
     # a level's prologue (squeeze + first affine), then per step: coupling epilogue + next affine
     # (HAS_AFFINE=False for the level's last step), affine or additive coupling
     "glow_fwd": Kernel("glow_step", "_glow_fwd_kernel", "BLOCK_P", ("CAP", "CBP", "USE_DOT"),
@@ -115,8 +117,10 @@ _TABULAR: dict[str, dict[tuple[int, int], tuple[int, int, int]]] = {
 # alone are 163,840 bytes whatever the block size), too much for an A100, so this record is for
 # sm_90 only (an A100 samples such a MAF with PyTorch; its log p keeps the kernel).
 _PER_ARCH = (("maf_sample", 64, 128, (32, 8, 2), (90,)),)
+# IAF sampling loads each block's weights once for one MADE pass, as MAF's log p does: its records
+# (not yet compiled on a GPU in this change: python -m kernels.aot --representative checks them).
 _TABLE_OF = {"glow1d_log_prob": "glow1d", "glow1d_sample": "glow1d", "maf_log_prob": "maf_log_prob",
-             "maf_sample": "maf_sample"}
+             "maf_sample": "maf_sample", "iaf_sample": "maf_log_prob"}
 # Glow step kernels: the padded half widths CAP = CBP (c_a = c_b in every Glow level), broadcast
 # matmul up to 8, tl.dot from 16; CAP 64 covers 3-channel images up to 4 levels.
 _GLOW_HALVES = (2, 4, 8, 16, 32, 64)

@@ -21,7 +21,10 @@ folded module, invalidated when its buffers change) - it is a re-layout, not a s
 * the constant log-det (normalization, ActNorm, LU, batch-norm) plus ``-D/2 log 2 pi`` is one
   float in the buffer header (no host sync per call).
 
-MAF sampling runs ALL blocks x D sequential MADE passes in one launch (``maf_sample``).
+MAF sampling runs ALL blocks x D sequential MADE passes in one launch (``maf_sample``). IAF
+sampling (``iaf_sample``) packs an IAF exactly like a MAF and runs ONE MADE pass per block on the
+block's input (the MAF density kernel's work with the affine direction flipped); an IAF's density
+(D sequential passes) has no kernel and runs the folded PyTorch path.
 
 PyTorch reference: ``folded.log_prob`` / ``folded.sample`` of the same ``fold()`` output
 (``reference_log_prob`` / ``reference_sample`` below).
@@ -49,7 +52,7 @@ from . import layout  # noqa: E402
 from ._device import mm as _mm  # noqa: E402
 from .configs import DOT_PRECISION  # noqa: E402  fp32 exact; "tf32x3" is the tensor-core alternative (bench)
 
-__all__ = ["tabular_log_prob", "maf_sample", "glow1d_sample", "tabular_sample", "pack", "unpack", "supports",
+__all__ = ["tabular_log_prob", "maf_sample", "iaf_sample", "glow1d_sample", "tabular_sample", "pack", "unpack", "supports",
            "reference_log_prob", "reference_sample"]
 
 # the widest padded dims with a checked launch configuration (kernels/configs.py); wider: PyTorch
@@ -315,6 +318,40 @@ def _maf_sample_kernel(
     tl.store(out_ptr + rows[:, None].to(tl.int64) * sob + cols[None, :] * sod, h, mask=m2)
 
 
+@triton.jit
+def _iaf_sample_kernel(
+    z_ptr, out_ptr, w_ptr, gidx_ptr, B, D, n_blocks, NH, temperature, szb, szd, sob, sod,
+    TANH: tl.constexpr, DP: tl.constexpr, HP: tl.constexpr, BLOCK_B: tl.constexpr,
+    USE_DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    """IAF sampling: ``_maf_sample_kernel`` with its D passes per block replaced by ONE pass on the
+    block's input, x = u * exp(alpha(u)) + mu(u) (``nfkd.flows.layers.InverseMADE``); same packed
+    layout (an IAF block is a MAF block without batch-norm: PS = 1, PSH = 0)."""
+    HDR: tl.constexpr = _maf_hdr("SIZE", DP)
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, DP)
+    rm = rows < B
+    cm = cols < D
+    m2 = rm[:, None] & cm[None, :]
+    g = tl.load(gidx_ptr + cols)  # accumulated inverse permutation (padded with 0)
+    h = tl.load(z_ptr + rows[:, None].to(tl.int64) * szb + g[None, :] * szd, mask=m2, other=0.0)
+    h = h.to(tl.float32) * temperature
+    h = tl.where(cm[None, :], h, 0.0)
+    bstep = _maf_head("SIZE", DP, HP) + (NH - 1) * _maf_hidden("SIZE", HP) + _maf_tail("SIZE", DP, HP)
+    i_dh = _mat_idx(DP, HP)
+    i_hh = _mat_idx(HP, HP)
+    i_hd = _mat_idx(HP, DP)
+    for kk in range(n_blocks):
+        base = w_ptr + HDR + (n_blocks - 1 - kk) * bstep
+        tail = _tail_base(base, NH, DP, HP)
+        u = (h - _load_vec(tail + _maf_tail("PSH", DP, HP), DP)[None, :]) \
+            / _load_vec(tail + _maf_tail("PS", DP, HP), DP)[None, :]
+        mu, alpha = _made(u, base, NH, i_dh, i_hh, i_hd, DP, HP, TANH, USE_DOT, PREC)
+        h = u * tl.exp(alpha) + mu  # padded columns: u = 0, mu = alpha = 0 (zero-padded weights)
+    h = h * _load_vec(w_ptr + _maf_hdr("SCALE", DP), DP)[None, :] + _load_vec(w_ptr + _maf_hdr("LOC", DP), DP)[None, :]
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * sob + cols[None, :] * sod, h, mask=m2)
+
+
 # ---------------------------------------------------------------------------------------------
 # packing (once per folded module, cached) and launchers
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +390,7 @@ def supports(folded, ops: Sequence[str] = ("log_prob", "sample")) -> bool:
         ok = all(len(_coupling_layers(s)) == 3 for s in folded.steps)
         hidden = _coupling_layers(folded.steps[0])[0][0].shape[0]
         device = folded.steps[0].mix.weight.device
-    elif arch == "maf":
+    elif arch in ("maf", "iaf"):  # an IAF block packs like a MAF block (its MADE runs the other way)
         d = folded.event_shape[0]
         b0 = folded.blocks[0]
         ok = all(len(_made_layers(b)) >= 2 and b.made.activation == b0.made.activation for b in folded.blocks)
@@ -476,17 +513,18 @@ def _pack_maf(folded) -> Packed:
     gidx = torch.zeros(DP, dtype=torch.int32)
     gidx[:D] = torch.argsort(q).to(torch.int32)
     dev = folded.normalize.loc.device
-    return Packed(arch="maf", buf=buf.float().to(dev), gidx=gidx.to(dev), D=D, DP=DP, HP=HP, H=H, NH=NH, n=K, qs=qs,
+    return Packed(arch=folded.arch, buf=buf.float().to(dev), gidx=gidx.to(dev), D=D, DP=DP, HP=HP, H=H, NH=NH, n=K, qs=qs,
                   tanh=b0.made.activation == "tanh")
 
 
 def pack(folded) -> Packed:
-    """The packed weights of a folded Glow-1D / MAF, cached until its buffers change."""
+    """The packed weights of a folded Glow-1D / MAF / IAF, cached until its buffers change."""
     key = version_key(folded)
     hit = _PACK_CACHE.get(folded)
     if hit is not None and hit[0] == key:
         return hit[1]
-    if not supports(folded, ("log_prob",)):  # structure and dims; each launcher also checks its op's record
+    op = "sample" if getattr(folded, "arch", "") == "iaf" else "log_prob"  # IAF: a sampling kernel only
+    if not supports(folded, (op,)):  # structure and dims; each launcher also checks its op's record
         raise ValueError(f"tabular kernels do not support this {getattr(folded, 'arch', '?')} flow")
     with torch.no_grad():
         p = _pack_glow1d(folded) if folded.arch == "glow1d" else _pack_maf(folded)
@@ -576,6 +614,9 @@ def tabular_log_prob(folded, x: Tensor, *, out: Tensor | None = None, block_b: i
                      num_warps: int | None = None, use_dot: bool = True, precision: str | None = None) -> Tensor:
     """log p(x) [B] of a folded Glow-1D or MAF in one launch (float32)."""
     p = pack(folded)
+    if p.arch == "iaf":
+        raise ValueError("no Triton density kernel for an IAF (its density is D sequential passes per block); "
+                         "use folded.log_prob (kernels.fast_log_prob does)")
     kernel = _glow1d_log_prob_kernel if p.arch == "glow1d" else _maf_log_prob_kernel
     _check_device(kernel, x, p)
     if x.dim() != 2 or x.shape[1] != p.D:
@@ -612,7 +653,7 @@ def _sample(folded, noise, temperature, out, block_b, num_warps, use_dot, precis
     if p.arch != arch:
         raise ValueError(f"expected a folded {arch}, got {p.arch}")
     z, t = _noise_temperature(noise, temperature)
-    kernel = _glow1d_sample_kernel if arch == "glow1d" else _maf_sample_kernel
+    kernel = {"glow1d": _glow1d_sample_kernel, "maf": _maf_sample_kernel, "iaf": _iaf_sample_kernel}[arch]
     _check_device(kernel, z, p)
     if z.dim() != 2 or z.shape[1] != p.D:
         raise ValueError(f"noise has shape {tuple(z.shape)}; expected (batch, {p.D})")
@@ -640,6 +681,13 @@ def maf_sample(folded, noise: Tensor | Sequence[Tensor], temperature: float | Te
     return _sample(folded, noise, temperature, out, block_b, num_warps, use_dot, precision, "maf")
 
 
+def iaf_sample(folded, noise: Tensor | Sequence[Tensor], temperature: float | Tensor = 1.0, *,
+               out: Tensor | None = None, block_b: int | None = None, num_warps: int | None = None,
+               use_dot: bool = True, precision: str | None = None) -> Tensor:
+    """``folded.sample(noise, temperature)`` of a folded IAF: one MADE pass per block, one launch."""
+    return _sample(folded, noise, temperature, out, block_b, num_warps, use_dot, precision, "iaf")
+
+
 def glow1d_sample(folded, noise: Tensor | Sequence[Tensor], temperature: float | Tensor = 1.0, *,
                   out: Tensor | None = None, block_b: int | None = None, num_warps: int | None = None,
                   use_dot: bool = True, precision: str | None = None) -> Tensor:
@@ -648,7 +696,8 @@ def glow1d_sample(folded, noise: Tensor | Sequence[Tensor], temperature: float |
 
 
 def tabular_sample(folded, noise, temperature=1.0, **kw) -> Tensor:
-    return (maf_sample if folded.arch == "maf" else glow1d_sample)(folded, noise, temperature, **kw)
+    fn = {"maf": maf_sample, "iaf": iaf_sample}.get(folded.arch, glow1d_sample)
+    return fn(folded, noise, temperature, **kw)
 
 
 # PyTorch references (the same fold() output, any dtype)

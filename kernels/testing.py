@@ -11,7 +11,7 @@ import random
 
 import torch
 
-from nfkd.flows import MAF, Glow, Glow1D
+from nfkd.flows import IAF, MAF, Glow, Glow1D
 
 CONFTEST_HINT = ("triton was imported (e.g. by torch.compile) before TRITON_INTERPRET=1 was set, so the "
                  "kernels cannot run in the interpreter in this process; set it first thing in tests/conftest.py: "
@@ -49,12 +49,14 @@ def tabular_flow(arch: str, dim: int, seed: int = 0, **kw) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed + 1000)
     if arch == "glow1d":
         flow = Glow1D(dim, steps=kw.pop("steps", 3), hidden=kw.pop("hidden", 16), **kw)
+    elif arch == "iaf":
+        flow = IAF(dim, blocks=kw.pop("blocks", 3), hidden=kw.pop("hidden", 16), **kw)
     else:
         flow = MAF(dim, blocks=kw.pop("blocks", 3), hidden=kw.pop("hidden", 16), **kw)
     flow = flow.double()
     flow.normalize.set(torch.randn(dim, generator=g, dtype=torch.float64),
                        torch.rand(dim, generator=g, dtype=torch.float64) + 0.5)
-    return randomize(flow, 0.1 if arch == "maf" else 0.05, seed).eval()
+    return randomize(flow, 0.1 if arch in ("maf", "iaf") else 0.05, seed).eval()
 
 
 def glow_flow(in_shape=(3, 12, 12), levels=2, steps=2, hidden=8, additive=False, seed=0) -> torch.nn.Module:

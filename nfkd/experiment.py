@@ -31,7 +31,7 @@ from .presets import resolve, student_preset
 from .train import TrainConfig, TrainResult, train_flow
 
 PROTOCOLS = ("equal-budget", "warm-start")
-QUALITY_KEYS = ("teacher_ll_of_samples", "energy_distance")
+QUALITY_KEYS = ("teacher_ll_of_samples_median", "energy_distance")
 ROWS = ["teacher", "base", *VARIANTS]
 LABELS = {"teacher": "Teacher", "base": "Student (no KD, before the extra steps)",
           **{v.name: v.label for v in VARIANTS.values()}}
@@ -211,10 +211,12 @@ def markdown_table(result: dict[str, Any]) -> str:
     if names:
         lines += ["", "Samples, scored without the model's own density (2000 samples per model; energy distance "
                   "to the test split in standardized units, lower is better):", "",
-                  "| model | teacher log-density of its samples | energy distance to test data |", "|---|---:|---:|"]
+                  "| model | teacher log-density of its samples (median) | energy distance to test data |",
+                  "|---|---:|---:|"]
         for name in names:
             row = s[name]
-            lines.append(f"| {LABELS[name]} | {row['teacher_ll_of_samples']:.3f} ± {row['teacher_ll_of_samples_std']:.3f} "
+            lines.append(f"| {LABELS[name]} | {row['teacher_ll_of_samples_median']:.3f} ± "
+                         f"{row['teacher_ll_of_samples_median_std']:.3f} "
                          f"| {row['energy_distance']:.4f} ± {row['energy_distance_std']:.4f} |")
     return "\n".join(lines) + "\n"
 
@@ -238,6 +240,8 @@ def main(argv: list[str]) -> int:
                         help="equal-budget: fresh students, one budget; warm-start: continue a trained no-KD student")
     parser.add_argument("--warm-steps", type=int, default=None, help="warm-start: extra steps (default: --student-steps)")
     parser.add_argument("--reuse-teachers", action="store_true", help="load OUT/seedN/teacher/model.pt when present")
+    parser.add_argument("--patience", type=int, default=10,
+                        help="evaluations (every 100 steps) without validation improvement before a run stops")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="runs/experiment")
     args = parser.parse_args(argv)
@@ -253,7 +257,7 @@ def main(argv: list[str]) -> int:
     check_methods(args.arch, methods, args.protocol)
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = dict(batch_size=args.batch_size, lr=args.lr, eval_every=100, patience=10, progress=False)
+    base = dict(batch_size=args.batch_size, lr=args.lr, eval_every=100, patience=args.patience, progress=False)
     result = run_experiment(
         args.data, args.arch, args.seeds, Path(args.out), args.preset,
         TrainConfig(steps=args.teacher_steps, **base), TrainConfig(steps=args.student_steps, **base),

@@ -280,7 +280,7 @@ def test_experiment_has_an_iaf_student_row_and_sample_quality(tmp_path):
     assert iaf["arch"] == "iaf" and iaf["nonfinite"] == 0 and res["runs"]["none"][0]["arch"] == "maf"
     assert iaf["params"] == res["runs"]["none"][0]["params"] > 0  # the MAF student's size (maf-cpu / iaf-cpu)
     for name in ("teacher", "none", "iaf"):
-        assert {"teacher_ll_of_samples", "energy_distance"} <= set(res["runs"][name][0])
+        assert {"teacher_ll_of_samples", "teacher_ll_of_samples_median", "energy_distance"} <= set(res["runs"][name][0])
     table = markdown_table(res)
     assert "| IAF student (distilled) (`iaf`) |" in table and "teacher log-density of its samples" in table
     with pytest.raises(InputError, match="needs a maf teacher"):

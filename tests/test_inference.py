@@ -49,9 +49,7 @@ def data(flow: nfkd.Flow, n: int, seed: int) -> torch.Tensor:
 
 
 AVAILABLE = [b.name for b in inference.backends() if b.available and "cpu" in b.devices]
-#: (arch, backend) pairs with nothing to run: no Triton kernel for IAF yet (the folded backend serves it)
-NOT_COVERED = {("iaf", "triton")}
-CASES = [(arch, name) for arch in FLOWS for name in AVAILABLE if (arch, name) not in NOT_COVERED]
+CASES = [(arch, name) for arch in FLOWS for name in AVAILABLE]
 
 
 @pytest.fixture(scope="module")

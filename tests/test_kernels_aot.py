@@ -126,7 +126,7 @@ def test_try_spec_errors_are_explained():
 def test_every_supported_dim_has_exactly_one_record_per_kernel_and_target():
     from kernels._env import next_pow2
 
-    tab = ("glow1d_log_prob", "glow1d_sample", "maf_log_prob", "maf_sample")
+    tab = ("glow1d_log_prob", "glow1d_sample", "maf_log_prob", "maf_sample", "iaf_sample")
     for arch in C.ARCHS:
         for k in tab:
             for d in range(1, 65):
