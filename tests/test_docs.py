@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-MODULES = ["nfkd.flows.base", "nfkd.flows.glow", "nfkd.flows.maf", "nfkd.fold", "nfkd.inference"]
+MODULES = ["nfkd.flows.base", "nfkd.flows.glow", "nfkd.flows.maf", "nfkd.flows.iaf", "nfkd.fold", "nfkd.inference"]
 
 
 @pytest.mark.parametrize("name", MODULES)
