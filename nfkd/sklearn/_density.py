@@ -1,6 +1,7 @@
 """``FlowDensity``: a normalizing flow as a scikit-learn density estimator (like ``KernelDensity``)."""
 from __future__ import annotations
 
+import copy
 import numbers
 import time
 from dataclasses import replace
@@ -230,7 +231,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
             est.feature_names_in_ = self.feature_names_in_
         loc = self.flow_.normalize.loc.double().numpy()
         scale = self.flow_.normalize.scale.double().numpy()  # the teacher's units: KD compares latents
-        est._fit_rows(X, loc, scale, seed, teacher=self.flow_, kd=kd, steps=steps)
+        teacher = copy.deepcopy(self.flow_)  # the Trainer moves its teacher to the device, in place
+        est._fit_rows(X, loc, scale, seed, teacher=teacher.eval(), kd=kd, steps=steps)
         est.distilled_from_ = {"method": name, "teacher_arch": self.flow_.arch, "teacher_config": dict(self.flow_.config),
                                "teacher_parameters": int(self.flow_.num_parameters())}
         est._post_fit(X)
