@@ -145,7 +145,10 @@ def test_early_stopping_keeps_the_best_validation_step():
     X = _gauss(n=200)
     est = FlowDensity(flow_config={"steps": 2, "hidden": 64}, steps=400, n_iter_no_change=2, lr=3e-2,
                       random_state=0).fit(X)
-    assert est.n_iter_ <= 400 and 0 < est.best_iteration_ <= est.n_iter_ and np.isfinite(est.validation_score_)
+    # stopped 2 evaluations (of every 400 // 20 = 20 steps) after the best one, whose weights were kept
+    assert est.n_iter_ < 400 and est.best_iteration_ == est.n_iter_ - 2 * 20
+    val_rows = np.random.RandomState(0).permutation(len(X))[: round(0.1 * len(X))]
+    assert est.validation_score_ == pytest.approx(est.score_samples(X[val_rows]).mean(), abs=1e-4)
 
 
 # --- model selection and persistence ---------------------------------------------------------
@@ -213,6 +216,8 @@ def test_clear_errors():
         FlowDensity(**TINY).fit(np.c_[X[:, :1], np.ones(len(X)), X[:, 2:]])
     with pytest.raises(InputError, match="unknown method 'nope'"):
         est.distill(X, method="nope")
+    with pytest.raises(InputError, match="steps must be a positive integer"):
+        est.distill(X, steps=0)
     with pytest.raises(InputError, match="unknown preset"):
         FlowDensity(**{**TINY, "preset": "nope"}).fit(X)
     with pytest.raises(InputError, match="n_samples must be a positive integer"):

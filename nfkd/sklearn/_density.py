@@ -163,6 +163,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
             flow = build(self.arch, self.preset, self.role, self.flow_config, X.shape[1], loc, scale)
             if kd is not None:
                 kd = replace(kd, seed=cfg.seed)
+                teacher = teacher if kd.needs_teacher else None  # as nfkd experiment does
             out = train(flow, X[train_idx], X[val_idx], cfg, teacher=teacher, kd=kd)
         self.flow_ = out.flow
         self.n_train_samples_ = int(len(X))
@@ -218,6 +219,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
         check_is_fitted(self)
         name = method if method is not None else BEST_BY_ARCH.get(self.arch, ("none", ""))[0]
         kd = get_variant(name).config()
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
+            raise InputError(f"steps must be a positive integer or None, got {steps!r}")
         if student is not None and not isinstance(student, dict):
             raise InputError(f"student must be a dict of config overrides or None, got {type(student).__name__}")
         seed = _seed(self.random_state if random_state is None else random_state)
