@@ -21,7 +21,7 @@ from ..distill import KDConfig
 from ..errors import InputError
 from ..flows import Flow, build_flow
 from ..presets import DEFAULT_PRESET, PRESETS, resolve
-from ..train import TrainConfig, Trainer, TrainResult
+from ..train import TrainConfig, TrainData, Trainer, TrainResult
 
 __all__ = ["EXACT", "FitOutcome", "Scorer", "build", "flow_from_bytes", "flow_to_bytes", "train"]
 
@@ -90,8 +90,6 @@ def train(flow: Flow, train_rows: np.ndarray, val_rows: np.ndarray, cfg: TrainCo
     stopping, NaN guard), in a temporary folder; returns the best-by-validation flow on the CPU."""
     td_train = torch.as_tensor(np.ascontiguousarray(train_rows), dtype=torch.float32)
     td_val = torch.as_tensor(np.ascontiguousarray(val_rows), dtype=torch.float32)
-    from ..train import TrainData
-
     with tempfile.TemporaryDirectory(prefix="nfkd-sklearn-") as tmp:
         trainer = _InMemoryTrainer(flow, TrainData(td_train, td_val), cfg, tmp, teacher=teacher, kd=kd)
         res = trainer.run()
