@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .checkpoint_header import check_config, covered_digest, entries_of, loads_json, parse_header
+from .checkpoint_header import check_config, covered_digest, entries_of, loads_json, parse_header, stored_float_dtype
 from .errors import CheckpointError
 from .flows import Flow, build_flow
 
@@ -138,7 +138,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{path} is corrupt: {exc}") from None
     try:
-        flow = build_flow(arch, **config)
+        flow = build_flow(arch, **config).to(stored_float_dtype(entries))  # float64 flows load as float64
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model from its config ({exc})") from None
     missing, unexpected = _compare_keys(flow, tensors)

@@ -219,6 +219,16 @@ class _Skeleton(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+_FLOAT_NAMES = ("F64", "F32", "F16", "BF16")
+
+
+def stored_float_dtype(entries: dict[str, TensorEntry]) -> torch.dtype:
+    """The one floating dtype of the stored tensors (a flow saved after ``.double()`` is float64),
+    float32 when none is stored or they are mixed."""
+    kinds = {e.dtype for e in entries.values() if e.dtype in _FLOAT_NAMES}
+    return DTYPES[kinds.pop()][1] if len(kinds) == 1 else torch.float32
+
+
 def check_config(path: Path, arch: Any, config: Any, entries: dict[str, TensorEntry]) -> None:
     """Refuse a config whose model would not have exactly the stored tensors, without allocating it."""
     if not isinstance(arch, str) or arch not in ARCHITECTURES:
@@ -238,7 +248,9 @@ def check_config(path: Path, arch: Any, config: Any, entries: dict[str, TensorEn
     except Exception as exc:  # only nfkd's own constructors run here: any failure means a bad config
         raise CheckpointError(f"{path}: cannot rebuild the model from its config "
                               f"({type(exc).__name__}: {str(exc)[:200]})") from None
-    want = {k: (_DTYPE_NAMES.get(v.dtype, str(v.dtype)), tuple(v.shape)) for k, v in skeleton.state_dict().items()}
+    floats = _DTYPE_NAMES[stored_float_dtype(entries)]  # the skeleton is float32; the flow may have been cast
+    want = {k: (floats if v.dtype == torch.float32 else _DTYPE_NAMES.get(v.dtype, str(v.dtype)), tuple(v.shape))
+            for k, v in skeleton.state_dict().items()}
     have = {k: (e.dtype, e.shape) for k, e in entries.items()}
     if want == have:
         return

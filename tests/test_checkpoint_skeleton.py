@@ -66,3 +66,18 @@ def test_checking_a_checkpoint_does_not_import_dynamo(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "clean"
+
+
+def test_a_float64_flow_round_trips_in_float64(tmp_path):
+    """A flow saved after ``.double()`` (the precision tests and exact scoring use) loads as float64,
+    bit for bit, instead of being refused as not matching its (float32) config."""
+    import nfkd
+    from nfkd.flows import MAF
+
+    torch.manual_seed(0)
+    flow = MAF(4, blocks=2, hidden=8).double()
+    nfkd.save(flow, tmp_path / "f64.pt")
+    back = nfkd.load(tmp_path / "f64.pt")
+    assert all(t.dtype == torch.float64 for t in back.state_dict().values() if t.is_floating_point())
+    x = torch.randn(5, 4, dtype=torch.float64)
+    assert torch.equal(back.log_prob(x), flow.eval().log_prob(x))

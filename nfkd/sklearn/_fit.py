@@ -39,6 +39,12 @@ def _arch_available(arch: str) -> None:
                          "use arch='glow1d' or arch='maf'")
 
 
+def _role_for(arch: str, role: str) -> str:
+    """IAF presets pair a MAF teacher with an IAF student: an IAF fitted on data by maximum
+    likelihood (exact, D sequential passes per block) uses the preset's IAF, whatever the role."""
+    return "student" if arch == "iaf" else role
+
+
 def build(arch: str, preset: str | None, role: str, overrides: dict[str, Any] | None, dim: int,
           loc: np.ndarray, scale: np.ndarray) -> Flow:
     """A flow from the preset's config for ``role`` with ``overrides``, normalizing by (loc, scale) inside.
@@ -53,7 +59,7 @@ def build(arch: str, preset: str | None, role: str, overrides: dict[str, Any] | 
     if preset is None and arch not in DEFAULT_PRESET:
         raise InputError(f"no default preset for arch={arch!r}; pass preset= one of {sorted(PRESETS)}")
     try:
-        cfg = resolve(arch, role, preset, overrides)
+        cfg = resolve(arch, _role_for(arch, role), preset, overrides)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     cfg.pop("arch")
