@@ -1,7 +1,8 @@
 """``python -m nfkd demo``: the main job end to end on an embedded dataset.
 
-teacher -> students (no KD, the paper's SKD, and the best measured method: ``variants.BEST_BY_ARCH``, or
-``--method``) under one budget -> test evaluation -> ONNX export of
+teacher -> students (no KD, the paper's SKD, and the best measured recipe: ``variants.demo_recipe``, or
+``--method``; for Glow-1D the recipe is forward KL under the warm-start protocol, where every student,
+no-KD included, continues one trained no-KD student) -> test evaluation -> ONNX export of
 the best student with its parity gate -> density throughput (eager teacher, eager student, ONNX
 Runtime student; same threads, interleaved) -> then the same for images (a small Glow family on
 8x8 digits by default: test bpd, sample grids from the same noise at T=0.7 and 1.0, an eq.-16
@@ -22,7 +23,7 @@ import torch
 from . import inference
 from .data.splits import TabularSplits
 from .demo_images import render_image_section, run_image_demo
-from .distill.variants import BEST_BY_ARCH, get_variant
+from .distill.variants import demo_recipe, get_variant
 from .errors import InputError
 from .experiment import LABELS, train_family
 from .inference.timing import interleaved_medians
@@ -87,13 +88,19 @@ def plot_throughput(tp: dict[str, dict[str, float]], path: Path) -> None:
 def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", teacher_steps: int = 2000,
              student_steps: int = 1500, threads: int = 2, seed: int = 0, log=print,
              image_data: str | None = "digits_images", image_steps: tuple[int, int] = (1000, 600),
-             fid_n: int = 0, inception: str | None = None, method: str | None = None) -> dict[str, Any]:
+             fid_n: int = 0, inception: str | None = None, method: str | None = None,
+             protocol: str | None = None) -> dict[str, Any]:
     torch.set_num_threads(threads)
     chosen = method is not None
-    method, why = (method, "chosen with --method") if chosen else BEST_BY_ARCH[arch]
+    best_method, best_protocol, best_why = demo_recipe(arch)
+    method, why = (method, "chosen with --method") if chosen else (best_method, best_why)
+    protocol = protocol or ("equal-budget" if chosen else best_protocol)
     get_variant(method)  # a typo fails before any training
+    if protocol not in ("equal-budget", "warm-start"):
+        raise InputError(f"protocol must be 'equal-budget' or 'warm-start', got {protocol!r}")
     # A MAF teacher also gets the parallel-sampling IAF student (one MADE pass per block to sample).
-    methods = list(dict.fromkeys(["none", "skd", method, *(["iaf"] if arch == "maf" else [])]))
+    methods = list(dict.fromkeys(["none", "skd", method,
+                                  *(["iaf"] if arch == "maf" and protocol == "equal-budget" else [])]))
     out.mkdir(parents=True, exist_ok=True)
     runs = out / "runs"
     data = get_data(data_name, seed=seed)
@@ -108,7 +115,8 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
     log(f"demo: {data_name} ({data.dim}-d, splits {data.sizes}), {arch} teacher -> students")
     t_res, students, results = train_family(data, arch, TrainConfig(steps=teacher_steps, **base),
                                             TrainConfig(steps=student_steps, **base), runs, seed,
-                                            methods=methods, log=lambda m: log(f"  {m}"))
+                                            methods=methods, log=lambda m: log(f"  {m}"), protocol=protocol,
+                                            warm_steps=student_steps if protocol == "warm-start" else None)
     # The exported student serves densities: the IAF student (D passes per block for a density) is
     # there for sampling and is not a candidate.
     density_students = [m for m in students if get_variant(m).student_arch is None]
@@ -148,11 +156,11 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
     plot_samples(data.train, samples, out / "samples.png", (int(var[0]), int(var[1])))
     plot_throughput(tp, out / "throughput.png")
     sampling = measure_sampling({"teacher": t_res.flow, **students}, seed) if "iaf" in students else {}
-    for name in ["teacher", *students]:
+    for name in results:
         if (runs / name.replace(":", "_") / "loss_curve.png").exists():
             shutil.copy(runs / name.replace(":", "_") / "loss_curve.png", out / f"loss_curve_{name}.png")
     report = {"dataset": data_name, "arch": arch, "dim": data.dim, "splits": data.sizes, "results": results,
-              "methods": methods, "kd_method": method, "kd_method_why": why,
+              "methods": methods, "kd_method": method, "kd_method_why": why, "protocol": protocol,
               "best_student_by_val": best_by_val, "best_student_by_test": best, "export": export_info,
               "throughput_batch4096": tp, "sampling_batch4096": sampling, "threads": threads}
     _write_report(out, report)  # the tabular results are kept even if the image part fails
@@ -182,6 +190,9 @@ def render_report(r: dict[str, Any]) -> str:
         f"Distillation method: **{r['kd_method']}** ({get_variant(r['kd_method']).about}), next to the paper's "
         f"SKD and a no-KD student with the same budget. Why: {r['kd_method_why']}.",
         "",
+        *(["Protocol: **warm start** — one no-KD student is trained first (the 'before' row); every student, the "
+           "no-KD baseline included, continues from it for the same extra steps, so the extra steps are not "
+           "credited to distillation.", ""] if r.get("protocol") == "warm-start" else []),
         "| model | params | test LL | gap closed | train s |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -219,6 +230,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--student-steps", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--protocol", default=None, choices=["equal-budget", "warm-start"],
+                        help="students from scratch at one budget, or all continuing one no-KD student (default: the "
+                             "protocol the default method was measured under; equal-budget with --method)")
     parser.add_argument("--method", default=None,
                         help="distillation method next to no-KD and SKD (default: the best measured for the "
                              "architecture, see docs/experiments.md; list: python -m nfkd experiment --methods)")
@@ -238,5 +252,5 @@ def main(argv: list[str]) -> int:
     run_demo(Path(args.out), args.data, args.arch, args.teacher_steps, args.student_steps, args.threads, args.seed,
              image_data=None if args.no_images else args.image_data,
              image_steps=(args.image_teacher_steps, args.image_student_steps), fid_n=args.fid,
-             inception=args.inception, method=args.method)
+             inception=args.inception, method=args.method, protocol=args.protocol)
     return 0
