@@ -1,0 +1,280 @@
+"""The ``numba`` backend of ``nfkd.inference``: the fused CPU kernels of ``kernels.cpu_engine``.
+
+``load_cpu_engine`` folds the flow (``nfkd.fold``, in float64) and packs its modules into one
+contiguous float32 buffer in the kernels' layout (matrices transposed to ``[in, out]`` and
+zero-padded to 16 columns; see ``kernels/cpu_engine.py``). This is a re-layout of the folded
+modules, not a second model: the folded flow's eager code is the reference the tests compare to.
+
+Calls: ``threads=1`` (or a batch of one tile) runs the serial entry point (no thread pool touched);
+more threads run the ``prange`` entry point over row tiles under a lock (numba's thread pool runs
+one parallel region at a time). Scratch is allocated once per runner (per calling thread for the
+serial path), so a call allocates only its output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+
+from nfkd.errors import InputError
+from nfkd.flows.base import LOG_2PI
+from nfkd.flows.layers import FixedAffine, made_degrees
+from nfkd.inference.runner import Runner
+
+__all__ = ["NumbaRunner", "load_cpu_engine", "pack_glow1d", "pack_maf"]
+
+F32 = np.float32
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+class _Packer:
+    """Appends float64 blocks to one buffer (cast to float32 at the end) and records their offsets."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, a: np.ndarray) -> int:
+        a = np.ascontiguousarray(a, np.float64).ravel()
+        off = self.size
+        self.parts.append(a)
+        self.size += a.size
+        pad = (-self.size) % 16  # keep every block 64-byte aligned relative to the buffer start
+        if pad:
+            self.parts.append(np.zeros(pad))
+            self.size += pad
+        return off
+
+    def matrix(self, w: np.ndarray, cols: int) -> int:
+        """W [out, in] (PyTorch layout) stored as W^T [in, cols], zero-padded columns."""
+        out_f, in_f = w.shape
+        m = np.zeros((in_f, cols))
+        m[:, :out_f] = w.T
+        return self.add(m)
+
+    def vector(self, b: np.ndarray, cols: int) -> int:
+        v = np.zeros(cols)
+        v[: b.size] = b
+        return self.add(v)
+
+    def buffer(self) -> np.ndarray:
+        return np.concatenate(self.parts + [np.zeros(16)]).astype(F32)
+
+
+def _linears(net: torch.nn.Module) -> list[tuple[np.ndarray, np.ndarray]]:
+    from nfkd.fold import linear_layers
+
+    return [(_np(w), _np(b)) for w, b in linear_layers(net)]
+
+
+def pack_glow1d(folded) -> dict[str, Any]:
+    """Buffers of a folded Glow-1D (float64 fold) for ``cpu_engine.glow1d_*``."""
+    from nfkd.fold import constant_logdet
+
+    from .cpu_engine import pad16
+
+    d = folded.dim
+    steps = list(folded.steps)
+    c = steps[0].coupling
+    layers0 = _linears(c.net)
+    depth = len(layers0) - 1
+    hidden = layers0[0][0].shape[0]
+    ca, cb = c.c_a, c.c_b
+    dp, hp = pad16(d), pad16(hidden)
+    op = pad16(cb if c.additive else 2 * cb)
+    p = _Packer()
+    offs = np.zeros((len(steps), 4 + 2 * (depth + 1)), np.int64)
+    for k, step in enumerate(steps):
+        mix = step.mix
+        offs[k, 0] = p.matrix(_np(mix.weight), dp)
+        offs[k, 1] = p.vector(_np(mix.bias), dp)
+        offs[k, 2] = p.matrix(_np(mix.weight_inv), dp)
+        offs[k, 3] = p.vector(_np(mix.bias_inv), dp)
+        layers = _linears(step.coupling.net)
+        for li, (w, b) in enumerate(layers):
+            cols = op if li == depth else hp
+            offs[k, 4 + 2 * li] = p.matrix(w, cols)
+            offs[k, 5 + 2 * li] = p.vector(b, cols)
+    meta = np.array([d, dp, ca, cb, hidden, hp, op, len(steps), depth, int(c.additive)], np.int64)
+    const = float(constant_logdet(folded)) - 0.5 * d * LOG_2PI
+    return {"w": p.buffer(), "offs": offs, "meta": meta, "const": F32(const), "dp": dp, "wide": max(hp, op)}
+
+
+def pack_maf(folded) -> dict[str, Any]:
+    """Buffers of a folded MAF (float64 fold) for ``cpu_engine.maf_*``; hidden units in MADE-degree order."""
+    from nfkd.fold import constant_logdet
+
+    from .cpu_engine import pad16
+
+    d = folded.dim
+    blocks = list(folded.blocks)
+    made0 = blocks[0].made
+    layers0 = _linears(made0.net)
+    nhid = len(layers0) - 1
+    hidden = layers0[0][0].shape[0]
+    dp, hp, op = pad16(d), pad16(hidden), pad16(2 * d)
+    deg = made_degrees(d, hidden, nhid)[1].numpy()
+    order = np.argsort(deg, kind="stable")  # same degrees in every hidden layer (made_degrees)
+    sorted_deg = deg[order]
+    # output j (input degree j + 1) reads hidden units of degree <= j: a prefix in degree order
+    nj_row = np.array([int((sorted_deg <= j).sum()) for j in range(d)], np.int64)
+    has_bn = any(b.bn is not None for b in blocks)
+    if has_bn and not all(isinstance(b.bn, FixedAffine) for b in blocks):
+        raise InputError("the numba backend needs the folded MAF (batch-norm as a fixed affine)")
+    p = _Packer()
+    ncols = 2 * nhid + 6
+    offs = np.zeros((len(blocks) + 1, ncols), np.int64)
+    perms = np.zeros((len(blocks), d), np.int64)
+    for k, blk in enumerate(blocks):
+        layers = _linears(blk.made.net)
+        for li, (w, b) in enumerate(layers):
+            if li < nhid:  # rows (outputs) in degree order; inputs too after the first layer
+                w = w[order] if li == 0 else w[order][:, order]
+                b = b[order]
+                offs[k, 2 * li] = p.matrix(w, hp)
+                offs[k, 2 * li + 1] = p.vector(b, hp)
+            else:
+                w = w[:, order]
+                offs[k, 2 * li] = p.matrix(w, op)
+                offs[k, 2 * li + 1] = p.vector(b, op)
+                wot = np.zeros((2 * d, hp))
+                wot[:, :hidden] = w
+                offs[k, 2 * li + 2] = p.add(wot)
+        if blk.bn is not None:
+            loc, scale = _np(blk.bn.loc), _np(blk.bn.scale)
+        else:
+            loc, scale = np.zeros(d), np.ones(d)
+        offs[k, 2 * nhid + 3] = p.vector(loc, dp)
+        offs[k, 2 * nhid + 4] = p.vector(1.0 / scale, dp)
+        offs[k, 2 * nhid + 5] = p.vector(scale, dp)
+        perms[k] = blk.perm.inv_perm.cpu().numpy()
+    norm = folded.normalize
+    offs[len(blocks), 0] = p.vector(_np(norm.loc), dp)
+    offs[len(blocks), 1] = p.vector(1.0 / _np(norm.scale), dp)
+    offs[len(blocks), 2] = p.vector(_np(norm.scale), dp)
+    tanh = int(made0.activation == "tanh")
+    meta = np.array([d, dp, hidden, hp, op, len(blocks), nhid, tanh, int(has_bn)], np.int64)
+    const = float(constant_logdet(folded)) - 0.5 * d * LOG_2PI
+    nj = np.tile(nj_row, (len(blocks), 1))
+    return {"w": p.buffer(), "offs": offs, "perms": perms, "nj": nj, "meta": meta, "const": F32(const),
+            "clamp": F32(made0.alpha_clamp), "dp": dp, "hp": hp, "wide": max(hp, op)}
+
+
+class NumbaRunner(Runner):
+    """Folded Glow-1D / MAF on the fused numba kernels (CPU, float32)."""
+
+    backend = "numba"
+    native = "numpy"
+
+    def __init__(self, folded, meta, threads: int | None) -> None:
+        import numba
+
+        meta = dataclasses.replace(meta, extra={**meta.extra, "numba_threads": 0, "tile_rows": 0})
+        super().__init__(meta, "cpu", threads)
+
+        from . import cpu_engine as eng
+
+        self._eng = eng
+        self._numba = numba
+        self.arch = folded.arch
+        self.packed = pack_glow1d(folded) if self.arch == "glow1d" else pack_maf(folded)
+        self.nthreads = min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._par_scratch = None  # [threads, ...] scratch of the parallel entry points (under the lock)
+        self.meta.extra["numba_threads"] = self.nthreads
+        self.meta.extra["tile_rows"] = eng.TILE
+
+    # --- scratch ------------------------------------------------------------------------------
+    def _scratch(self, lead: tuple[int, ...]) -> dict[str, np.ndarray]:
+        pk, eng = self.packed, self._eng
+        rows = max(eng.TILE, eng.SAMPLE_TILE)
+
+        def z(width: int) -> np.ndarray:
+            return np.zeros((*lead, rows * width), F32)
+
+        s = {"h": z(pk["dp"]), "h2": z(pk["dp"]), "t1": z(pk["wide"]), "t2": z(pk["wide"]), "ld": z(1)}
+        if self.arch == "maf":
+            s["pre"] = z(pk["hp"])
+        return s
+
+    def _serial_scratch(self) -> dict[str, np.ndarray]:
+        s = getattr(self._local, "scratch", None)
+        if s is None:
+            s = self._local.scratch = self._scratch(())
+        return s
+
+    def _parallel(self, rows: int, tile: int) -> bool:
+        return self.nthreads > 1 and rows > tile
+
+    # --- the two directions -------------------------------------------------------------------
+    def _log_prob(self, x: np.ndarray) -> np.ndarray:
+        eng = self._eng
+        out = np.empty(x.shape[0], F32)
+        if self._parallel(x.shape[0], eng.TILE):
+            with self._lock:
+                self._numba.set_num_threads(self.nthreads)
+                if self._par_scratch is None:
+                    self._par_scratch = self._scratch((self._numba.config.NUMBA_NUM_THREADS,))
+                s = self._par_scratch
+                self._call_lp(True, x, out, s)
+        else:
+            self._call_lp(False, x, out, self._serial_scratch())
+        return out
+
+    def _call_lp(self, par: bool, x, out, s) -> None:
+        pk, eng = self.packed, self._eng
+        if self.arch == "glow1d":
+            fn = eng.glow1d_log_prob_par if par else eng.glow1d_log_prob
+            fn(x, out, pk["w"], pk["offs"], pk["meta"], pk["const"], s["h"], s["h2"], s["t1"], s["t2"], s["ld"])
+        else:
+            fn = eng.maf_log_prob_par if par else eng.maf_log_prob
+            fn(x, out, pk["w"], pk["offs"], pk["perms"], pk["meta"], pk["const"], pk["clamp"], s["h"], s["h2"],
+               s["t1"], s["t2"], s["ld"])
+
+    def _decode(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:
+        eng = self._eng
+        z = noise[0]
+        out = np.empty(z.shape, F32)
+        if self._parallel(z.shape[0], eng.SAMPLE_TILE):
+            with self._lock:
+                self._numba.set_num_threads(self.nthreads)
+                if self._par_scratch is None:
+                    self._par_scratch = self._scratch((self._numba.config.NUMBA_NUM_THREADS,))
+                self._call_sample(True, z, F32(temperature), out, self._par_scratch)
+        else:
+            self._call_sample(False, z, F32(temperature), out, self._serial_scratch())
+        return out
+
+    def _call_sample(self, par: bool, z, temperature, out, s) -> None:
+        pk, eng = self.packed, self._eng
+        if self.arch == "glow1d":
+            fn = eng.glow1d_sample_par if par else eng.glow1d_sample
+            fn(z, temperature, out, pk["w"], pk["offs"], pk["meta"], s["h"], s["h2"], s["t1"], s["t2"])
+        else:
+            fn = eng.maf_sample_par if par else eng.maf_sample
+            fn(z, temperature, out, pk["w"], pk["offs"], pk["perms"], pk["nj"], pk["meta"], pk["clamp"], s["h"],
+               s["h2"], s["pre"], s["t1"], s["t2"])
+
+
+def load_cpu_engine(source, device: str, threads: int | None, options: dict[str, Any]) -> NumbaRunner:
+    """``nfkd.inference.load(..., backend="numba")``: Glow-1D and MAF on CPU."""
+    from nfkd.fold import fold
+
+    if device.split(":")[0] != "cpu":
+        raise InputError(f"the numba backend runs on the CPU only, not {device}")
+    if source.flow is None:
+        raise InputError("the numba backend runs the folded flow: pass the checkpoint (.pt) or a Flow, "
+                         f"not the export folder {source.export_folder}")
+    if source.meta.arch not in ("glow1d", "maf"):
+        raise InputError(f"the numba backend covers the tabular flows (glow1d, maf), not {source.meta.arch}; "
+                         f"use backend='onnxruntime' or 'folded'")
+    folded = fold(source.flow, torch.float64)
+    return NumbaRunner(folded, source.meta, threads)
+
