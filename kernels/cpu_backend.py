@@ -86,10 +86,9 @@ def pack_glow1d(folded) -> dict[str, Any]:
     depth = len(layers0) - 1
     hidden = layers0[0][0].shape[0]
     ca, cb = c.c_a, c.c_b
-    dp, hp = pad16(d), pad16(hidden)
-    op = pad16(cb if c.additive else 2 * cb)
+    dp, hp, cbp = pad16(d), pad16(hidden), pad16(cb)
     p = _Packer()
-    offs = np.zeros((len(steps), 4 + 2 * (depth + 1)), np.int64)
+    offs = np.zeros((len(steps), 4 + 2 * (depth + 2)), np.int64)
     for k, step in enumerate(steps):
         mix = step.mix
         offs[k, 0] = p.matrix(_np(mix.weight), dp)
@@ -97,13 +96,19 @@ def pack_glow1d(folded) -> dict[str, Any]:
         offs[k, 2] = p.matrix(_np(mix.weight_inv), dp)
         offs[k, 3] = p.vector(_np(mix.bias_inv), dp)
         layers = _linears(step.coupling.net)
-        for li, (w, b) in enumerate(layers):
-            cols = op if li == depth else hp
-            offs[k, 4 + 2 * li] = p.matrix(w, cols)
-            offs[k, 5 + 2 * li] = p.vector(b, cols)
-    meta = np.array([d, dp, ca, cb, hidden, hp, op, len(steps), depth, int(c.additive)], np.int64)
+        for li, (w, b) in enumerate(layers[:-1]):
+            offs[k, 4 + 2 * li] = p.matrix(w, hp)
+            offs[k, 5 + 2 * li] = p.vector(b, hp)
+        w, b = layers[-1]  # rows: shift (cb), then s (cb) unless additive
+        o = 4 + 2 * depth
+        offs[k, o] = p.matrix(w[:cb], cbp)
+        offs[k, o + 1] = p.vector(b[:cb], cbp)
+        if not c.additive:
+            offs[k, o + 2] = p.matrix(w[cb:], cbp)
+            offs[k, o + 3] = p.vector(b[cb:], cbp)
+    meta = np.array([d, dp, ca, cb, hidden, hp, cbp, len(steps), depth, int(c.additive)], np.int64)
     const = float(constant_logdet(folded)) - 0.5 * d * LOG_2PI
-    return {"w": p.buffer(), "offs": offs, "meta": meta, "const": F32(const), "dp": dp, "wide": max(hp, op)}
+    return {"w": p.buffer(), "offs": offs, "meta": meta, "const": F32(const), "dp": dp, "hp": hp, "cbp": cbp}
 
 
 def pack_maf(folded) -> dict[str, Any]:
@@ -118,7 +123,7 @@ def pack_maf(folded) -> dict[str, Any]:
     layers0 = _linears(made0.net)
     nhid = len(layers0) - 1
     hidden = layers0[0][0].shape[0]
-    dp, hp, op = pad16(d), pad16(hidden), pad16(2 * d)
+    dp, hp = pad16(d), pad16(hidden)
     deg = made_degrees(d, hidden, nhid)[1].numpy()
     order = np.argsort(deg, kind="stable")  # same degrees in every hidden layer (made_degrees)
     sorted_deg = deg[order]
@@ -128,7 +133,7 @@ def pack_maf(folded) -> dict[str, Any]:
     if has_bn and not all(isinstance(b.bn, FixedAffine) for b in blocks):
         raise InputError("the numba backend needs the folded MAF (batch-norm as a fixed affine)")
     p = _Packer()
-    ncols = 2 * nhid + 6
+    ncols = 2 * nhid + 8
     offs = np.zeros((len(blocks) + 1, ncols), np.int64)
     perms = np.zeros((len(blocks), d), np.int64)
     for k, blk in enumerate(blocks):
@@ -139,31 +144,33 @@ def pack_maf(folded) -> dict[str, Any]:
                 b = b[order]
                 offs[k, 2 * li] = p.matrix(w, hp)
                 offs[k, 2 * li + 1] = p.vector(b, hp)
-            else:
+            else:  # mu (rows :d), alpha (rows d:), each padded to dp columns
                 w = w[:, order]
-                offs[k, 2 * li] = p.matrix(w, op)
-                offs[k, 2 * li + 1] = p.vector(b, op)
+                offs[k, 2 * li] = p.matrix(w[:d], dp)
+                offs[k, 2 * li + 1] = p.vector(b[:d], dp)
+                offs[k, 2 * li + 2] = p.matrix(w[d:], dp)
+                offs[k, 2 * li + 3] = p.vector(b[d:], dp)
                 wot = np.zeros((2 * d, hp))
                 wot[:, :hidden] = w
-                offs[k, 2 * li + 2] = p.add(wot)
+                offs[k, 2 * li + 4] = p.add(wot)
         if blk.bn is not None:
             loc, scale = _np(blk.bn.loc), _np(blk.bn.scale)
         else:
             loc, scale = np.zeros(d), np.ones(d)
-        offs[k, 2 * nhid + 3] = p.vector(loc, dp)
-        offs[k, 2 * nhid + 4] = p.vector(1.0 / scale, dp)
-        offs[k, 2 * nhid + 5] = p.vector(scale, dp)
+        offs[k, 2 * nhid + 5] = p.vector(loc, dp)
+        offs[k, 2 * nhid + 6] = p.vector(1.0 / scale, dp)  # padded entries 0: padded u stay 0
+        offs[k, 2 * nhid + 7] = p.vector(scale, dp)
         perms[k] = blk.perm.inv_perm.cpu().numpy()
     norm = folded.normalize
     offs[len(blocks), 0] = p.vector(_np(norm.loc), dp)
     offs[len(blocks), 1] = p.vector(1.0 / _np(norm.scale), dp)
     offs[len(blocks), 2] = p.vector(_np(norm.scale), dp)
     tanh = int(made0.activation == "tanh")
-    meta = np.array([d, dp, hidden, hp, op, len(blocks), nhid, tanh, int(has_bn)], np.int64)
+    meta = np.array([d, dp, hidden, hp, len(blocks), nhid, tanh], np.int64)
     const = float(constant_logdet(folded)) - 0.5 * d * LOG_2PI
     nj = np.tile(nj_row, (len(blocks), 1))
     return {"w": p.buffer(), "offs": offs, "perms": perms, "nj": nj, "meta": meta, "const": F32(const),
-            "clamp": F32(made0.alpha_clamp), "dp": dp, "hp": hp, "wide": max(hp, op)}
+            "clamp": F32(made0.alpha_clamp), "dp": dp, "hp": hp}
 
 
 class NumbaRunner(Runner):
@@ -199,9 +206,12 @@ class NumbaRunner(Runner):
         def z(width: int) -> np.ndarray:
             return np.zeros((*lead, rows * width), F32)
 
-        s = {"h": z(pk["dp"]), "h2": z(pk["dp"]), "t1": z(pk["wide"]), "t2": z(pk["wide"]), "ld": z(1)}
-        if self.arch == "maf":
-            s["pre"] = z(pk["hp"])
+        dp, hp = pk["dp"], pk["hp"]
+        s = {"h": z(dp), "h2": z(dp), "t1": z(hp), "t2": z(hp), "ld": z(1)}
+        if self.arch == "glow1d":
+            s.update(sh=z(pk["cbp"]), sc=z(pk["cbp"]), ls=z(pk["cbp"]))
+        else:
+            s.update(mu=z(dp), al=z(dp), pre=z(hp))
         return s
 
     def _serial_scratch(self) -> dict[str, np.ndarray]:
@@ -232,11 +242,12 @@ class NumbaRunner(Runner):
         pk, eng = self.packed, self._eng
         if self.arch == "glow1d":
             fn = eng.glow1d_log_prob_par if par else eng.glow1d_log_prob
-            fn(x, out, pk["w"], pk["offs"], pk["meta"], pk["const"], s["h"], s["h2"], s["t1"], s["t2"], s["ld"])
+            fn(x, out, pk["w"], pk["offs"], pk["meta"], pk["const"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"],
+               s["sc"], s["ls"], s["ld"])
         else:
             fn = eng.maf_log_prob_par if par else eng.maf_log_prob
             fn(x, out, pk["w"], pk["offs"], pk["perms"], pk["meta"], pk["const"], pk["clamp"], s["h"], s["h2"],
-               s["t1"], s["t2"], s["ld"])
+               s["t1"], s["t2"], s["mu"], s["al"], s["ld"])
 
     def _decode(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:
         eng = self._eng
@@ -256,11 +267,12 @@ class NumbaRunner(Runner):
         pk, eng = self.packed, self._eng
         if self.arch == "glow1d":
             fn = eng.glow1d_sample_par if par else eng.glow1d_sample
-            fn(z, temperature, out, pk["w"], pk["offs"], pk["meta"], s["h"], s["h2"], s["t1"], s["t2"])
+            fn(z, temperature, out, pk["w"], pk["offs"], pk["meta"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"],
+               s["sc"])
         else:
             fn = eng.maf_sample_par if par else eng.maf_sample
             fn(z, temperature, out, pk["w"], pk["offs"], pk["perms"], pk["nj"], pk["meta"], pk["clamp"], s["h"],
-               s["h2"], s["pre"], s["t1"], s["t2"])
+               s["h2"], s["pre"], s["t1"], s["t2"], s["mu"], s["al"])
 
 
 def load_cpu_engine(source, device: str, threads: int | None, options: dict[str, Any]) -> NumbaRunner:

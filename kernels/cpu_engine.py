@@ -14,12 +14,18 @@ row-major, its output width zero-padded to a multiple of 16 (``pad16``) so the m
 column tail; the zero padding keeps padded columns exactly 0. ``offs`` holds int64 offsets into
 ``wbuf``, ``meta`` the sizes (see the ``G_*`` / ``M_*`` indices).
 
+Vectorization rule learnt by measurement: loops with ``exp`` / ``tanh`` run *flat* over a whole
+contiguous tile buffer (``rows * width`` iterations); a short per-row loop (e.g. D = 63) leaves a
+scalar remainder of up to 31 elements whose scalar transcendentals cost more than the vector part.
+
 MAF sampling is exact and needs no D full MADE passes: hidden units are reordered by MADE degree,
 so output j depends only on a prefix of ``nj[j]`` units in every hidden layer; per coordinate the
 first layer's pre-activation is updated by one rank-1 term (``x_j * W0[j, :]``) and only the
 prefixes of the deeper layers and the one output pair (mu_j, alpha_j) are computed.
 """
 from __future__ import annotations
+
+import math
 
 import numba as nb
 import numpy as np
@@ -39,7 +45,7 @@ SAMPLE_TILE = 64  # rows per tile (sampling)
 # meta indices, Glow-1D
 G_D, G_DP, G_CA, G_CB, G_H, G_HP, G_OP, G_STEPS, G_DEPTH, G_ADD = range(10)
 # meta indices, MAF
-M_D, M_DP, M_H, M_HP, M_OP, M_BLOCKS, M_NHID, M_TANH, M_BN = range(9)
+M_D, M_DP, M_H, M_HP, M_BLOCKS, M_NHID, M_TANH = range(7)
 
 F32 = np.float32
 _ZERO = F32(0.0)
@@ -132,7 +138,8 @@ def _pow2i(typingctx, k):
     return types.float32(k), codegen
 
 
-_JIT = dict(fastmath=True, cache=True, nogil=True)
+# error_model="numpy": no ZeroDivisionError branch on float division, which would block vectorization
+_JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,8 +192,7 @@ def _tanh(y):
     y2 = y * y
     small = y * (_ONE + y2 * (_T3 + y2 * (_T5 + y2 * (_T7 + y2 * (_T9 + y2 * _T11)))))
     e = _exp(-_TWO * a)
-    big = (_ONE - e) / (_ONE + e)
-    big = big if y >= _ZERO else -big
+    big = math.copysign((_ONE - e) / (_ONE + e), y)  # branch-free: a branch here blocks vectorization
     return small if a < _TANH_SMALL else big
 
 
@@ -250,32 +256,36 @@ def _dense(X, xo, ldx, nin, W, wo, ldw, nout, B, bo, Y, yo, ldy, rows, relu):
 
 
 @nb.njit(**_JIT)
-def _tanh_inplace(Y, ldy, ncols, rows):
-    for r in range(rows):
-        for c in range(ncols):
-            Y[r * ldy + c] = _tanh(Y[r * ldy + c])
+def _tanh_inplace(Y, n):
+    """Y[:n] = tanh(Y[:n]): one flat loop (padded columns hold 0 or finite stale values: harmless)."""
+    for i in range(n):
+        Y[i] = _tanh(Y[i])
 
 
 # ---------------------------------------------------------------------------------------------
 # Glow-1D
 # ---------------------------------------------------------------------------------------------
+# offs columns per step: W^T, b, W^-1^T, b_inv, then (W, b) of the coupling net's layers; the last
+# layer is split in two (shift, then s), each CBP = pad16(CB) columns wide
 @nb.njit(**_JIT)
-def _g1d_net(h, w, offs, k, meta, t1, t2, rows):
-    """The coupling net of step k on h[:, :CA]; result (shift | s) in the returned buffer's first 2*CB columns."""
-    DP, CA, HP, OP, depth = meta[G_DP], meta[G_CA], meta[G_HP], meta[G_OP], meta[G_DEPTH]
-    H = meta[G_H]
+def _g1d_net(h, w, offs, k, meta, t1, t2, sh, sc, rows):
+    """The coupling net of step k on h[:, :CA]: shift -> sh, s -> sc (each [rows, CBP])."""
+    DP, CA, HP, H, depth, CBP = meta[G_DP], meta[G_CA], meta[G_HP], meta[G_H], meta[G_DEPTH], meta[G_OP]
     _dense(h, 0, DP, CA, w, offs[k, 4], HP, HP, w, offs[k, 5], t1, 0, HP, rows, True)
     a, b = t1, t2
     for li in range(1, depth):
         _dense(a, 0, HP, H, w, offs[k, 4 + 2 * li], HP, HP, w, offs[k, 5 + 2 * li], b, 0, HP, rows, True)
         a, b = b, a
-    _dense(a, 0, HP, H, w, offs[k, 4 + 2 * depth], OP, OP, w, offs[k, 5 + 2 * depth], b, 0, OP, rows, False)
-    return b
+    o = 4 + 2 * depth
+    _dense(a, 0, HP, H, w, offs[k, o], CBP, CBP, w, offs[k, o + 1], sh, 0, CBP, rows, False)
+    if not meta[G_ADD]:
+        _dense(a, 0, HP, H, w, offs[k, o + 2], CBP, CBP, w, offs[k, o + 3], sc, 0, CBP, rows, False)
 
 
 @nb.njit(**_JIT)
-def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, ld):
-    D, DP, CA, CB, steps, additive = meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS], meta[G_ADD]
+def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, sc, ls, ld):
+    D, DP, CA, CB, steps, additive, CBP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
+                                           meta[G_ADD], meta[G_OP])
     rows = (n + 3) // 4 * 4
     for r in range(rows):
         ld[r] = _ZERO
@@ -284,23 +294,24 @@ def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, ld):
     for k in range(steps):
         # folded ActNorm + LU (+ input normalization at step 0): h2 = h @ W^T + b
         _dense(h, 0, DP, D, w, offs[k, 0], DP, DP, w, offs[k, 1], h2, 0, DP, rows, False)
-        ss = _g1d_net(h2, w, offs, k, meta, t1, t2, rows)
-        OP = meta[G_OP]
-        for r in range(rows):
-            acc = _ZERO
-            for j in range(CB):
-                sh = ss[r * OP + j]
-                hb = h2[r * DP + CA + j] + sh
-                if additive:
-                    h2[r * DP + CA + j] = hb
-                else:
-                    s = ss[r * OP + CB + j]
-                    e = _exp(-abs(s))
-                    inv1pe = _ONE / (_ONE + e)
-                    sig = inv1pe if s >= _ZERO else e * inv1pe
-                    h2[r * DP + CA + j] = hb * sig
-                    acc += min(s, _ZERO) - _log1p_unit(e)
-            ld[r] += acc
+        _g1d_net(h2, w, offs, k, meta, t1, t2, sh, sc, rows)
+        if additive:
+            for r in range(rows):
+                for j in range(CB):
+                    h2[r * DP + CA + j] += sh[r * CBP + j]
+        else:
+            for i in range(rows * CBP):  # flat: sigmoid(s) -> sc, log sigmoid(s) -> ls
+                s = sc[i]
+                e = _exp(-abs(s))
+                inv1pe = _ONE / (_ONE + e)
+                sc[i] = inv1pe if s >= _ZERO else e * inv1pe
+                ls[i] = min(s, _ZERO) - _log1p_unit(e)
+            for r in range(rows):
+                acc = _ZERO
+                for j in range(CB):
+                    h2[r * DP + CA + j] = (h2[r * DP + CA + j] + sh[r * CBP + j]) * sc[r * CBP + j]
+                    acc += ls[r * CBP + j]
+                ld[r] += acc
         h, h2 = h2, h
     for r in range(n):
         sq = _ZERO
@@ -311,24 +322,26 @@ def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, ld):
 
 
 @nb.njit(**_JIT)
-def _g1d_sample_tile(z, r0, n, temperature, out, w, offs, meta, h, h2, t1, t2):
-    D, DP, CA, CB, steps, additive, OP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
-                                          meta[G_ADD], meta[G_OP])
+def _g1d_sample_tile(z, r0, n, temperature, out, w, offs, meta, h, h2, t1, t2, sh, sc):
+    D, DP, CA, CB, steps, additive, CBP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
+                                           meta[G_ADD], meta[G_OP])
     rows = (n + 3) // 4 * 4
     for r in range(rows):
         for c in range(D):
             h[r * DP + c] = z[r0 + r, c] * temperature if r < n else _ZERO
     for kk in range(steps):
         k = steps - 1 - kk
-        ss = _g1d_net(h, w, offs, k, meta, t1, t2, rows)
-        for r in range(rows):
-            for j in range(CB):
-                sh = ss[r * OP + j]
-                if additive:
-                    h[r * DP + CA + j] = h[r * DP + CA + j] - sh
-                else:
-                    # y / sigmoid(s) - shift, 1 / sigmoid(s) = 1 + exp(-s)
-                    h[r * DP + CA + j] = h[r * DP + CA + j] * (_ONE + _exp(-ss[r * OP + CB + j])) - sh
+        _g1d_net(h, w, offs, k, meta, t1, t2, sh, sc, rows)
+        if additive:
+            for r in range(rows):
+                for j in range(CB):
+                    h[r * DP + CA + j] -= sh[r * CBP + j]
+        else:
+            for i in range(rows * CBP):  # 1 / sigmoid(s) = 1 + exp(-s)
+                sc[i] = _ONE + _exp(-sc[i])
+            for r in range(rows):
+                for j in range(CB):
+                    h[r * DP + CA + j] = h[r * DP + CA + j] * sc[r * CBP + j] - sh[r * CBP + j]
         _dense(h, 0, DP, D, w, offs[k, 2], DP, DP, w, offs[k, 3], h2, 0, DP, rows, False)
         h, h2 = h2, h
     for r in range(n):
@@ -337,78 +350,85 @@ def _g1d_sample_tile(z, r0, n, temperature, out, w, offs, meta, h, h2, t1, t2):
 
 
 @nb.njit(**_JIT)
-def glow1d_log_prob(x, out, w, offs, meta, const, h, h2, t1, t2, ld):
-    """One thread: tiles in order. Scratch (h, h2: TILE*DP; t1, t2: TILE*max(HP, OP); ld: TILE)."""
+def glow1d_log_prob(x, out, w, offs, meta, const, h, h2, t1, t2, sh, sc, ls, ld):
+    """One thread: tiles in order (scratch for one tile: see ``kernels.cpu_backend``)."""
     B = x.shape[0]
     for r0 in range(0, B, TILE):
-        _g1d_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, meta, const, h, h2, t1, t2, ld)
+        _g1d_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, meta, const, h, h2, t1, t2, sh, sc, ls, ld)
 
 
 @nb.njit(parallel=True, **_JIT)
-def glow1d_log_prob_par(x, out, w, offs, meta, const, h, h2, t1, t2, ld):
+def glow1d_log_prob_par(x, out, w, offs, meta, const, h, h2, t1, t2, sh, sc, ls, ld):
     """Threads over row tiles; scratch has one row per thread (numba.get_thread_id)."""
     B = x.shape[0]
     for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
         r0 = t * TILE
-        _g1d_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, meta, const, h[i], h2[i], t1[i], t2[i], ld[i])
+        _g1d_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, meta, const, h[i], h2[i], t1[i], t2[i], sh[i], sc[i],
+                     ls[i], ld[i])
 
 
 @nb.njit(**_JIT)
-def glow1d_sample(z, temperature, out, w, offs, meta, h, h2, t1, t2):
+def glow1d_sample(z, temperature, out, w, offs, meta, h, h2, t1, t2, sh, sc):
     B = z.shape[0]
     for r0 in range(0, B, SAMPLE_TILE):
-        _g1d_sample_tile(z, r0, min(SAMPLE_TILE, B - r0), temperature, out, w, offs, meta, h, h2, t1, t2)
+        _g1d_sample_tile(z, r0, min(SAMPLE_TILE, B - r0), temperature, out, w, offs, meta, h, h2, t1, t2, sh, sc)
 
 
 @nb.njit(parallel=True, **_JIT)
-def glow1d_sample_par(z, temperature, out, w, offs, meta, h, h2, t1, t2):
+def glow1d_sample_par(z, temperature, out, w, offs, meta, h, h2, t1, t2, sh, sc):
     B = z.shape[0]
     for t in nb.prange((B + SAMPLE_TILE - 1) // SAMPLE_TILE):
         i = nb.get_thread_id()
         r0 = t * SAMPLE_TILE
-        _g1d_sample_tile(z, r0, min(SAMPLE_TILE, B - r0), temperature, out, w, offs, meta, h[i], h2[i], t1[i], t2[i])
+        _g1d_sample_tile(z, r0, min(SAMPLE_TILE, B - r0), temperature, out, w, offs, meta, h[i], h2[i], t1[i],
+                         t2[i], sh[i], sc[i])
 
 
 # ---------------------------------------------------------------------------------------------
 # MAF
 # ---------------------------------------------------------------------------------------------
-# offs columns per block: W0, b0, [W_l, b_l for hidden layers 1..], Wout, bout, WoT (sampling), bn loc,
-# bn inverse scale, bn scale; block -1 row (last row of offs): normalize loc, inverse scale, scale
+# offs columns per block: W0, b0, [W_l, b_l for hidden layers 1..], W_mu, b_mu, W_alpha, b_alpha (each
+# DP wide), WoT ([2D, HP]: row j = mu_j's weights, row D + j = alpha_j's; for sampling), batch-norm
+# loc, inverse scale, scale (identity without batch-norm); the last row: the input normalization's
+# loc, inverse scale, scale. Padded columns of every per-feature vector are 0 (so padded u are 0).
 @nb.njit(**_JIT)
-def _maf_lp_tile(x, r0, n, out, w, offs, perms, meta, const, clamp, h, h2, t1, t2, ld):
-    D, DP, H, HP, OP, blocks, nhid, tanh_act, bn = (meta[M_D], meta[M_DP], meta[M_H], meta[M_HP], meta[M_OP],
-                                                    meta[M_BLOCKS], meta[M_NHID], meta[M_TANH], meta[M_BN])
+def _maf_lp_tile(x, r0, n, out, w, offs, perms, meta, const, clamp, h, h2, t1, t2, mu, al, ld):
+    D, DP, H, HP, blocks, nhid, tanh_act = (meta[M_D], meta[M_DP], meta[M_H], meta[M_HP], meta[M_BLOCKS],
+                                            meta[M_NHID], meta[M_TANH])
     rows = (n + 3) // 4 * 4
     inv_clamp = _ONE / clamp
     oloc, oinv = offs[blocks, 0], offs[blocks, 1]
     for r in range(rows):
         ld[r] = _ZERO
-        for c in range(D):
-            h[r * DP + c] = (x[r0 + r, c] - w[oloc + c]) * w[oinv + c] if r < n else _ZERO
+        for c in range(DP):
+            h[r * DP + c] = (x[r0 + r, c] - w[oloc + c]) * w[oinv + c] if (r < n and c < D) else _ZERO
     for k in range(blocks):
         _dense(h, 0, DP, D, w, offs[k, 0], HP, HP, w, offs[k, 1], t1, 0, HP, rows, not tanh_act)
         if tanh_act:
-            _tanh_inplace(t1, HP, H, rows)
+            _tanh_inplace(t1, rows * HP)
         a, b = t1, t2
         for li in range(1, nhid):
             _dense(a, 0, HP, H, w, offs[k, 2 * li], HP, HP, w, offs[k, 2 * li + 1], b, 0, HP, rows, not tanh_act)
             if tanh_act:
-                _tanh_inplace(b, HP, H, rows)
+                _tanh_inplace(b, rows * HP)
             a, b = b, a
-        _dense(a, 0, HP, H, w, offs[k, 2 * nhid], OP, OP, w, offs[k, 2 * nhid + 1], b, 0, OP, rows, False)
-        bl, bi = offs[k, 2 * nhid + 3], offs[k, 2 * nhid + 4]
+        o = 2 * nhid
+        _dense(a, 0, HP, H, w, offs[k, o], DP, DP, w, offs[k, o + 1], mu, 0, DP, rows, False)
+        _dense(a, 0, HP, H, w, offs[k, o + 2], DP, DP, w, offs[k, o + 3], al, 0, DP, rows, False)
+        for i in range(rows * DP):  # flat: alpha = c tanh(raw / c) -> al, u = (x - mu) exp(-alpha) -> mu
+            alpha = clamp * _tanh(al[i] * inv_clamp)
+            al[i] = alpha
+            mu[i] = (h[i] - mu[i]) * _exp(-alpha)
+        bl, bi = offs[k, o + 5], offs[k, o + 6]
         pinv = perms[k]
         for r in range(rows):
             acc = _ZERO
-            for j in range(D):
-                alpha = clamp * _tanh(b[r * OP + D + j] * inv_clamp)
-                u = (h[r * DP + j] - b[r * OP + j]) * _exp(-alpha)
-                acc += alpha
-                if bn:
-                    u = (u - w[bl + j]) * w[bi + j]
-                h2[r * DP + pinv[j]] = u  # the block's permutation: new[:, k] = u[:, perm[k]]
+            for j in range(DP):  # padded alphas are exactly 0
+                acc += al[r * DP + j]
             ld[r] -= acc
+            for j in range(D):  # batch-norm affine, then the block's permutation: new[:, k] = u[:, perm[k]]
+                h2[r * DP + pinv[j]] = (mu[r * DP + j] - w[bl + j]) * w[bi + j]
         h, h2 = h2, h
     for r in range(n):
         sq = _ZERO
@@ -419,59 +439,64 @@ def _maf_lp_tile(x, r0, n, out, w, offs, perms, meta, const, clamp, h, h2, t1, t
 
 
 @nb.njit(**_JIT)
-def _maf_sample_tile(z, r0, n, temperature, out, w, offs, perms, nj, meta, clamp, u, xs, pre, t1, t2):
-    D, DP, H, HP, blocks, nhid, tanh_act, bn = (meta[M_D], meta[M_DP], meta[M_H], meta[M_HP], meta[M_BLOCKS],
-                                                meta[M_NHID], meta[M_TANH], meta[M_BN])
+def _maf_sample_tile(z, r0, n, temperature, out, w, offs, perms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
+    D, DP, H, HP, blocks, nhid, tanh_act = (meta[M_D], meta[M_DP], meta[M_H], meta[M_HP], meta[M_BLOCKS],
+                                            meta[M_NHID], meta[M_TANH])
     rows = (n + 3) // 4 * 4
     inv_clamp = _ONE / clamp
+    o = 2 * nhid
     for r in range(rows):
         for c in range(D):
             xs[r * DP + c] = z[r0 + r, c] * temperature if r < n else _ZERO
     for kk in range(blocks):
         k = blocks - 1 - kk
         pinv = perms[k]
-        bl, bsc = offs[k, 2 * nhid + 3], offs[k, 2 * nhid + 5]
+        bl, bsc = offs[k, o + 5], offs[k, o + 7]
         # inverse permutation, then the inverse batch-norm affine: u = y[:, inv_perm] * scale + loc
         for r in range(rows):
             for j in range(D):
-                v = xs[r * DP + pinv[j]]
-                u[r * DP + j] = v * w[bsc + j] + w[bl + j] if bn else v
+                u[r * DP + j] = xs[r * DP + pinv[j]] * w[bsc + j] + w[bl + j]
         # MADE inverse, one coordinate at a time; pre = first-layer pre-activation of the known x_<j
-        ob0, oW0, oWoT = offs[k, 1], offs[k, 0], offs[k, 2 * nhid + 2]
-        obout = offs[k, 2 * nhid + 1]
+        ob0, oW0, oWoT = offs[k, 1], offs[k, 0], offs[k, o + 4]
+        obmu, obal = offs[k, o + 1], offs[k, o + 3]
         for r in range(rows):
             for c in range(HP):
                 pre[r * HP + c] = w[ob0 + c]
         for j in range(D):
             m = nj[k, j]  # hidden units (a prefix, in degree order) that output j depends on
             mp = (m + 15) // 16 * 16
-            for r in range(rows):
-                for c in range(mp):
-                    v = pre[r * HP + c]
-                    t1[r * HP + c] = v if tanh_act else max(v, _ZERO)
             if tanh_act:
-                _tanh_inplace(t1, HP, mp, rows)
+                for i in range(rows * HP):
+                    t1[i] = _tanh(pre[i])
+            else:
+                for i in range(rows * HP):
+                    t1[i] = max(pre[i], _ZERO)
             a, b = t1, t2
             for li in range(1, nhid):
                 _dense(a, 0, HP, m, w, offs[k, 2 * li], HP, mp, w, offs[k, 2 * li + 1], b, 0, HP, rows,
                        not tanh_act)
                 if tanh_act:
-                    _tanh_inplace(b, HP, mp, rows)
+                    _tanh_inplace(b, rows * HP)
                 a, b = b, a
             wm = oWoT + j * HP
             wa = oWoT + (D + j) * HP
-            bm, ba = w[obout + j], w[obout + D + j]
-            w0j = oW0 + j * HP
+            bm, ba = w[obmu + j], w[obal + j]
             for r in range(rows):
-                mu = bm
-                al = ba
+                smu = bm
+                sal = ba
                 for c in range(m):
                     hv = a[r * HP + c]
-                    mu += hv * w[wm + c]
-                    al += hv * w[wa + c]
-                alpha = clamp * _tanh(al * inv_clamp)
-                xj = u[r * DP + j] * _exp(alpha) + mu
+                    smu += hv * w[wm + c]
+                    sal += hv * w[wa + c]
+                mu[r] = smu
+                al[r] = sal
+            for r in range(rows):  # vectorizes over the tile's rows
+                xj = u[r * DP + j] * _exp(clamp * _tanh(al[r] * inv_clamp)) + mu[r]
                 xs[r * DP + j] = xj
+                al[r] = xj
+            w0j = oW0 + j * HP
+            for r in range(rows):
+                xj = al[r]
                 for c in range(HP):
                     pre[r * HP + c] += xj * w[w0j + c]
     oloc, osc = offs[blocks, 0], offs[blocks, 2]
@@ -481,35 +506,35 @@ def _maf_sample_tile(z, r0, n, temperature, out, w, offs, perms, nj, meta, clamp
 
 
 @nb.njit(**_JIT)
-def maf_log_prob(x, out, w, offs, perms, meta, const, clamp, h, h2, t1, t2, ld):
+def maf_log_prob(x, out, w, offs, perms, meta, const, clamp, h, h2, t1, t2, mu, al, ld):
     B = x.shape[0]
     for r0 in range(0, B, TILE):
-        _maf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, perms, meta, const, clamp, h, h2, t1, t2, ld)
+        _maf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, perms, meta, const, clamp, h, h2, t1, t2, mu, al, ld)
 
 
 @nb.njit(parallel=True, **_JIT)
-def maf_log_prob_par(x, out, w, offs, perms, meta, const, clamp, h, h2, t1, t2, ld):
+def maf_log_prob_par(x, out, w, offs, perms, meta, const, clamp, h, h2, t1, t2, mu, al, ld):
     B = x.shape[0]
     for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
         r0 = t * TILE
         _maf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, perms, meta, const, clamp, h[i], h2[i], t1[i], t2[i],
-                     ld[i])
+                     mu[i], al[i], ld[i])
 
 
 @nb.njit(**_JIT)
-def maf_sample(z, temperature, out, w, offs, perms, nj, meta, clamp, u, xs, pre, t1, t2):
+def maf_sample(z, temperature, out, w, offs, perms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
     B = z.shape[0]
     for r0 in range(0, B, SAMPLE_TILE):
         _maf_sample_tile(z, r0, min(SAMPLE_TILE, B - r0), temperature, out, w, offs, perms, nj, meta, clamp,
-                         u, xs, pre, t1, t2)
+                         u, xs, pre, t1, t2, mu, al)
 
 
 @nb.njit(parallel=True, **_JIT)
-def maf_sample_par(z, temperature, out, w, offs, perms, nj, meta, clamp, u, xs, pre, t1, t2):
+def maf_sample_par(z, temperature, out, w, offs, perms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
     B = z.shape[0]
     for t in nb.prange((B + SAMPLE_TILE - 1) // SAMPLE_TILE):
         i = nb.get_thread_id()
         r0 = t * SAMPLE_TILE
         _maf_sample_tile(z, r0, min(SAMPLE_TILE, B - r0), temperature, out, w, offs, perms, nj, meta, clamp,
-                         u[i], xs[i], pre[i], t1[i], t2[i])
+                         u[i], xs[i], pre[i], t1[i], t2[i], mu[i], al[i])
