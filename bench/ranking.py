@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "nfkd" / "inference" / "ranking.json"
-NFKD_BACKENDS = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton")
+NFKD_BACKENDS = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "numba")
 
 
 def rank(rows: list[dict[str, str]]) -> dict[str, list[str]]:

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 STATS = ("median", "min", "mean")
-BACKEND_ORDER = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "nflows", "zuko")
+BACKEND_ORDER = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "numba", "nflows", "zuko")
 BACKEND_LABEL = {
     "eager": "eager PyTorch", "folded": "folded PyTorch", "compile": "torch.compile", "onnxruntime": "ONNX Runtime",
-    "tensorrt": "TensorRT", "triton": "Triton kernels", "nflows": "nflows", "zuko": "zuko",
+    "tensorrt": "TensorRT", "triton": "Triton kernels", "numba": "numba engine", "nflows": "nflows", "zuko": "zuko",
 }
 ARCH_LABEL = {"glow1d": "Glow-1D", "maf": "MAF", "glow": "Glow (images)"}
 DIRECTION_LABEL = {"density": "density: time to compute the log-likelihood of a batch", "sample": "sampling: time to draw a batch"}

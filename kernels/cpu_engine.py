@@ -440,8 +440,8 @@ def _maf_lp_tile(x, r0, n, out, w, offs, perms, meta, const, clamp, h, h2, t1, t
 
 @nb.njit(**_JIT)
 def _maf_sample_tile(z, r0, n, temperature, out, w, offs, perms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
-    D, DP, H, HP, blocks, nhid, tanh_act = (meta[M_D], meta[M_DP], meta[M_H], meta[M_HP], meta[M_BLOCKS],
-                                            meta[M_NHID], meta[M_TANH])
+    D, DP, HP, blocks, nhid, tanh_act = (meta[M_D], meta[M_DP], meta[M_HP], meta[M_BLOCKS], meta[M_NHID],
+                                         meta[M_TANH])
     rows = (n + 3) // 4 * 4
     inv_clamp = _ONE / clamp
     o = 2 * nhid
