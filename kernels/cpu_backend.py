@@ -192,9 +192,11 @@ class NumbaRunner(Runner):
         self.arch = folded.arch
         self.packed = pack_glow1d(folded) if self.arch == "glow1d" else pack_maf(folded)
         self.nthreads = min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
+        self._dim = self.meta.dim
+        self._max_rows = self.max_batch or np.iinfo(np.int64).max
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._par_scratch = None  # [threads, ...] scratch of the parallel entry points (under the lock)
+        self._par_bound = None  # the parallel entry points' binding, [threads, ...] scratch (under the lock)
         self.meta.extra["numba_threads"] = self.nthreads
         self.meta.extra["tile_rows"] = eng.TILE
 
@@ -214,66 +216,68 @@ class NumbaRunner(Runner):
             s.update(mu=z(dp), al=z(dp), pre=z(hp))
         return s
 
-    def _serial_scratch(self) -> dict[str, np.ndarray]:
-        s = getattr(self._local, "scratch", None)
-        if s is None:
-            s = self._local.scratch = self._scratch(())
-        return s
+    def _bind(self, par: bool, s: dict[str, np.ndarray]) -> tuple:
+        """(log_prob kernel, its trailing arguments, sample kernel, its trailing arguments): bound once,
+        so a call passes a prepared tuple (no dict lookups on the batch-1 path)."""
+        pk, eng = self.packed, self._eng
+        if self.arch == "glow1d":
+            return (eng.glow1d_log_prob_par if par else eng.glow1d_log_prob,
+                    (pk["w"], pk["offs"], pk["meta"], pk["const"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"],
+                     s["sc"], s["ls"], s["ld"]),
+                    eng.glow1d_sample_par if par else eng.glow1d_sample,
+                    (pk["w"], pk["offs"], pk["meta"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"], s["sc"]))
+        return (eng.maf_log_prob_par if par else eng.maf_log_prob,
+                (pk["w"], pk["offs"], pk["perms"], pk["meta"], pk["const"], pk["clamp"], s["h"], s["h2"], s["t1"],
+                 s["t2"], s["mu"], s["al"], s["ld"]),
+                eng.maf_sample_par if par else eng.maf_sample,
+                (pk["w"], pk["offs"], pk["perms"], pk["nj"], pk["meta"], pk["clamp"], s["h"], s["h2"], s["pre"],
+                 s["t1"], s["t2"], s["mu"], s["al"]))
 
-    def _parallel(self, rows: int, tile: int) -> bool:
-        return self.nthreads > 1 and rows > tile
+    def _serial(self) -> tuple:
+        bound = getattr(self._local, "bound", None)
+        if bound is None:  # per calling thread: concurrent serial calls never share scratch
+            bound = self._local.bound = self._bind(False, self._scratch(()))
+        return bound
+
+    def _threaded(self) -> tuple:
+        """Call under self._lock: pins numba's thread count and returns the parallel kernels' binding."""
+        self._numba.set_num_threads(self.nthreads)
+        if self._par_bound is None:
+            self._par_bound = self._bind(True, self._scratch((self._numba.config.NUMBA_NUM_THREADS,)))
+        return self._par_bound
 
     # --- the two directions -------------------------------------------------------------------
-    def _log_prob(self, x: np.ndarray) -> np.ndarray:
-        eng = self._eng
-        out = np.empty(x.shape[0], F32)
-        if self._parallel(x.shape[0], eng.TILE):
-            with self._lock:
-                self._numba.set_num_threads(self.nthreads)
-                if self._par_scratch is None:
-                    self._par_scratch = self._scratch((self._numba.config.NUMBA_NUM_THREADS,))
-                s = self._par_scratch
-                self._call_lp(True, x, out, s)
-        else:
-            self._call_lp(False, x, out, self._serial_scratch())
-        return out
+    def log_prob(self, x: Any, validate: bool = True):
+        """Fast path for the common call (C-contiguous float32 numpy, right width, finite): the same
+        checks as ``check_batch`` in a few cheap tests (batch-1 latency, issue #14.4); anything
+        else goes through the shared Runner path and its one clear error."""
+        if (validate and type(x) is np.ndarray and x.dtype == F32 and x.ndim == 2 and x.shape[1] == self._dim
+                and 0 < x.shape[0] <= self._max_rows and x.flags.c_contiguous and np.isfinite(x).all()):
+            return self._log_prob(x)
+        return super().log_prob(x, validate)
 
-    def _call_lp(self, par: bool, x, out, s) -> None:
-        pk, eng = self.packed, self._eng
-        if self.arch == "glow1d":
-            fn = eng.glow1d_log_prob_par if par else eng.glow1d_log_prob
-            fn(x, out, pk["w"], pk["offs"], pk["meta"], pk["const"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"],
-               s["sc"], s["ls"], s["ld"])
+    def _log_prob(self, x: np.ndarray) -> np.ndarray:
+        out = np.empty(x.shape[0], F32)
+        if self.nthreads > 1 and x.shape[0] > self._eng.TILE:
+            with self._lock:
+                fn, args, _, _ = self._threaded()
+                fn(x, out, *args)
         else:
-            fn = eng.maf_log_prob_par if par else eng.maf_log_prob
-            fn(x, out, pk["w"], pk["offs"], pk["perms"], pk["meta"], pk["const"], pk["clamp"], s["h"], s["h2"],
-               s["t1"], s["t2"], s["mu"], s["al"], s["ld"])
+            fn, args, _, _ = self._serial()
+            fn(x, out, *args)
+        return out
 
     def _decode(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:
-        eng = self._eng
         z = noise[0]
         out = np.empty(z.shape, F32)
-        if self._parallel(z.shape[0], eng.SAMPLE_TILE):
+        if self.nthreads > 1 and z.shape[0] > self._eng.SAMPLE_TILE:
             with self._lock:
-                self._numba.set_num_threads(self.nthreads)
-                if self._par_scratch is None:
-                    self._par_scratch = self._scratch((self._numba.config.NUMBA_NUM_THREADS,))
-                self._call_sample(True, z, F32(temperature), out, self._par_scratch)
+                _, _, fn, args = self._threaded()
+                fn(z, F32(temperature), out, *args)
         else:
-            self._call_sample(False, z, F32(temperature), out, self._serial_scratch())
+            _, _, fn, args = self._serial()
+            fn(z, F32(temperature), out, *args)
         return out
-
-    def _call_sample(self, par: bool, z, temperature, out, s) -> None:
-        pk, eng = self.packed, self._eng
-        if self.arch == "glow1d":
-            fn = eng.glow1d_sample_par if par else eng.glow1d_sample
-            fn(z, temperature, out, pk["w"], pk["offs"], pk["meta"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"],
-               s["sc"])
-        else:
-            fn = eng.maf_sample_par if par else eng.maf_sample
-            fn(z, temperature, out, pk["w"], pk["offs"], pk["perms"], pk["nj"], pk["meta"], pk["clamp"], s["h"],
-               s["h2"], s["pre"], s["t1"], s["t2"], s["mu"], s["al"])
-
 
 def load_cpu_engine(source, device: str, threads: int | None, options: dict[str, Any]) -> NumbaRunner:
     """``nfkd.inference.load(..., backend="numba")``: Glow-1D and MAF on CPU."""
