@@ -63,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", default=",".join(DENSITY_BACKENDS), help="density backends (comma list)")
     a = p.parse_args(argv)
 
-    import numpy as np
     import torch
 
     torch.set_num_threads(1)
@@ -154,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             except Unavailable as exc:
                 say(f"| {arch} D={dim} student | {b} | - | {exc} |")
                 continue
-            p50, p99 = _latency(lambda r=r: r.log_prob(xn), a.latency_calls)
+            p50, p99 = _latency(lambda r=r, xn=xn: r.log_prob(xn), a.latency_calls)
             say(f"| {arch} D={dim} student | {b} | {p50:.1f} | {p99:.1f} |")
     say()
     say(f"load average at end {os.getloadavg()[0]:.1f}")

@@ -133,9 +133,10 @@ def pack_maf(folded) -> dict[str, Any]:
     if has_bn and not all(isinstance(b.bn, FixedAffine) for b in blocks):
         raise InputError("the numba backend needs the folded MAF (batch-norm as a fixed affine)")
     p = _Packer()
-    ncols = 2 * nhid + 8
+    ncols = 2 * nhid + 10
     offs = np.zeros((len(blocks) + 1, ncols), np.int64)
-    perms = np.zeros((len(blocks), d), np.int64)
+    perms = np.zeros((len(blocks), d), np.int32)  # forward permutations (density)
+    iperms = np.zeros((len(blocks), d), np.int64)  # inverse permutations (sampling)
     for k, blk in enumerate(blocks):
         layers = _linears(blk.made.net)
         for li, (w, b) in enumerate(layers):
@@ -160,7 +161,11 @@ def pack_maf(folded) -> dict[str, Any]:
         offs[k, 2 * nhid + 5] = p.vector(loc, dp)
         offs[k, 2 * nhid + 6] = p.vector(1.0 / scale, dp)  # padded entries 0: padded u stay 0
         offs[k, 2 * nhid + 7] = p.vector(scale, dp)
-        perms[k] = blk.perm.inv_perm.cpu().numpy()
+        fperm = blk.perm.perm.cpu().numpy()
+        offs[k, 2 * nhid + 8] = p.vector(loc[fperm], dp)
+        offs[k, 2 * nhid + 9] = p.vector(1.0 / scale[fperm], dp)
+        perms[k] = fperm
+        iperms[k] = blk.perm.inv_perm.cpu().numpy()
     norm = folded.normalize
     offs[len(blocks), 0] = p.vector(_np(norm.loc), dp)
     offs[len(blocks), 1] = p.vector(1.0 / _np(norm.scale), dp)
@@ -169,7 +174,7 @@ def pack_maf(folded) -> dict[str, Any]:
     meta = np.array([d, dp, hidden, hp, len(blocks), nhid, tanh], np.int64)
     const = float(constant_logdet(folded)) - 0.5 * d * LOG_2PI
     nj = np.tile(nj_row, (len(blocks), 1))
-    return {"w": p.buffer(), "offs": offs, "perms": perms, "nj": nj, "meta": meta, "const": F32(const),
+    return {"w": p.buffer(), "offs": offs, "perms": perms, "iperms": iperms, "nj": nj, "meta": meta, "const": F32(const),
             "clamp": F32(made0.alpha_clamp), "dp": dp, "hp": hp}
 
 
@@ -230,7 +235,7 @@ class NumbaRunner(Runner):
                 (pk["w"], pk["offs"], pk["perms"], pk["meta"], pk["const"], pk["clamp"], s["h"], s["h2"], s["t1"],
                  s["t2"], s["mu"], s["al"], s["ld"]),
                 eng.maf_sample_par if par else eng.maf_sample,
-                (pk["w"], pk["offs"], pk["perms"], pk["nj"], pk["meta"], pk["clamp"], s["h"], s["h2"], s["pre"],
+                (pk["w"], pk["offs"], pk["iperms"], pk["nj"], pk["meta"], pk["clamp"], s["h"], s["h2"], s["pre"],
                  s["t1"], s["t2"], s["mu"], s["al"]))
 
     def _serial(self) -> tuple:

@@ -390,8 +390,10 @@ def glow1d_sample_par(z, temperature, out, w, offs, meta, h, h2, t1, t2, sh, sc)
 # ---------------------------------------------------------------------------------------------
 # offs columns per block: W0, b0, [W_l, b_l for hidden layers 1..], W_mu, b_mu, W_alpha, b_alpha (each
 # DP wide), WoT ([2D, HP]: row j = mu_j's weights, row D + j = alpha_j's; for sampling), batch-norm
-# loc, inverse scale, scale (identity without batch-norm); the last row: the input normalization's
-# loc, inverse scale, scale. Padded columns of every per-feature vector are 0 (so padded u are 0).
+# loc, inverse scale, scale (identity without batch-norm), then loc and inverse scale again in the
+# block's permuted order (density); the last row: the input normalization's loc, inverse scale,
+# scale. Padded columns of every per-feature vector are 0 (so padded u are 0). ``perms``: the
+# blocks' forward permutations (density: a gather), ``iperms``: their inverses (sampling).
 @nb.njit(**_JIT)
 def _maf_lp_tile(x, r0, n, out, w, offs, perms, meta, const, clamp, h, h2, t1, t2, mu, al, ld):
     D, DP, H, HP, blocks, nhid, tanh_act = (meta[M_D], meta[M_DP], meta[M_H], meta[M_HP], meta[M_BLOCKS],
@@ -420,15 +422,15 @@ def _maf_lp_tile(x, r0, n, out, w, offs, perms, meta, const, clamp, h, h2, t1, t
             alpha = clamp * _tanh(al[i] * inv_clamp)
             al[i] = alpha
             mu[i] = (h[i] - mu[i]) * _exp(-alpha)
-        bl, bi = offs[k, o + 5], offs[k, o + 6]
-        pinv = perms[k]
+        bl, bi = offs[k, o + 8], offs[k, o + 9]  # batch-norm loc, 1 / scale, in the permuted order
+        fperm = perms[k]
         for r in range(rows):
             acc = _ZERO
             for j in range(DP):  # padded alphas are exactly 0
                 acc += al[r * DP + j]
             ld[r] -= acc
-            for j in range(D):  # batch-norm affine, then the block's permutation: new[:, k] = u[:, perm[k]]
-                h2[r * DP + pinv[j]] = (mu[r * DP + j] - w[bl + j]) * w[bi + j]
+            for c in range(D):  # the block's permutation as a gather (vectorizes; a scatter does not)
+                h2[r * DP + c] = (mu[r * DP + fperm[c]] - w[bl + c]) * w[bi + c]
         h, h2 = h2, h
     for r in range(n):
         sq = _ZERO
