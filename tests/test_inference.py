@@ -182,3 +182,15 @@ def test_threads_are_pinned_in_the_calling_thread():
     t.start()
     t.join()
     assert seen == [1]
+
+
+def test_numba_backend_says_how_to_install(monkeypatch):
+    """Without numba, nfkd still imports and the numba backend says why it is unavailable (issue #14)."""
+    from nfkd.inference import registry
+
+    real = registry._has
+    monkeypatch.setattr(registry, "_has", lambda m: False if m == "numba" else real(m))
+    st = inference.status("numba")
+    assert not st.available and "pip install 'nfkd[cpu]'" in st.reason
+    with pytest.raises(InputError, match="not available here"):
+        inference.load(make("maf"), backend="numba")
