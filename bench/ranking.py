@@ -2,6 +2,8 @@
 
     python -m bench.ranking [bench/results/cpu-report.csv]
 
+Architectures the CSV does not cover keep their order from the current ``ranking.json``.
+
 Per device and architecture, backends are ordered by the geometric mean over batch sizes and
 both directions (density, sampling) of the student's median time: measured, not guessed.
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "nfkd" / "inference" / "ranking.json"
-NFKD_BACKENDS = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton")
+NFKD_BACKENDS = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "numba")
 
 
 def rank(rows: list[dict[str, str]]) -> dict[str, list[str]]:
@@ -33,13 +35,24 @@ def rank(rows: list[dict[str, str]]) -> dict[str, list[str]]:
     return out
 
 
+def _name(src: Path) -> str:
+    return str(src.relative_to(ROOT)) if src.is_relative_to(ROOT) else str(src)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     src = Path(argv[0]) if argv else ROOT / "bench" / "results" / "cpu-report.csv"
     with open(src, newline="") as f:
         cpu = rank(list(csv.DictReader(f)))
+    source = _name(src)
+    # architectures this CSV did not measure keep their recorded order (and say where it came from)
+    old = json.loads(OUT.read_text()) if OUT.exists() else {}
+    kept = {a: o for a, o in old.get("ranking", {}).get("cpu", {}).items() if a not in cpu}
+    if kept:
+        cpu = {**kept, **cpu}
+        source = f"{source} ({', '.join(sorted(set(cpu) - set(kept)))}); {old.get('source', '?')} ({', '.join(sorted(kept))})"
     data = {
-        "source": str(src.relative_to(ROOT)) if src.is_relative_to(ROOT) else str(src),
+        "source": source,
         "rule": "geometric mean of the student's median time over batch sizes, dims and both directions",
         "ranking": {
             "cpu": cpu,

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 STATS = ("median", "min", "mean")
-BACKEND_ORDER = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "nflows", "zuko")
+BACKEND_ORDER = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "numba", "nflows", "zuko")
 BACKEND_LABEL = {
     "eager": "eager PyTorch", "folded": "folded PyTorch", "compile": "torch.compile", "onnxruntime": "ONNX Runtime",
-    "tensorrt": "TensorRT", "triton": "Triton kernels", "nflows": "nflows", "zuko": "zuko",
+    "tensorrt": "TensorRT", "triton": "Triton kernels", "numba": "numba engine", "nflows": "nflows", "zuko": "zuko",
 }
 ARCH_LABEL = {"glow1d": "Glow-1D", "maf": "MAF", "glow": "Glow (images)"}
 DIRECTION_LABEL = {"density": "density: time to compute the log-likelihood of a batch", "sample": "sampling: time to draw a batch"}
@@ -268,7 +268,7 @@ def table2_section(rows: list[Row]) -> str:
 
 def headline_section(rows: list[Row]) -> str:
     idx = _index(rows)
-    parts = [*_ort_vs_teacher(rows, idx), *_student_vs_teacher(rows, idx), *_peers(rows, idx)]
+    parts = [*_ort_vs_teacher(rows, idx), *_engine(rows, idx), *_student_vs_teacher(rows, idx), *_peers(rows, idx)]
     return "\n\n".join(parts)
 
 
@@ -300,6 +300,39 @@ def _ort_vs_teacher(rows: list[Row], idx: dict) -> list[str]:
                 + f"\n\nGeometric mean speed-up of the ONNX Runtime student over the eager teacher: **{fmt_x(g)}**."
             )
     return parts
+
+
+def _engine(rows: list[Row], idx: dict) -> list[str]:
+    """The numba CPU engine's student vs ONNX Runtime's student and zuko's MAF of the same size (issue #14)."""
+    eng = [r for r in rows if r.backend == "numba" and r.role == "student"]
+    if not eng:
+        return []
+    hb = 4096 if any(r.batch == 4096 for r in eng) else max(r.batch for r in eng)
+    body, vs_ort, vs_zuko = [], [], []
+    for direction in ("density", "sample"):
+        for arch in ("glow1d", "maf"):
+            for dim in sorted({r.dim for r in eng if r.arch == arch}):
+                n = idx.get((direction, arch, dim, hb, "student", "numba"))
+                if n is None:
+                    continue
+                o = idx.get((direction, arch, dim, hb, "student", "onnxruntime"))
+                z = idx.get((direction, "maf", dim, hb, "student", "zuko"))
+                if o:
+                    vs_ort.append(speedup(o.time_s, n.time_s))
+                if z:
+                    vs_zuko.append(speedup(z.time_s, n.time_s))
+                body.append([direction, ARCH_LABEL[arch], dim, fmt_ms(n.time_s), _fmt_roof(n),
+                             f"{fmt_ms(o.time_s)} ({fmt_x(speedup(o.time_s, n.time_s))})" if o else "-",
+                             f"{fmt_ms(z.time_s)} ({fmt_x(speedup(z.time_s, n.time_s))})" if z else "-"])
+    if not body:
+        return []
+    summary = [f"{name}: geometric mean {fmt_x(geomean(v))} over {len(v)} cases" for name, v in
+               (("numba vs ONNX Runtime (student)", vs_ort), ("numba vs zuko (MAF of the same size)", vs_zuko)) if v]
+    return ["### numba CPU engine (student) vs ONNX Runtime and zuko, batch " + str(hb) + "\n\n"
+            "Other backend's time / numba's time in parentheses (above 1x the engine is faster); zuko is always the "
+            "MAF of the same size (for Glow-1D rows too, as in issue #14). Details: `bench/results/cpu-engine.md`.\n\n"
+            + table(["direction", "arch", "D", "numba ms", "GFLOP/s (% of peak)", "ORT student ms", "zuko ms"], body)
+            + ("\n\n" + "\n".join(f"- {s}" for s in summary) if summary else "")]
 
 
 def _student_vs_teacher(rows: list[Row], idx: dict) -> list[str]:

@@ -4,7 +4,7 @@ Kept apart from ``conftest.py`` so that it can be imported (and unit-tested) wit
 
 Backends (``BACKENDS``), all measured through the API a user calls:
 
-- nfkd's own (``eager``, ``folded``, ``compile``, ``onnxruntime``, ``tensorrt``, ``triton``):
+- nfkd's own (``eager``, ``folded``, ``compile``, ``onnxruntime``, ``tensorrt``, ``triton``, ``numba``):
   ``nfkd.inference.load(checkpoint, backend=...)`` then ``runner.log_prob(x)`` /
   ``runner.sample(n, seed=0)`` -- the one door, so the suite measures exactly what users run
   (exports are parity-gated and cached by checkpoint hash under ``--bench-cache``);
@@ -29,10 +29,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-BACKENDS = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "nflows", "zuko")
-NFKD_BACKENDS = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton")
+BACKENDS = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "numba", "nflows", "zuko")
+NFKD_BACKENDS = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "numba")
 PEERS = ("nflows", "zuko")
 EXPORTED = ("onnxruntime", "tensorrt")
+NUMPY_NATIVE = ("onnxruntime", "tensorrt", "numba")  # fed numpy arrays (numpy in, numpy out: no conversion)
+TABULAR_ONLY = ("numba",)  # nfkd backends that run Glow-1D and MAF only
 ROLES = ("teacher", "student")
 DIRECTIONS = ("density", "sample")
 TABULAR = ("glow1d", "maf")
@@ -145,6 +147,8 @@ def cases(settings: Settings, direction: str) -> list[Case]:
             for batch in settings.batches_for(arch):
                 for backend in settings.backends:
                     if backend in PEERS and arch != "maf":
+                        continue
+                    if backend in TABULAR_ONLY and arch not in TABULAR:
                         continue
                     if backend == "compile" and not settings.compiles(arch, dim):
                         continue
@@ -386,7 +390,7 @@ class Registry:
         b = c.backend
         if b in NFKD_BACKENDS:
             r = self.nfkd(b, c.arch, c.role, c.dim)
-            inp = xn if b in EXPORTED else x
+            inp = xn if b in NUMPY_NATIVE else x
             return lambda: r.log_prob(inp)
         if b == "nflows":
             p = self.peer(b, c.role, c.dim)
@@ -550,7 +554,8 @@ def machine_info(settings: Settings) -> dict[str, Any]:
     }
     from importlib import metadata
 
-    for dist in ("onnxruntime", "onnxruntime-gpu", "numpy", "nflows", "zuko", "tensorrt", "triton", "pytest-benchmark"):
+    for dist in ("onnxruntime", "onnxruntime-gpu", "numpy", "numba", "nflows", "zuko", "tensorrt", "triton",
+                 "pytest-benchmark"):
         with contextlib.suppress(Exception):
             info[dist.replace("-gpu", "")] = metadata.version(dist)
     if settings.device == "cuda":

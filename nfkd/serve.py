@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port, logged)")
     ap.add_argument("--backend", choices=BACKENDS, default="auto",
-                    help="any nfkd.inference backend; auto (default): the fastest here (CPU: ONNX Runtime; "
-                         "CUDA: TensorRT, then the Triton kernels); torch = eager")
+                    help="any nfkd.inference backend; auto (default): the fastest here from the benchmark ranking "
+                         "(CPU: the numba engine for Glow-1D / MAF when installed, else ONNX Runtime; CUDA: "
+                         "TensorRT, then the Triton kernels); torch = eager")
     ap.add_argument("--device", choices=("cpu", "cuda"), default=None,
                     help="default: cuda when a GPU is visible, else cpu")
     ap.add_argument("--max-batch", type=_positive_int, default=4096, help="rows merged into one model call")

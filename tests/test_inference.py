@@ -49,7 +49,7 @@ def data(flow: nfkd.Flow, n: int, seed: int) -> torch.Tensor:
 
 
 AVAILABLE = [b.name for b in inference.backends() if b.available and "cpu" in b.devices]
-CASES = [(arch, name) for arch in FLOWS for name in AVAILABLE]
+CASES = [(arch, name) for arch in FLOWS for name in AVAILABLE if inference.BACKENDS[name].runs(arch)]
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_auto_follows_the_recorded_ranking(monkeypatch):
 
 def test_backends_say_why_not():
     names = [b.name for b in inference.backends()]
-    assert names == ["eager", "folded", "compile", "onnxruntime", "tensorrt", "triton"]
+    assert names == ["eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "numba"]
     for b in inference.backends():
         assert b.reason, b
     if not torch.cuda.is_available():
@@ -183,3 +183,15 @@ def test_threads_are_pinned_in_the_calling_thread():
     t.start()
     t.join()
     assert seen == [1]
+
+
+def test_numba_backend_says_how_to_install(monkeypatch):
+    """Without numba, nfkd still imports and the numba backend says why it is unavailable (issue #14)."""
+    from nfkd.inference import registry
+
+    real = registry._has
+    monkeypatch.setattr(registry, "_has", lambda m: False if m == "numba" else real(m))
+    st = inference.status("numba")
+    assert not st.available and "pip install 'nfkd[cpu]'" in st.reason
+    with pytest.raises(InputError, match="not available here"):
+        inference.load(make("maf"), backend="numba")

@@ -61,6 +61,8 @@ def _choose(source: ModelSource, device: str) -> str:
             continue
         if source.export_folder is not None and name not in ("onnxruntime", "tensorrt"):
             continue
+        if not BACKENDS[name].runs(source.meta.arch):
+            continue
         return name
     raise InputError(f"no backend can run this {source.meta.arch} model on {device}: " + "; ".join(tried))
 
@@ -88,4 +90,7 @@ def load(model: Any, backend: str = "auto", device: str | torch.device | None = 
         raise InputError(f"backend {name!r} is not available here: {st.reason}")
     if device.split(":")[0] not in st.devices:
         raise InputError(f"backend {name!r} does not run on {device} here (it runs on {', '.join(st.devices)})")
+    if not BACKENDS[name].runs(source.meta.arch):
+        raise InputError(f"backend {name!r} runs {', '.join(BACKENDS[name].archs or ())} models, not "
+                         f"{source.meta.arch}; use backend='auto'")
     return loader(name)(source, device, threads, options)

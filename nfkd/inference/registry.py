@@ -36,6 +36,10 @@ class BackendSpec:
     loader: str  # "module:function" taking (source, device, threads, options) -> Runner
     description: str
     probe: Callable[[], tuple[bool, str, tuple[str, ...]]]
+    archs: tuple[str, ...] | None = None  # the architectures it runs (None: all)
+
+    def runs(self, arch: str) -> bool:
+        return self.archs is None or arch in self.archs
 
 
 def _cuda() -> bool:
@@ -98,6 +102,14 @@ def _probe_triton() -> tuple[bool, str, tuple[str, ...]]:
     return True, "fused Triton kernels", ("cuda",)
 
 
+def _probe_numba() -> tuple[bool, str, tuple[str, ...]]:
+    if not _has("numba"):
+        return False, "numba is not installed (pip install 'nfkd[cpu]')", ()
+    if not _has("kernels"):
+        return False, "the kernels package (kernels.cpu_engine) is not importable", ()
+    return True, "fused CPU kernels (numba) over the folded form: Glow-1D and MAF", ("cpu",)
+
+
 BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
     BackendSpec("eager", "nfkd.inference.sources:load_eager", "the trained flow as it is", _probe_torch),
     BackendSpec("folded", "nfkd.inference.sources:load_folded", "nfkd.fold's inference form in PyTorch", _probe_torch),
@@ -106,6 +118,8 @@ BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
                 _probe_onnxruntime),
     BackendSpec("tensorrt", "export.backends:load_tensorrt", "TensorRT engines built by export.trt", _probe_tensorrt),
     BackendSpec("triton", "kernels.backend:load_triton", "fused Triton kernels over the folded form", _probe_triton),
+    BackendSpec("numba", "kernels.cpu_backend:load_cpu_engine", "fused numba CPU kernels over the folded form "
+                "(Glow-1D, MAF)", _probe_numba, archs=("glow1d", "maf")),
 )}
 
 

@@ -34,7 +34,7 @@ from nfkd.errors import InputError
 from nfkd.inference.runner import draw_noise
 
 # "torch" is the eager flow (the service's historical name); the rest are nfkd.inference's backends
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch", "eager", "folded", "compile", "triton")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch", "eager", "folded", "compile", "triton", "numba")
 DEFAULT_MAX_BATCH = 1 << 30  # PyTorch backends take any batch; the service's own limits bound requests
 log = logging.getLogger("nfkd.serve")
 

@@ -1,0 +1,176 @@
+"""The CPU engine's numbers (issue #14), one run, side by side: ``python -m bench.cpu_engine [-o FILE.md]``.
+
+- student ``log_prob``, batch 4096, paper-sized Glow-1D and MAF at D = 6, 21, 63 on every CPU
+  technique (numba engine, ONNX Runtime with ORT_ENABLE_ALL, torch.compile, folded and eager
+  PyTorch) and the peers (zuko / nflows MAF of the same size), with achieved GFLOP/s and % of the
+  single-thread float32 matmul peak measured in the same run (``bench.roofline``);
+- MAF student sampling at D = 43, batch 4096;
+- batch-1 ``log_prob`` latency p50 / p99 through ``Runner.log_prob`` (what a service calls).
+
+Backends of one group are timed round-robin (A, B, C, A, B, C, ...) so that the load of a shared
+machine hits them alike; the median per backend is reported. Every nfkd backend goes through
+``nfkd.inference.load`` (the suite's ``Registry``), so the numbers are what users run; each result
+is checked against the eager float64 flow at the export gate's tolerance before it is timed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+DENSITY_BACKENDS = ("numba", "onnxruntime", "compile", "folded", "eager", "zuko", "nflows")
+SAMPLE_BACKENDS = ("numba", "onnxruntime", "folded", "eager", "zuko", "nflows")
+LATENCY_BACKENDS = ("numba", "onnxruntime", "folded", "eager")
+
+
+def _round_robin(fns: dict, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall seconds and median CPU seconds of the calling thread, per backend.
+
+    With 1 thread every backend computes in the calling thread (torch, ONNX Runtime intra-op 1,
+    numba's serial entry point), so thread CPU time is the load-robust measure on a shared machine:
+    wall time also counts the time the OS gave the core to other jobs.
+    """
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t, c = time.perf_counter(), time.thread_time()
+            fn()
+            cpu[k].append(time.thread_time() - c)
+            wall[k].append(time.perf_counter() - t)
+    return ({k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()})
+
+
+def _latency(fn, calls: int) -> tuple[float, float]:
+    import numpy as np
+
+    for _ in range(min(200, calls)):
+        fn()
+    ts = np.empty(calls)
+    for i in range(calls):
+        t = time.perf_counter_ns()
+        fn()
+        ts[i] = time.perf_counter_ns() - t
+    return float(np.percentile(ts, 50)) / 1e3, float(np.percentile(ts, 99)) / 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.cpu_engine", description=__doc__.split("\n")[0])
+    p.add_argument("-o", "--out", default=None, help="write the tables (markdown) here as well")
+    p.add_argument("--dims", default="6,21,63")
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--sample-dim", type=int, default=43)
+    p.add_argument("--sample-rounds", type=int, default=3)
+    p.add_argument("--latency-calls", type=int, default=2000)
+    p.add_argument("--backends", default=",".join(DENSITY_BACKENDS), help="density backends (comma list)")
+    a = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from bench.roofline import copy_bandwidth_gbs, matmul_peak_gflops
+    from bench.suite import Case, Registry, Settings, Unavailable
+
+    s = Settings(mode="cpu-engine", device="cpu", threads=1)
+    reg = Registry(s)
+    dims = [int(d) for d in a.dims.split(",")]
+    chosen = [b for b in a.backends.split(",") if b]
+    lines: list[str] = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    peak = matmul_peak_gflops(1)
+    bw = copy_bandwidth_gbs(1)
+    load0 = os.getloadavg()[0]
+    say(f"Single-thread float32 matmul peak (1024^3, best of 20): **{peak:.1f} GFLOP/s**; copy bandwidth 1 thread "
+        f"{bw:.1f} GB/s; load average at start {load0:.1f}; torch {torch.__version__}, threads 1 everywhere.")
+    say()
+
+    def callables(direction: str, arch: str, dim: int, batch: int, names) -> tuple[dict, dict, dict]:
+        fns, flops, notes = {}, {}, {}
+        for b in names:
+            c = Case(direction, arch, dim, batch, "student", b)
+            try:
+                fn = reg.runner(c)
+                dev = reg.deviation(c, fn)
+                if dev is not None and not dev <= 1.0:
+                    notes[b] = f"deviation {dev:.2g} x tolerance"
+                fns[b] = fn
+                flops[b] = reg.flops(c)
+            except Unavailable as exc:
+                notes[b] = f"unavailable: {exc}"
+            except Exception as exc:  # a backend failing here is reported, not fatal
+                notes[b] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+        return fns, flops, notes
+
+    # --- density ------------------------------------------------------------------------------
+    say(f"### Student log_prob, batch {a.batch}, 1 thread (median of {a.rounds} round-robin rounds)")
+    say()
+    say("CPU ms: CPU time of the calling thread (load-robust; GFLOP/s and % of peak from it); wall ms: elapsed.")
+    say()
+    say("| arch | D | backend | CPU ms | wall ms | GFLOP/s | % of 1-thread peak | numba speed-up (CPU) | (wall) |")
+    say("|---|---|---|---|---|---|---|---|---|")
+    for arch in ("glow1d", "maf"):
+        for dim in dims:
+            fns, flops, notes = callables("density", arch, dim, a.batch, chosen)
+            wall, cpu = _round_robin(fns, a.rounds)
+            for b in chosen:
+                if b not in cpu:
+                    say(f"| {arch} | {dim} | {b} | - | - | - | - | {notes.get(b, '')} | |")
+                    continue
+                gf = flops[b] / cpu[b] / 1e9
+                peer = " (MAF of the same size)" if b in ("zuko", "nflows") else ""
+                sp = f"{cpu[b] / cpu['numba']:.2f}x | {wall[b] / wall['numba']:.2f}x" if "numba" in cpu else "- | -"
+                say(f"| {arch} | {dim} | {b}{peer} | {cpu[b] * 1e3:.2f} | {wall[b] * 1e3:.2f} | {gf:.1f} | "
+                    f"{100 * gf / peak:.0f} % | {sp} |" + (f" {notes[b]}" if b in notes else ""))
+    say()
+
+    # --- sampling -----------------------------------------------------------------------------
+    say(f"### MAF student sampling, D = {a.sample_dim}, batch {a.batch}, 1 thread (median of {a.sample_rounds} rounds; "
+        "noise drawing included)")
+    say()
+    say("| backend | CPU ms | wall ms | GFLOP/s (D MADE passes counted, CPU time) | numba speed-up (CPU) | (wall) |")
+    say("|---|---|---|---|---|---|")
+    fns, flops, notes = callables("sample", "maf", a.sample_dim, a.batch, SAMPLE_BACKENDS)
+    wall, cpu = _round_robin(fns, a.sample_rounds)
+    for b in SAMPLE_BACKENDS:
+        if b not in cpu:
+            say(f"| {b} | - | - | - | {notes.get(b, '')} | |")
+            continue
+        say(f"| {b} | {cpu[b] * 1e3:.1f} | {wall[b] * 1e3:.1f} | {flops[b] / cpu[b] / 1e9:.1f} | "
+            f"{cpu[b] / cpu['numba']:.2f}x | {wall[b] / wall['numba']:.2f}x |")
+    say()
+
+    # --- batch-1 latency ------------------------------------------------------------------------
+    say(f"### Batch-1 log_prob latency through Runner.log_prob (numpy float32 in; {a.latency_calls} calls), µs")
+    say()
+    say("| model | backend | p50 | p99 |")
+    say("|---|---|---|---|")
+    for arch in ("glow1d", "maf"):
+        dim = 6
+        _, xn = reg.inputs(arch, dim, 1)
+        for b in LATENCY_BACKENDS:
+            try:
+                r = reg.nfkd(b, arch, "student", dim)
+            except Unavailable as exc:
+                say(f"| {arch} D={dim} student | {b} | - | {exc} |")
+                continue
+            p50, p99 = _latency(lambda r=r, xn=xn: r.log_prob(xn), a.latency_calls)
+            say(f"| {arch} D={dim} student | {b} | {p50:.1f} | {p99:.1f} |")
+    say()
+    say(f"load average at end {os.getloadavg()[0]:.1f}")
+    if a.out:
+        Path(a.out).write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""The ``numba`` backend of ``nfkd.inference``: the fused CPU kernels of ``kernels.cpu_engine``.
+
+``load_cpu_engine`` folds the flow (``nfkd.fold``, in float64) and packs its modules into one
+contiguous float32 buffer in the kernels' layout (matrices transposed to ``[in, out]`` and
+zero-padded to 16 columns; see ``kernels/cpu_engine.py``). This is a re-layout of the folded
+modules, not a second model: the folded flow's eager code is the reference the tests compare to.
+
+Calls: ``threads=1`` (or a batch of one tile) runs the serial entry point (no thread pool touched);
+more threads run the ``prange`` entry point over row tiles under a lock (numba's thread pool runs
+one parallel region at a time). Scratch is allocated once per runner (per calling thread for the
+serial path), so a call allocates only its output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+
+from nfkd.errors import InputError
+from nfkd.flows.base import LOG_2PI
+from nfkd.flows.layers import FixedAffine, made_degrees
+from nfkd.inference.runner import Runner
+
+__all__ = ["NumbaRunner", "load_cpu_engine", "pack_glow1d", "pack_maf"]
+
+F32 = np.float32
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+class _Packer:
+    """Appends float64 blocks to one buffer (cast to float32 at the end) and records their offsets."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, a: np.ndarray) -> int:
+        a = np.ascontiguousarray(a, np.float64).ravel()
+        off = self.size
+        self.parts.append(a)
+        self.size += a.size
+        pad = (-self.size) % 16  # keep every block 64-byte aligned relative to the buffer start
+        if pad:
+            self.parts.append(np.zeros(pad))
+            self.size += pad
+        return off
+
+    def matrix(self, w: np.ndarray, cols: int) -> int:
+        """W [out, in] (PyTorch layout) stored as W^T [in, cols], zero-padded columns."""
+        out_f, in_f = w.shape
+        m = np.zeros((in_f, cols))
+        m[:, :out_f] = w.T
+        return self.add(m)
+
+    def vector(self, b: np.ndarray, cols: int) -> int:
+        v = np.zeros(cols)
+        v[: b.size] = b
+        return self.add(v)
+
+    def buffer(self) -> np.ndarray:
+        return np.concatenate(self.parts + [np.zeros(16)]).astype(F32)
+
+
+def _linears(net: torch.nn.Module) -> list[tuple[np.ndarray, np.ndarray]]:
+    from nfkd.fold import linear_layers
+
+    return [(_np(w), _np(b)) for w, b in linear_layers(net)]
+
+
+def pack_glow1d(folded) -> dict[str, Any]:
+    """Buffers of a folded Glow-1D (float64 fold) for ``cpu_engine.glow1d_*``."""
+    from nfkd.fold import constant_logdet
+
+    from .cpu_engine import pad16
+
+    d = folded.dim
+    steps = list(folded.steps)
+    c = steps[0].coupling
+    layers0 = _linears(c.net)
+    depth = len(layers0) - 1
+    hidden = layers0[0][0].shape[0]
+    ca, cb = c.c_a, c.c_b
+    dp, hp, cbp = pad16(d), pad16(hidden), pad16(cb)
+    p = _Packer()
+    offs = np.zeros((len(steps), 4 + 2 * (depth + 2)), np.int64)
+    for k, step in enumerate(steps):
+        mix = step.mix
+        offs[k, 0] = p.matrix(_np(mix.weight), dp)
+        offs[k, 1] = p.vector(_np(mix.bias), dp)
+        offs[k, 2] = p.matrix(_np(mix.weight_inv), dp)
+        offs[k, 3] = p.vector(_np(mix.bias_inv), dp)
+        layers = _linears(step.coupling.net)
+        for li, (w, b) in enumerate(layers[:-1]):
+            offs[k, 4 + 2 * li] = p.matrix(w, hp)
+            offs[k, 5 + 2 * li] = p.vector(b, hp)
+        w, b = layers[-1]  # rows: shift (cb), then s (cb) unless additive
+        o = 4 + 2 * depth
+        offs[k, o] = p.matrix(w[:cb], cbp)
+        offs[k, o + 1] = p.vector(b[:cb], cbp)
+        if not c.additive:
+            offs[k, o + 2] = p.matrix(w[cb:], cbp)
+            offs[k, o + 3] = p.vector(b[cb:], cbp)
+    meta = np.array([d, dp, ca, cb, hidden, hp, cbp, len(steps), depth, int(c.additive)], np.int64)
+    const = float(constant_logdet(folded)) - 0.5 * d * LOG_2PI
+    return {"w": p.buffer(), "offs": offs, "meta": meta, "const": F32(const), "dp": dp, "hp": hp, "cbp": cbp}
+
+
+def pack_maf(folded) -> dict[str, Any]:
+    """Buffers of a folded MAF (float64 fold) for ``cpu_engine.maf_*``; hidden units in MADE-degree order."""
+    from nfkd.fold import constant_logdet
+
+    from .cpu_engine import pad16
+
+    d = folded.dim
+    blocks = list(folded.blocks)
+    made0 = blocks[0].made
+    layers0 = _linears(made0.net)
+    nhid = len(layers0) - 1
+    hidden = layers0[0][0].shape[0]
+    dp, hp = pad16(d), pad16(hidden)
+    deg = made_degrees(d, hidden, nhid)[1].numpy()
+    order = np.argsort(deg, kind="stable")  # same degrees in every hidden layer (made_degrees)
+    sorted_deg = deg[order]
+    # output j (input degree j + 1) reads hidden units of degree <= j: a prefix in degree order
+    nj_row = np.array([int((sorted_deg <= j).sum()) for j in range(d)], np.int64)
+    has_bn = any(b.bn is not None for b in blocks)
+    if has_bn and not all(isinstance(b.bn, FixedAffine) for b in blocks):
+        raise InputError("the numba backend needs the folded MAF (batch-norm as a fixed affine)")
+    p = _Packer()
+    ncols = 2 * nhid + 10
+    offs = np.zeros((len(blocks) + 1, ncols), np.int64)
+    perms = np.zeros((len(blocks), d), np.int32)  # forward permutations (density)
+    iperms = np.zeros((len(blocks), d), np.int64)  # inverse permutations (sampling)
+    for k, blk in enumerate(blocks):
+        layers = _linears(blk.made.net)
+        for li, (w, b) in enumerate(layers):
+            if li < nhid:  # rows (outputs) in degree order; inputs too after the first layer
+                w = w[order] if li == 0 else w[order][:, order]
+                b = b[order]
+                offs[k, 2 * li] = p.matrix(w, hp)
+                offs[k, 2 * li + 1] = p.vector(b, hp)
+            else:  # mu (rows :d), alpha (rows d:), each padded to dp columns
+                w = w[:, order]
+                offs[k, 2 * li] = p.matrix(w[:d], dp)
+                offs[k, 2 * li + 1] = p.vector(b[:d], dp)
+                offs[k, 2 * li + 2] = p.matrix(w[d:], dp)
+                offs[k, 2 * li + 3] = p.vector(b[d:], dp)
+                wot = np.zeros((2 * d, hp))
+                wot[:, :hidden] = w
+                offs[k, 2 * li + 4] = p.add(wot)
+        if blk.bn is not None:
+            loc, scale = _np(blk.bn.loc), _np(blk.bn.scale)
+        else:
+            loc, scale = np.zeros(d), np.ones(d)
+        offs[k, 2 * nhid + 5] = p.vector(loc, dp)
+        offs[k, 2 * nhid + 6] = p.vector(1.0 / scale, dp)  # padded entries 0: padded u stay 0
+        offs[k, 2 * nhid + 7] = p.vector(scale, dp)
+        fperm = blk.perm.perm.cpu().numpy()
+        offs[k, 2 * nhid + 8] = p.vector(loc[fperm], dp)
+        offs[k, 2 * nhid + 9] = p.vector(1.0 / scale[fperm], dp)
+        perms[k] = fperm
+        iperms[k] = blk.perm.inv_perm.cpu().numpy()
+    norm = folded.normalize
+    offs[len(blocks), 0] = p.vector(_np(norm.loc), dp)
+    offs[len(blocks), 1] = p.vector(1.0 / _np(norm.scale), dp)
+    offs[len(blocks), 2] = p.vector(_np(norm.scale), dp)
+    tanh = int(made0.activation == "tanh")
+    meta = np.array([d, dp, hidden, hp, len(blocks), nhid, tanh], np.int64)
+    const = float(constant_logdet(folded)) - 0.5 * d * LOG_2PI
+    nj = np.tile(nj_row, (len(blocks), 1))
+    return {"w": p.buffer(), "offs": offs, "perms": perms, "iperms": iperms, "nj": nj, "meta": meta, "const": F32(const),
+            "clamp": F32(made0.alpha_clamp), "dp": dp, "hp": hp}
+
+
+class NumbaRunner(Runner):
+    """Folded Glow-1D / MAF on the fused numba kernels (CPU, float32)."""
+
+    backend = "numba"
+    native = "numpy"
+
+    def __init__(self, folded, meta, threads: int | None) -> None:
+        import numba
+
+        meta = dataclasses.replace(meta, extra={**meta.extra, "numba_threads": 0, "tile_rows": 0})
+        super().__init__(meta, "cpu", threads)
+
+        from . import cpu_engine as eng
+
+        self._eng = eng
+        self._numba = numba
+        self.arch = folded.arch
+        self.packed = pack_glow1d(folded) if self.arch == "glow1d" else pack_maf(folded)
+        self.nthreads = min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
+        self._dim = self.meta.dim
+        self._max_rows = self.max_batch or np.iinfo(np.int64).max
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._par_bound = None  # the parallel entry points' binding, [threads, ...] scratch (under the lock)
+        self.meta.extra["numba_threads"] = self.nthreads
+        self.meta.extra["tile_rows"] = eng.TILE
+
+    # --- scratch ------------------------------------------------------------------------------
+    def _scratch(self, lead: tuple[int, ...]) -> dict[str, np.ndarray]:
+        pk, eng = self.packed, self._eng
+        rows = max(eng.TILE, eng.SAMPLE_TILE)
+
+        def z(width: int) -> np.ndarray:
+            return np.zeros((*lead, rows * width), F32)
+
+        dp, hp = pk["dp"], pk["hp"]
+        s = {"h": z(dp), "h2": z(dp), "t1": z(hp), "t2": z(hp), "ld": z(1)}
+        if self.arch == "glow1d":
+            s.update(sh=z(pk["cbp"]), sc=z(pk["cbp"]), ls=z(pk["cbp"]))
+        else:
+            s.update(mu=z(dp), al=z(dp), pre=z(hp))
+        return s
+
+    def _bind(self, par: bool, s: dict[str, np.ndarray]) -> tuple:
+        """(log_prob kernel, its trailing arguments, sample kernel, its trailing arguments): bound once,
+        so a call passes a prepared tuple (no dict lookups on the batch-1 path)."""
+        pk, eng = self.packed, self._eng
+        if self.arch == "glow1d":
+            return (eng.glow1d_log_prob_par if par else eng.glow1d_log_prob,
+                    (pk["w"], pk["offs"], pk["meta"], pk["const"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"],
+                     s["sc"], s["ls"], s["ld"]),
+                    eng.glow1d_sample_par if par else eng.glow1d_sample,
+                    (pk["w"], pk["offs"], pk["meta"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"], s["sc"]))
+        return (eng.maf_log_prob_par if par else eng.maf_log_prob,
+                (pk["w"], pk["offs"], pk["perms"], pk["meta"], pk["const"], pk["clamp"], s["h"], s["h2"], s["t1"],
+                 s["t2"], s["mu"], s["al"], s["ld"]),
+                eng.maf_sample_par if par else eng.maf_sample,
+                (pk["w"], pk["offs"], pk["iperms"], pk["nj"], pk["meta"], pk["clamp"], s["h"], s["h2"], s["pre"],
+                 s["t1"], s["t2"], s["mu"], s["al"]))
+
+    def _serial(self) -> tuple:
+        bound = getattr(self._local, "bound", None)
+        if bound is None:  # per calling thread: concurrent serial calls never share scratch
+            bound = self._local.bound = self._bind(False, self._scratch(()))
+        return bound
+
+    def _threaded(self) -> tuple:
+        """Call under self._lock: pins numba's thread count and returns the parallel kernels' binding."""
+        self._numba.set_num_threads(self.nthreads)
+        if self._par_bound is None:
+            self._par_bound = self._bind(True, self._scratch((self._numba.config.NUMBA_NUM_THREADS,)))
+        return self._par_bound
+
+    # --- the two directions -------------------------------------------------------------------
+    def log_prob(self, x: Any, validate: bool = True):
+        """Fast path for the common call (C-contiguous float32 numpy, right width, finite): the same
+        checks as ``check_batch`` in a few cheap tests (batch-1 latency, issue #14.4); anything
+        else goes through the shared Runner path and its one clear error."""
+        if (validate and type(x) is np.ndarray and x.dtype == F32 and x.ndim == 2 and x.shape[1] == self._dim
+                and 0 < x.shape[0] <= self._max_rows and x.flags.c_contiguous and np.isfinite(x).all()):
+            return self._log_prob(x)
+        return super().log_prob(x, validate)
+
+    def _log_prob(self, x: np.ndarray) -> np.ndarray:
+        out = np.empty(x.shape[0], F32)
+        if self.nthreads > 1 and x.shape[0] > self._eng.TILE:
+            with self._lock:
+                fn, args, _, _ = self._threaded()
+                fn(x, out, *args)
+        else:
+            fn, args, _, _ = self._serial()
+            fn(x, out, *args)
+        return out
+
+    def _decode(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:
+        z = noise[0]
+        out = np.empty(z.shape, F32)
+        if self.nthreads > 1 and z.shape[0] > self._eng.SAMPLE_TILE:
+            with self._lock:
+                _, _, fn, args = self._threaded()
+                fn(z, F32(temperature), out, *args)
+        else:
+            _, _, fn, args = self._serial()
+            fn(z, F32(temperature), out, *args)
+        return out
+
+def load_cpu_engine(source, device: str, threads: int | None, options: dict[str, Any]) -> NumbaRunner:
+    """``nfkd.inference.load(..., backend="numba")``: Glow-1D and MAF on CPU."""
+    from nfkd.fold import fold
+
+    if device.split(":")[0] != "cpu":
+        raise InputError(f"the numba backend runs on the CPU only, not {device}")
+    if source.flow is None:
+        raise InputError("the numba backend runs the folded flow: pass the checkpoint (.pt) or a Flow, "
+                         f"not the export folder {source.export_folder}")
+    if source.meta.arch not in ("glow1d", "maf"):
+        raise InputError(f"the numba backend covers the tabular flows (glow1d, maf), not {source.meta.arch}; "
+                         f"use backend='onnxruntime' or 'folded'")
+    folded = fold(source.flow, torch.float64)
+    return NumbaRunner(folded, source.meta, threads)
+

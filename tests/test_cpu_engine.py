@@ -1,0 +1,147 @@
+"""The numba CPU engine (kernels/cpu_engine.py) equals the eager flow in float64, both directions.
+
+Reference: the original (unfolded) flow in float64 on the same float32 inputs / the same unit noise,
+at the export gate's float32 tolerances (export.parity.TOLERANCE), as in tests/test_inference.py.
+Random perturbed flows (nfkd.testing.perturb) with a non-trivial input normalization; dims 1-64,
+batch 1, odd batches and batches that leave a partial row tile; every engine path: Glow-1D affine
+and additive couplings and depths, MAF with/without batch-norm, ReLU/tanh, 1-3 hidden layers,
+reversed and random orders; the serial and the threaded entry points.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from export.parity import TOLERANCE
+from nfkd import inference
+from nfkd.errors import InputError
+from nfkd.flows import MAF, Glow, Glow1D
+from nfkd.testing import perturb
+
+numba = pytest.importorskip("numba", reason="numba is not installed (pip install 'nfkd[cpu]')")
+
+TOL = TOLERANCE["float32"]
+BATCHES = (1, 7, 67, 131)  # 67, 131: a partial tile after full tiles of 64 rows
+
+
+def _normalized(flow, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    flow.normalize.set(2 * torch.randn(flow.dim, generator=g), torch.rand(flow.dim, generator=g) + 0.5)
+    return perturb(flow, scale=0.1, seed=seed + 1).eval()
+
+
+def _data(flow, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (flow.normalize.loc + flow.normalize.scale * torch.randn(n, flow.dim, generator=g)).float()
+
+
+def _check(flow, runner, n: int, seed: int) -> None:
+    ref = copy.deepcopy(flow).double()
+    x = _data(flow, n, seed)
+    with torch.no_grad():
+        want = ref.log_prob(x.double())
+    got = torch.as_tensor(runner.log_prob(x)).double()
+    err = ((got - want).abs() / want.abs().clamp_min(1.0)).max().item()
+    assert err <= TOL["log_prob_rel"], f"log_prob rel err {err:.3g}"
+    noise = inference.draw_noise(runner.noise_shapes, n, seed=seed + 100)
+    with torch.no_grad():
+        xs_ref = ref.sample(n, 0.8, noise=[torch.from_numpy(z).double() for z in noise])
+    xs = torch.from_numpy(runner.sample(noise=noise, temperature=0.8)).double()
+    bound = TOL["sample_abs"] + TOL["sample_rel"] * xs_ref.abs()
+    assert ((xs - xs_ref).abs() <= bound).all(), f"sample err {(xs - xs_ref).abs().max():.3g}"
+
+
+GLOW_CASES = [  # (dim, steps, hidden, additive, depth)
+    (2, 2, 8, False, 1), (3, 3, 16, False, 2), (5, 2, 12, True, 2), (8, 3, 32, False, 5), (13, 2, 20, False, 3),
+    (21, 3, 32, False, 5), (33, 2, 40, True, 2), (43, 3, 32, False, 2), (64, 2, 64, False, 3),
+]
+
+
+@pytest.mark.parametrize("dim,steps,hidden,additive,depth", GLOW_CASES, ids=[f"d{c[0]}" for c in GLOW_CASES])
+def test_glow1d_matches_eager_float64(dim, steps, hidden, additive, depth):
+    torch.manual_seed(dim)
+    flow = _normalized(Glow1D(dim, steps=steps, hidden=hidden, additive=additive, depth=depth), seed=dim)
+    runner = inference.load(flow, backend="numba", threads=1)
+    assert runner.backend == "numba"
+    for i, n in enumerate(BATCHES if dim in (3, 21, 64) else ((1, 67) if dim % 2 else (7, 131))):
+        _check(flow, runner, n, seed=10 * dim + i)
+
+
+MAF_CASES = [  # (dim, blocks, hidden, n_hidden, activation, batch_norm, permutation)
+    (1, 2, 8, 2, "relu", False, "reverse"), (2, 3, 16, 2, "relu", True, "reverse"),
+    (3, 2, 12, 1, "tanh", False, "random"), (5, 3, 32, 2, "relu", True, "random"),
+    (8, 2, 20, 3, "relu", False, "reverse"), (13, 3, 32, 2, "tanh", True, "reverse"),
+    (21, 3, 32, 2, "relu", False, "reverse"), (33, 2, 48, 2, "relu", True, "random"),
+    (43, 3, 32, 2, "relu", False, "reverse"), (64, 2, 32, 3, "tanh", True, "random"),
+]
+
+
+@pytest.mark.parametrize("dim,blocks,hidden,n_hidden,activation,batch_norm,permutation", MAF_CASES,
+                         ids=[f"d{c[0]}-{c[4]}-h{c[3]}" for c in MAF_CASES])
+def test_maf_matches_eager_float64(dim, blocks, hidden, n_hidden, activation, batch_norm, permutation):
+    torch.manual_seed(dim)
+    flow = _normalized(MAF(dim, blocks=blocks, hidden=hidden, n_hidden=n_hidden, activation=activation,
+                           batch_norm=batch_norm, permutation=permutation, seed=dim), seed=dim)
+    runner = inference.load(flow, backend="numba", threads=1)
+    for i, n in enumerate(BATCHES if dim in (1, 21, 64) else ((1, 67) if dim % 2 else (7, 131))):
+        _check(flow, runner, n, seed=10 * dim + i)
+
+
+@pytest.mark.parametrize("arch", ["glow1d", "maf"])
+def test_threads_give_the_same_result(arch):
+    """The threaded entry point (prange over row tiles) equals the serial one."""
+    torch.manual_seed(0)
+    flow = _normalized(Glow1D(9, steps=2, hidden=16) if arch == "glow1d" else MAF(9, blocks=2, hidden=16), seed=3)
+    one = inference.load(flow, backend="numba", threads=1)
+    two = inference.load(flow, backend="numba", threads=2)
+    x = _data(flow, 300, seed=1).numpy()
+    np.testing.assert_allclose(two.log_prob(x), one.log_prob(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(two.sample(300, seed=4).numpy(), one.sample(300, seed=4).numpy(), rtol=1e-6, atol=1e-6)
+    _check(flow, two, 300, seed=5)
+
+
+def test_numpy_and_torch_in_and_out():
+    torch.manual_seed(0)
+    flow = _normalized(MAF(4, blocks=2, hidden=8), seed=0)
+    runner = inference.load(flow, backend="numba", threads=1)
+    x = _data(flow, 5, seed=0)
+    out_np, out_t = runner.log_prob(x.numpy()), runner.log_prob(x)
+    assert isinstance(out_np, np.ndarray) and isinstance(out_t, torch.Tensor)
+    np.testing.assert_array_equal(out_np, out_t.numpy())
+    x64 = runner.log_prob(x.double())  # float64 input: computed in float32 like every runner
+    np.testing.assert_allclose(x64.numpy(), out_np, rtol=1e-6)
+    noncontig = torch.stack([x, x], 2).reshape(5, 8)[:, ::2]  # a strided view of the same values
+    np.testing.assert_allclose(runner.log_prob(noncontig).numpy(), out_np, rtol=1e-6)
+
+
+BAD = [
+    (lambda r: r.log_prob(np.zeros((2, 3), np.float32)), "features per row"),
+    (lambda r: r.log_prob(np.array([[np.nan] * 4], np.float32)), "NaN or Inf"),
+    (lambda r: r.log_prob(torch.tensor([[0.0, float("inf"), 0.0, 0.0]])), "NaN or Inf"),
+    (lambda r: r.log_prob(np.zeros((2, 4), np.int64)), "floating-point"),
+    (lambda r: r.log_prob(np.zeros((0, 4), np.float32)), "empty batch"),
+    (lambda r: r.log_prob(np.zeros(4, np.float32)), "without a batch dimension"),
+    (lambda r: r.sample(0), "positive integer"),
+    (lambda r: r.sample(2, temperature=float("nan")), "temperature"),
+    (lambda r: r.sample(noise=[np.full((2, 4), np.nan, np.float32)]), "NaN or Inf"),
+    (lambda r: r.sample(noise=[np.zeros((2, 5), np.float32)]), "features per row"),
+]
+
+
+@pytest.mark.parametrize("call,match", BAD, ids=[m for _, m in BAD])
+def test_bad_input_same_clear_error_as_eager(call, match):
+    torch.manual_seed(0)
+    flow = _normalized(MAF(4, blocks=2, hidden=8), seed=0)
+    for backend in ("eager", "numba"):
+        with pytest.raises(InputError, match=match):
+            call(inference.load(flow, backend=backend, threads=1))
+
+
+def test_covers_tabular_flows_only():
+    with pytest.raises(InputError, match="runs glow1d, maf models, not glow"):
+        inference.load(Glow((2, 4, 4), levels=2, steps=1, hidden=8), backend="numba")
+    with pytest.raises(InputError, match="does not run on cuda"):
+        inference.load(MAF(3, blocks=1, hidden=8), backend="numba", device="cuda")
