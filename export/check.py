@@ -33,6 +33,8 @@ from typing import Iterable
 import onnx
 from onnx import TensorProto
 
+__all__ = ["check_tensorrt_compat", "main"]
+
 # onnx-tensorrt docs/operators.md, rows marked "Y" for TensorRT 10.x (conservative: omit the
 # newest additions such as Attention / RotaryEmbedding / TensorScatter that need 10.1x).
 TENSORRT_OPS: frozenset[str] = frozenset("""

@@ -14,6 +14,8 @@ from typing import Any
 
 from nfkd.errors import ExportError
 
+__all__ = ["FORMAT", "MANIFEST_NAME", "Manifest", "reusable_export", "sha256_bytes", "sha256_file"]
+
 FORMAT = "nfkd-export"
 FORMAT_VERSION = "1"
 MANIFEST_NAME = "manifest.json"
@@ -129,6 +131,3 @@ def reusable_export(folder: str | os.PathLike, checkpoint_sha256: str, need_engi
         entries += [m.engines["density"], m.engines["sample"]]
     intact = all((folder / e["file"]).exists() and sha256_file(folder / e["file"]) == e["sha256"] for e in entries)
     return m if intact else None
-
-
-__all__ = ["FORMAT", "MANIFEST_NAME", "Manifest", "reusable_export", "sha256_bytes", "sha256_file"]

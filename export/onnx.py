@@ -53,6 +53,9 @@ from .artifacts import staged_folder
 from .check import check_tensorrt_compat
 from .manifest import Manifest, sha256_bytes
 
+__all__ = ["DensityGraph", "SampleGraph", "build_graphs", "ort_runners", "export_onnx", "default_out_dir",
+    "summary", "main"]
+
 DENSITY_FILE = "density.onnx"
 SAMPLE_FILE = "sample.onnx"
 DEFAULT_MAX_BATCH = 65536

@@ -41,6 +41,11 @@ from nfkd.errors import ExportError
 from nfkd.flows import Flow
 from nfkd.flows.base import standard_normal_logpdf
 
+__all__ = [
+    "DEFAULT_BATCHES", "PARITY_SEED", "PARITY_TEMPERATURE", "TOLERANCE", "TOLERANCE_DEFINITION",
+    "check_parity", "far_out_inputs", "far_out_failures", "held_out_inputs", "measure", "reference_outputs", "tolerance_for",
+]
+
 DensityRunner = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 SampleRunner = Callable[[Sequence[np.ndarray], float], np.ndarray]
 
@@ -246,9 +251,3 @@ def check_parity(
             + ". Nothing was written."
         )
     return res
-
-
-__all__ = [
-    "DEFAULT_BATCHES", "PARITY_SEED", "PARITY_TEMPERATURE", "TOLERANCE", "TOLERANCE_DEFINITION",
-    "check_parity", "far_out_inputs", "far_out_failures", "held_out_inputs", "measure", "reference_outputs", "tolerance_for",
-]

@@ -30,6 +30,8 @@ from nfkd.validation import check_batch
 from .artifacts import read_verified
 from .manifest import Manifest
 
+__all__ = ["BACKENDS", "DEVICES", "ExportedFlow", "OrtFlow", "TrtFlow", "load"]
+
 BACKENDS = ("onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
 
@@ -184,6 +186,3 @@ def load(
             raise InputError("the TensorRT backend runs on the GPU: use device='cuda' (or backend='onnxruntime' on CPU)")
         return TrtFlow(folder, manifest, device)
     return OrtFlow(folder, manifest, device, intra_op_threads)
-
-
-__all__ = ["BACKENDS", "DEVICES", "ExportedFlow", "OrtFlow", "TrtFlow", "load"]

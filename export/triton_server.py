@@ -53,6 +53,9 @@ from nfkd.errors import ExportError, InputError, NfkdError
 from .artifacts import staged_folder, verified_path
 from .manifest import Manifest
 
+__all__ = ["check_config_against_onnx", "density_config", "main", "onnx_io", "parse_pbtxt", "sample_config",
+           "to_pbtxt", "write_repository"]
+
 PLATFORM_ONNX = "onnxruntime_onnx"
 PLATFORM_TRT = "tensorrt_plan"
 DEFAULT_MAX_BATCH = 4096
@@ -492,7 +495,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = ["check_config_against_onnx", "density_config", "main", "onnx_io", "parse_pbtxt", "sample_config",
-           "to_pbtxt", "write_repository"]

@@ -30,6 +30,8 @@ import numpy as np
 
 from nfkd.errors import ExportError, NfkdError
 
+__all__ = ["TensorRTUnavailable", "require_tensorrt", "build_engine", "TrtEngine", "build_engines", "main"]
+
 TRT_INSTALL_HINT = (
     "TensorRT is not installed: pip install 'nfkd[gpu]' (tensorrt>=10) on a machine with an NVIDIA GPU"
 )

@@ -37,6 +37,9 @@ from typing import Any, Sequence
 
 from . import configs as C
 
+__all__ = ["signature", "compile_one", "Row", "judge", "largest_per_kernel", "heaviest_flags", "run_check",
+    "format_table", "summary", "parse_try", "main"]
+
 # ---------------------------------------------------------------------------------------------
 # worker side (a fresh process: triton is imported here, in compiled mode)
 # ---------------------------------------------------------------------------------------------

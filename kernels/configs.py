@@ -22,6 +22,9 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
+__all__ = ["ARCHS", "CONFIGS", "KERNELS", "Config", "Kernel", "DOT_PRECISION", "device_arch", "lookup",
+           "constexprs", "variants"]
+
 DOT_PRECISION = "ieee"  # tl.dot input precision of dispatched launches (fp32 exact; "tf32x3" = bench option)
 
 # Compute capability -> the most shared memory one thread block may use (bytes; the opt-in maximum,
@@ -168,7 +171,3 @@ def variants(cfg: Config) -> Iterator[dict[str, Any]]:
     """The flag combinations a dispatched launch of ``cfg`` can use."""
     for flags in KERNELS[cfg.kernel].flags:
         yield dict(flags)
-
-
-__all__ = ["ARCHS", "CONFIGS", "KERNELS", "Config", "Kernel", "DOT_PRECISION", "device_arch", "lookup",
-           "constexprs", "variants"]

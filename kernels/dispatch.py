@@ -42,6 +42,8 @@ from torch import Tensor
 
 from ._env import triton_available, version_key
 
+__all__ = ["use_kernels", "kernels_enabled", "fast_log_prob", "fast_sample", "folded_for", "clear_cache"]
+
 _FORCED: bool | None = None
 _FOLD_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
@@ -208,6 +210,3 @@ def fast_sample(model, noise: Tensor | Sequence[Tensor] | None = None, temperatu
             return tabular_sample(folded, noise[0], temperature)
         dt = folded.dtype
         return folded.sample(noise[0].shape[0], temperature, noise=[z.to(dt) for z in noise])
-
-
-__all__ = ["use_kernels", "kernels_enabled", "fast_log_prob", "fast_sample", "folded_for", "clear_cache"]

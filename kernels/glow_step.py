@@ -70,6 +70,10 @@ from nfkd.flows.base import LOG_2PI  # noqa: E402
 from ._device import mm as _mm  # noqa: E402
 from .configs import DOT_PRECISION  # noqa: E402
 
+__all__ = ["glow_log_prob_triton", "glow_sample_triton", "glow_step_forward", "glow_step_inverse",
+           "step_forward_reference", "step_inverse_reference", "pack_affine", "reference_log_prob",
+           "reference_sample", "LAYOUTS", "DEFAULT_LAYOUT"]
+
 LAYOUTS = {"nhwc": torch.channels_last, "nchw": torch.contiguous_format}
 DEFAULT_LAYOUT = "nhwc"
 
@@ -541,8 +545,3 @@ def reference_sample(folded, noise, temperature=1.0) -> Tensor:
     noise = list(noise)
     with torch.no_grad():
         return folded.sample(noise[0].shape[0], temperature, noise=noise)
-
-
-__all__ = ["glow_log_prob_triton", "glow_sample_triton", "glow_step_forward", "glow_step_inverse",
-           "step_forward_reference", "step_inverse_reference", "pack_affine", "reference_log_prob",
-           "reference_sample", "LAYOUTS", "DEFAULT_LAYOUT"]

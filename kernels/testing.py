@@ -13,6 +13,9 @@ import torch
 
 from nfkd.flows import IAF, MAF, Glow, Glow1D
 
+__all__ = ["kernel_module", "fresh_seed", "randomize", "tabular_flow", "glow_flow", "max_rel_err",
+    "max_scaled_err"]
+
 CONFTEST_HINT = ("triton was imported (e.g. by torch.compile) before TRITON_INTERPRET=1 was set, so the "
                  "kernels cannot run in the interpreter in this process; set it first thing in tests/conftest.py: "
                  "`if not torch.cuda.is_available(): os.environ.setdefault('TRITON_INTERPRET', '1')`")

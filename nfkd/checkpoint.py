@@ -27,6 +27,8 @@ from .checkpoint_header import check_config, covered_digest, entries_of, loads_j
 from .errors import CheckpointError
 from .flows import Flow, build_flow
 
+__all__ = ["Checkpoint", "atomic_write_bytes", "save", "load_checkpoint", "load", "describe"]
+
 FORMAT = "nfkd-checkpoint"
 FORMAT_VERSION = "2"  # 2: the checksum covers the header (config, metadata, tensor table) too
 READABLE_VERSIONS = ("1", "2")  # 1: checksum of the tensor bytes only, still read

@@ -30,6 +30,9 @@ from torch.overrides import TorchFunctionMode
 from .errors import CheckpointError
 from .flows import ARCHITECTURES, Flow, build_flow
 
+__all__ = ["TensorEntry", "loads_json", "parse_header", "covered_digest", "entries_of", "stored_float_dtype",
+    "check_config"]
+
 #: safetensors dtype names -> (bytes per element, torch dtype)
 DTYPES: dict[str, tuple[int, torch.dtype]] = {
     "F64": (8, torch.float64), "F32": (4, torch.float32), "F16": (2, torch.float16), "BF16": (2, torch.bfloat16),

@@ -15,6 +15,9 @@ import torch
 
 from .errors import InputError
 
+__all__ = ["check_train_config", "check_seed", "check_device", "check_out_dir", "check_cli_run",
+    "check_teacher"]
+
 #: TrainConfig integer fields and their smallest valid value.
 _MIN_INT = {"steps": 1, "batch_size": 1, "warmup": 0, "eval_every": 1, "patience": 1, "checkpoint_every": 1,
             "snapshot_every": 1, "eval_batch": 1, "max_bad_steps": 0}

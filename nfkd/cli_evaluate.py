@@ -15,6 +15,8 @@ import torch
 from .checkpoint import load_checkpoint
 from .pipeline import evaluate, get_data
 
+__all__ = ["main"]
+
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m nfkd evaluate", description=__doc__,

@@ -5,6 +5,8 @@ import argparse
 
 from .checkpoint import describe, load_checkpoint
 
+__all__ = ["main"]
+
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m nfkd info", description=__doc__)

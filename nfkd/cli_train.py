@@ -15,6 +15,8 @@ from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
 from .presets import PRESETS, resolve
 from .train import TrainConfig, train_flow
 
+__all__ = ["check_student_arch", "main_train", "main_distill"]
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset name (python -m nfkd data list)")

@@ -30,6 +30,9 @@ from .inference.timing import interleaved_medians
 from .pipeline import evaluate, get_data
 from .train import TrainConfig
 
+__all__ = ["measure_throughput", "measure_sampling", "plot_samples", "plot_throughput", "run_demo",
+    "render_report", "main"]
+
 
 def measure_throughput(runners: dict[str, Any], x: np.ndarray, rounds: int = 5) -> dict[str, dict[str, float]]:
     """Median seconds per batch of each ``nfkd.inference`` runner, interleaved round by round."""

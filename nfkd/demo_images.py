@@ -17,6 +17,8 @@ import torch
 from .errors import InputError
 from .pipeline import get_data
 
+__all__ = ["run_image_demo", "render_image_section"]
+
 #: Short panel titles: an 8x8 digit grid is narrow.
 SHORT = {"teacher": "teacher", "none": "no KD", "lkd": "LKD", "ilkd": "ILKD", "skd": "SKD", "fkl": "fwd KL",
          "density": "density", "init": "init", "ilkd-aligned": "ILKD+R"}

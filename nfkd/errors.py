@@ -1,6 +1,8 @@
 """One family of exceptions, so that callers (CLI, server) can turn any of them into one clear line."""
 from __future__ import annotations
 
+__all__ = ["NfkdError", "InputError", "DataError", "CheckpointError", "ExportError"]
+
 
 class NfkdError(Exception):
     """Base class: the message says what was wrong, what was expected, and what to do."""

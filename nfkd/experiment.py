@@ -30,6 +30,8 @@ from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
 from .presets import resolve, student_preset
 from .train import TrainConfig, TrainResult, train_flow
 
+__all__ = ["train_family", "check_methods", "run_experiment", "summarize", "markdown_table", "main"]
+
 PROTOCOLS = ("equal-budget", "warm-start")
 QUALITY_KEYS = ("teacher_ll_of_samples_median", "energy_distance")
 ROWS = ["teacher", "base", *VARIANTS]

@@ -15,6 +15,8 @@ from .errors import InputError
 from .flows import Flow, bits_per_dim, build_flow
 from .train import TrainData
 
+__all__ = ["get_data", "flow_for", "train_data", "data_metadata", "split_array", "evaluate"]
+
 Dataset = TabularSplits | ImageSplits
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+__all__ = ["student_preset", "resolve", "effective_parameters", "parameter_table"]
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # name -> {"teacher": config, "student": config}; "dim"/"in_shape" come from the data.
     "glow1d-paper": {

@@ -23,6 +23,8 @@ import sys
 
 from .errors import InputError
 
+__all__ = ["build_parser", "main_serve"]
+
 log = logging.getLogger("nfkd.serve")
 SWITCH_INTERVAL_S = 0.001
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+__all__ = ["perturb"]
+
 
 @torch.no_grad()
 def perturb(module: nn.Module, scale: float = 0.2, seed: int = 0) -> nn.Module:

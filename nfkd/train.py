@@ -33,6 +33,9 @@ from .errors import InputError
 from .flows import Flow, initialize_actnorm
 from .train_state import load_into, prepare_metrics, read_train_state, run_fingerprint
 
+__all__ = ["TrainConfig", "TrainData", "TrainResult", "lr_factor", "mean_nll", "Trainer", "plot_curves",
+    "train_flow"]
+
 
 @dataclass
 class TrainConfig:

@@ -18,6 +18,8 @@ import torch
 from .checkpoint import atomic_write_bytes
 from .errors import CheckpointError
 
+__all__ = ["STATE_KEYS", "load_into", "prepare_metrics", "read_train_state", "run_fingerprint"]
+
 #: Keys every state file written by the trainer has.
 STATE_KEYS = ("step", "lr_scale", "best_val", "best_step", "best_state", "evals_without_improvement", "skipped",
               "skd_excluded", "model", "opt", "batch_gen", "noise_gen", "torch_rng", "history")
@@ -103,6 +105,3 @@ def prepare_metrics(path: Path, resumed_step: int | None) -> None:
         if step < resumed_step or (step == resumed_step and "event" not in row):
             kept.append(line + "\n")
     atomic_write_bytes(path, "".join(kept).encode())
-
-
-__all__ = ["STATE_KEYS", "load_into", "prepare_metrics", "read_train_state", "run_fingerprint"]

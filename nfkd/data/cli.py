@@ -16,6 +16,8 @@ from .images import ImageSplits
 from .registry import default_data_root, list_datasets, load_dataset
 from .splits import TabularSplits
 
+__all__ = ["main"]
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nfkd data", description="List datasets or check that one loads.")

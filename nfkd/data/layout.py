@@ -12,6 +12,9 @@ import numpy as np
 
 from ..errors import DataError
 
+__all__ = ["maf_layout_text", "missing", "require_maf_files", "corrupt", "load_npy", "check_table",
+    "check_finite"]
+
 MAF_ZENODO = "https://zenodo.org/record/1161203"
 
 #: The MAF paper's preprocessed files, relative to the data root (the archive's extracted `data/`).

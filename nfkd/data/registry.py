@@ -15,6 +15,8 @@ from .images import ImageSplits, split_images
 from .layout import MAF_FILES
 from .splits import TabularSplits
 
+__all__ = ["default_data_root", "DatasetInfo", "list_datasets", "dataset_info", "load_dataset"]
+
 DATA_ROOT_ENV = "NFKD_DATA_ROOT"
 
 

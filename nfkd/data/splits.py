@@ -13,6 +13,9 @@ import numpy as np
 
 from ..errors import DataError
 
+__all__ = ["TabularSplits", "maf_split_sizes", "tail_split", "require_rows", "seeded_permutation",
+    "train_stats", "require_usable_stats", "make_splits"]
+
 #: Rows per chunk when computing statistics, so that a 1.3M x 63 table needs no float64 copy.
 _STAT_CHUNK_ROWS = 1 << 16
 

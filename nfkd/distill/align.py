@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+__all__ = ["channels_last_rows", "procrustes", "rotate_channels", "Aligner"]
+
 
 def channels_last_rows(h: Tensor) -> Tensor:
     """(B, C, ...) -> (B·positions, C): every position is one sample of the channel vector."""

@@ -15,6 +15,8 @@ from ..flows import Flow, Glow
 from ..flows.base import ChainFlow
 from .pairing import aligned_teacher_index
 
+__all__ = ["copy_matching", "init_from_teacher"]
+
 
 def copy_matching(dst: nn.Module, src: nn.Module) -> bool:
     """Copy src's state into dst if every entry matches by name and shape; report whether it did."""

@@ -30,6 +30,8 @@ from ..flows.base import standard_normal_logpdf
 from .align import Aligner, rotate_channels
 from .pairing import canonical_latents, canonical_taps, flow_noise, pair_taps
 
+__all__ = ["distance", "KDConfig", "LossTerms", "finite_rows", "sample_distance", "StudentObjective"]
+
 METHODS = ("none", "lkd", "ilkd", "skd", "density", "fkl", "rkl", "rkl+skd")
 PAPER_METHODS = ("lkd", "ilkd", "skd")
 KD_SCALES = ("paper", "mean")

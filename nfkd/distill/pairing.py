@@ -13,6 +13,9 @@ from torch import Tensor
 
 from ..flows import Flow, Glow
 
+__all__ = ["aligned_teacher_index", "pair_taps", "to_canonical", "from_canonical", "canonical_taps",
+    "canonical_latents", "flow_noise"]
+
 
 def aligned_teacher_index(i: int, k_student: int, k_teacher: int) -> int:
     """Teacher block paired with student block i: round((i+1)·K_t/K_s) − 1 (half rounds up)."""

@@ -12,6 +12,8 @@ from typing import Any
 from ..errors import InputError
 from .objective import KDConfig
 
+__all__ = ["Variant", "demo_recipe", "get_variant", "describe_variants"]
+
 
 @dataclass(frozen=True)
 class Variant:

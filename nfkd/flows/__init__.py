@@ -6,6 +6,11 @@ from .glow import Glow, Glow1D, bits_per_dim
 from .iaf import IAF
 from .maf import MAF
 
+__all__ = [
+    "ARCHITECTURES", "Flow", "FlowOutput", "InverseOutput", "Glow", "Glow1D", "IAF", "MAF",
+    "bits_per_dim", "build_flow", "initialize_actnorm", "standard_normal_logpdf",
+]
+
 ARCHITECTURES: dict[str, type[Flow]] = {"glow": Glow, "glow1d": Glow1D, "maf": MAF, "iaf": IAF}
 
 
@@ -25,9 +30,3 @@ def initialize_actnorm(flow: Flow, x) -> None:
     with torch.no_grad():
         flow(x)
     flow.train(was_training)
-
-
-__all__ = [
-    "ARCHITECTURES", "Flow", "FlowOutput", "InverseOutput", "Glow", "Glow1D", "IAF", "MAF",
-    "bits_per_dim", "build_flow", "initialize_actnorm", "standard_normal_logpdf",
-]

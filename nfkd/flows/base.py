@@ -21,6 +21,9 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..validation import check_batch
 
+__all__ = ["FlowOutput", "InverseOutput", "standard_normal_logpdf", "check_finite_input", "Flow",
+    "ChainFlow"]
+
 LOG_2PI = math.log(2 * math.pi)
 
 

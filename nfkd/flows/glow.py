@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from .base import ChainFlow, Flow, FlowOutput, InverseOutput
 from .layers import FixedAffine, FlowStep, ZeroConv2d, squeeze2d, unsqueeze2d
 
+__all__ = ["SplitPrior", "Glow", "bits_per_dim", "Glow1D"]
+
 
 class SplitPrior(nn.Module):
     """Conditional Gaussian prior of the factored-out half at a split: N(mean(z1), exp(logs(z1)))."""
@@ -154,4 +156,3 @@ class Glow1D(ChainFlow):
 
     def chain(self) -> nn.ModuleList:
         return self.steps
-

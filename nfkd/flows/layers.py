@@ -11,6 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+__all__ = ["stable_logsigmoid", "Bijection", "FixedAffine", "ActNorm", "LUInvertibleLinear", "FoldedAffine",
+    "ZeroConv2d", "zero_linear", "conv_coupling_net", "mlp_coupling_net", "AffineCoupling", "FlowStep",
+    "squeeze2d", "unsqueeze2d", "MaskedLinear", "made_degrees", "MADE", "InverseMADE", "Permutation",
+    "BatchNormFlow"]
+
 
 def _spatial(x: Tensor) -> int:
     """Number of positions that share one channel-wise transform (H*W, or 1 for tables)."""

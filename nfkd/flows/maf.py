@@ -7,6 +7,8 @@ from torch import Tensor, nn
 from .base import ChainFlow
 from .layers import MADE, BatchNormFlow, FixedAffine, Permutation
 
+__all__ = ["MAFBlock", "block_permutations", "MAF"]
+
 
 class MAFBlock(nn.Module):
     """MADE, optional batch-norm, then a fixed permutation (order reversal by default)."""
@@ -82,4 +84,3 @@ class MAF(ChainFlow):
 
     def chain(self) -> nn.ModuleList:
         return self.blocks
-

@@ -6,6 +6,8 @@ import time
 
 from .batcher import Stats
 
+__all__ = ["AccessLog", "access_log"]
+
 access_log = logging.getLogger("nfkd.serve.access")
 
 
@@ -44,6 +46,3 @@ class AccessLog:
                 if "error" in state:
                     extra["error"] = state["error"]
                 access_log.info("client aborted" if status == 499 else "request", extra=extra)
-
-
-__all__ = ["AccessLog", "access_log"]

@@ -10,6 +10,8 @@ while ``/log_prob`` clients time out (issue #19, defect 3).
 """
 from __future__ import annotations
 
+__all__ = ["Admission", "Closed", "Overloaded"]
+
 
 class Overloaded(Exception):
     """More rows outstanding than ``max_queue_rows``: answer 503, the client retries later."""
@@ -46,6 +48,3 @@ class Admission:
 
     def release(self, rows: int) -> None:
         self.rows -= rows
-
-
-__all__ = ["Admission", "Closed", "Overloaded"]

@@ -33,6 +33,8 @@ import numpy as np
 from nfkd.errors import InputError
 from nfkd.inference.runner import draw_noise
 
+__all__ = ["BACKENDS", "ModelBackend", "RunnerBackend", "draw_noise", "load_backend"]
+
 # "torch" is the eager flow (the service's historical name); the rest are nfkd.inference's backends
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch", "eager", "folded", "compile", "triton", "numba")
 DEFAULT_MAX_BATCH = 1 << 30  # PyTorch backends take any batch; the service's own limits bound requests
@@ -146,6 +148,3 @@ def load_backend(
     # threads: ONNX Runtime's session, and torch's count set inside the model thread (init_model_thread)
     runner = inference.load(path, backend=name, device=device, threads=threads, cache_dir=cache_dir)
     return RunnerBackend(runner, backend if backend != "auto" else runner.backend, threads)
-
-
-__all__ = ["BACKENDS", "ModelBackend", "RunnerBackend", "draw_noise", "load_backend"]

@@ -24,6 +24,8 @@ import numpy as np
 
 from .admission import Closed
 
+__all__ = ["LogProbBatcher", "ModelWorker", "Stats", "run_chunked"]
+
 log = logging.getLogger("nfkd.serve")
 
 
@@ -322,6 +324,3 @@ class LogProbBatcher:
             if not it.future.done():
                 it.future.set_result(out[off : off + n])
             off += n
-
-
-__all__ = ["LogProbBatcher", "ModelWorker", "Stats", "run_chunked"]

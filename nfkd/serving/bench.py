@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["run_mode", "main"]
+
 
 async def _connection(host: str, port: int, bodies: list[bytes], latencies: list[float], rows: int) -> None:
     reader, writer = await asyncio.open_connection(host, port)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+__all__ = ["BODY_SLACK", "BYTES_PER_VALUE", "DEFAULT_SAMPLE_CHUNK", "ServeConfig"]
+
 if TYPE_CHECKING:  # pragma: no cover
     from .backends import ModelBackend
 
@@ -50,6 +52,3 @@ class ServeConfig:
             c.sample_chunk_rows = DEFAULT_SAMPLE_CHUNK
         c.sample_chunk_rows = max(1, min(int(c.sample_chunk_rows), c.max_batch))
         return c
-
-
-__all__ = ["BODY_SLACK", "BYTES_PER_VALUE", "DEFAULT_SAMPLE_CHUNK", "ServeConfig"]

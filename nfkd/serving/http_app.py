@@ -20,6 +20,8 @@ from .http_errors import install_error_handlers
 from .routes import router
 from .service import Service
 
+__all__ = ["ServeConfig", "create_app"]
+
 log = logging.getLogger("nfkd.serve")
 
 
@@ -50,6 +52,3 @@ def create_app(backend: ModelBackend, config: ServeConfig | None = None) -> Fast
     app.include_router(router)
     app.add_middleware(AccessLog, stats=service.stats)
     return app
-
-
-__all__ = ["ServeConfig", "create_app"]

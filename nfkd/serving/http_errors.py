@@ -20,6 +20,8 @@ from starlette.requests import ClientDisconnect
 from . import payload
 from .routes import json_response
 
+__all__ = ["CLIENT_CLOSED", "install_error_handlers"]
+
 log = logging.getLogger("nfkd.serve")
 
 CLIENT_CLOSED = 499  # nginx's "client closed request": recorded, never sent
@@ -50,6 +52,3 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("internal error", extra={"path": request.url.path})
         request.state.error = f"internal error: {type(exc).__name__}"
         return json_response({"error": request.state.error}, 500)
-
-
-__all__ = ["CLIENT_CLOSED", "install_error_handlers"]

@@ -7,6 +7,8 @@ import logging
 import sys
 from typing import Any
 
+__all__ = ["JsonFormatter", "configure_logging"]
+
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is logged as a field.
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName", "color_message"}
 
@@ -39,6 +41,3 @@ def configure_logging(level: str = "info", stream=None) -> logging.Handler:
         lg.setLevel(level.upper())
         lg.propagate = False
     return handler
-
-
-__all__ = ["JsonFormatter", "configure_logging"]

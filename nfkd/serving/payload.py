@@ -30,6 +30,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+__all__ = [
+    "JSON", "MAX_TEMPERATURE", "NPY", "ApiError", "check_json_row_bound", "check_rows", "json_floats",
+    "json_array_bytes", "json_row_bound", "json_rows", "media_type", "npy_bytes", "npy_rows", "parse_json_object",
+    "parse_npy",
+    "sample_request", "show", "wants_npy",
+]
+
 JSON = "application/json"
 NPY = "application/x-npy"
 NPY_MAGIC = b"\x93NUMPY"
@@ -407,11 +414,3 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
     return buf.getvalue()
-
-
-__all__ = [
-    "JSON", "MAX_TEMPERATURE", "NPY", "ApiError", "check_json_row_bound", "check_rows", "json_floats",
-    "json_array_bytes", "json_row_bound", "json_rows", "media_type", "npy_bytes", "npy_rows", "parse_json_object",
-    "parse_npy",
-    "sample_request", "show", "wants_npy",
-]

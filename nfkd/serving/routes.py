@@ -25,6 +25,8 @@ from .admission import Closed, Overloaded
 from .config import BODY_SLACK
 from .service import INLINE_BYTES, INLINE_VALUES, Service
 
+__all__ = ["json_response", "read_body", "router"]
+
 router = APIRouter()
 
 
@@ -170,6 +172,3 @@ async def metadata(request: Request) -> Response:
 @router.get("/stats")
 async def get_stats(request: Request) -> Response:
     return json_response(_service(request).stats_dict())
-
-
-__all__ = ["json_response", "read_body", "router"]

@@ -27,6 +27,8 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+__all__ = ["BackgroundServer", "DeadlineH11Protocol", "bind", "deadline_protocol", "uvicorn_config"]
+
 log = logging.getLogger("nfkd.serve")
 
 BODY_GRACE_S = 1.0  # the endpoint answers 408 itself at body_timeout_s; the connection goes this much later
@@ -170,6 +172,3 @@ class BackgroundServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-__all__ = ["BackgroundServer", "DeadlineH11Protocol", "bind", "deadline_protocol", "uvicorn_config"]

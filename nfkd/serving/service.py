@@ -20,6 +20,8 @@ from .backends import ModelBackend, draw_noise
 from .batcher import LogProbBatcher, ModelWorker, Stats
 from .config import ServeConfig
 
+__all__ = ["PARSE_THREADS", "Service"]
+
 PARSE_THREADS = 1  # large bodies parsed at once (each holds the GIL in slices); more wait in the pool's queue
 INLINE_BYTES = 64 * 1024  # smaller bodies are parsed on the event loop (< ~2 ms): no queue behind large ones
 INLINE_VALUES = 16384  # smaller answers are encoded on the event loop
@@ -148,6 +150,3 @@ class Service:
     def stats_dict(self) -> dict[str, Any]:
         return {**self.stats.to_dict(), "model": {"pending_calls": self.worker.pending},
                 "batching": self.cfg.batching, "max_batch": self.cfg.max_batch, "max_wait_ms": self.cfg.max_wait_ms}
-
-
-__all__ = ["PARSE_THREADS", "Service"]
