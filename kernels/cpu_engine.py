@@ -200,6 +200,17 @@ def _tanh(y):
 # the dense micro-kernel
 # ---------------------------------------------------------------------------------------------
 @nb.njit(**_JIT)
+def _finish_log_prob(h, ld, n, D, DP, const, out, r0):
+    """log p = const + log|det| - |z|^2 / 2 for the tile's n rows (the shared epilogue of both flows)."""
+    for r in range(n):
+        sq = _ZERO
+        for c in range(D):
+            v = h[r * DP + c]
+            sq += v * v
+        out[r0 + r] = const + ld[r] - _HALF * sq
+
+
+@nb.njit(**_JIT)
 def _dense(X, xo, ldx, nin, W, wo, ldw, nout, B, bo, Y, yo, ldy, rows, relu):
     """Y[r, :nout] = act(X[r, :nin] @ W[:nin, :nout] + B[:nout]) for r < rows (flat arrays + offsets).
 
@@ -313,12 +324,7 @@ def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, sc, ls,
                     acc += ls[r * CBP + j]
                 ld[r] += acc
         h, h2 = h2, h
-    for r in range(n):
-        sq = _ZERO
-        for c in range(D):
-            v = h[r * DP + c]
-            sq += v * v
-        out[r0 + r] = const + ld[r] - _HALF * sq
+    _finish_log_prob(h, ld, n, D, DP, const, out, r0)
 
 
 @nb.njit(**_JIT)
@@ -432,12 +438,7 @@ def _maf_lp_tile(x, r0, n, out, w, offs, perms, meta, const, clamp, h, h2, t1, t
             for c in range(D):  # the block's permutation as a gather (vectorizes; a scatter does not)
                 h2[r * DP + c] = (mu[r * DP + fperm[c]] - w[bl + c]) * w[bi + c]
         h, h2 = h2, h
-    for r in range(n):
-        sq = _ZERO
-        for c in range(D):
-            v = h[r * DP + c]
-            sq += v * v
-        out[r0 + r] = const + ld[r] - _HALF * sq
+    _finish_log_prob(h, ld, n, D, DP, const, out, r0)
 
 
 @nb.njit(**_JIT)
