@@ -198,7 +198,6 @@ class NumbaRunner(Runner):
         self.packed = pack_glow1d(folded) if self.arch == "glow1d" else pack_maf(folded)
         self.nthreads = min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
         self._dim = self.meta.dim
-        self._max_rows = self.max_batch or np.iinfo(np.int64).max
         self._local = threading.local()
         self._lock = threading.Lock()
         self._par_bound = None  # the parallel entry points' binding, [threads, ...] scratch (under the lock)
@@ -252,15 +251,6 @@ class NumbaRunner(Runner):
         return self._par_bound
 
     # --- the two directions -------------------------------------------------------------------
-    def log_prob(self, x: Any, validate: bool = True):
-        """Fast path for the common call (C-contiguous float32 numpy, right width, finite): the same
-        checks as ``check_batch`` in a few cheap tests (batch-1 latency, issue #14.4); anything
-        else goes through the shared Runner path and its one clear error."""
-        if (validate and type(x) is np.ndarray and x.dtype == F32 and x.ndim == 2 and x.shape[1] == self._dim
-                and 0 < x.shape[0] <= self._max_rows and x.flags.c_contiguous and np.isfinite(x).all()):
-            return self._log_prob(x)
-        return super().log_prob(x, validate)
-
     def _log_prob(self, x: np.ndarray) -> np.ndarray:
         out = np.empty(x.shape[0], F32)
         if self.nthreads > 1 and x.shape[0] > self._eng.TILE:

@@ -38,10 +38,10 @@ def check_batch(
     x: Any, event_shape: Sequence[int], what: str = "x", max_batch: int | None = None,
 ) -> np.ndarray | torch.Tensor:
     """A floating [batch, *event_shape] array or tensor with finite values, at most max_batch rows."""
-    event = tuple(int(v) for v in event_shape)
+    event = tuple(map(int, event_shape))
     x = _as_array(x, what, event)
     is_torch = isinstance(x, torch.Tensor)
-    floating = x.is_floating_point() if is_torch else np.issubdtype(x.dtype, np.floating)
+    floating = x.is_floating_point() if is_torch else x.dtype.kind == "f"
     if not floating:
         fix = f"{what}.float()" if is_torch else f"{what}.astype(np.float32)"
         raise InputError(f"{what} has dtype {x.dtype}; expected a floating-point array (convert with {fix})")
@@ -60,6 +60,8 @@ def check_batch(
     if max_batch is not None and b > max_batch:
         raise InputError(f"{what} has a batch of {b}, above this model's max_batch {max_batch}; "
                          f"split it into chunks of at most {max_batch} rows")
+    if bool(torch.isfinite(x).all() if is_torch else np.isfinite(x).all()):  # one reduction on the common path
+        return x
     finite = torch.isfinite(x).flatten(1).all(1) if is_torch else np.isfinite(x.reshape(b, -1)).all(1)
     if not bool(finite.all()):
         bad = (~finite).nonzero().flatten()[:5].tolist() if is_torch else np.flatnonzero(~finite)[:5].tolist()
