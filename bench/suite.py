@@ -469,6 +469,14 @@ class Registry:
         return self._memo(("flops", arch, c.role, c.dim, c.batch, c.direction),
                           lambda: model_flops(self.flow_cpu(arch, c.role, c.dim), c.batch, c.direction))
 
+    def useful_flops(self, c: Case) -> int:
+        """FLOPs of this call without a MADE's masked multiply-adds (``bench.roofline.useful_flops``)."""
+        from .roofline import useful_flops
+
+        arch = "maf" if c.backend in PEERS else c.arch
+        return self._memo(("useful_flops", arch, c.role, c.dim, c.batch, c.direction),
+                          lambda: useful_flops(self.flow_cpu(arch, c.role, c.dim), c.batch, c.direction))
+
     def predict(self, c: Case) -> float | None:
         """Seconds per call predicted from the same series at its previous (smaller) batch, linearly;
         only from a batch of at least 256 (small batches are dominated by per-call overhead)."""

@@ -86,7 +86,8 @@ def pack_glow1d(folded) -> dict[str, Any]:
     depth = len(layers0) - 1
     hidden = layers0[0][0].shape[0]
     ca, cb = c.c_a, c.c_b
-    dp, hp, cbp = pad16(d), pad16(hidden), pad16(cb)
+    dp, hp = pad16(d), pad16(hidden)
+    op = pad16(cb if c.additive else 2 * cb)  # the last layer's outputs: shift_j, s_j interleaved
     p = _Packer()
     offs = np.zeros((len(steps), 4 + 2 * (depth + 2)), np.int64)
     for k, step in enumerate(steps):
@@ -100,15 +101,16 @@ def pack_glow1d(folded) -> dict[str, Any]:
             offs[k, 4 + 2 * li] = p.matrix(w, hp)
             offs[k, 5 + 2 * li] = p.vector(b, hp)
         w, b = layers[-1]  # rows: shift (cb), then s (cb) unless additive
+        if not c.additive:  # interleave: row 2j = shift_j, row 2j + 1 = s_j
+            w = np.stack([w[:cb], w[cb:]], 1).reshape(2 * cb, -1)
+            b = np.stack([b[:cb], b[cb:]], 1).reshape(-1)
         o = 4 + 2 * depth
-        offs[k, o] = p.matrix(w[:cb], cbp)
-        offs[k, o + 1] = p.vector(b[:cb], cbp)
-        if not c.additive:
-            offs[k, o + 2] = p.matrix(w[cb:], cbp)
-            offs[k, o + 3] = p.vector(b[cb:], cbp)
-    meta = np.array([d, dp, ca, cb, hidden, hp, cbp, len(steps), depth, int(c.additive)], np.int64)
+        offs[k, o] = p.matrix(w, op)
+        offs[k, o + 1] = p.vector(b, op)
+    meta = np.array([d, dp, ca, cb, hidden, hp, op, len(steps), depth, int(c.additive)], np.int64)
     const = float(constant_logdet(folded)) - 0.5 * d * LOG_2PI
-    return {"w": p.buffer(), "offs": offs, "meta": meta, "const": F32(const), "dp": dp, "hp": hp, "cbp": cbp}
+    return {"w": p.buffer(), "offs": offs, "meta": meta, "const": F32(const), "dp": dp, "hp": hp, "op": op,
+            "cb": cb}
 
 
 def pack_maf(folded) -> dict[str, Any]:
@@ -123,12 +125,13 @@ def pack_maf(folded) -> dict[str, Any]:
     layers0 = _linears(made0.net)
     nhid = len(layers0) - 1
     hidden = layers0[0][0].shape[0]
-    dp, hp = pad16(d), pad16(hidden)
+    dp, hp, op = pad16(d), pad16(hidden), pad16(2 * d)
     deg = made_degrees(d, hidden, nhid)[1].numpy()
     order = np.argsort(deg, kind="stable")  # same degrees in every hidden layer (made_degrees)
     sorted_deg = deg[order]
     # output j (input degree j + 1) reads hidden units of degree <= j: a prefix in degree order
     nj_row = np.array([int((sorted_deg <= j).sum()) for j in range(d)], np.int64)
+    kin = _staircase(sorted_deg, d, nhid, hp, op)
     has_bn = any(b.bn is not None for b in blocks)
     if has_bn and not all(isinstance(b.bn, FixedAffine) for b in blocks):
         raise InputError("the numba backend needs the folded MAF (batch-norm as a fixed affine)")
@@ -145,11 +148,11 @@ def pack_maf(folded) -> dict[str, Any]:
                 b = b[order]
                 offs[k, 2 * li] = p.matrix(w, hp)
                 offs[k, 2 * li + 1] = p.vector(b, hp)
-            else:  # mu (rows :d), alpha (rows d:), each padded to dp columns
+            else:  # (mu_j, alpha_j) interleaved, op columns (density); mu, alpha biases dp wide (sampling)
                 w = w[:, order]
-                offs[k, 2 * li] = p.matrix(w[:d], dp)
+                offs[k, 2 * li] = p.matrix(np.stack([w[:d], w[d:]], 1).reshape(2 * d, -1), op)
                 offs[k, 2 * li + 1] = p.vector(b[:d], dp)
-                offs[k, 2 * li + 2] = p.matrix(w[d:], dp)
+                offs[k, 2 * li + 2] = p.vector(np.stack([b[:d], b[d:]], 1).reshape(-1), op)
                 offs[k, 2 * li + 3] = p.vector(b[d:], dp)
                 wot = np.zeros((2 * d, hp))
                 wot[:, :hidden] = w
@@ -170,12 +173,49 @@ def pack_maf(folded) -> dict[str, Any]:
     offs[len(blocks), 0] = p.vector(_np(norm.loc), dp)
     offs[len(blocks), 1] = p.vector(1.0 / _np(norm.scale), dp)
     offs[len(blocks), 2] = p.vector(_np(norm.scale), dp)
+    _check_staircase(p, offs, kin, len(blocks), nhid, d, hidden, hp, op)
     tanh = int(made0.activation == "tanh")
-    meta = np.array([d, dp, hidden, hp, len(blocks), nhid, tanh], np.int64)
+    meta = np.array([d, dp, hidden, hp, len(blocks), nhid, tanh, op, kin.shape[1]], np.int64)
     const = float(constant_logdet(folded)) - 0.5 * d * LOG_2PI
     nj = np.tile(nj_row, (len(blocks), 1))
-    return {"w": p.buffer(), "offs": offs, "perms": perms, "iperms": iperms, "nj": nj, "meta": meta, "const": F32(const),
-            "clamp": F32(made0.alpha_clamp), "dp": dp, "hp": hp}
+    return {"w": p.buffer(), "offs": offs, "perms": perms, "iperms": iperms, "nj": nj, "kin": kin.ravel(),
+            "meta": meta, "const": F32(const), "clamp": F32(made0.alpha_clamp), "dp": dp, "hp": hp, "op": op}
+
+
+def _staircase(sorted_deg: np.ndarray, d: int, nhid: int, hp: int, op: int) -> np.ndarray:
+    """[nhid + 1, groups]: per layer and 16-column output group, the leading input rows that can be non-zero.
+
+    With hidden units sorted by MADE degree m: hidden unit (degree m) reads inputs of degree <= m
+    (the first m inputs) and hidden units of degree <= m (a prefix); output pair j reads hidden units
+    of degree <= j. A group needs the prefix of its largest member; empty (padding) groups need none.
+    """
+    groups = max(hp, op) // 16
+    kin = np.zeros((nhid + 1, groups), np.int64)
+    for g in range(hp // 16):
+        members = sorted_deg[16 * g: 16 * (g + 1)]
+        if members.size:
+            top = int(members.max())
+            kin[0, g] = min(top, d)
+            kin[1:nhid, g] = int((sorted_deg <= top).sum())
+    for g in range(op // 16):
+        j = min(8 * g + 7, d - 1)  # output columns 16g.. hold pairs 8g..8g+7
+        if 8 * g < d:
+            kin[nhid, g] = int((sorted_deg <= j).sum())
+    return kin
+
+
+def _check_staircase(p: _Packer, offs: np.ndarray, kin: np.ndarray, blocks: int, nhid: int, d: int, hidden: int,
+                     hp: int, op: int) -> None:
+    """The rows the density kernel skips must be exactly zero (the masks' structure), or packing refuses."""
+    buf = np.concatenate(p.parts)
+    for k in range(blocks):
+        for li in range(nhid + 1):
+            n_in, width = (d if li == 0 else hidden), (op if li == nhid else hp)
+            w = buf[offs[k, 2 * li]: offs[k, 2 * li] + n_in * width].reshape(n_in, width)
+            for g in range(width // 16):
+                if np.any(w[kin[li, g]:, 16 * g: 16 * (g + 1)] != 0):
+                    raise InputError("the numba backend expects MADE masks (a staircase in degree order); "
+                                     f"block {k} layer {li} has weights outside it")
 
 
 class NumbaRunner(Runner):
@@ -215,9 +255,9 @@ class NumbaRunner(Runner):
         dp, hp = pk["dp"], pk["hp"]
         s = {"h": z(dp), "h2": z(dp), "t1": z(hp), "t2": z(hp), "ld": z(1)}
         if self.arch == "glow1d":
-            s.update(sh=z(pk["cbp"]), sc=z(pk["cbp"]), ls=z(pk["cbp"]))
+            s.update(sh=z(pk["op"]), sc=z(pk["cb"]), ls=z(pk["cb"]))
         else:
-            s.update(mu=z(dp), al=z(dp), pre=z(hp))
+            s.update(mo=z(pk["op"]), mu=z(dp), al=z(dp), pre=z(hp))
         return s
 
     def _bind(self, par: bool, s: dict[str, np.ndarray]) -> tuple:
@@ -231,8 +271,8 @@ class NumbaRunner(Runner):
                     eng.glow1d_sample_par if par else eng.glow1d_sample,
                     (pk["w"], pk["offs"], pk["meta"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"], s["sc"]))
         return (eng.maf_log_prob_par if par else eng.maf_log_prob,
-                (pk["w"], pk["offs"], pk["perms"], pk["meta"], pk["const"], pk["clamp"], s["h"], s["h2"], s["t1"],
-                 s["t2"], s["mu"], s["al"], s["ld"]),
+                (pk["w"], pk["offs"], pk["perms"], pk["kin"], pk["meta"], pk["const"], pk["clamp"], s["h"], s["h2"],
+                 s["t1"], s["t2"], s["mo"], s["mu"], s["al"], s["ld"]),
                 eng.maf_sample_par if par else eng.maf_sample,
                 (pk["w"], pk["offs"], pk["iperms"], pk["nj"], pk["meta"], pk["clamp"], s["h"], s["h2"], s["pre"],
                  s["t1"], s["t2"], s["mu"], s["al"]))

@@ -45,7 +45,7 @@ SAMPLE_TILE = 64  # rows per tile (sampling)
 # meta indices, Glow-1D
 G_D, G_DP, G_CA, G_CB, G_H, G_HP, G_OP, G_STEPS, G_DEPTH, G_ADD = range(10)
 # meta indices, MAF
-M_D, M_DP, M_H, M_HP, M_BLOCKS, M_NHID, M_TANH = range(7)
+M_D, M_DP, M_H, M_HP, M_BLOCKS, M_NHID, M_TANH, M_OP, M_GROUPS = range(9)
 
 F32 = np.float32
 _ZERO = F32(0.0)
@@ -138,6 +138,8 @@ def _pow2i(typingctx, k):
     return types.float32(k), codegen
 
 
+_NO_KIN = np.zeros(1, np.int64)  # ``_dense(..., _NO_KIN, -1)``: every input row of W is used
+
 # error_model="numpy": no ZeroDivisionError branch on float division, which would block vectorization
 _JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
 
@@ -211,13 +213,16 @@ def _finish_log_prob(h, ld, n, D, DP, const, out, r0):
 
 
 @nb.njit(**_JIT)
-def _dense(X, xo, ldx, nin, W, wo, ldw, nout, B, bo, Y, yo, ldy, rows, relu):
+def _dense(X, xo, ldx, nin, W, wo, ldw, nout, B, bo, Y, yo, ldy, rows, relu, kin, ko):
     """Y[r, :nout] = act(X[r, :nin] @ W[:nin, :nout] + B[:nout]) for r < rows (flat arrays + offsets).
 
     ``nout`` a multiple of 16, ``rows`` a multiple of 4; 4 rows x 16 columns of accumulators stay in
     8 AVX2 registers through the whole reduction (one W load per 4 FMAs, no Y traffic inside it).
+    ``ko >= 0``: column group g reads only the first ``kin[ko + g]`` inputs (the rows of W below are
+    structurally zero: a MADE's masks in degree order are a staircase); ``ko < 0``: all ``nin``.
     """
     for o in range(0, nout, 16):
+        n_in = nin if ko < 0 else min(nin, kin[ko + o // 16])
         b0 = _vload(B, bo + o)
         b1 = _vload(B, bo + o + 8)
         for r in range(0, rows, 4):
@@ -230,7 +235,7 @@ def _dense(X, xo, ldx, nin, W, wo, ldw, nout, B, bo, Y, yo, ldy, rows, relu):
             a30 = b0
             a31 = b1
             x0 = xo + r * ldx
-            for i in range(nin):
+            for i in range(n_in):
                 wi = wo + i * ldw + o
                 w0 = _vload(W, wi)
                 w1 = _vload(W, wi + 8)
@@ -277,26 +282,26 @@ def _tanh_inplace(Y, n):
 # Glow-1D
 # ---------------------------------------------------------------------------------------------
 # offs columns per step: W^T, b, W^-1^T, b_inv, then (W, b) of the coupling net's layers; the last
-# layer is split in two (shift, then s), each CBP = pad16(CB) columns wide
+# layer's outputs are interleaved (shift_j, s_j) in one OP = pad16(2 CB) wide matrix (additive:
+# shift only, pad16(CB)), so a narrow coupling pays for one padded group, not two
 @nb.njit(**_JIT)
-def _g1d_net(h, w, offs, k, meta, t1, t2, sh, sc, rows):
-    """The coupling net of step k on h[:, :CA]: shift -> sh, s -> sc (each [rows, CBP])."""
-    DP, CA, HP, H, depth, CBP = meta[G_DP], meta[G_CA], meta[G_HP], meta[G_H], meta[G_DEPTH], meta[G_OP]
-    _dense(h, 0, DP, CA, w, offs[k, 4], HP, HP, w, offs[k, 5], t1, 0, HP, rows, True)
+def _g1d_net(h, w, offs, k, meta, t1, t2, net_out, rows):
+    """The coupling net of step k on h[:, :CA] -> net_out [rows, OP] (shift_j at 2j, s_j at 2j + 1)."""
+    DP, CA, HP, H, depth, OP = meta[G_DP], meta[G_CA], meta[G_HP], meta[G_H], meta[G_DEPTH], meta[G_OP]
+    _dense(h, 0, DP, CA, w, offs[k, 4], HP, HP, w, offs[k, 5], t1, 0, HP, rows, True, _NO_KIN, -1)
     a, b = t1, t2
     for li in range(1, depth):
-        _dense(a, 0, HP, H, w, offs[k, 4 + 2 * li], HP, HP, w, offs[k, 5 + 2 * li], b, 0, HP, rows, True)
+        _dense(a, 0, HP, H, w, offs[k, 4 + 2 * li], HP, HP, w, offs[k, 5 + 2 * li], b, 0, HP, rows, True,
+               _NO_KIN, -1)
         a, b = b, a
     o = 4 + 2 * depth
-    _dense(a, 0, HP, H, w, offs[k, o], CBP, CBP, w, offs[k, o + 1], sh, 0, CBP, rows, False)
-    if not meta[G_ADD]:
-        _dense(a, 0, HP, H, w, offs[k, o + 2], CBP, CBP, w, offs[k, o + 3], sc, 0, CBP, rows, False)
+    _dense(a, 0, HP, H, w, offs[k, o], OP, OP, w, offs[k, o + 1], net_out, 0, OP, rows, False, _NO_KIN, -1)
 
 
 @nb.njit(**_JIT)
 def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, sc, ls, ld):
-    D, DP, CA, CB, steps, additive, CBP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
-                                           meta[G_ADD], meta[G_OP])
+    D, DP, CA, CB, steps, additive, OP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
+                                          meta[G_ADD], meta[G_OP])
     rows = (n + 3) // 4 * 4
     for r in range(rows):
         ld[r] = _ZERO
@@ -304,14 +309,17 @@ def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, sc, ls,
             h[r * DP + c] = x[r0 + r, c] if r < n else _ZERO
     for k in range(steps):
         # folded ActNorm + LU (+ input normalization at step 0): h2 = h @ W^T + b
-        _dense(h, 0, DP, D, w, offs[k, 0], DP, DP, w, offs[k, 1], h2, 0, DP, rows, False)
-        _g1d_net(h2, w, offs, k, meta, t1, t2, sh, sc, rows)
+        _dense(h, 0, DP, D, w, offs[k, 0], DP, DP, w, offs[k, 1], h2, 0, DP, rows, False, _NO_KIN, -1)
+        _g1d_net(h2, w, offs, k, meta, t1, t2, sh, rows)
         if additive:
             for r in range(rows):
                 for j in range(CB):
-                    h2[r * DP + CA + j] += sh[r * CBP + j]
+                    h2[r * DP + CA + j] += sh[r * OP + j]
         else:
-            for i in range(rows * CBP):  # flat: sigmoid(s) -> sc, log sigmoid(s) -> ls
+            for r in range(rows):  # s into a compact [rows, CB] buffer: the transcendentals skip padding
+                for j in range(CB):
+                    sc[r * CB + j] = sh[r * OP + 2 * j + 1]
+            for i in range(rows * CB):  # flat: sigmoid(s) -> sc, log sigmoid(s) -> ls
                 s = sc[i]
                 e = _exp(-abs(s))
                 inv1pe = _ONE / (_ONE + e)
@@ -320,8 +328,8 @@ def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, sc, ls,
             for r in range(rows):
                 acc = _ZERO
                 for j in range(CB):
-                    h2[r * DP + CA + j] = (h2[r * DP + CA + j] + sh[r * CBP + j]) * sc[r * CBP + j]
-                    acc += ls[r * CBP + j]
+                    h2[r * DP + CA + j] = (h2[r * DP + CA + j] + sh[r * OP + 2 * j]) * sc[r * CB + j]
+                    acc += ls[r * CB + j]
                 ld[r] += acc
         h, h2 = h2, h
     _finish_log_prob(h, ld, n, D, DP, const, out, r0)
@@ -329,26 +337,29 @@ def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, sc, ls,
 
 @nb.njit(**_JIT)
 def _g1d_sample_tile(z, r0, n, temperature, out, w, offs, meta, h, h2, t1, t2, sh, sc):
-    D, DP, CA, CB, steps, additive, CBP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
-                                           meta[G_ADD], meta[G_OP])
+    D, DP, CA, CB, steps, additive, OP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
+                                          meta[G_ADD], meta[G_OP])
     rows = (n + 3) // 4 * 4
     for r in range(rows):
         for c in range(D):
             h[r * DP + c] = z[r0 + r, c] * temperature if r < n else _ZERO
     for kk in range(steps):
         k = steps - 1 - kk
-        _g1d_net(h, w, offs, k, meta, t1, t2, sh, sc, rows)
+        _g1d_net(h, w, offs, k, meta, t1, t2, sh, rows)
         if additive:
             for r in range(rows):
                 for j in range(CB):
-                    h[r * DP + CA + j] -= sh[r * CBP + j]
+                    h[r * DP + CA + j] -= sh[r * OP + j]
         else:
-            for i in range(rows * CBP):  # 1 / sigmoid(s) = 1 + exp(-s)
+            for r in range(rows):
+                for j in range(CB):
+                    sc[r * CB + j] = sh[r * OP + 2 * j + 1]
+            for i in range(rows * CB):  # 1 / sigmoid(s) = 1 + exp(-s)
                 sc[i] = _ONE + _exp(-sc[i])
             for r in range(rows):
                 for j in range(CB):
-                    h[r * DP + CA + j] = h[r * DP + CA + j] * sc[r * CBP + j] - sh[r * CBP + j]
-        _dense(h, 0, DP, D, w, offs[k, 2], DP, DP, w, offs[k, 3], h2, 0, DP, rows, False)
+                    h[r * DP + CA + j] = h[r * DP + CA + j] * sc[r * CB + j] - sh[r * OP + 2 * j]
+        _dense(h, 0, DP, D, w, offs[k, 2], DP, DP, w, offs[k, 3], h2, 0, DP, rows, False, _NO_KIN, -1)
         h, h2 = h2, h
     for r in range(n):
         for c in range(D):
@@ -394,16 +405,20 @@ def glow1d_sample_par(z, temperature, out, w, offs, meta, h, h2, t1, t2, sh, sc)
 # ---------------------------------------------------------------------------------------------
 # MAF
 # ---------------------------------------------------------------------------------------------
-# offs columns per block: W0, b0, [W_l, b_l for hidden layers 1..], W_mu, b_mu, W_alpha, b_alpha (each
-# DP wide), WoT ([2D, HP]: row j = mu_j's weights, row D + j = alpha_j's; for sampling), batch-norm
-# loc, inverse scale, scale (identity without batch-norm), then loc and inverse scale again in the
-# block's permuted order (density); the last row: the input normalization's loc, inverse scale,
-# scale. Padded columns of every per-feature vector are 0 (so padded u are 0). ``perms``: the
-# blocks' forward permutations (density: a gather), ``iperms``: their inverses (sampling).
+# offs columns per block: W0, b0, [W_l, b_l for hidden layers 1..], then at o = 2 nhid: the output
+# layer with (mu_j, alpha_j) interleaved in columns (2j, 2j + 1), OP = pad16(2D) wide (density); the
+# mu and alpha biases (DP wide, sampling) at o + 1 / o + 3, the interleaved bias at o + 2; WoT
+# ([2D, HP]: row j = mu_j's weights, row D + j = alpha_j's; sampling) at o + 4; batch-norm loc,
+# inverse scale, scale (identity without batch-norm), then loc and inverse scale again in the block's
+# permuted order (density); the last row: the input normalization's loc, inverse scale, scale.
+# Padded columns of every per-feature vector are 0 (so padded u are 0). ``perms``: the blocks'
+# forward permutations (density: a gather), ``iperms``: their inverses (sampling). ``kin``
+# [(nhid + 1) * GROUPS]: per layer and 16-column group, how many leading input rows of W can be
+# non-zero (hidden units in degree order make every MADE mask a staircase; density skips the rest).
 @nb.njit(**_JIT)
-def _maf_lp_tile(x, r0, n, out, w, offs, perms, meta, const, clamp, h, h2, t1, t2, mu, al, ld):
-    D, DP, H, HP, blocks, nhid, tanh_act = (meta[M_D], meta[M_DP], meta[M_H], meta[M_HP], meta[M_BLOCKS],
-                                            meta[M_NHID], meta[M_TANH])
+def _maf_lp_tile(x, r0, n, out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, mu, al, ld):
+    D, DP, H, HP, blocks, nhid, tanh_act, OP, G = (meta[M_D], meta[M_DP], meta[M_H], meta[M_HP], meta[M_BLOCKS],
+                                                   meta[M_NHID], meta[M_TANH], meta[M_OP], meta[M_GROUPS])
     rows = (n + 3) // 4 * 4
     inv_clamp = _ONE / clamp
     oloc, oinv = offs[blocks, 0], offs[blocks, 1]
@@ -411,32 +426,36 @@ def _maf_lp_tile(x, r0, n, out, w, offs, perms, meta, const, clamp, h, h2, t1, t
         ld[r] = _ZERO
         for c in range(DP):
             h[r * DP + c] = (x[r0 + r, c] - w[oloc + c]) * w[oinv + c] if (r < n and c < D) else _ZERO
+    o = 2 * nhid
     for k in range(blocks):
-        _dense(h, 0, DP, D, w, offs[k, 0], HP, HP, w, offs[k, 1], t1, 0, HP, rows, not tanh_act)
+        _dense(h, 0, DP, D, w, offs[k, 0], HP, HP, w, offs[k, 1], t1, 0, HP, rows, not tanh_act, kin, 0)
         if tanh_act:
             _tanh_inplace(t1, rows * HP)
         a, b = t1, t2
         for li in range(1, nhid):
-            _dense(a, 0, HP, H, w, offs[k, 2 * li], HP, HP, w, offs[k, 2 * li + 1], b, 0, HP, rows, not tanh_act)
+            _dense(a, 0, HP, H, w, offs[k, 2 * li], HP, HP, w, offs[k, 2 * li + 1], b, 0, HP, rows, not tanh_act,
+                   kin, li * G)
             if tanh_act:
                 _tanh_inplace(b, rows * HP)
             a, b = b, a
-        o = 2 * nhid
-        _dense(a, 0, HP, H, w, offs[k, o], DP, DP, w, offs[k, o + 1], mu, 0, DP, rows, False)
-        _dense(a, 0, HP, H, w, offs[k, o + 2], DP, DP, w, offs[k, o + 3], al, 0, DP, rows, False)
-        for i in range(rows * DP):  # flat: alpha = c tanh(raw / c) -> al, u = (x - mu) exp(-alpha) -> mu
+        _dense(a, 0, HP, H, w, offs[k, o], OP, OP, w, offs[k, o + 2], mo, 0, OP, rows, False, kin, nhid * G)
+        for r in range(rows):  # x - mu and raw alpha into compact [rows, D] buffers (no padded columns)
+            for j in range(D):
+                mu[r * D + j] = h[r * DP + j] - mo[r * OP + 2 * j]
+                al[r * D + j] = mo[r * OP + 2 * j + 1]
+        for i in range(rows * D):  # flat: alpha = c tanh(raw / c) -> al, u = (x - mu) exp(-alpha) -> mu
             alpha = clamp * _tanh(al[i] * inv_clamp)
             al[i] = alpha
-            mu[i] = (h[i] - mu[i]) * _exp(-alpha)
+            mu[i] = mu[i] * _exp(-alpha)
         bl, bi = offs[k, o + 8], offs[k, o + 9]  # batch-norm loc, 1 / scale, in the permuted order
         fperm = perms[k]
         for r in range(rows):
             acc = _ZERO
-            for j in range(DP):  # padded alphas are exactly 0
-                acc += al[r * DP + j]
+            for j in range(D):
+                acc += al[r * D + j]
             ld[r] -= acc
             for c in range(D):  # the block's permutation as a gather (vectorizes; a scatter does not)
-                h2[r * DP + c] = (mu[r * DP + fperm[c]] - w[bl + c]) * w[bi + c]
+                h2[r * DP + c] = (mu[r * D + fperm[c]] - w[bl + c]) * w[bi + c]
         h, h2 = h2, h
     _finish_log_prob(h, ld, n, D, DP, const, out, r0)
 
@@ -477,7 +496,7 @@ def _maf_sample_tile(z, r0, n, temperature, out, w, offs, perms, nj, meta, clamp
             a, b = t1, t2
             for li in range(1, nhid):
                 _dense(a, 0, HP, m, w, offs[k, 2 * li], HP, mp, w, offs[k, 2 * li + 1], b, 0, HP, rows,
-                       not tanh_act)
+                       not tanh_act, _NO_KIN, -1)
                 if tanh_act:
                     _tanh_inplace(b, rows * HP)
                 a, b = b, a
@@ -509,20 +528,21 @@ def _maf_sample_tile(z, r0, n, temperature, out, w, offs, perms, nj, meta, clamp
 
 
 @nb.njit(**_JIT)
-def maf_log_prob(x, out, w, offs, perms, meta, const, clamp, h, h2, t1, t2, mu, al, ld):
+def maf_log_prob(x, out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, mu, al, ld):
     B = x.shape[0]
     for r0 in range(0, B, TILE):
-        _maf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, perms, meta, const, clamp, h, h2, t1, t2, mu, al, ld)
+        _maf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, mu,
+                     al, ld)
 
 
 @nb.njit(parallel=True, **_JIT)
-def maf_log_prob_par(x, out, w, offs, perms, meta, const, clamp, h, h2, t1, t2, mu, al, ld):
+def maf_log_prob_par(x, out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, mu, al, ld):
     B = x.shape[0]
     for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
         r0 = t * TILE
-        _maf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, perms, meta, const, clamp, h[i], h2[i], t1[i], t2[i],
-                     mu[i], al[i], ld[i])
+        _maf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, perms, kin, meta, const, clamp, h[i], h2[i], t1[i],
+                     t2[i], mo[i], mu[i], al[i], ld[i])
 
 
 @nb.njit(**_JIT)
