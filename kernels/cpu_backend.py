@@ -2,7 +2,7 @@
 
 ``load_cpu_engine`` folds the flow (``nfkd.fold``, in float64) and packs its modules into one
 contiguous float32 buffer in the kernels' layout (matrices transposed to ``[in, out]`` and
-zero-padded to 16 columns; see ``kernels/cpu_engine.py``). This is a re-layout of the folded
+zero-padded to a multiple of 4 columns; see ``kernels/cpu_engine.py``). This is a re-layout of the folded
 modules, not a second model: the folded flow's eager code is the reference the tests compare to.
 
 Calls: ``threads=1`` (or a batch of one tile) runs the serial entry point (no thread pool touched);
@@ -77,7 +77,7 @@ def pack_glow1d(folded) -> dict[str, Any]:
     """Buffers of a folded Glow-1D (float64 fold) for ``cpu_engine.glow1d_*``."""
     from nfkd.fold import constant_logdet
 
-    from .cpu_engine import pad16
+    from .cpu_engine import pad4
 
     d = folded.dim
     steps = list(folded.steps)
@@ -86,10 +86,10 @@ def pack_glow1d(folded) -> dict[str, Any]:
     depth = len(layers0) - 1
     hidden = layers0[0][0].shape[0]
     ca, cb = c.c_a, c.c_b
-    dp, hp = pad16(d), pad16(hidden)
-    op = pad16(cb if c.additive else 2 * cb)  # the last layer's outputs: shift_j, s_j interleaved
+    dp, hp, cb4 = pad4(d), pad4(hidden), pad4(cb)
+    op = cb4 if c.additive else 2 * cb4  # the last layer's outputs: shift rows 0.., s rows cb4..
     p = _Packer()
-    offs = np.zeros((len(steps), 4 + 2 * (depth + 2)), np.int64)
+    offs = np.zeros((len(steps), 4 + 2 * (depth + 1)), np.int64)
     for k, step in enumerate(steps):
         mix = step.mix
         offs[k, 0] = p.matrix(_np(mix.weight), dp)
@@ -101,23 +101,23 @@ def pack_glow1d(folded) -> dict[str, Any]:
             offs[k, 4 + 2 * li] = p.matrix(w, hp)
             offs[k, 5 + 2 * li] = p.vector(b, hp)
         w, b = layers[-1]  # rows: shift (cb), then s (cb) unless additive
-        if not c.additive:  # interleave: row 2j = shift_j, row 2j + 1 = s_j
-            w = np.stack([w[:cb], w[cb:]], 1).reshape(2 * cb, -1)
-            b = np.stack([b[:cb], b[cb:]], 1).reshape(-1)
+        wp, bp = np.zeros((op, w.shape[1])), np.zeros(op)
+        wp[:cb], bp[:cb] = w[:cb], b[:cb]
+        if not c.additive:
+            wp[cb4: cb4 + cb], bp[cb4: cb4 + cb] = w[cb:], b[cb:]
         o = 4 + 2 * depth
-        offs[k, o] = p.matrix(w, op)
-        offs[k, o + 1] = p.vector(b, op)
+        offs[k, o] = p.matrix(wp, op)
+        offs[k, o + 1] = p.vector(bp, op)
     meta = np.array([d, dp, ca, cb, hidden, hp, op, len(steps), depth, int(c.additive)], np.int64)
     const = float(constant_logdet(folded)) - 0.5 * d * LOG_2PI
-    return {"w": p.buffer(), "offs": offs, "meta": meta, "const": F32(const), "dp": dp, "hp": hp, "op": op,
-            "cb": cb}
+    return {"w": p.buffer(), "offs": offs, "meta": meta, "const": F32(const), "dp": dp, "hp": hp, "op": op}
 
 
 def pack_maf(folded) -> dict[str, Any]:
     """Buffers of a folded MAF (float64 fold) for ``cpu_engine.maf_*``; hidden units in MADE-degree order."""
     from nfkd.fold import constant_logdet
 
-    from .cpu_engine import pad16
+    from .cpu_engine import pad4
 
     d = folded.dim
     blocks = list(folded.blocks)
@@ -125,48 +125,47 @@ def pack_maf(folded) -> dict[str, Any]:
     layers0 = _linears(made0.net)
     nhid = len(layers0) - 1
     hidden = layers0[0][0].shape[0]
-    dp, hp, op = pad16(d), pad16(hidden), pad16(2 * d)
+    dp, hp = pad4(d), pad4(hidden)
+    op = 2 * dp  # mu_j in output column j, alpha_j in column dp + j
     deg = made_degrees(d, hidden, nhid)[1].numpy()
     order = np.argsort(deg, kind="stable")  # same degrees in every hidden layer (made_degrees)
     sorted_deg = deg[order]
     # output j (input degree j + 1) reads hidden units of degree <= j: a prefix in degree order
     nj_row = np.array([int((sorted_deg <= j).sum()) for j in range(d)], np.int64)
-    kin = _staircase(sorted_deg, d, nhid, hp, op)
+    kin = _staircase(sorted_deg, d, nhid, hp, dp)
     has_bn = any(b.bn is not None for b in blocks)
     if has_bn and not all(isinstance(b.bn, FixedAffine) for b in blocks):
         raise InputError("the numba backend needs the folded MAF (batch-norm as a fixed affine)")
     p = _Packer()
-    ncols = 2 * nhid + 10
-    offs = np.zeros((len(blocks) + 1, ncols), np.int64)
+    o = 2 * nhid
+    offs = np.zeros((len(blocks) + 1, o + 8), np.int64)
     perms = np.zeros((len(blocks), d), np.int32)  # forward permutations (density)
     iperms = np.zeros((len(blocks), d), np.int64)  # inverse permutations (sampling)
     for k, blk in enumerate(blocks):
         layers = _linears(blk.made.net)
-        for li, (w, b) in enumerate(layers):
-            if li < nhid:  # rows (outputs) in degree order; inputs too after the first layer
-                w = w[order] if li == 0 else w[order][:, order]
-                b = b[order]
-                offs[k, 2 * li] = p.matrix(w, hp)
-                offs[k, 2 * li + 1] = p.vector(b, hp)
-            else:  # (mu_j, alpha_j) interleaved, op columns (density); mu, alpha biases dp wide (sampling)
-                w = w[:, order]
-                offs[k, 2 * li] = p.matrix(np.stack([w[:d], w[d:]], 1).reshape(2 * d, -1), op)
-                offs[k, 2 * li + 1] = p.vector(b[:d], dp)
-                offs[k, 2 * li + 2] = p.vector(np.stack([b[:d], b[d:]], 1).reshape(-1), op)
-                offs[k, 2 * li + 3] = p.vector(b[d:], dp)
-                wot = np.zeros((2 * d, hp))
-                wot[:, :hidden] = w
-                offs[k, 2 * li + 4] = p.add(wot)
+        for li, (w, b) in enumerate(layers[:-1]):  # rows (outputs) in degree order; inputs too after layer 0
+            w = w[order] if li == 0 else w[order][:, order]
+            offs[k, 2 * li] = p.matrix(w, hp)
+            offs[k, 2 * li + 1] = p.vector(b[order], hp)
+        w, b = layers[-1]
+        w = w[:, order]
+        wp, bp = np.zeros((op, hidden)), np.zeros(op)
+        wp[:d], wp[dp: dp + d], bp[:d], bp[dp: dp + d] = w[:d], w[d:], b[:d], b[d:]
+        offs[k, o] = p.matrix(wp, op)
+        offs[k, o + 1] = p.vector(bp, op)
+        wot = np.zeros((2 * d, hp))
+        wot[:, :hidden] = w
+        offs[k, o + 2] = p.add(wot)
         if blk.bn is not None:
             loc, scale = _np(blk.bn.loc), _np(blk.bn.scale)
         else:
             loc, scale = np.zeros(d), np.ones(d)
-        offs[k, 2 * nhid + 5] = p.vector(loc, dp)
-        offs[k, 2 * nhid + 6] = p.vector(1.0 / scale, dp)  # padded entries 0: padded u stay 0
-        offs[k, 2 * nhid + 7] = p.vector(scale, dp)
+        offs[k, o + 3] = p.vector(loc, dp)
+        offs[k, o + 4] = p.vector(1.0 / scale, dp)
+        offs[k, o + 5] = p.vector(scale, dp)
         fperm = blk.perm.perm.cpu().numpy()
-        offs[k, 2 * nhid + 8] = p.vector(loc[fperm], dp)
-        offs[k, 2 * nhid + 9] = p.vector(1.0 / scale[fperm], dp)
+        offs[k, o + 6] = p.vector(loc[fperm], dp)
+        offs[k, o + 7] = p.vector(1.0 / scale[fperm], dp)
         perms[k] = fperm
         iperms[k] = blk.perm.inv_perm.cpu().numpy()
     norm = folded.normalize
@@ -182,38 +181,40 @@ def pack_maf(folded) -> dict[str, Any]:
             "meta": meta, "const": F32(const), "clamp": F32(made0.alpha_clamp), "dp": dp, "hp": hp, "op": op}
 
 
-def _staircase(sorted_deg: np.ndarray, d: int, nhid: int, hp: int, op: int) -> np.ndarray:
-    """[nhid + 1, groups]: per layer and 16-column output group, the leading input rows that can be non-zero.
+def _staircase(sorted_deg: np.ndarray, d: int, nhid: int, hp: int, dp: int) -> np.ndarray:
+    """[nhid + 1, groups]: per layer and 4-output group, the leading inputs whose weights can be non-zero.
 
     With hidden units sorted by MADE degree m: hidden unit (degree m) reads inputs of degree <= m
-    (the first m inputs) and hidden units of degree <= m (a prefix); output pair j reads hidden units
-    of degree <= j. A group needs the prefix of its largest member; empty (padding) groups need none.
+    (the first m inputs) and hidden units of degree <= m (a prefix); output j (mu_j at column j,
+    alpha_j at dp + j) reads hidden units of degree <= j. A group needs the prefix of its largest
+    member; empty (padding) groups need none.
     """
-    groups = max(hp, op) // 16
+    groups = max(hp, 2 * dp) // 4
     kin = np.zeros((nhid + 1, groups), np.int64)
-    for g in range(hp // 16):
-        members = sorted_deg[16 * g: 16 * (g + 1)]
+    for g in range(hp // 4):
+        members = sorted_deg[4 * g: 4 * (g + 1)]
         if members.size:
             top = int(members.max())
             kin[0, g] = min(top, d)
             kin[1:nhid, g] = int((sorted_deg <= top).sum())
-    for g in range(op // 16):
-        j = min(8 * g + 7, d - 1)  # output columns 16g.. hold pairs 8g..8g+7
-        if 8 * g < d:
-            kin[nhid, g] = int((sorted_deg <= j).sum())
+    for g in range(dp // 4):
+        if 4 * g < d:
+            need = int((sorted_deg <= min(4 * g + 3, d - 1)).sum())
+            kin[nhid, g] = kin[nhid, dp // 4 + g] = need
     return kin
 
 
 def _check_staircase(p: _Packer, offs: np.ndarray, kin: np.ndarray, blocks: int, nhid: int, d: int, hidden: int,
                      hp: int, op: int) -> None:
-    """The rows the density kernel skips must be exactly zero (the masks' structure), or packing refuses."""
+    """The inputs the density kernel skips must have exactly zero weights (the masks' structure), or packing
+    refuses: a flow whose MADE masks were changed would otherwise be scored wrongly, silently."""
     buf = np.concatenate(p.parts)
     for k in range(blocks):
         for li in range(nhid + 1):
             n_in, width = (d if li == 0 else hidden), (op if li == nhid else hp)
             w = buf[offs[k, 2 * li]: offs[k, 2 * li] + n_in * width].reshape(n_in, width)
-            for g in range(width // 16):
-                if np.any(w[kin[li, g]:, 16 * g: 16 * (g + 1)] != 0):
+            for g in range(width // 4):
+                if np.any(w[kin[li, g]:, 4 * g: 4 * (g + 1)] != 0):
                     raise InputError("the numba backend expects MADE masks (a staircase in degree order); "
                                      f"block {k} layer {li} has weights outside it")
 
@@ -247,17 +248,16 @@ class NumbaRunner(Runner):
     # --- scratch ------------------------------------------------------------------------------
     def _scratch(self, lead: tuple[int, ...]) -> dict[str, np.ndarray]:
         pk, eng = self.packed, self._eng
-        rows = max(eng.TILE, eng.SAMPLE_TILE)
 
-        def z(width: int) -> np.ndarray:
-            return np.zeros((*lead, rows * width), F32)
+        def z(width: int) -> np.ndarray:  # [width features, TILE rows], feature-major
+            return np.zeros((*lead, width * eng.TILE), F32)
 
         dp, hp = pk["dp"], pk["hp"]
         s = {"h": z(dp), "h2": z(dp), "t1": z(hp), "t2": z(hp), "ld": z(1)}
         if self.arch == "glow1d":
-            s.update(sh=z(pk["op"]), sc=z(pk["cb"]), ls=z(pk["cb"]))
+            s.update(sh=z(pk["op"]), ls=z(pk["op"]))
         else:
-            s.update(mo=z(pk["op"]), mu=z(dp), al=z(dp), pre=z(hp))
+            s.update(mo=z(pk["op"]), mu=z(1), al=z(1), pre=z(hp))
         return s
 
     def _bind(self, par: bool, s: dict[str, np.ndarray]) -> tuple:
@@ -267,12 +267,12 @@ class NumbaRunner(Runner):
         if self.arch == "glow1d":
             return (eng.glow1d_log_prob_par if par else eng.glow1d_log_prob,
                     (pk["w"], pk["offs"], pk["meta"], pk["const"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"],
-                     s["sc"], s["ls"], s["ld"]),
+                     s["ls"], s["ld"]),
                     eng.glow1d_sample_par if par else eng.glow1d_sample,
-                    (pk["w"], pk["offs"], pk["meta"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"], s["sc"]))
+                    (pk["w"], pk["offs"], pk["meta"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"]))
         return (eng.maf_log_prob_par if par else eng.maf_log_prob,
                 (pk["w"], pk["offs"], pk["perms"], pk["kin"], pk["meta"], pk["const"], pk["clamp"], s["h"], s["h2"],
-                 s["t1"], s["t2"], s["mo"], s["mu"], s["al"], s["ld"]),
+                 s["t1"], s["t2"], s["mo"], s["ld"]),
                 eng.maf_sample_par if par else eng.maf_sample,
                 (pk["w"], pk["offs"], pk["iperms"], pk["nj"], pk["meta"], pk["clamp"], s["h"], s["h2"], s["pre"],
                  s["t1"], s["t2"], s["mu"], s["al"]))
@@ -305,7 +305,7 @@ class NumbaRunner(Runner):
     def _decode(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:
         z = noise[0]
         out = np.empty(z.shape, F32)
-        if self.nthreads > 1 and z.shape[0] > self._eng.SAMPLE_TILE:
+        if self.nthreads > 1 and z.shape[0] > self._eng.TILE:
             with self._lock:
                 _, _, fn, args = self._threaded()
                 fn(z, F32(temperature), out, *args)

@@ -2,26 +2,26 @@
 
 The reference is the folded flow's eager PyTorch code (``nfkd.fold.fold`` output, ``log_prob`` /
 ``sample``); ``kernels.cpu_backend`` packs its modules into one float32 buffer and checks nothing
-else. Why it is fast where PyTorch is not (issue #14): a tile of rows (``TILE``) goes through the
-*whole* flow while its activations stay in L1/L2; every dense layer is an explicitly vectorized
-4-row x 16-column register-blocked micro-kernel (AVX2 ``<8 x float>`` FMAs, ``_dense``), and the
-epilogues (bias, activation, coupling affine, sigmoid / log-sigmoid, MADE scale, log-det) are fused
-loops over the tile with polynomial ``exp`` / ``log1p`` / ``tanh`` that vectorize (no libm calls).
+else. Why it is fast where PyTorch is not (issue #14): a tile of ``TILE`` rows goes through the
+*whole* flow while its activations stay in L1/L2, and the tile is stored **feature-major**
+([features, TILE], the rows of one feature contiguous). Every dense layer is an explicitly
+vectorized 4-feature x 16-row register-blocked micro-kernel (AVX2 ``<8 x float>`` FMAs, ``_dense``),
+so layers are padded to a multiple of 4 features, not of a vector width (a D = 6 MAF's 12 outputs
+cost 12, not 32), and every epilogue (bias, activation, coupling affine, sigmoid / log-sigmoid, MADE
+scale, log-det, permutation) is a loop over one feature's contiguous rows: it vectorizes with no
+scalar remainder, and the polynomial ``exp`` / ``log1p`` / ``tanh`` below need no libm calls.
 float32 everywhere, no allocation per call beyond the output (scratch is passed in).
 
+MADE masks: hidden units are reordered by MADE degree, so every masked weight matrix is a staircase;
+density reads, per group of 4 outputs, only the leading inputs that can be non-zero (``kin``), about
+half of the dense arithmetic. MAF sampling is exact and needs no D full MADE passes: output j
+depends only on a prefix of ``nj[j]`` units in every hidden layer; per coordinate the first layer's
+pre-activation is updated by one rank-1 term (``x_j * W0[j, :]``) and only the prefixes of the
+deeper layers and the one output pair (mu_j, alpha_j) are computed.
+
 Packed layout (written by ``kernels.cpu_backend``): every matrix is stored transposed, ``[in, out]``
-row-major, its output width zero-padded to a multiple of 16 (``pad16``) so the micro-kernel needs no
-column tail; the zero padding keeps padded columns exactly 0. ``offs`` holds int64 offsets into
-``wbuf``, ``meta`` the sizes (see the ``G_*`` / ``M_*`` indices).
-
-Vectorization rule learnt by measurement: loops with ``exp`` / ``tanh`` run *flat* over a whole
-contiguous tile buffer (``rows * width`` iterations); a short per-row loop (e.g. D = 63) leaves a
-scalar remainder of up to 31 elements whose scalar transcendentals cost more than the vector part.
-
-MAF sampling is exact and needs no D full MADE passes: hidden units are reordered by MADE degree,
-so output j depends only on a prefix of ``nj[j]`` units in every hidden layer; per coordinate the
-first layer's pre-activation is updated by one rank-1 term (``x_j * W0[j, :]``) and only the
-prefixes of the deeper layers and the one output pair (mu_j, alpha_j) are computed.
+row-major, its output width zero-padded to a multiple of 4 (``pad4``); ``offs`` holds int64 offsets
+into ``wbuf``, ``meta`` the sizes (see the ``G_*`` / ``M_*`` indices).
 """
 from __future__ import annotations
 
@@ -35,12 +35,11 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 __all__ = [
-    "TILE", "SAMPLE_TILE", "glow1d_log_prob", "glow1d_log_prob_par", "glow1d_sample", "glow1d_sample_par",
-    "maf_log_prob", "maf_log_prob_par", "maf_sample", "maf_sample_par", "pad16",
+    "TILE", "glow1d_log_prob", "glow1d_log_prob_par", "glow1d_sample", "glow1d_sample_par",
+    "maf_log_prob", "maf_log_prob_par", "maf_sample", "maf_sample_par", "pad4",
 ]
 
-TILE = 64  # rows per tile (density); multiple of 4 (micro-kernel rows); chosen by measurement
-SAMPLE_TILE = 64  # rows per tile (sampling)
+TILE = 64  # rows per tile, both directions; a multiple of 16 (the micro-kernel's rows); chosen by measurement
 
 # meta indices, Glow-1D
 G_D, G_DP, G_CA, G_CB, G_H, G_HP, G_OP, G_STEPS, G_DEPTH, G_ADD = range(10)
@@ -54,8 +53,9 @@ _HALF = F32(0.5)
 _TWO = F32(2.0)
 
 
-def pad16(n: int) -> int:
-    return max(16, (n + 15) // 16 * 16)
+def pad4(n: int) -> int:
+    """Features padded to the micro-kernel's 4-output blocks (at least one block)."""
+    return max(4, (n + 3) // 4 * 4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,6 +96,16 @@ def _vstore(typingctx, arr, idx, v):
         return context.get_dummy_value()
 
     return types.none(arr, types.intp, f8), codegen
+
+
+@intrinsic
+def _sload(typingctx, arr, idx):
+    """arr[idx] with no negative-index wraparound (numba adds a compare + select to every computed index)."""
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.load(builder.gep(a.data, [args[1]]))
+
+    return types.float32(arr, types.intp), codegen
 
 
 @intrinsic
@@ -199,58 +209,52 @@ def _tanh(y):
 
 
 # ---------------------------------------------------------------------------------------------
-# the dense micro-kernel
+# the dense micro-kernel (feature-major: activations are [features, TILE], rows contiguous)
 # ---------------------------------------------------------------------------------------------
 @nb.njit(**_JIT)
-def _finish_log_prob(h, ld, n, D, DP, const, out, r0):
-    """log p = const + log|det| - |z|^2 / 2 for the tile's n rows (the shared epilogue of both flows)."""
-    for r in range(n):
-        sq = _ZERO
-        for c in range(D):
-            v = h[r * DP + c]
-            sq += v * v
-        out[r0 + r] = const + ld[r] - _HALF * sq
+def _dense(X, xo, nin, W, wo, ldw, nout, B, bo, Y, yo, rows, relu, kin, ko):
+    """Y[f, :rows] = act(sum_i W[i, f] X[i, :rows] + B[f]) for f < nout (feature-major, row stride TILE).
 
-
-@nb.njit(**_JIT)
-def _dense(X, xo, ldx, nin, W, wo, ldw, nout, B, bo, Y, yo, ldy, rows, relu, kin, ko):
-    """Y[r, :nout] = act(X[r, :nin] @ W[:nin, :nout] + B[:nout]) for r < rows (flat arrays + offsets).
-
-    ``nout`` a multiple of 16, ``rows`` a multiple of 4; 4 rows x 16 columns of accumulators stay in
-    8 AVX2 registers through the whole reduction (one W load per 4 FMAs, no Y traffic inside it).
-    ``ko >= 0``: column group g reads only the first ``kin[ko + g]`` inputs (the rows of W below are
-    structurally zero: a MADE's masks in degree order are a staircase); ``ko < 0``: all ``nin``.
+    ``W`` is stored [in, out] with row stride ``ldw``; ``nout`` a multiple of 4, ``rows`` of 8. A
+    block of 4 features x 16 rows keeps 8 AVX2 accumulators in registers through the reduction: per
+    input, two vector loads of X and four broadcast weights feed 8 FMAs. ``ko >= 0``: feature group
+    g (4 outputs) reads only the first ``kin[ko + g]`` inputs (a MADE's masks in degree order are a
+    staircase; the rest are structural zeros); ``ko < 0``: all ``nin``.
     """
-    for o in range(0, nout, 16):
-        n_in = nin if ko < 0 else min(nin, kin[ko + o // 16])
-        b0 = _vload(B, bo + o)
-        b1 = _vload(B, bo + o + 8)
-        for r in range(0, rows, 4):
-            a00 = b0
-            a01 = b1
-            a10 = b0
-            a11 = b1
-            a20 = b0
-            a21 = b1
-            a30 = b0
-            a31 = b1
-            x0 = xo + r * ldx
+    full = rows // 16 * 16
+    for f in range(0, nout, 4):
+        n_in = nin if ko < 0 else min(nin, kin[ko + f // 4])
+        c0 = _vsplat(_sload(B, bo + f))
+        c1 = _vsplat(_sload(B, bo + f + 1))
+        c2 = _vsplat(_sload(B, bo + f + 2))
+        c3 = _vsplat(_sload(B, bo + f + 3))
+        y0 = yo + f * TILE
+        for r in range(0, full, 16):
+            a00 = c0
+            a01 = c0
+            a10 = c1
+            a11 = c1
+            a20 = c2
+            a21 = c2
+            a30 = c3
+            a31 = c3
             for i in range(n_in):
-                wi = wo + i * ldw + o
-                w0 = _vload(W, wi)
-                w1 = _vload(W, wi + 8)
-                v = _vsplat(X[x0 + i])
-                a00 = _vfma(v, w0, a00)
-                a01 = _vfma(v, w1, a01)
-                v = _vsplat(X[x0 + ldx + i])
-                a10 = _vfma(v, w0, a10)
-                a11 = _vfma(v, w1, a11)
-                v = _vsplat(X[x0 + 2 * ldx + i])
-                a20 = _vfma(v, w0, a20)
-                a21 = _vfma(v, w1, a21)
-                v = _vsplat(X[x0 + 3 * ldx + i])
-                a30 = _vfma(v, w0, a30)
-                a31 = _vfma(v, w1, a31)
+                xi = xo + i * TILE + r
+                x0 = _vload(X, xi)
+                x1 = _vload(X, xi + 8)
+                wi = wo + i * ldw + f
+                v = _vsplat(_sload(W, wi))
+                a00 = _vfma(v, x0, a00)
+                a01 = _vfma(v, x1, a01)
+                v = _vsplat(_sload(W, wi + 1))
+                a10 = _vfma(v, x0, a10)
+                a11 = _vfma(v, x1, a11)
+                v = _vsplat(_sload(W, wi + 2))
+                a20 = _vfma(v, x0, a20)
+                a21 = _vfma(v, x1, a21)
+                v = _vsplat(_sload(W, wi + 3))
+                a30 = _vfma(v, x0, a30)
+                a31 = _vfma(v, x1, a31)
             if relu:
                 a00 = _vrelu(a00)
                 a01 = _vrelu(a01)
@@ -260,304 +264,348 @@ def _dense(X, xo, ldx, nin, W, wo, ldw, nout, B, bo, Y, yo, ldy, rows, relu, kin
                 a21 = _vrelu(a21)
                 a30 = _vrelu(a30)
                 a31 = _vrelu(a31)
-            y0 = yo + r * ldy + o
-            _vstore(Y, y0, a00)
-            _vstore(Y, y0 + 8, a01)
-            _vstore(Y, y0 + ldy, a10)
-            _vstore(Y, y0 + ldy + 8, a11)
-            _vstore(Y, y0 + 2 * ldy, a20)
-            _vstore(Y, y0 + 2 * ldy + 8, a21)
-            _vstore(Y, y0 + 3 * ldy, a30)
-            _vstore(Y, y0 + 3 * ldy + 8, a31)
+            _vstore(Y, y0 + r, a00)
+            _vstore(Y, y0 + r + 8, a01)
+            _vstore(Y, y0 + TILE + r, a10)
+            _vstore(Y, y0 + TILE + r + 8, a11)
+            _vstore(Y, y0 + 2 * TILE + r, a20)
+            _vstore(Y, y0 + 2 * TILE + r + 8, a21)
+            _vstore(Y, y0 + 3 * TILE + r, a30)
+            _vstore(Y, y0 + 3 * TILE + r + 8, a31)
+        if full < rows:  # the last 8 rows
+            r = full
+            a0 = c0
+            a1 = c1
+            a2 = c2
+            a3 = c3
+            for i in range(n_in):
+                x0 = _vload(X, xo + i * TILE + r)
+                wi = wo + i * ldw + f
+                a0 = _vfma(_vsplat(_sload(W, wi)), x0, a0)
+                a1 = _vfma(_vsplat(_sload(W, wi + 1)), x0, a1)
+                a2 = _vfma(_vsplat(_sload(W, wi + 2)), x0, a2)
+                a3 = _vfma(_vsplat(_sload(W, wi + 3)), x0, a3)
+            if relu:
+                a0 = _vrelu(a0)
+                a1 = _vrelu(a1)
+                a2 = _vrelu(a2)
+                a3 = _vrelu(a3)
+            _vstore(Y, y0 + r, a0)
+            _vstore(Y, y0 + TILE + r, a1)
+            _vstore(Y, y0 + 2 * TILE + r, a2)
+            _vstore(Y, y0 + 3 * TILE + r, a3)
+
+
+@nb.njit(inline="always", **_JIT)
+def _row(a, f):
+    """Feature f's TILE rows as a view. Loops index views by the range variable alone: numba then knows the
+    index is non-negative and LLVM vectorizes; a computed index (f * TILE + r) gets a wraparound select per
+    element that kept these loops scalar (measured 6-10x slower)."""
+    return a[f * TILE: (f + 1) * TILE]
 
 
 @nb.njit(**_JIT)
-def _tanh_inplace(Y, n):
-    """Y[:n] = tanh(Y[:n]): one flat loop (padded columns hold 0 or finite stale values: harmless)."""
-    for i in range(n):
-        Y[i] = _tanh(Y[i])
+def _tanh_rows(Y, nfeat, rows):
+    """Y[f, :rows] = tanh(Y[f, :rows]) for f < nfeat (contiguous rows: vectorizes without remainder)."""
+    for f in range(nfeat):
+        y = _row(Y, f)
+        for r in range(rows):
+            y[r] = _tanh(y[r])
+
+
+@nb.njit(**_JIT)
+def _load_rows(x, r0, n, rows, h, D, loc, inv, w):
+    """h[c, r] = (x[r0 + r, c] - w[loc + c]) * w[inv + c]; rows n..rows-1 are 0 (the tile's transpose)."""
+    for r in range(rows):
+        if r < n:
+            for c in range(D):
+                h[c * TILE + r] = (x[r0 + r, c] - w[loc + c]) * w[inv + c]
+        else:
+            for c in range(D):
+                h[c * TILE + r] = _ZERO
+
+
+@nb.njit(**_JIT)
+def _finish_log_prob(h, ld, n, D, const, out, r0):
+    """log p = const + log|det| - |z|^2 / 2 for the tile's n rows (the shared epilogue of both flows)."""
+    for r in range(n):
+        ld[r] = const + ld[r]
+    for c in range(D):
+        hc = _row(h, c)
+        for r in range(n):
+            ld[r] -= _HALF * hc[r] * hc[r]
+    for r in range(n):
+        out[r0 + r] = ld[r]
 
 
 # ---------------------------------------------------------------------------------------------
 # Glow-1D
 # ---------------------------------------------------------------------------------------------
-# offs columns per step: W^T, b, W^-1^T, b_inv, then (W, b) of the coupling net's layers; the last
-# layer's outputs are interleaved (shift_j, s_j) in one OP = pad16(2 CB) wide matrix (additive:
-# shift only, pad16(CB)), so a narrow coupling pays for one padded group, not two
+# offs columns per step: W^T, b, W^-1^T, b_inv, then (W^T, b) of the coupling net's layers; the last
+# layer's outputs: shift in rows 0..CB-1, s in rows CB4..CB4+CB-1 (CB4 = pad4(CB); additive: shift
+# only). Row NSTEPS holds the input normalization (loc, 1 / scale) in slots 0, 1 (zeros: identity).
 @nb.njit(**_JIT)
 def _g1d_net(h, w, offs, k, meta, t1, t2, net_out, rows):
-    """The coupling net of step k on h[:, :CA] -> net_out [rows, OP] (shift_j at 2j, s_j at 2j + 1)."""
-    DP, CA, HP, H, depth, OP = meta[G_DP], meta[G_CA], meta[G_HP], meta[G_H], meta[G_DEPTH], meta[G_OP]
-    _dense(h, 0, DP, CA, w, offs[k, 4], HP, HP, w, offs[k, 5], t1, 0, HP, rows, True, _NO_KIN, -1)
+    """The coupling net of step k on h[:CA] -> net_out (shift rows 0.., s rows CB4..)."""
+    CA, HP, H, depth, OP = meta[G_CA], meta[G_HP], meta[G_H], meta[G_DEPTH], meta[G_OP]
+    _dense(h, 0, CA, w, offs[k, 4], HP, HP, w, offs[k, 5], t1, 0, rows, True, _NO_KIN, -1)
     a, b = t1, t2
     for li in range(1, depth):
-        _dense(a, 0, HP, H, w, offs[k, 4 + 2 * li], HP, HP, w, offs[k, 5 + 2 * li], b, 0, HP, rows, True,
-               _NO_KIN, -1)
+        _dense(a, 0, H, w, offs[k, 4 + 2 * li], HP, HP, w, offs[k, 5 + 2 * li], b, 0, rows, True, _NO_KIN, -1)
         a, b = b, a
     o = 4 + 2 * depth
-    _dense(a, 0, HP, H, w, offs[k, o], OP, OP, w, offs[k, o + 1], net_out, 0, OP, rows, False, _NO_KIN, -1)
+    _dense(a, 0, H, w, offs[k, o], OP, OP, w, offs[k, o + 1], net_out, 0, rows, False, _NO_KIN, -1)
 
 
 @nb.njit(**_JIT)
-def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, sc, ls, ld):
+def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, ls, ld):
     D, DP, CA, CB, steps, additive, OP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
                                           meta[G_ADD], meta[G_OP])
-    rows = (n + 3) // 4 * 4
+    cb4 = OP // 2
+    rows = (n + 7) // 8 * 8
     for r in range(rows):
         ld[r] = _ZERO
-        for c in range(D):
-            h[r * DP + c] = x[r0 + r, c] if r < n else _ZERO
+    for c in range(D):
+        for r in range(rows):
+            h[c * TILE + r] = x[r0 + r, c] if r < n else _ZERO
     for k in range(steps):
-        # folded ActNorm + LU (+ input normalization at step 0): h2 = h @ W^T + b
-        _dense(h, 0, DP, D, w, offs[k, 0], DP, DP, w, offs[k, 1], h2, 0, DP, rows, False, _NO_KIN, -1)
+        # folded ActNorm + LU (+ input normalization at step 0): h2 = W h + b
+        _dense(h, 0, D, w, offs[k, 0], DP, DP, w, offs[k, 1], h2, 0, rows, False, _NO_KIN, -1)
         _g1d_net(h2, w, offs, k, meta, t1, t2, sh, rows)
-        if additive:
-            for r in range(rows):
-                for j in range(CB):
-                    h2[r * DP + CA + j] += sh[r * OP + j]
-        else:
-            for r in range(rows):  # s into a compact [rows, CB] buffer: the transcendentals skip padding
-                for j in range(CB):
-                    sc[r * CB + j] = sh[r * OP + 2 * j + 1]
-            for i in range(rows * CB):  # flat: sigmoid(s) -> sc, log sigmoid(s) -> ls
-                s = sc[i]
-                e = _exp(-abs(s))
-                inv1pe = _ONE / (_ONE + e)
-                sc[i] = inv1pe if s >= _ZERO else e * inv1pe
-                ls[i] = min(s, _ZERO) - _log1p_unit(e)
-            for r in range(rows):
-                acc = _ZERO
-                for j in range(CB):
-                    h2[r * DP + CA + j] = (h2[r * DP + CA + j] + sh[r * OP + 2 * j]) * sc[r * CB + j]
-                    acc += ls[r * CB + j]
-                ld[r] += acc
+        for j in range(CB):
+            hj, shift = _row(h2, CA + j), _row(sh, j)
+            if additive:
+                for r in range(rows):
+                    hj[r] += shift[r]
+            else:
+                s, lsj = _row(sh, cb4 + j), _row(ls, j)
+                for r in range(rows):  # sigmoid(s) in place of s, log sigmoid(s) -> ls
+                    e = _exp(-abs(s[r]))
+                    inv1pe = _ONE / (_ONE + e)
+                    lsj[r] = min(s[r], _ZERO) - _log1p_unit(e)
+                    s[r] = inv1pe if s[r] >= _ZERO else e * inv1pe
+                for r in range(rows):
+                    hj[r] = (hj[r] + shift[r]) * s[r]
+                    ld[r] += lsj[r]
         h, h2 = h2, h
-    _finish_log_prob(h, ld, n, D, DP, const, out, r0)
+    _finish_log_prob(h, ld, n, D, const, out, r0)
 
 
 @nb.njit(**_JIT)
-def _g1d_sample_tile(z, r0, n, temperature, out, w, offs, meta, h, h2, t1, t2, sh, sc):
+def _g1d_sample_tile(z, r0, n, temperature, out, w, offs, meta, h, h2, t1, t2, sh):
     D, DP, CA, CB, steps, additive, OP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
                                           meta[G_ADD], meta[G_OP])
-    rows = (n + 3) // 4 * 4
-    for r in range(rows):
-        for c in range(D):
-            h[r * DP + c] = z[r0 + r, c] * temperature if r < n else _ZERO
+    cb4 = OP // 2
+    rows = (n + 7) // 8 * 8
+    for c in range(D):
+        for r in range(rows):
+            h[c * TILE + r] = z[r0 + r, c] * temperature if r < n else _ZERO
     for kk in range(steps):
         k = steps - 1 - kk
         _g1d_net(h, w, offs, k, meta, t1, t2, sh, rows)
-        if additive:
-            for r in range(rows):
-                for j in range(CB):
-                    h[r * DP + CA + j] -= sh[r * OP + j]
-        else:
-            for r in range(rows):
-                for j in range(CB):
-                    sc[r * CB + j] = sh[r * OP + 2 * j + 1]
-            for i in range(rows * CB):  # 1 / sigmoid(s) = 1 + exp(-s)
-                sc[i] = _ONE + _exp(-sc[i])
-            for r in range(rows):
-                for j in range(CB):
-                    h[r * DP + CA + j] = h[r * DP + CA + j] * sc[r * CB + j] - sh[r * OP + 2 * j]
-        _dense(h, 0, DP, D, w, offs[k, 2], DP, DP, w, offs[k, 3], h2, 0, DP, rows, False, _NO_KIN, -1)
+        for j in range(CB):
+            hj, shift = _row(h, CA + j), _row(sh, j)
+            if additive:
+                for r in range(rows):
+                    hj[r] -= shift[r]
+            else:
+                s = _row(sh, cb4 + j)
+                for r in range(rows):  # x = y / sigmoid(s) - shift, 1 / sigmoid(s) = 1 + exp(-s)
+                    hj[r] = hj[r] * (_ONE + _exp(-s[r])) - shift[r]
+        _dense(h, 0, D, w, offs[k, 2], DP, DP, w, offs[k, 3], h2, 0, rows, False, _NO_KIN, -1)
         h, h2 = h2, h
     for r in range(n):
         for c in range(D):
-            out[r0 + r, c] = h[r * DP + c]
+            out[r0 + r, c] = h[c * TILE + r]
 
 
 @nb.njit(**_JIT)
-def glow1d_log_prob(x, out, w, offs, meta, const, h, h2, t1, t2, sh, sc, ls, ld):
+def glow1d_log_prob(x, out, w, offs, meta, const, h, h2, t1, t2, sh, ls, ld):
     """One thread: tiles in order (scratch for one tile: see ``kernels.cpu_backend``)."""
     B = x.shape[0]
     for r0 in range(0, B, TILE):
-        _g1d_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, meta, const, h, h2, t1, t2, sh, sc, ls, ld)
+        _g1d_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, meta, const, h, h2, t1, t2, sh, ls, ld)
 
 
 @nb.njit(parallel=True, **_JIT)
-def glow1d_log_prob_par(x, out, w, offs, meta, const, h, h2, t1, t2, sh, sc, ls, ld):
+def glow1d_log_prob_par(x, out, w, offs, meta, const, h, h2, t1, t2, sh, ls, ld):
     """Threads over row tiles; scratch has one row per thread (numba.get_thread_id)."""
     B = x.shape[0]
     for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
         r0 = t * TILE
-        _g1d_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, meta, const, h[i], h2[i], t1[i], t2[i], sh[i], sc[i],
-                     ls[i], ld[i])
+        _g1d_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, meta, const, h[i], h2[i], t1[i], t2[i], sh[i], ls[i],
+                     ld[i])
 
 
 @nb.njit(**_JIT)
-def glow1d_sample(z, temperature, out, w, offs, meta, h, h2, t1, t2, sh, sc):
+def glow1d_sample(z, temperature, out, w, offs, meta, h, h2, t1, t2, sh):
     B = z.shape[0]
-    for r0 in range(0, B, SAMPLE_TILE):
-        _g1d_sample_tile(z, r0, min(SAMPLE_TILE, B - r0), temperature, out, w, offs, meta, h, h2, t1, t2, sh, sc)
+    for r0 in range(0, B, TILE):
+        _g1d_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, meta, h, h2, t1, t2, sh)
 
 
 @nb.njit(parallel=True, **_JIT)
-def glow1d_sample_par(z, temperature, out, w, offs, meta, h, h2, t1, t2, sh, sc):
+def glow1d_sample_par(z, temperature, out, w, offs, meta, h, h2, t1, t2, sh):
     B = z.shape[0]
-    for t in nb.prange((B + SAMPLE_TILE - 1) // SAMPLE_TILE):
+    for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
-        r0 = t * SAMPLE_TILE
-        _g1d_sample_tile(z, r0, min(SAMPLE_TILE, B - r0), temperature, out, w, offs, meta, h[i], h2[i], t1[i],
-                         t2[i], sh[i], sc[i])
+        r0 = t * TILE
+        _g1d_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, meta, h[i], h2[i], t1[i],
+                         t2[i], sh[i])
 
 
 # ---------------------------------------------------------------------------------------------
 # MAF
 # ---------------------------------------------------------------------------------------------
-# offs columns per block: W0, b0, [W_l, b_l for hidden layers 1..], then at o = 2 nhid: the output
-# layer with (mu_j, alpha_j) interleaved in columns (2j, 2j + 1), OP = pad16(2D) wide (density); the
-# mu and alpha biases (DP wide, sampling) at o + 1 / o + 3, the interleaved bias at o + 2; WoT
-# ([2D, HP]: row j = mu_j's weights, row D + j = alpha_j's; sampling) at o + 4; batch-norm loc,
-# inverse scale, scale (identity without batch-norm), then loc and inverse scale again in the block's
-# permuted order (density); the last row: the input normalization's loc, inverse scale, scale.
-# Padded columns of every per-feature vector are 0 (so padded u are 0). ``perms``: the blocks'
-# forward permutations (density: a gather), ``iperms``: their inverses (sampling). ``kin``
-# [(nhid + 1) * GROUPS]: per layer and 16-column group, how many leading input rows of W can be
-# non-zero (hidden units in degree order make every MADE mask a staircase; density skips the rest).
+# offs columns per block: W0^T, b0, [W_l^T, b_l for hidden layers 1..], then at o = 2 nhid: the
+# output layer W^T [H, 2 D4] (mu_j in column j, alpha_j in column D4 + j; D4 = pad4(D)) and its
+# bias; at o + 2: WoT ([2 D, HP]: row j = mu_j's weights, row D + j = alpha_j's; sampling); then
+# batch-norm loc, inverse scale, scale (identity without batch-norm), and loc and inverse scale again
+# in the block's permuted order (density). Row BLOCKS: the input normalization's loc, inverse scale,
+# scale. Hidden units are in MADE-degree order. ``perms``: the blocks' forward permutations
+# (density: a gather of whole rows), ``iperms``: their inverses (sampling). ``kin`` [(nhid + 1) *
+# GROUPS]: per layer and 4-feature group, how many leading inputs can have non-zero weights.
 @nb.njit(**_JIT)
-def _maf_lp_tile(x, r0, n, out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, mu, al, ld):
+def _made_scale(h, mo, ld, D, d4, rows, clamp):
+    """mo[j] = u_j = (x_j - mu_j) exp(-alpha_j), alpha_j = c tanh(raw_j / c); ld -= sum_j alpha_j."""
+    inv_clamp = _ONE / clamp
+    for j in range(D):
+        xj, mu, al = _row(h, j), _row(mo, j), _row(mo, d4 + j)
+        for r in range(rows):
+            alpha = clamp * _tanh(al[r] * inv_clamp)
+            ld[r] -= alpha
+            mu[r] = (xj[r] - mu[r]) * _exp(-alpha)
+
+
+@nb.njit(**_JIT)
+def _maf_lp_tile(x, r0, n, out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld):
     D, DP, H, HP, blocks, nhid, tanh_act, OP, G = (meta[M_D], meta[M_DP], meta[M_H], meta[M_HP], meta[M_BLOCKS],
                                                    meta[M_NHID], meta[M_TANH], meta[M_OP], meta[M_GROUPS])
-    rows = (n + 3) // 4 * 4
-    inv_clamp = _ONE / clamp
-    oloc, oinv = offs[blocks, 0], offs[blocks, 1]
+    rows = (n + 7) // 8 * 8
     for r in range(rows):
         ld[r] = _ZERO
-        for c in range(DP):
-            h[r * DP + c] = (x[r0 + r, c] - w[oloc + c]) * w[oinv + c] if (r < n and c < D) else _ZERO
+    _load_rows(x, r0, n, rows, h, D, offs[blocks, 0], offs[blocks, 1], w)
     o = 2 * nhid
     for k in range(blocks):
-        _dense(h, 0, DP, D, w, offs[k, 0], HP, HP, w, offs[k, 1], t1, 0, HP, rows, not tanh_act, kin, 0)
+        _dense(h, 0, D, w, offs[k, 0], HP, HP, w, offs[k, 1], t1, 0, rows, not tanh_act, kin, 0)
         if tanh_act:
-            _tanh_inplace(t1, rows * HP)
+            _tanh_rows(t1, H, rows)
         a, b = t1, t2
         for li in range(1, nhid):
-            _dense(a, 0, HP, H, w, offs[k, 2 * li], HP, HP, w, offs[k, 2 * li + 1], b, 0, HP, rows, not tanh_act,
-                   kin, li * G)
+            _dense(a, 0, H, w, offs[k, 2 * li], HP, HP, w, offs[k, 2 * li + 1], b, 0, rows, not tanh_act, kin,
+                   li * G)
             if tanh_act:
-                _tanh_inplace(b, rows * HP)
+                _tanh_rows(b, H, rows)
             a, b = b, a
-        _dense(a, 0, HP, H, w, offs[k, o], OP, OP, w, offs[k, o + 2], mo, 0, OP, rows, False, kin, nhid * G)
-        for r in range(rows):  # x - mu and raw alpha into compact [rows, D] buffers (no padded columns)
-            for j in range(D):
-                mu[r * D + j] = h[r * DP + j] - mo[r * OP + 2 * j]
-                al[r * D + j] = mo[r * OP + 2 * j + 1]
-        for i in range(rows * D):  # flat: alpha = c tanh(raw / c) -> al, u = (x - mu) exp(-alpha) -> mu
-            alpha = clamp * _tanh(al[i] * inv_clamp)
-            al[i] = alpha
-            mu[i] = mu[i] * _exp(-alpha)
-        bl, bi = offs[k, o + 8], offs[k, o + 9]  # batch-norm loc, 1 / scale, in the permuted order
+        _dense(a, 0, H, w, offs[k, o], OP, OP, w, offs[k, o + 1], mo, 0, rows, False, kin, nhid * G)
+        _made_scale(h, mo, ld, D, DP, rows, clamp)  # alpha_j in row DP + j
+        bl, bi = offs[k, o + 6], offs[k, o + 7]  # batch-norm loc, 1 / scale, in the permuted order
         fperm = perms[k]
-        for r in range(rows):
-            acc = _ZERO
-            for j in range(D):
-                acc += al[r * D + j]
-            ld[r] -= acc
-            for c in range(D):  # the block's permutation as a gather (vectorizes; a scatter does not)
-                h2[r * DP + c] = (mu[r * D + fperm[c]] - w[bl + c]) * w[bi + c]
+        for c in range(D):  # the block's permutation: whole rows gathered
+            dst, src, lc, ic = _row(h2, c), _row(mo, fperm[c]), w[bl + c], w[bi + c]
+            for r in range(rows):
+                dst[r] = (src[r] - lc) * ic
         h, h2 = h2, h
-    _finish_log_prob(h, ld, n, D, DP, const, out, r0)
+    _finish_log_prob(h, ld, n, D, const, out, r0)
 
 
 @nb.njit(**_JIT)
 def _maf_sample_tile(z, r0, n, temperature, out, w, offs, perms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
-    D, DP, HP, blocks, nhid, tanh_act = (meta[M_D], meta[M_DP], meta[M_HP], meta[M_BLOCKS], meta[M_NHID],
-                                         meta[M_TANH])
-    rows = (n + 3) // 4 * 4
+    D, HP, blocks, nhid, tanh_act = meta[M_D], meta[M_HP], meta[M_BLOCKS], meta[M_NHID], meta[M_TANH]
+    rows = (n + 7) // 8 * 8
     inv_clamp = _ONE / clamp
     o = 2 * nhid
-    for r in range(rows):
-        for c in range(D):
-            xs[r * DP + c] = z[r0 + r, c] * temperature if r < n else _ZERO
+    for c in range(D):
+        for r in range(rows):
+            xs[c * TILE + r] = z[r0 + r, c] * temperature if r < n else _ZERO
     for kk in range(blocks):
         k = blocks - 1 - kk
         pinv = perms[k]
-        bl, bsc = offs[k, o + 5], offs[k, o + 7]
-        # inverse permutation, then the inverse batch-norm affine: u = y[:, inv_perm] * scale + loc
-        for r in range(rows):
-            for j in range(D):
-                u[r * DP + j] = xs[r * DP + pinv[j]] * w[bsc + j] + w[bl + j]
+        bl, bsc = offs[k, o + 3], offs[k, o + 5]
+        # inverse permutation, then the inverse batch-norm affine: u = y[inv_perm] * scale + loc
+        for j in range(D):
+            uj, src, sj, lj = _row(u, j), _row(xs, pinv[j]), w[bsc + j], w[bl + j]
+            for r in range(rows):
+                uj[r] = src[r] * sj + lj
         # MADE inverse, one coordinate at a time; pre = first-layer pre-activation of the known x_<j
-        ob0, oW0, oWoT = offs[k, 1], offs[k, 0], offs[k, o + 4]
-        obmu, obal = offs[k, o + 1], offs[k, o + 3]
-        for r in range(rows):
-            for c in range(HP):
-                pre[r * HP + c] = w[ob0 + c]
+        ob0, oW0, oWoT, obo = offs[k, 1], offs[k, 0], offs[k, o + 2], offs[k, o + 1]
+        d4 = meta[M_OP] // 2
+        for c in range(HP):
+            pc, bc = _row(pre, c), w[ob0 + c]
+            for r in range(rows):
+                pc[r] = bc
         for j in range(D):
             m = nj[k, j]  # hidden units (a prefix, in degree order) that output j depends on
-            mp = (m + 15) // 16 * 16
+            m4 = (m + 3) // 4 * 4
+            for c in range(m4):
+                tc, pc = _row(t1, c), _row(pre, c)
+                for r in range(rows):
+                    tc[r] = max(pc[r], _ZERO) if not tanh_act else pc[r]
             if tanh_act:
-                for i in range(rows * HP):
-                    t1[i] = _tanh(pre[i])
-            else:
-                for i in range(rows * HP):
-                    t1[i] = max(pre[i], _ZERO)
+                _tanh_rows(t1, m4, rows)
             a, b = t1, t2
             for li in range(1, nhid):
-                _dense(a, 0, HP, m, w, offs[k, 2 * li], HP, mp, w, offs[k, 2 * li + 1], b, 0, HP, rows,
-                       not tanh_act, _NO_KIN, -1)
+                _dense(a, 0, m, w, offs[k, 2 * li], HP, m4, w, offs[k, 2 * li + 1], b, 0, rows, not tanh_act,
+                       _NO_KIN, -1)
                 if tanh_act:
-                    _tanh_inplace(b, rows * HP)
+                    _tanh_rows(b, m4, rows)
                 a, b = b, a
             wm = oWoT + j * HP
             wa = oWoT + (D + j) * HP
-            bm, ba = w[obmu + j], w[obal + j]
+            bm, ba = w[obo + j], w[obo + d4 + j]
             for r in range(rows):
-                smu = bm
-                sal = ba
-                for c in range(m):
-                    hv = a[r * HP + c]
-                    smu += hv * w[wm + c]
-                    sal += hv * w[wa + c]
-                mu[r] = smu
-                al[r] = sal
-            for r in range(rows):  # vectorizes over the tile's rows
-                xj = u[r * DP + j] * _exp(clamp * _tanh(al[r] * inv_clamp)) + mu[r]
-                xs[r * DP + j] = xj
-                al[r] = xj
+                mu[r] = bm
+                al[r] = ba
+            for c in range(m):
+                ac, wmc, wac = _row(a, c), w[wm + c], w[wa + c]
+                for r in range(rows):
+                    mu[r] += ac[r] * wmc
+                    al[r] += ac[r] * wac
+            xj, uj = _row(xs, j), _row(u, j)
+            for r in range(rows):
+                xj[r] = uj[r] * _exp(clamp * _tanh(al[r] * inv_clamp)) + mu[r]
             w0j = oW0 + j * HP
-            for r in range(rows):
-                xj = al[r]
-                for c in range(HP):
-                    pre[r * HP + c] += xj * w[w0j + c]
+            for c in range(HP):
+                pc, wc = _row(pre, c), w[w0j + c]
+                for r in range(rows):
+                    pc[r] += xj[r] * wc
     oloc, osc = offs[blocks, 0], offs[blocks, 2]
     for r in range(n):
         for c in range(D):
-            out[r0 + r, c] = xs[r * DP + c] * w[osc + c] + w[oloc + c]
+            out[r0 + r, c] = xs[c * TILE + r] * w[osc + c] + w[oloc + c]
 
 
 @nb.njit(**_JIT)
-def maf_log_prob(x, out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, mu, al, ld):
+def maf_log_prob(x, out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld):
     B = x.shape[0]
     for r0 in range(0, B, TILE):
-        _maf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, mu,
-                     al, ld)
+        _maf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld)
 
 
 @nb.njit(parallel=True, **_JIT)
-def maf_log_prob_par(x, out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, mu, al, ld):
+def maf_log_prob_par(x, out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld):
     B = x.shape[0]
     for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
         r0 = t * TILE
         _maf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, perms, kin, meta, const, clamp, h[i], h2[i], t1[i],
-                     t2[i], mo[i], mu[i], al[i], ld[i])
+                     t2[i], mo[i], ld[i])
 
 
 @nb.njit(**_JIT)
 def maf_sample(z, temperature, out, w, offs, perms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
     B = z.shape[0]
-    for r0 in range(0, B, SAMPLE_TILE):
-        _maf_sample_tile(z, r0, min(SAMPLE_TILE, B - r0), temperature, out, w, offs, perms, nj, meta, clamp,
+    for r0 in range(0, B, TILE):
+        _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, perms, nj, meta, clamp,
                          u, xs, pre, t1, t2, mu, al)
 
 
 @nb.njit(parallel=True, **_JIT)
 def maf_sample_par(z, temperature, out, w, offs, perms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
     B = z.shape[0]
-    for t in nb.prange((B + SAMPLE_TILE - 1) // SAMPLE_TILE):
+    for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
-        r0 = t * SAMPLE_TILE
-        _maf_sample_tile(z, r0, min(SAMPLE_TILE, B - r0), temperature, out, w, offs, perms, nj, meta, clamp,
+        r0 = t * TILE
+        _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, perms, nj, meta, clamp,
                          u[i], xs[i], pre[i], t1[i], t2[i], mu[i], al[i])
