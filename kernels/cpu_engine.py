@@ -25,8 +25,6 @@ into ``wbuf``, ``meta`` the sizes (see the ``G_*`` / ``M_*`` indices).
 """
 from __future__ import annotations
 
-import math
-
 import numba as nb
 import numpy as np
 from llvmlite import ir
@@ -193,19 +191,32 @@ def _log1p_unit(e):
     return _TWO * t * (_ONE + t2 * s)
 
 
-_T3, _T5, _T7, _T9, _T11 = (F32(-1 / 3), F32(2 / 15), F32(-17 / 315), F32(62 / 2835), F32(-1382 / 155925))
-_TANH_SMALL = F32(0.25)
+# tanh as a rational minimax fit x P(x^2) / Q(x^2) on |x| <= 7.905 (the float32 coefficients of Eigen's
+# ptanh_float; beyond the clamp float32 tanh is 1 within 3e-7): 11 FMAs and one division, no exp,
+# no select. Max error 3.5e-7 absolute / relative against float64 tanh (measured on 2M points).
+_TANH_CLAMP = F32(7.90531110763549805)
+_TA1, _TA3, _TA5, _TA7 = F32(4.89352455891786e-03), F32(6.37261928875436e-04), F32(1.48572235717979e-05), \
+    F32(5.12229709037114e-08)
+_TA9, _TA11, _TA13 = F32(-8.60467152213735e-11), F32(2.00018790482477e-13), F32(-2.76076847742355e-16)
+_TB0, _TB2, _TB4, _TB6 = F32(4.89352518554385e-03), F32(2.26843463243900e-03), F32(1.18534705686654e-04), \
+    F32(1.19825839466702e-06)
 
 
 @nb.njit(inline="always", **_JIT)
 def _tanh(y):
-    """tanh in float32: odd series for |y| < 1/4, (1 - e) / (1 + e) with e = exp(-2|y|) beyond."""
-    a = abs(y)
-    y2 = y * y
-    small = y * (_ONE + y2 * (_T3 + y2 * (_T5 + y2 * (_T7 + y2 * (_T9 + y2 * _T11)))))
-    e = _exp(-_TWO * a)
-    big = math.copysign((_ONE - e) / (_ONE + e), y)  # branch-free: a branch here blocks vectorization
-    return small if a < _TANH_SMALL else big
+    """tanh in float32 (rational approximation above; vectorizes: no branch, no libm call)."""
+    x = min(max(y, -_TANH_CLAMP), _TANH_CLAMP)
+    x2 = x * x
+    p = _TA11 + x2 * _TA13
+    p = _TA9 + x2 * p
+    p = _TA7 + x2 * p
+    p = _TA5 + x2 * p
+    p = _TA3 + x2 * p
+    p = _TA1 + x2 * p
+    q = _TB4 + x2 * _TB6
+    q = _TB2 + x2 * q
+    q = _TB0 + x2 * q
+    return x * p / q
 
 
 # ---------------------------------------------------------------------------------------------

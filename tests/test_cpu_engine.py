@@ -145,3 +145,32 @@ def test_covers_tabular_flows_only():
         inference.load(Glow((2, 4, 4), levels=2, steps=1, hidden=8), backend="numba")
     with pytest.raises(InputError, match="does not run on cuda"):
         inference.load(MAF(3, blocks=1, hidden=8), backend="numba", device="cuda")
+
+
+def test_vectorized_math_matches_float64():
+    """The engine's own exp / tanh / log1p (polynomial and rational fits, float32) against numpy float64."""
+    import numba as nb
+    import numpy as np
+
+    from kernels import cpu_engine as eng
+
+    @nb.njit
+    def apply(x, which):
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = eng._exp(x[i]) if which == 0 else (eng._tanh(x[i]) if which == 1 else eng._log1p_unit(x[i]))
+        return out
+
+    def f32(a):  # the inputs as the kernels see them; the references at exactly those points
+        return a.astype(np.float32)
+
+    x = f32(np.linspace(-30, 30, 200_001))
+    assert np.abs(apply(x, 1) - np.tanh(x.astype(np.float64))).max() < 5e-7
+    tiny = f32(np.logspace(-30, -1, 301))
+    ref = np.tanh(tiny.astype(np.float64))
+    assert (np.abs(apply(tiny, 1) - ref) / ref).max() < 5e-7  # relative, near 0
+    e = f32(np.linspace(-80, 80, 200_001))
+    ref = np.exp(e.astype(np.float64))
+    assert (np.abs(apply(e, 0) - ref) / ref).max() < 1e-6
+    u = f32(np.linspace(0, 1, 100_001))
+    assert np.abs(apply(u, 2) - np.log1p(u.astype(np.float64))).max() < 3e-7
