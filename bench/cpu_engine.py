@@ -21,11 +21,12 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-DENSITY_BACKENDS = ("numba", "onnxruntime", "compile", "folded", "eager", "zuko", "nflows")
+DENSITY_BACKENDS = ("numba", "onnxruntime", "openvino", "compile", "folded", "eager", "zuko", "nflows")
 SAMPLE_BACKENDS = ("numba", "onnxruntime", "folded", "eager", "zuko", "nflows")
 LATENCY_BACKENDS = ("numba", "onnxruntime", "folded", "eager")
 
@@ -46,6 +47,26 @@ def _round_robin(fns: dict, rounds: int) -> tuple[dict[str, float], dict[str, fl
             cpu[k].append(time.thread_time() - c)
             wall[k].append(time.perf_counter() - t)
     return ({k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()})
+
+
+def _openvino_density(reg, arch: str, dim: int, batch: int):
+    """OpenVINO (CPU plugin, 1 inference thread, latency hint) on the student's exported ONNX density graph,
+    reshaped to the static batch (its best case): another CPU technique, compared in the same run."""
+    from bench.suite import Unavailable
+
+    try:
+        import openvino as ov
+    except ImportError:
+        raise Unavailable("openvino not installed (pip install openvino)") from None
+    exported = reg.nfkd("onnxruntime", arch, "student", dim)  # the parity-gated export, cached
+    core = ov.Core()
+    model = core.read_model(str(exported.manifest.graph_path(exported.folder, "density")))
+    model.reshape({"x": [batch, dim]})
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1,
+                                                 "PERFORMANCE_HINT": "LATENCY"})
+    request, out = compiled.create_infer_request(), compiled.output(0)
+    _, xn = reg.inputs(arch, dim, batch)
+    return lambda: request.infer({"x": xn})[out]
 
 
 def _latency(fn, calls: int) -> tuple[float, float]:
@@ -101,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         for b in names:
             c = Case(direction, arch, dim, batch, "student", b)
             try:
-                fn = reg.runner(c)
+                fn = _openvino_density(reg, arch, dim, batch) if b == "openvino" else reg.runner(c)
                 dev = reg.deviation(c, fn)
                 if dev is not None and not dev <= 1.0:
                     notes[b] = f"deviation {dev:.2g} x tolerance"
                 fns[b] = fn
-                flops[b] = reg.useful_flops(c)
+                flops[b] = reg.useful_flops(replace(c, backend="onnxruntime") if b == "openvino" else c)
             except Unavailable as exc:
                 notes[b] = f"unavailable: {exc}"
             except Exception as exc:  # a backend failing here is reported, not fatal

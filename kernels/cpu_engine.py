@@ -325,15 +325,29 @@ def _tanh_rows(Y, nfeat, rows):
 
 
 @nb.njit(**_JIT)
-def _load_rows(x, r0, n, rows, h, D, loc, inv, w):
-    """h[c, r] = (x[r0 + r, c] - w[loc + c]) * w[inv + c]; rows n..rows-1 are 0 (the tile's transpose)."""
-    for r in range(rows):
-        if r < n:
-            for c in range(D):
-                h[c * TILE + r] = (x[r0 + r, c] - w[loc + c]) * w[inv + c]
-        else:
-            for c in range(D):
-                h[c * TILE + r] = _ZERO
+def _to_tile(x, r0, n, rows, h, D, w, loc, inv, t):
+    """h[c, r] = (x[r0 + r, c] - w[loc + c]) * w[inv + c] * t (loc < 0: x * t) for r < n; 0 up to ``rows``.
+
+    The tile's transpose; on views, so no index needs numba's negative-index wraparound."""
+    xt = x[r0: r0 + n]
+    for c in range(D):
+        hc = _row(h, c)
+        shift, scale = (w[loc + c], w[inv + c] * t) if loc >= 0 else (_ZERO, t)
+        for r in range(n):
+            hc[r] = (xt[r, c] - shift) * scale
+        for r in range(n, rows):
+            hc[r] = _ZERO
+
+
+@nb.njit(**_JIT)
+def _from_tile(h, r0, n, out, D, w, loc, scale):
+    """out[r0 + r, c] = h[c, r] * w[scale + c] + w[loc + c] (loc < 0: h[c, r]) for r < n (back to rows)."""
+    ot = out[r0: r0 + n]
+    for c in range(D):
+        hc = _row(h, c)
+        a, b = (w[scale + c], w[loc + c]) if loc >= 0 else (_ONE, _ZERO)
+        for r in range(n):
+            ot[r, c] = hc[r] * a + b
 
 
 @nb.njit(**_JIT)
@@ -376,9 +390,7 @@ def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, ls, ld)
     rows = (n + 7) // 8 * 8
     for r in range(rows):
         ld[r] = _ZERO
-    for c in range(D):
-        for r in range(rows):
-            h[c * TILE + r] = x[r0 + r, c] if r < n else _ZERO
+    _to_tile(x, r0, n, rows, h, D, w, -1, -1, _ONE)
     for k in range(steps):
         # folded ActNorm + LU (+ input normalization at step 0): h2 = W h + b
         _dense(h, 0, D, w, offs[k, 0], DP, DP, w, offs[k, 1], h2, 0, rows, False, _NO_KIN, -1)
@@ -408,9 +420,7 @@ def _g1d_sample_tile(z, r0, n, temperature, out, w, offs, meta, h, h2, t1, t2, s
                                           meta[G_ADD], meta[G_OP])
     cb4 = OP // 2
     rows = (n + 7) // 8 * 8
-    for c in range(D):
-        for r in range(rows):
-            h[c * TILE + r] = z[r0 + r, c] * temperature if r < n else _ZERO
+    _to_tile(z, r0, n, rows, h, D, w, -1, -1, temperature)
     for kk in range(steps):
         k = steps - 1 - kk
         _g1d_net(h, w, offs, k, meta, t1, t2, sh, rows)
@@ -425,9 +435,7 @@ def _g1d_sample_tile(z, r0, n, temperature, out, w, offs, meta, h, h2, t1, t2, s
                     hj[r] = hj[r] * (_ONE + _exp(-s[r])) - shift[r]
         _dense(h, 0, D, w, offs[k, 2], DP, DP, w, offs[k, 3], h2, 0, rows, False, _NO_KIN, -1)
         h, h2 = h2, h
-    for r in range(n):
-        for c in range(D):
-            out[r0 + r, c] = h[c * TILE + r]
+    _from_tile(h, r0, n, out, D, w, -1, -1)
 
 
 @nb.njit(**_JIT)
@@ -496,7 +504,7 @@ def _maf_lp_tile(x, r0, n, out, w, offs, perms, kin, meta, const, clamp, h, h2, 
     rows = (n + 7) // 8 * 8
     for r in range(rows):
         ld[r] = _ZERO
-    _load_rows(x, r0, n, rows, h, D, offs[blocks, 0], offs[blocks, 1], w)
+    _to_tile(x, r0, n, rows, h, D, w, offs[blocks, 0], offs[blocks, 1], _ONE)
     o = 2 * nhid
     for k in range(blocks):
         _dense(h, 0, D, w, offs[k, 0], HP, HP, w, offs[k, 1], t1, 0, rows, not tanh_act, kin, 0)
@@ -527,9 +535,7 @@ def _maf_sample_tile(z, r0, n, temperature, out, w, offs, perms, nj, meta, clamp
     rows = (n + 7) // 8 * 8
     inv_clamp = _ONE / clamp
     o = 2 * nhid
-    for c in range(D):
-        for r in range(rows):
-            xs[c * TILE + r] = z[r0 + r, c] * temperature if r < n else _ZERO
+    _to_tile(z, r0, n, rows, xs, D, w, -1, -1, temperature)
     for kk in range(blocks):
         k = blocks - 1 - kk
         pinv = perms[k]
@@ -582,9 +588,7 @@ def _maf_sample_tile(z, r0, n, temperature, out, w, offs, perms, nj, meta, clamp
                 for r in range(rows):
                     pc[r] += xj[r] * wc
     oloc, osc = offs[blocks, 0], offs[blocks, 2]
-    for r in range(n):
-        for c in range(D):
-            out[r0 + r, c] = xs[c * TILE + r] * w[osc + c] + w[oloc + c]
+    _from_tile(xs, r0, n, out, D, w, oloc, osc)
 
 
 @nb.njit(**_JIT)
