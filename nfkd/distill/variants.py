@@ -31,6 +31,9 @@ class Variant:
         return replace(KDConfig(**self.kd), **overrides)
 
 
+#: The score variants' weight on the score term (chosen on validation NLL, seed 0, MAGIC glow1d: docs/experiments.md).
+SCORE_WEIGHT = 0.1
+
 _ALL = [
     Variant("none", "Student (no KD)", {"method": "none"}, "maximum likelihood on the data alone"),
     Variant("lkd", "Student + LKD", {"method": "lkd"}, "paper: final-latent distance, weights (1, 1, 0)"),
@@ -50,6 +53,14 @@ _ALL = [
     Variant("fkl:0.2", "Forward KL, 20 % teacher samples", {"method": "fkl", "teacher_pool": 50_000,
                                                             "weights": (0.8, 0.2, 0.0)},
             "a fifth of the loss is NLL on the teacher's samples, the rest on data"),
+    Variant("score", "Score matching (Sobolev)", {"method": "score", "weights": (1.0, SCORE_WEIGHT, 0.0)},
+            "NLL + squared gap of the input gradients ∇x log p (student vs teacher, normalized units) on the data "
+            "batch: D targets per row (Sobolev training)"),
+    Variant("score:1", "Score matching, weight 1", {"method": "score"},
+            "the score term at weight 1 (its per-dim size is ~15x the NLL's on MAGIC: the term dominates)"),
+    Variant("score+samples", "Score matching, data + teacher samples",
+            {"method": "score", "weights": (1.0, SCORE_WEIGHT, 0.0), "teacher_pool": 50_000},
+            "the score gap on the data batch and on as many teacher samples (a 50k pool)"),
     Variant("init", "Init from teacher", {"method": "none", "init_from_teacher": True},
             "no-KD student started from the paired teacher blocks"),
     Variant("fkl+init", "Forward KL + init", {"method": "fkl", "teacher_pool": 50_000, "init_from_teacher": True},
