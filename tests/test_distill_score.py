@@ -124,4 +124,7 @@ def test_batch_norm_student_in_training_is_refused():
     teacher = MAF(3, blocks=2, hidden=8).eval()
     student = MAF(3, blocks=1, hidden=8, batch_norm=True).train()
     with pytest.raises(InputError, match="batch norm"):
-        StudentObjective(student, teacher, KDConfig("score"))(torch.randn(4, 3))
+        StudentObjective(student, teacher, KDConfig("score"))
+    with pytest.raises(InputError, match="batch norm"):  # the score itself, used directly
+        input_score(student, torch.randn(4, 3))
+    input_score(student.eval(), torch.randn(4, 3))  # running statistics: rows independent, allowed
