@@ -1,6 +1,6 @@
 """Knowledge distillation of normalizing flows (Walton et al., eq. 15) and gauge-free alternatives.
 
-- ``objective``: the per-step student loss (NLL, (I)LKD, SKD, density matching, forward KL);
+- ``objective``: the per-step student loss (NLL, (I)LKD, SKD, density matching, forward KL, score matching);
 - ``pairing``: which taps are compared, in canonical feature order;
 - ``align``: Procrustes alignment of latents (the rotation gauge);
 - ``init``: ``--init-from-teacher``;

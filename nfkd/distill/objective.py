@@ -3,6 +3,7 @@
     paper:   loss = λ0 · NLL_student(x) + λ1 · (I)LKD + λ2 · SKD
     density: loss = λ0 · NLL_student(x) + λ1 · mean(((log p_s − log p_t) / D)²) on data and teacher samples
     fkl:     loss = λ0 · NLL_student(x) + λ1 · NLL_student(teacher samples)   (forward KL from the teacher)
+    score:   loss = λ0 · NLL_student(x) + λ1 · mean(‖∇ log p_s − ∇ log p_t‖² / D)   (Sobolev training)
 
 - LKD: distance between teacher and student final latents on data x (all levels, flattened);
 - ILKD: the same at aligned intermediate taps, plus the final latents;
@@ -10,8 +11,11 @@
   every level (the paper's code shared only the top level), at a temperature.
 
 Every latent comparison is in canonical feature order (``pairing``), optionally after the student
-side is rotated onto the teacher's by Procrustes (``align=True``, see ``align``). Density and
-forward-KL distillation compare densities, which have no latent gauge at all.
+side is rotated onto the teacher's by Procrustes (``align=True``, see ``align``). Density,
+forward-KL and score distillation compare densities, which have no latent gauge at all.
+
+Score (Sobolev) distillation (Czarnecki et al. 2017) matches the input gradient of the log-density,
+D targets per row instead of the one scalar of density matching (see ``score_gap``).
 
 Scale (``kd_scale``): NLL is always in nats per dimension. ``"mean"`` adds the distances as means
 over dimensions (the λ's then weigh terms of comparable size for any data shape, D times stronger
@@ -25,14 +29,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..flows import Flow, Glow
 from ..flows.base import standard_normal_logpdf
+from ..flows.layers import BatchNormFlow
 from .align import Aligner, rotate_channels
 from .pairing import canonical_latents, canonical_taps, flow_noise, pair_taps
 
-__all__ = ["distance", "KDConfig", "LossTerms", "finite_rows", "sample_distance", "StudentObjective"]
+__all__ = ["distance", "KDConfig", "LossTerms", "finite_rows", "input_score", "sample_distance", "score_gap",
+           "StudentObjective"]
 
-METHODS = ("none", "lkd", "ilkd", "skd", "density", "fkl", "rkl", "rkl+skd")
+METHODS = ("none", "lkd", "ilkd", "skd", "density", "fkl", "score", "rkl", "rkl+skd")
 PAPER_METHODS = ("lkd", "ilkd", "skd")
 KD_SCALES = ("paper", "mean")
 PAPER_WEIGHTS: dict[str, tuple[float, float, float]] = {
@@ -42,6 +49,7 @@ PAPER_WEIGHTS: dict[str, tuple[float, float, float]] = {
     "skd": (0.85, 0.075, 0.075),  # SKD runs with ILKD as its latent term
     "density": (1.0, 1.0, 0.0),  # ours: NLL + squared per-dim log-density gap
     "fkl": (0.5, 0.5, 0.0),  # ours: half real data, half teacher samples
+    "score": (1.0, 1e-3, 0.0),  # ours: NLL + per-dim squared score gap (Sobolev training); λ1 on validation
     # parallel students (IAF, ``parallel``): (λ0 NLL on data, λ1 reverse KL, λ2 SKD)
     "rkl": (0.0, 1.0, 0.0),
     "rkl+skd": (0.0, 1.0, 1.0),
@@ -74,7 +82,8 @@ class KDConfig:
     kd_scale: str = "paper"  # "paper" (distances / D) or "mean" (distances as dimension means)
     align: bool = False  # Procrustes-align student latents to the teacher's inside (I)LKD / SKD
     align_every: int = 50  # steps between Procrustes re-fits
-    teacher_pool: int = 0  # density / fkl: draw from a pool of this many teacher samples (0: fresh every step)
+    teacher_pool: int = 0  # density / fkl: draw from a pool of this many teacher samples (0: fresh every step);
+    # score: > 0 also matches scores on teacher samples from such a pool (0: on the data batch only)
     init_from_teacher: bool = False  # start the student from the paired teacher blocks (see ``init``)
     seed: int = 0  # of the teacher-sample pool
 
@@ -93,6 +102,51 @@ class KDConfig:
     def needs_noise(self) -> bool:
         """Whether each step needs fresh unit noise (SKD, or fresh teacher samples)."""
         return self.method in ("skd", "rkl", "rkl+skd") or (self.method in ("density", "fkl") and self.teacher_pool == 0)
+
+
+def _has_batch_coupling(flow: Flow) -> bool:
+    """Whether a row's log-density depends on the other rows of its batch (batch norm in training)."""
+    return any(isinstance(m, BatchNormFlow) and m.training for m in flow.modules())
+
+
+def input_score(flow: Flow, x: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+    """(log p(x), ∇x log p(x) in the flow's normalized units), both per row.
+
+    The gradient is taken w.r.t. the model input and multiplied by the flow's fixed normalization
+    scale (chain rule for u = (x − loc) / scale), so every feature counts in standard-deviation units
+    whatever its raw units; flows without a normalization (Glow on images) score in their own input
+    space. ``create_graph`` keeps the graph for a second backward (the student); without it only the
+    first-order gradient is built (the teacher, whose parameters are frozen).
+    """
+    if _has_batch_coupling(flow):
+        raise InputError("score distillation needs per-row densities; a flow with batch norm in training mode "
+                         "couples the rows of a batch (build the student without batch_norm)")
+    with torch.enable_grad():
+        xi = x.detach().requires_grad_(True)
+        out = flow(xi)
+        log_prob = sum(standard_normal_logpdf(z) for z in out.latents) + out.logdet
+        (grad,) = torch.autograd.grad(log_prob.sum(), xi, create_graph=create_graph)
+    norm = getattr(flow, "normalize", None)
+    if norm is not None:
+        grad = grad * _view_features(norm.scale, grad)
+    return log_prob, grad
+
+
+def _view_features(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(1, -1, *([1] * (like.dim() - 2))).to(like.dtype)
+
+
+def score_gap(student_score: Tensor, teacher_score: Tensor) -> Tensor:
+    """Per-row ‖s_s − s_t‖² / D: the mean over dimensions of the squared score difference; shape [B].
+
+    Scale: the Fisher divergence (without its ½) per dimension, in normalized units, where a standard
+    normal has score −u: a per-dimension quantity like the per-dimension NLL it is added to, and already
+    per dimension, so ``kd_scale`` does not change it (as for density / fkl). Learned densities are much
+    sharper than a unit normal, though: for the trained no-KD students the term is 40-60 (MAGIC) and ~300
+    (breast_cancer) against an NLL of ~3 and ~−1 nats per dim, hence the default λ1 = 1e-3 (chosen on
+    validation NLL, see ``variants.SCORE_WEIGHT``).
+    """
+    return (student_score - teacher_score).flatten(1).pow(2).mean(1)
 
 
 @dataclass
@@ -151,6 +205,9 @@ class StudentObjective(nn.Module):
         self.weights = self.kd.resolved_weights()
         if self.kd.method != "none" and teacher is None:
             raise ValueError(f"method {self.kd.method!r} needs a teacher")
+        if self.kd.method == "score" and any(isinstance(m, BatchNormFlow) for m in student.modules()):
+            raise InputError("score distillation needs per-row densities; batch norm in training couples the rows "
+                             "of a batch (build the student without batch_norm)")
         self._teacher = [teacher] if teacher is not None else []  # a list keeps it out of parameters()
         self.pairs: list[tuple[str, str]] = []
         if teacher is not None:
@@ -180,12 +237,17 @@ class StudentObjective(nn.Module):
     def forward(self, x: Tensor, noise: list[Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         method, (w0, w1, w2) = self.kd.method, self.weights
         need_taps = method in ("ilkd", "skd")
-        log_prob, out = self._log_prob(self.student, x, need_taps)
+        if method == "score":
+            log_prob, s_score = input_score(self.student, x, create_graph=True)
+        else:
+            log_prob, out = self._log_prob(self.student, x, need_taps)
         nll = -log_prob.mean() / self.student.dim
         terms: dict[str, Tensor] = {"nll": nll.detach()}
         total = w0 * nll
         if method == "none":
             return total, terms
+        if method == "score":
+            return self._score_terms(x, s_score, total, terms)
         if method in ("density", "fkl"):
             return self._density_terms(x, log_prob, total, terms, noise)
         with torch.no_grad():
@@ -290,4 +352,20 @@ class StudentObjective(nn.Module):
         gap = torch.cat([(log_prob - lp_t_data) / dim, (lp_s_samples - lp_t_samples) / dim])
         term = gap.pow(2).mean()
         terms["density"] = term.detach()
+        return total + w1 * term, terms
+
+    # ---- score (Sobolev) term ---------------------------------------------------------------------
+    def _score_terms(self, x, s_score, total, terms):
+        """λ1 · mean over rows of ‖∇ log p_s − ∇ log p_t‖² / D, on the data (and teacher samples with a pool)."""
+        w1 = self.weights[1]
+        _, t_score = input_score(self.teacher, x)
+        gaps = [score_gap(s_score, t_score.detach())]
+        if self.kd.teacher_pool > 0:
+            xs = self.teacher_samples(self.kd.skd_batch or len(x), None, x)
+            if len(xs):
+                _, s_smp = input_score(self.student, xs, create_graph=True)
+                _, t_smp = input_score(self.teacher, xs)
+                gaps.append(score_gap(s_smp, t_smp.detach()))
+        term = torch.cat(gaps).mean()
+        terms["score"] = term.detach()
         return total + w1 * term, terms
