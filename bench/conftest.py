@@ -206,7 +206,7 @@ def run_case(benchmark, registry, request):
         except AttributeError:  # pragma: no cover - benchmarks disabled (--benchmark-disable)
             median = plan.estimate_s
         registry.remember(case, median)
-        flops, peak = registry.flops(case), registry.roofline()["peak_gflops"]
+        flops, peak = registry.useful_flops(case), registry.roofline()["peak_gflops"]  # masked zeros not counted
         benchmark.extra_info.update({"flops": flops, "gflops": flops / median / 1e9,
                                      "pct_of_peak": 100 * flops / median / 1e9 / peak})
         if deviation is not None and not (math.isfinite(deviation) and deviation <= 1.0):

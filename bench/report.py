@@ -218,8 +218,8 @@ def header_section(infos: list[dict[str, Any]], stat: str, rows: list[Row]) -> s
         "(eager = the nfkd flow as trained, `flow.log_prob` / `flow.sample` under `torch.no_grad`). "
         "Sampling times include drawing the noise. Models have random (perturbed) weights: speed does "
         "not depend on training. std 'n/a': a single round (long calls). GFLOP/s = the folded model's "
-        "dense FLOPs (matmuls and convolutions, `bench/roofline.py`) / time; % peak = of the matmul peak "
-        "at the run's thread count.",
+        "useful FLOPs (matmuls and convolutions without a MADE's masked zeros, `bench/roofline.py`) / time; "
+        "% peak = of the matmul peak at the run's thread count.",
     ])
 
 
