@@ -202,10 +202,11 @@ def markdown_table(result: dict[str, Any]) -> str:
     ]
     for name in [r for r in ROWS if r in s]:
         row = s[name]
-        student_kd = name not in ("teacher", "none") and "delta_vs_none" in row
+        paired = name != "none" and "delta_vs_none" in row  # absent when the run had no no-KD students
+        student_kd = paired and name != "teacher"
         gap = f"{100 * row['gap_closed']:.0f} %" if student_kd else ""
-        delta = f"{row['delta_vs_none']:+.3f} ± {row['delta_std']:.3f}" if student_kd or name == "teacher" else ""
-        wins = f"{row['seeds_better_than_none']}/{row['n']}" if student_kd or name == "teacher" else ""
+        delta = f"{row['delta_vs_none']:+.3f} ± {row['delta_std']:.3f}" if paired else ""
+        wins = f"{row['seeds_better_than_none']}/{row['n']}" if paired else ""
         key = f" (`{name}`)" if name in VARIANTS else ""
         lines.append(f"| {LABELS[name]}{key} | {row['params'] / 1000:.1f}k | {row['mean']:.3f} ± {row['std']:.3f} | {delta} | "
                      f"{wins} | {gap} | {row['seconds']:.0f} |")

@@ -25,6 +25,16 @@ def test_summary_mean_std_and_gap_closed():
     assert s["ilkd"]["seeds_better_than_none"] == 3
 
 
+def test_table_without_no_kd_students_has_no_paired_columns():
+    """--methods without 'none': no gap or paired delta to report, and no crash on the teacher row."""
+    runs = {"teacher": _runs([-1.0, -2.0]), "fkl": _runs([-4.0, -5.0])}
+    res = {"summary": summarize(runs), "runs": runs, "dataset": "magic", "arch": "glow1d", "seeds": 2}
+    table = markdown_table(res)
+    teacher_row = next(line for line in table.splitlines() if line.startswith("| Teacher"))
+    assert "-1.500 ± 0.707" in teacher_row and teacher_row.endswith("|  |  |  | 1 |")
+    assert "`fkl`" in table
+
+
 def test_tiny_experiment_end_to_end(tmp_path):
     cfg = TrainConfig(steps=15, batch_size=32, eval_every=5, progress=False, warmup=2)
     res = run_experiment("wine", "glow1d", 2, tmp_path, teacher_cfg=cfg, student_cfg=cfg, methods=["none", "lkd"],
