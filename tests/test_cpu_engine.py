@@ -174,3 +174,22 @@ def test_vectorized_math_matches_float64():
     assert (np.abs(apply(e, 0) - ref) / ref).max() < 1e-6
     u = f32(np.linspace(0, 1, 100_001))
     assert np.abs(apply(u, 2) - np.log1p(u.astype(np.float64))).max() < 3e-7
+
+
+def test_packing_refuses_weights_outside_the_made_masks():
+    """The density kernel skips a MADE's masked inputs; a folded flow with a non-zero weight there (masks
+    changed after training) must be refused, not scored wrongly."""
+    import torch
+
+    from kernels.cpu_backend import pack_maf
+    from nfkd.errors import InputError
+    from nfkd.fold import fold, linear_layers
+
+    flow = _normalized(MAF(7, blocks=2, hidden=16), seed=5)
+    folded = fold(flow, torch.float64)
+    pack_maf(folded)  # the masks' structure: accepted
+    first, _ = linear_layers(folded.blocks[1].made.net)[0]  # folded: a plain Linear, masks applied
+    with torch.no_grad():
+        first[0, -1] = 0.5  # hidden unit 0 (degree 1) may read input 0 only; give it the last input
+    with pytest.raises(InputError, match="MADE masks"):
+        pack_maf(folded)
