@@ -143,6 +143,11 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
         export_info.update({"ok": False, "error": str(exc)})
         log(f"  ONNX export skipped: {exc}")
 
+    try:  # the fused CPU engine (the `cpu` extra, tabular flows): the fastest CPU path where it runs
+        runners["student (numba)"] = inference.load(students[best_by_val], "numba", threads=threads)
+    except InputError as exc:
+        log(f"  numba engine skipped: {exc}")
+
     x = np.ascontiguousarray(np.resize(data.test, (4096, data.dim)).astype(np.float32))
     tp = measure_throughput(runners, x)
     teacher_rate = tp["teacher (eager)"]["rows_per_s"]

@@ -46,6 +46,7 @@ def test_demo_quick_writes_full_report(tmp_path):
     assert res["export"]["ok"] is True
     assert (out / "export" / "manifest.json").exists()
     assert res["throughput_batch4096"]["student (onnxruntime)"]["rows_per_s"] > 0
+    assert res["throughput_batch4096"]["student (numba)"]["rows_per_s"] > 0  # the fused CPU engine (dev extra)
     assert res["results"]["teacher"]["params"] > res["results"]["none"]["params"]
     # report.md's tables say what results.json says (test LL, params, gap closed; throughput rows)
     report = (out / "report.md").read_text()
