@@ -139,8 +139,7 @@ def pack_maf(folded) -> dict[str, Any]:
     p = _Packer()
     o = 2 * nhid
     offs = np.zeros((len(blocks) + 1, o + 8), np.int64)
-    perms = np.zeros((len(blocks), d), np.int32)  # forward permutations (density)
-    iperms = np.zeros((len(blocks), d), np.int64)  # inverse permutations (sampling)
+    iperms = np.zeros((len(blocks), d), np.int64)  # inverse permutations (both directions)
     for k, blk in enumerate(blocks):
         layers = _linears(blk.made.net)
         for li, (w, b) in enumerate(layers[:-1]):  # rows (outputs) in degree order; inputs too after layer 0
@@ -166,7 +165,6 @@ def pack_maf(folded) -> dict[str, Any]:
         fperm = blk.perm.perm.cpu().numpy()
         offs[k, o + 6] = p.vector(loc[fperm], dp)
         offs[k, o + 7] = p.vector(1.0 / scale[fperm], dp)
-        perms[k] = fperm
         iperms[k] = blk.perm.inv_perm.cpu().numpy()
     norm = folded.normalize
     offs[len(blocks), 0] = p.vector(_np(norm.loc), dp)
@@ -177,7 +175,7 @@ def pack_maf(folded) -> dict[str, Any]:
     meta = np.array([d, dp, hidden, hp, len(blocks), nhid, tanh, op, kin.shape[1]], np.int64)
     const = float(constant_logdet(folded)) - 0.5 * d * LOG_2PI
     nj = np.tile(nj_row, (len(blocks), 1))
-    return {"w": p.buffer(), "offs": offs, "perms": perms, "iperms": iperms, "nj": nj, "kin": kin.ravel(),
+    return {"w": p.buffer(), "offs": offs, "iperms": iperms, "nj": nj, "kin": kin.ravel(),
             "meta": meta, "const": F32(const), "clamp": F32(made0.alpha_clamp), "dp": dp, "hp": hp, "op": op}
 
 
@@ -271,7 +269,7 @@ class NumbaRunner(Runner):
                     eng.glow1d_sample_par if par else eng.glow1d_sample,
                     (pk["w"], pk["offs"], pk["meta"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"]))
         return (eng.maf_log_prob_par if par else eng.maf_log_prob,
-                (pk["w"], pk["offs"], pk["perms"], pk["kin"], pk["meta"], pk["const"], pk["clamp"], s["h"], s["h2"],
+                (pk["w"], pk["offs"], pk["iperms"], pk["kin"], pk["meta"], pk["const"], pk["clamp"], s["h"], s["h2"],
                  s["t1"], s["t2"], s["mo"], s["ld"]),
                 eng.maf_sample_par if par else eng.maf_sample,
                 (pk["w"], pk["offs"], pk["iperms"], pk["nj"], pk["meta"], pk["clamp"], s["h"], s["h2"], s["pre"],

@@ -482,23 +482,26 @@ def glow1d_sample_par(z, temperature, out, w, offs, meta, h, h2, t1, t2, sh):
 # bias; at o + 2: WoT ([2 D, HP]: row j = mu_j's weights, row D + j = alpha_j's; sampling); then
 # batch-norm loc, inverse scale, scale (identity without batch-norm), and loc and inverse scale again
 # in the block's permuted order (density). Row BLOCKS: the input normalization's loc, inverse scale,
-# scale. Hidden units are in MADE-degree order. ``perms``: the blocks' forward permutations
-# (density: a gather of whole rows), ``iperms``: their inverses (sampling). ``kin`` [(nhid + 1) *
+# scale. Hidden units are in MADE-degree order. ``iperms``: the blocks' inverse permutations (density
+# writes u_j to row iperm[j]; sampling reads row iperm[j]). ``kin`` [(nhid + 1) *
 # GROUPS]: per layer and 4-feature group, how many leading inputs can have non-zero weights.
 @nb.njit(**_JIT)
-def _made_scale(h, mo, ld, D, d4, rows, clamp):
-    """mo[j] = u_j = (x_j - mu_j) exp(-alpha_j), alpha_j = c tanh(raw_j / c); ld -= sum_j alpha_j."""
+def _made_scale(h, mo, ld, D, d4, rows, clamp, out, iperm, w, loc, inv):
+    """u_j = (x_j - mu_j) exp(-alpha_j), alpha_j = c tanh(raw_j / c); ld -= sum_j alpha_j; and u_j goes
+    straight to its row after the block's permutation and batch-norm: out[iperm[j]] = (u_j - loc) * inv
+    (one pass: no separate permutation copy)."""
     inv_clamp = _ONE / clamp
     for j in range(D):
-        xj, mu, al = _row(h, j), _row(mo, j), _row(mo, d4 + j)
+        c = iperm[j]
+        xj, mu, al, dst, lc, ic = _row(h, j), _row(mo, j), _row(mo, d4 + j), _row(out, c), w[loc + c], w[inv + c]
         for r in range(rows):
             alpha = clamp * _tanh(al[r] * inv_clamp)
             ld[r] -= alpha
-            mu[r] = (xj[r] - mu[r]) * _exp(-alpha)
+            dst[r] = ((xj[r] - mu[r]) * _exp(-alpha) - lc) * ic
 
 
 @nb.njit(**_JIT)
-def _maf_lp_tile(x, r0, n, out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld):
+def _maf_lp_tile(x, r0, n, out, w, offs, iperms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld):
     D, DP, H, HP, blocks, nhid, tanh_act, OP, G = (meta[M_D], meta[M_DP], meta[M_H], meta[M_HP], meta[M_BLOCKS],
                                                    meta[M_NHID], meta[M_TANH], meta[M_OP], meta[M_GROUPS])
     rows = (n + 7) // 8 * 8
@@ -518,13 +521,8 @@ def _maf_lp_tile(x, r0, n, out, w, offs, perms, kin, meta, const, clamp, h, h2, 
                 _tanh_rows(b, H, rows)
             a, b = b, a
         _dense(a, 0, H, w, offs[k, o], OP, OP, w, offs[k, o + 1], mo, 0, rows, False, kin, nhid * G)
-        _made_scale(h, mo, ld, D, DP, rows, clamp)  # alpha_j in row DP + j
-        bl, bi = offs[k, o + 6], offs[k, o + 7]  # batch-norm loc, 1 / scale, in the permuted order
-        fperm = perms[k]
-        for c in range(D):  # the block's permutation: whole rows gathered
-            dst, src, lc, ic = _row(h2, c), _row(mo, fperm[c]), w[bl + c], w[bi + c]
-            for r in range(rows):
-                dst[r] = (src[r] - lc) * ic
+        # alpha_j in row DP + j; batch-norm loc, 1 / scale in the permuted order at o + 6, o + 7
+        _made_scale(h, mo, ld, D, DP, rows, clamp, h2, iperms[k], w, offs[k, o + 6], offs[k, o + 7])
         h, h2 = h2, h
     _finish_log_prob(h, ld, n, D, const, out, r0)
 
@@ -592,19 +590,19 @@ def _maf_sample_tile(z, r0, n, temperature, out, w, offs, perms, nj, meta, clamp
 
 
 @nb.njit(**_JIT)
-def maf_log_prob(x, out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld):
+def maf_log_prob(x, out, w, offs, iperms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld):
     B = x.shape[0]
     for r0 in range(0, B, TILE):
-        _maf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld)
+        _maf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, iperms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld)
 
 
 @nb.njit(parallel=True, **_JIT)
-def maf_log_prob_par(x, out, w, offs, perms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld):
+def maf_log_prob_par(x, out, w, offs, iperms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld):
     B = x.shape[0]
     for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
         r0 = t * TILE
-        _maf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, perms, kin, meta, const, clamp, h[i], h2[i], t1[i],
+        _maf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, iperms, kin, meta, const, clamp, h[i], h2[i], t1[i],
                      t2[i], mo[i], ld[i])
 
 
