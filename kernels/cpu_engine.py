@@ -530,7 +530,7 @@ def _maf_lp_tile(x, r0, n, out, w, offs, iperms, kin, meta, const, clamp, h, h2,
 
 
 @nb.njit(**_JIT)
-def _maf_sample_tile(z, r0, n, temperature, out, w, offs, perms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
+def _maf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
     D, HP, blocks, nhid, tanh_act = meta[M_D], meta[M_HP], meta[M_BLOCKS], meta[M_NHID], meta[M_TANH]
     rows = (n + 7) // 8 * 8
     inv_clamp = _ONE / clamp
@@ -538,7 +538,7 @@ def _maf_sample_tile(z, r0, n, temperature, out, w, offs, perms, nj, meta, clamp
     _to_tile(z, r0, n, rows, xs, D, w, -1, -1, temperature)
     for kk in range(blocks):
         k = blocks - 1 - kk
-        pinv = perms[k]
+        pinv = iperms[k]
         bl, bsc = offs[k, o + 3], offs[k, o + 5]
         # inverse permutation, then the inverse batch-norm affine: u = y[inv_perm] * scale + loc
         for j in range(D):
@@ -609,18 +609,18 @@ def maf_log_prob_par(x, out, w, offs, iperms, kin, meta, const, clamp, h, h2, t1
 
 
 @nb.njit(**_JIT)
-def maf_sample(z, temperature, out, w, offs, perms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
+def maf_sample(z, temperature, out, w, offs, iperms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
     B = z.shape[0]
     for r0 in range(0, B, TILE):
-        _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, perms, nj, meta, clamp,
+        _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, iperms, nj, meta, clamp,
                          u, xs, pre, t1, t2, mu, al)
 
 
 @nb.njit(parallel=True, **_JIT)
-def maf_sample_par(z, temperature, out, w, offs, perms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
+def maf_sample_par(z, temperature, out, w, offs, iperms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
     B = z.shape[0]
     for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
         r0 = t * TILE
-        _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, perms, nj, meta, clamp,
+        _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, iperms, nj, meta, clamp,
                          u[i], xs[i], pre[i], t1[i], t2[i], mu[i], al[i])
