@@ -461,14 +461,6 @@ class Registry:
 
         return self._memo(("roofline",), build)
 
-    def flops(self, c: Case) -> int:
-        """Dense FLOPs of this call (peers: the same MAF's count, they compute the same layers)."""
-        from .roofline import model_flops
-
-        arch = "maf" if c.backend in PEERS else c.arch
-        return self._memo(("flops", arch, c.role, c.dim, c.batch, c.direction),
-                          lambda: model_flops(self.flow_cpu(arch, c.role, c.dim), c.batch, c.direction))
-
     def useful_flops(self, c: Case) -> int:
         """FLOPs of this call without a MADE's masked multiply-adds (``bench.roofline.useful_flops``)."""
         from .roofline import useful_flops
