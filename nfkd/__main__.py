@@ -9,7 +9,9 @@ COMMANDS = {
     "info": ("nfkd.cli_info", "print a checkpoint's architecture, sizes, parameters and metadata"),
     "data": ("nfkd.data.cli", "list datasets or check one (dims, splits, statistics)"),
     "train": ("nfkd.cli_train", "train a teacher or a plain student"),
-    "distill": ("nfkd.cli_train", "train a student from a teacher (none|lkd|ilkd|skd|...; --arch iaf: rkl|skd|rkl+skd)"),
+    "distill": ("nfkd.cli_distill", "train a student from a teacher (none|lkd|ilkd|skd|...; --arch iaf: a one-pass "
+                                    "sampler; --data-free: teacher samples only)"),
+    "convert": ("nfkd.cli_distill", "a teacher-sized one-pass sampler of a MAF teacher: convert teacher.pt --to iaf"),
     "evaluate": ("nfkd.cli_evaluate", "test log-likelihood / bpd of a checkpoint as JSON"),
     "experiment": ("nfkd.experiment", "teacher vs students table (paper Table 1 layout)"),
     "demo": ("nfkd.demo", "the main job on an embedded dataset: train, distill, export, benchmark, report"),

@@ -23,7 +23,8 @@ _MIN_INT = {"steps": 1, "batch_size": 1, "warmup": 0, "eval_every": 1, "patience
             "snapshot_every": 1, "eval_batch": 1, "max_bad_steps": 0}
 #: TrainConfig float fields: (smallest, largest, smallest allowed?)
 _FLOAT_RANGE = {"lr": (0.0, math.inf, False), "weight_decay": (0.0, math.inf, True),
-                "clip_grad": (0.0, math.inf, False), "min_lr_ratio": (0.0, 1.0, True)}
+                "clip_grad": (0.0, math.inf, False), "min_lr_ratio": (0.0, 1.0, True),
+                "select_trim": (0.0, 0.49, True)}
 SEED_MAX = 2**32 - 1  # numpy's RandomState (the seeded splits) takes 0 .. 2**32 - 1
 
 

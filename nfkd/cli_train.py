@@ -15,11 +15,12 @@ from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
 from .presets import PRESETS, resolve
 from .train import TrainConfig, train_flow
 
-__all__ = ["check_student_arch", "main_train", "main_distill"]
+__all__ = ["IAF_METHODS", "check_student_arch", "main_train", "main_distill"]
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="dataset name (python -m nfkd data list)")
+def _common(parser: argparse.ArgumentParser, data_required: bool = True) -> None:
+    parser.add_argument("--data", required=data_required, default=None,
+                        help="dataset name (python -m nfkd data list)")
     parser.add_argument("--data-root", default=None, help="folder with the dataset files (or NFKD_DATA_ROOT)")
     parser.add_argument("--preset", default=None, choices=sorted(PRESETS), help="architecture preset")
     parser.add_argument("--steps", type=int, default=2000)
@@ -53,16 +54,19 @@ def _overrides(args, arch: str) -> dict:
     return {key: args.steps_arch, "hidden": args.hidden}
 
 
+#: What an IAF student trains with: maximum likelihood (with teacher samples: fkl), or the parallel methods.
+IAF_METHODS = ("none", "fkl", "rkl", "skd", "rkl+skd")
+
+
 def check_student_arch(arch: str, teacher_arch: str, method: str) -> None:
     """Which student architectures a teacher can be distilled into, with which methods (one clear error)."""
-    from .distill import PARALLEL_METHODS
-
     if arch == "iaf":
         if teacher_arch != "maf":
             raise InputError(f"an iaf student is distilled from a maf teacher; this teacher is {teacher_arch}")
-        if method not in PARALLEL_METHODS:
-            raise InputError(f"--arch iaf trains with --method {'|'.join(PARALLEL_METHODS)}, not {method!r} "
-                             "(the other methods need the student's density direction: D passes per block)")
+        if method not in IAF_METHODS:
+            raise InputError(f"--arch iaf trains with --method {'|'.join(IAF_METHODS)}, not {method!r} "
+                             "(default: maximum likelihood with the teacher-sample share rule; rkl/skd are "
+                             "fine-tunes)")
     elif arch != teacher_arch:
         raise InputError(f"a {teacher_arch} teacher distils into a {teacher_arch} student (or --arch iaf from "
                          f"a maf teacher), not {arch}")
@@ -105,57 +109,7 @@ def main_train(argv: list[str]) -> int:
 
 
 def main_distill(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nfkd distill", description="Train a student from a teacher.")
-    _common(parser)
-    parser.add_argument("--teacher", required=True, help="teacher checkpoint (.pt)")
-    parser.add_argument("--arch", default=None, choices=["glow", "glow1d", "maf", "iaf"],
-                        help="student architecture (default: the teacher's); iaf: parallel sampling, distilled "
-                             "from a MAF teacher with --method rkl|skd|rkl+skd")
-    parser.add_argument("--method", default=None, choices=METHODS,
-                        help="default: skd (rkl for --arch iaf); rkl = reverse KL (probability density "
-                             "distillation), rkl+skd adds SKD with shared noise")
-    parser.add_argument("--lambda-nll", type=float, default=None, help="λ0 (default: the paper's for the method)")
-    parser.add_argument("--lambda-kd", type=float, default=None,
-                        help="λ1, weight of the (I)LKD, density, fkl or reverse-KL term")
-    parser.add_argument("--lambda-skd", type=float, default=None, help="λ2, weight of SKD")
-    parser.add_argument("--distance", default="l1", choices=["l1", "mse"], help="(I)LKD distance")
-    parser.add_argument("--sample-distance", default="l1", choices=["l1", "mse"])
-    parser.add_argument("--temperature", type=float, default=1.0, help="SKD noise / teacher-sample temperature")
-    parser.add_argument("--kd-scale", default=KDConfig.kd_scale, choices=list(KD_SCALES),
-                        help="paper: (I)LKD/SKD divided by D against the per-dim NLL (the paper code's ratio); "
-                             "mean: as dimension means (D times stronger)")
-    parser.add_argument("--align", action="store_true",
-                        help="Procrustes-align student latents to the teacher's inside (I)LKD/SKD")
-    parser.add_argument("--align-every", type=int, default=KDConfig.align_every, help="steps between alignment fits")
-    parser.add_argument("--init-from-teacher", action="store_true",
-                        help="start the student from the paired teacher blocks (ActNorm, mixing, permutations, "
-                             "coupling nets of equal width)")
-    parser.add_argument("--teacher-pool", type=int, default=0,
-                        help="density/fkl (and SKD of an iaf student): draw teacher samples from a pool of this "
-                             "size, drawn once (0: fresh every step)")
-    args = parser.parse_args(argv)
-    check_cli_run(_train_config(args), args.out, args.threads, {"steps_arch": args.steps_arch, "hidden": args.hidden})
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    _maybe_init_distributed()
-    teacher = load(args.teacher, map_location=args.device)
-    data = get_data(args.data, args.data_root, seed=args.seed)
-    check_teacher(teacher, data)
-    torch.manual_seed(args.seed)
-    arch = args.arch or teacher.arch
-    args.method = args.method or ("rkl" if arch == "iaf" else "skd")
-    check_student_arch(arch, teacher.arch, args.method)
-    flow = flow_for(data, resolve(arch, "student", args.preset, _overrides(args, arch)))
-    weights = None
-    if any(v is not None for v in (args.lambda_nll, args.lambda_kd, args.lambda_skd)):
-        base = default_weights(args.method, arch)
-        weights = tuple(v if v is not None else b for v, b in zip((args.lambda_nll, args.lambda_kd, args.lambda_skd), base))
-    kd = KDConfig(method=args.method, weights=weights, latent_distance=args.distance,
-                  sample_distance=args.sample_distance, temperature=args.temperature, kd_scale=args.kd_scale,
-                  align=args.align, align_every=args.align_every, init_from_teacher=args.init_from_teacher,
-                  teacher_pool=args.teacher_pool, seed=args.seed)
-    meta = {**data_metadata(data), "role": "student", "teacher": os.path.abspath(args.teacher), "preset": args.preset}
-    result = train_flow(flow, train_data(data), _train_config(args), args.out, teacher=teacher if kd.needs_teacher else None,
-                        kd=kd, metadata=meta, resume=args.resume)
-    _report(result, result.flow, data, args)
-    return 0
+    """Kept for old imports: ``distill`` lives in ``nfkd.cli_distill``."""
+    from .cli_distill import main_distill as run
+
+    return run(argv)

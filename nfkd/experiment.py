@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .data.splits import TabularSplits
+from .distill.datafree import default_sample_counts, student_like_teacher, teacher_sample_data
 from .distill.variants import PAPER_VARIANTS, VARIANTS, describe_variants, get_variant
 from .errors import InputError
 from .metrics.tabular import sample_quality
@@ -82,27 +83,56 @@ def train_family(data: Any, arch: str, teacher_cfg: TrainConfig, student_cfg: Tr
         log(f"base: {_describe(results['base'])} ({b_res.seconds:.0f} s)")
         cfg = replace(student_cfg, steps=student_cfg.steps if warm_steps is None else warm_steps)
     students = {}
+    samples_cache: dict[str, Any] = {}
     for method in methods or PAPER_VARIANTS:
-        variant = get_variant(method)
-        kd = variant.config(seed=seed)
-        torch.manual_seed(seed)
-        student_arch = variant.student_arch or arch
-        student = flow_for(data, resolve(student_arch, "student", student_preset(preset, student_arch)))
-        if base_state is not None:
-            student.load_state_dict(base_state)
-            kd = replace(kd, init_from_teacher=False)  # the warm start is the initialisation
-            if cfg.steps == 0:  # no extra steps: every student is the base student (nothing to train)
-                students[method] = student.eval()
-                results[method] = {**evaluate(student, data), "seconds": 0.0, "skd_excluded": 0, **quality(student)}
-                continue
-        res = train_flow(student, td, cfg, runs_dir / method.replace(":", "_"),
-                         teacher=teacher if kd.needs_teacher else None, kd=kd,
-                         metadata={**meta, "role": "student", "method": method, "protocol": protocol})
-        students[method] = res.flow
-        results[method] = {**evaluate(res.flow, data), "seconds": res.seconds, "skd_excluded": res.skd_excluded,
-                           **quality(res.flow)}
-        log(f"{method}: {_describe(results[method])} ({res.seconds:.0f} s)")
+        try:
+            flow, res = _train_variant(method, data, arch, teacher, td, cfg, runs_dir, seed, preset, meta, protocol,
+                                       base_state, samples_cache)
+        except Exception as exc:  # noqa: BLE001 - a failed method is a row marked failed; the others go on
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            results[method] = {"failed": reason}
+            log(f"{method}: FAILED ({reason})")
+            continue
+        students[method] = flow
+        results[method] = {**evaluate(flow, data), "seconds": res.seconds if res else 0.0,
+                           "skd_excluded": res.skd_excluded if res else 0, **quality(flow),
+                           **({"best_step": res.best_step} if res else {})}
+        log(f"{method}: {_describe(results[method])} ({results[method]['seconds']:.0f} s)")
     return TrainResult(teacher, math.nan, -1, 0, t_seconds), students, results
+
+
+def _train_variant(method: str, data: Any, arch: str, teacher: Any, td: Any, cfg: TrainConfig, runs_dir: Path,
+                   seed: int, preset: str | None, meta: dict[str, Any], protocol: str, base_state: Any,
+                   samples_cache: dict[str, Any]):
+    """One student of one method: (its flow, its TrainResult or None when it needed no training)."""
+    variant = get_variant(method)
+    student_arch = variant.student_arch or arch
+    if variant.size == "teacher":
+        from .cli_distill import teacher_sized_config
+
+        config = teacher_sized_config(teacher, student_arch)
+    else:
+        config = resolve(student_arch, "student", student_preset(preset, student_arch))
+    torch.manual_seed(seed)
+    run_meta = {**meta, "role": "student", "method": method, "protocol": protocol}
+    if variant.data_free:  # train and select on teacher samples; the data's test split only reports
+        if "samples" not in samples_cache:
+            samples_cache["samples"] = teacher_sample_data(teacher, *default_sample_counts(teacher, cfg.steps,
+                                                                                         cfg.batch_size), seed=seed)
+        samples = samples_cache["samples"]
+        student, v_td = student_like_teacher(teacher, config), samples.data
+        run_meta.update(samples.metadata())
+    else:
+        student, v_td = flow_for(data, config), td
+    kd = variant.config(n_train=len(v_td.train), seed=seed)
+    if base_state is not None and not variant.fresh_only:
+        student.load_state_dict(base_state)
+        kd = replace(kd, init_from_teacher=False)  # the warm start is the initialisation
+        if cfg.steps == 0:  # no extra steps: every student is the base student (nothing to train)
+            return student.eval(), None
+    res = train_flow(student, v_td, cfg, runs_dir / method.replace(":", "_"),
+                     teacher=teacher if kd.needs_teacher else None, kd=kd, metadata=run_meta)
+    return res.flow, res
 
 
 def _quality_fn(teacher: Any, data: Any, seed: int):
@@ -118,9 +148,10 @@ def check_methods(arch: str, methods: list[str], protocol: str = "equal-budget")
         v = get_variant(m)
         if not v.applies_to(arch):
             raise InputError(f"method {m!r} trains an {v.student_arch} student, which needs a maf teacher (--arch maf)")
-        if v.student_arch is not None and protocol == "warm-start":
-            raise InputError(f"method {m!r} trains an {v.student_arch} student, which cannot continue the "
-                             f"{arch} base student: use --protocol equal-budget")
+        if v.fresh_only and protocol == "warm-start":
+            what = f"an {v.student_arch} student" if v.student_arch else "a fresh student (data-free or teacher-sized)"
+            raise InputError(f"method {m!r} trains {what}, which cannot continue the {arch} base student: use "
+                             f"--protocol equal-budget")
 
 
 def _describe(r: dict[str, Any]) -> str:
@@ -161,55 +192,100 @@ def _score(run: dict[str, Any]) -> float:
     return run["bpd"] if "bpd" in run else run["log_likelihood"]
 
 
-def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
+def _ok(run: dict[str, Any]) -> bool:
+    return "failed" not in run
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per model: mean, std and median over the seeds that ran; failed seeds counted with their reasons."""
+    out: dict[str, dict[str, Any]] = {}
     for name, rs in runs.items():
-        scores = [_score(r) for r in rs]
-        out[name] = {
+        ok = [r for r in rs if _ok(r)]
+        failed = [r["failed"] for r in rs if not _ok(r)]
+        row: dict[str, Any] = {"n": len(ok), "failed": len(failed), "failures": failed}
+        out[name] = row
+        if not ok:
+            continue
+        scores = [_score(r) for r in ok]
+        row.update({
             "mean": statistics.fmean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-            "params": rs[0]["params"], "seconds": statistics.fmean(r["seconds"] for r in rs), "n": len(scores),
-        }
+            "params": ok[0]["params"], "seconds": statistics.fmean(r["seconds"] for r in ok),
+            "nonfinite_rows": sum(int(r.get("nonfinite", 0)) for r in ok),
+        })
+        medians = [r["median_log_likelihood"] for r in ok if "median_log_likelihood" in r and "bpd" not in r]
+        if len(medians) == len(ok):
+            row["median"] = statistics.fmean(medians)
         for key in QUALITY_KEYS:
-            vals = [r[key] for r in rs if key in r]
-            if len(vals) == len(rs):
-                out[name][key] = statistics.fmean(vals)
-                out[name][key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    if "teacher" in out and "none" in out:
-        gap = out["teacher"]["mean"] - out["none"]["mean"]
-        base = [_score(r) for r in runs["none"]]
-        sign = -1.0 if "bpd" in runs["none"][0] else 1.0  # bpd: lower is better
-        for name in out:
-            out[name]["gap_closed"] = (out[name]["mean"] - out["none"]["mean"]) / gap if gap else float("nan")
-            # Paired by seed: each seed's teacher and students share one data split, so the
-            # difference removes the split-to-split variance that dominates the plain std.
-            deltas = [_score(r) - b for r, b in zip(runs[name], base)]
-            out[name]["delta_vs_none"] = statistics.fmean(deltas)
-            out[name]["delta_std"] = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
-            out[name]["seeds_better_than_none"] = sum(sign * d > 0 for d in deltas)
+            vals = [r[key] for r in ok if key in r]
+            if len(vals) == len(ok):
+                row[key] = statistics.fmean(vals)
+                row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    if out.get("teacher", {}).get("n") and out.get("none", {}).get("n"):
+        _paired(runs, out, "none", "")
+        if out.get("base", {}).get("n"):
+            _paired(runs, out, "base", "_base")  # the official protocol: KD continues, the baseline does not
     return out
+
+
+def _paired(runs: dict[str, list[dict[str, Any]]], out: dict[str, dict[str, Any]], ref: str, suffix: str) -> None:
+    """Differences against ``ref``, paired by seed (each seed's models share one split), and the gap closed."""
+    gap = out["teacher"]["mean"] - out[ref]["mean"]
+    sign = -1.0 if "bpd" in next(r for r in runs[ref] if _ok(r)) else 1.0  # bpd: lower is better
+    for name, row in out.items():
+        if not row.get("n"):
+            continue
+        pairs = [(_score(r), _score(b)) for r, b in zip(runs[name], runs[ref]) if _ok(r) and _ok(b)]
+        if not pairs:
+            continue
+        deltas = [a - b for a, b in pairs]
+        row["gap_closed" + suffix] = (row["mean"] - out[ref]["mean"]) / gap if gap else float("nan")
+        row["delta_vs_" + ref] = statistics.fmean(deltas)
+        row["delta_std" + suffix] = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
+        row["seeds_better_than_" + ref] = sum(sign * d > 0 for d in deltas)
+        row["paired_n" + suffix] = len(deltas)
+
+
+def _fmt_ll(v: float) -> str:
+    return f"{v:.3f}" if math.isfinite(v) and abs(v) < 1e6 else f"{v:.2g}"
 
 
 def markdown_table(result: dict[str, Any]) -> str:
     s = result["summary"]
-    image = any("bpd" in r for r in result["runs"]["teacher"])
+    image = any("bpd" in r for r in result["runs"]["teacher"] if _ok(r))
     metric = "test bpd (lower is better)" if image else "test log-likelihood, nats (higher is better)"
+    warm = "base" in s and "delta_vs_base" in s.get("none", {})
     lines = [
         f"### {result['dataset']} — {result['arch']}{' ' + result['preset'] if result.get('preset') else ''}, "
         f"{result.get('protocol', 'equal-budget')} ({result['seeds']} seeds, mean ± std)",
         "",
-        f"| model | params | {metric} | Δ vs no-KD (paired) | better than no-KD | gap closed | train s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| model | params | {metric} | median | non-finite rows | Δ vs no-KD (paired) | better than no-KD | gap closed "
+        f"|{' Δ vs before the extra steps (official protocol) | share of that Δ left vs no-KD continued |' if warm else ''}"
+        " train s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if warm else "") + "---:|",
     ]
     for name in [r for r in ROWS if r in s]:
         row = s[name]
+        key = f" (`{name}`)" if name in VARIANTS else ""
+        if not row.get("n"):
+            reason = "; ".join(dict.fromkeys(row.get("failures", [])))
+            lines.append(f"| {LABELS[name]}{key} | | **failed** ({row['failed']}/{row['failed']} seeds): {reason} | | | | | |"
+                         + (" | |" if warm else "") + " |")
+            continue
         paired = name != "none" and "delta_vs_none" in row  # absent when the run had no no-KD students
         student_kd = paired and name != "teacher"
         gap = f"{100 * row['gap_closed']:.0f} %" if student_kd else ""
         delta = f"{row['delta_vs_none']:+.3f} ± {row['delta_std']:.3f}" if paired else ""
-        wins = f"{row['seeds_better_than_none']}/{row['n']}" if paired else ""
-        key = f" (`{name}`)" if name in VARIANTS else ""
-        lines.append(f"| {LABELS[name]}{key} | {row['params'] / 1000:.1f}k | {row['mean']:.3f} ± {row['std']:.3f} | {delta} | "
-                     f"{wins} | {gap} | {row['seconds']:.0f} |")
+        wins = f"{row['seeds_better_than_none']}/{row['paired_n']}" if paired else ""
+        fails = f" ({row['failed']} seed(s) failed: {'; '.join(dict.fromkeys(row['failures']))})" if row["failed"] else ""
+        median = _fmt_ll(row["median"]) if "median" in row else ""
+        cells = (f"| {LABELS[name]}{key} | {row['params'] / 1000:.1f}k | {_fmt_ll(row['mean'])} ± {_fmt_ll(row['std'])}"
+                 f"{fails} | {median} | {row['nonfinite_rows']} | {delta} | {wins} | {gap} |")
+        if warm:
+            asym = name not in ("teacher", "base") and "delta_vs_base" in row
+            kd_row = asym and name != "none" and "delta_vs_none" in row and row["delta_vs_base"]
+            left = f"{100 * row['delta_vs_none'] / row['delta_vs_base']:.0f} %" if kd_row else ""
+            cells += (f" {row['delta_vs_base']:+.3f} ± {row['delta_std_base']:.3f} | {left} |" if asym else " | |")
+        lines.append(cells + f" {row['seconds']:.0f} |")
     names = [r for r in ROWS if r in s and all(k in s[r] for k in QUALITY_KEYS)]
     if names:
         lines += ["", "Samples, scored without the model's own density (2000 samples per model; energy distance "
@@ -218,8 +294,8 @@ def markdown_table(result: dict[str, Any]) -> str:
                   "|---|---:|---:|"]
         for name in names:
             row = s[name]
-            lines.append(f"| {LABELS[name]} | {row['teacher_ll_of_samples_median']:.3f} ± "
-                         f"{row['teacher_ll_of_samples_median_std']:.3f} "
+            lines.append(f"| {LABELS[name]} | {_fmt_ll(row['teacher_ll_of_samples_median'])} ± "
+                         f"{_fmt_ll(row['teacher_ll_of_samples_median_std'])} "
                          f"| {row['energy_distance']:.4f} ± {row['energy_distance_std']:.4f} |")
     return "\n".join(lines) + "\n"
 

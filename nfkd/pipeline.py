@@ -80,6 +80,7 @@ def evaluate(flow: Flow, data: Dataset, split: str = "test", batch: int = 4096, 
     out: dict[str, Any] = {
         "dataset": data.name, "split": split, "n": n, "arch": flow.arch, "params": flow.num_parameters(),
         "log_likelihood": float(lp.mean()), "ll_2se": float(2 * lp.std() / math.sqrt(n)) if n > 1 else 0.0,
+        "median_log_likelihood": float(lp.nan_to_num(nan=-math.inf).median()) if n else math.nan,
         "nonfinite": int((~torch.isfinite(lp)).sum()),
     }
     if isinstance(data, ImageSplits):

@@ -1,7 +1,10 @@
 """One training loop for teachers and students (plain or distilled).
 
 - AdamW, linear warmup then cosine decay, gradient clipping;
-- model selection by validation NLL (never by a loss that includes KD terms), early stopping;
+- model selection by validation NLL (never by a loss that includes KD terms), early stopping; the
+  criterion is the *trimmed* validation NLL (the worst ``select_trim`` share of rows left out, a
+  non-finite row counting as the worst), so a few exploding rows cannot make selection keep a
+  near-identity step; the plain mean, the median and the non-finite count are logged beside it;
 - a tqdm bar with NLL and each KD term, metrics as JSONL, a loss-curve PNG;
 - atomic training-state files every N steps and ``resume=True`` (a killed run continues where it
   stopped, bit for bit: the batch, dequantization and SKD noise come from saved generators);
@@ -33,8 +36,8 @@ from .errors import InputError
 from .flows import Flow, initialize_actnorm
 from .train_state import load_into, prepare_metrics, read_train_state, run_fingerprint
 
-__all__ = ["TrainConfig", "TrainData", "TrainResult", "lr_factor", "mean_nll", "Trainer", "plot_curves",
-    "train_flow"]
+__all__ = ["TrainConfig", "TrainData", "TrainResult", "ValidationNLL", "lr_factor", "mean_nll", "validation_nll",
+    "Trainer", "plot_curves", "train_flow"]
 
 
 @dataclass
@@ -55,6 +58,7 @@ class TrainConfig:
     progress: bool = True
     eval_batch: int = 4096
     max_bad_steps: int = 20
+    select_trim: float = 0.01  # share of the worst validation rows left out of the selection criterion
 
 
 @dataclass
@@ -87,6 +91,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped_steps: int = 0
     skd_excluded: int = 0
+    best_val_trimmed: float = math.nan  # the selection criterion at the kept step (trimmed validation NLL)
+    best_val_nonfinite: int = 0  # non-finite validation rows at the kept step
 
 
 def _rank_world() -> tuple[int, int]:
@@ -102,18 +108,56 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class ValidationNLL:
+    """Validation NLL in nats per sample: the plain mean, the trimmed mean that selection uses, the median."""
+
+    mean: float
+    trimmed: float
+    median: float
+    nonfinite: int
+    n: int
+
+    def row(self) -> dict[str, float]:
+        return {"val_nll": self.mean, "val_nll_trimmed": self.trimmed, "val_nll_median": self.median,
+                "val_nonfinite": self.nonfinite}
+
+
+def trimmed_nll(nll: Tensor, trim: float) -> float:
+    """Mean NLL after leaving out the worst ``ceil(trim * n)`` rows (non-finite rows count as the worst).
+
+    One-sided: only the rows the model explains worst are dropped, which is where a collapsing
+    flow's few astronomically bad rows sit. More non-finite rows than the trim leaves out: +inf.
+    """
+    if not 0.0 <= trim < 0.5:
+        raise ValueError(f"select_trim must be in [0, 0.5), got {trim}")
+    v = torch.where(torch.isfinite(nll), nll, torch.full_like(nll, math.inf))
+    k = math.ceil(trim * len(v))
+    kept = torch.sort(v).values[: len(v) - k] if k else v
+    return float(kept.mean()) if len(kept) else math.inf
+
+
 @torch.no_grad()
-def mean_nll(flow: Flow, data: Tensor, td: TrainData, batch: int = 4096, device: str = "cpu") -> float:
-    """Validation NLL in nats per sample (images: at the bin centres, deterministic)."""
+def validation_nll(flow: Flow, data: Tensor, td: TrainData, batch: int = 4096, device: str = "cpu",
+                   trim: float = 0.01) -> ValidationNLL:
+    """Per-row validation NLL summarised (images: at the bin centres, deterministic)."""
     was = flow.training
     flow.eval()
-    total, n = 0.0, 0
+    parts = []
     for i in range(0, len(data), batch):
         x = td.to_model(data[i : i + batch], None).to(device)
-        total += float(-flow.log_prob_unchecked(x).double().sum())
-        n += len(x)
+        parts.append(-flow.log_prob_unchecked(x).double().cpu())
     flow.train(was)
-    return total / max(1, n)
+    nll = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+    finite = torch.isfinite(nll)
+    mean = float(nll.mean()) if bool(finite.all()) else math.inf
+    median = float(torch.where(finite, nll, torch.full_like(nll, math.inf)).median()) if len(nll) else math.inf
+    return ValidationNLL(mean, trimmed_nll(nll, trim), median, int((~finite).sum()), len(nll))
+
+
+def mean_nll(flow: Flow, data: Tensor, td: TrainData, batch: int = 4096, device: str = "cpu") -> float:
+    """Validation NLL in nats per sample, the plain mean (+inf when a row is not finite)."""
+    return validation_nll(flow, data, td, batch, device, trim=0.0).mean
 
 
 def _state_bytes(obj: Any) -> bytes:
@@ -334,32 +378,42 @@ class Trainer:
         if self.best_state is not None:
             self.flow.load_state_dict(self.best_state)
         self.flow.eval()
-        result = TrainResult(self.flow, self.best_val, self.best_step, self.step, time.time() - t0,
-                             self.history, self.skipped, self.skd_excluded)
+        kept = self._kept_row()
+        result = TrainResult(self.flow, float(kept.get("val_nll", self.best_val)), self.best_step, self.step,
+                             time.time() - t0, self.history, self.skipped, self.skd_excluded, self.best_val,
+                             int(kept.get("val_nonfinite", 0)))
         if self.rank == 0:
             self._finish(result)
         return result
 
     def _evaluate(self, lr: float, running: dict[str, float], metrics) -> bool:
-        val = mean_nll(self.flow, self.data.val, self.data, self.cfg.eval_batch, self.cfg.device)
+        val = validation_nll(self.flow, self.data.val, self.data, self.cfg.eval_batch, self.cfg.device,
+                             self.cfg.select_trim)
         self.flow.train()
-        improved = val < self.best_val
+        improved = val.trimmed < self.best_val
         if improved:
-            self.best_val, self.best_step = val, self.step
+            self.best_val, self.best_step = val.trimmed, self.step
             self.best_state = copy.deepcopy(self.flow.state_dict())
             self.evals_without_improvement = 0
         else:
             self.evals_without_improvement += 1
-        row = {"step": self.step, "lr": lr, "val_nll": val, **{f"train_{k}": v for k, v in running.items()}}
+        row = {"step": self.step, "lr": lr, **val.row(), **{f"train_{k}": v for k, v in running.items()}}
         self.history.append(row)
         if metrics:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
         return self.evals_without_improvement >= self.cfg.patience
 
+    def _kept_row(self) -> dict[str, Any]:
+        """The validation row of the kept step (its plain mean NLL is what ``best_val_nll`` reports)."""
+        rows = [h for h in self.history if h.get("step") == self.best_step and "val_nll" in h]
+        return rows[-1] if rows else {}
+
     def _finish(self, result: TrainResult) -> None:
         summary = {
-            "best_val_nll": result.best_val_nll, "best_step": result.best_step, "steps": result.steps_done,
+            "best_val_nll": result.best_val_nll, "best_val_nll_trimmed": result.best_val_trimmed,
+            "best_val_nonfinite": result.best_val_nonfinite, "selection": f"trimmed validation NLL "
+            f"(worst {self.cfg.select_trim:.0%} of rows left out)", "best_step": result.best_step, "steps": result.steps_done,
             "seconds": round(result.seconds, 2), "skipped_nonfinite_steps": result.skipped_steps,
             "skd_excluded_samples": result.skd_excluded, "method": self.kd.method if self.teacher else "none",
             "train_config": asdict(self.cfg), "kd": {k: v for k, v in asdict(self.kd).items()},
@@ -380,6 +434,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, [h["val_nll"] for h in history], label="validation NLL (nats)")
+    if "val_nll_trimmed" in history[0]:
+        ax.plot(steps, [h.get("val_nll_trimmed", np.nan) for h in history], ":", label="trimmed (selection)")
     if "train_nll" in history[0]:
         dim_hint = history[0].get("dim", None)
         ax2 = ax.twinx()

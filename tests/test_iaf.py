@@ -231,7 +231,8 @@ def test_trainer_reduces_reverse_kl_and_selects_by_validation_nll(tmp_path):
     assert after < 0.5 * before, (before, after)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {"val_nll", "train_rkl", "train_skd"} <= set(rows[-1])
-    assert result.best_val_nll == min(r["val_nll"] for r in rows)  # selection on validation log-likelihood
+    kept = min(rows, key=lambda r: r["val_nll_trimmed"])  # selection on the trimmed validation NLL
+    assert result.best_step == kept["step"] and result.best_val_nll == kept["val_nll"]
     assert nfkd.load(tmp_path / "model.pt").arch == "iaf"
 
 
@@ -251,7 +252,7 @@ def test_cli_distill_arch_iaf(tmp_path, capsys):
     capsys.readouterr()
     assert main(["distill", *common, "--teacher", teacher, "--arch", "iaf", "--method", "ilkd",
                  "--out", str(tmp_path / "bad")]) == 2
-    assert "--arch iaf trains with --method rkl|skd|rkl+skd" in capsys.readouterr().err
+    assert "--arch iaf trains with --method none|fkl|rkl|skd|rkl+skd" in capsys.readouterr().err
     assert main(["distill", *common, "--teacher", teacher, "--method", "rkl", "--out", str(tmp_path / "bad2")]) == 2
     assert "--arch iaf" in capsys.readouterr().err
 
@@ -282,7 +283,7 @@ def test_experiment_has_an_iaf_student_row_and_sample_quality(tmp_path):
     for name in ("teacher", "none", "iaf"):
         assert {"teacher_ll_of_samples", "teacher_ll_of_samples_median", "energy_distance"} <= set(res["runs"][name][0])
     table = markdown_table(res)
-    assert "| IAF student (distilled) (`iaf`) |" in table and "teacher log-density of its samples" in table
+    assert "| IAF student (recipe) (`iaf`) |" in table and "teacher log-density of its samples" in table
     with pytest.raises(InputError, match="needs a maf teacher"):
         check_methods("glow1d", ["iaf"])
     with pytest.raises(InputError, match="equal-budget"):

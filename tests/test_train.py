@@ -105,7 +105,9 @@ def test_nan_guard_skips_step_lowers_lr_and_restores(tmp_path):
 
 def test_model_selection_uses_validation_nll_and_saves_best(tmp_path):
     result = Trainer(_student(), _data(), _cfg(steps=30), tmp_path).run()
-    best = min(h["val_nll"] for h in result.history)
+    kept = min(result.history, key=lambda h: h["val_nll_trimmed"])
+    assert result.best_step == kept["step"] and result.best_val_trimmed == kept["val_nll_trimmed"]
+    best = kept["val_nll"]
     assert result.best_val_nll == best
     loaded = nfkd.load_checkpoint(tmp_path / "model.pt")
     assert loaded.metadata["training"]["best_val_nll"] == best
@@ -157,3 +159,24 @@ def test_cli_train_distill_evaluate(tmp_path):
     assert res["params"] < nfkd.load(tmp_path / "t" / "model.pt").num_parameters()
     meta = nfkd.load_checkpoint(tmp_path / "s" / "model.pt").metadata
     assert meta["training"]["kd"]["method"] == "ilkd" and meta["training"]["kd"]["latent_distance"] == "mse"
+
+
+def test_trimmed_nll_drops_only_the_worst_rows_and_counts_nonfinite_as_worst():
+    from nfkd.train import trimmed_nll
+
+    nll = torch.tensor([1.0, 2.0, 3.0, 1e30, float("nan")], dtype=torch.float64)
+    assert trimmed_nll(nll, 0.4) == pytest.approx(2.0)  # ceil(0.4*5) = 2 worst rows out: nan and 1e30
+    assert trimmed_nll(nll, 0.2) == pytest.approx((1 + 2 + 3 + 1e30) / 4)  # only the nan row out
+    assert trimmed_nll(torch.tensor([1.0, float("inf"), float("nan")]), 0.2) == float("inf")  # 2 bad > 1 trimmed
+    assert trimmed_nll(torch.tensor([4.0, 2.0]), 0.0) == pytest.approx(3.0)
+
+
+def test_selection_ignores_a_few_exploding_validation_rows(tmp_path):
+    """A run whose validation set holds one absurd row keeps the step the other rows prefer."""
+    data = _data()
+    bad = data.val.clone()
+    bad[0] = 1e3  # one row far outside: its NLL dominates the plain mean at every step
+    result = Trainer(_student(), TrainData(data.train, bad), _cfg(steps=40), tmp_path).run()
+    rows = [h for h in result.history if "val_nll_trimmed" in h]
+    assert result.best_step == min(rows, key=lambda h: h["val_nll_trimmed"])["step"]
+    assert all(h["val_nll_median"] <= h["val_nll"] for h in rows)  # the one row pulls the mean up

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import InputError
 from .objective import KDConfig
+from .recipe import share_config
 
 __all__ = ["Variant", "demo_recipe", "get_variant", "describe_variants"]
 
@@ -22,12 +23,26 @@ class Variant:
     kd: dict[str, Any] = field(default_factory=dict)
     about: str = ""
     student_arch: str | None = None  # None: the teacher's architecture; "iaf": a parallel-sampling student
+    teacher_share: str | float | None = None  # "rule": maximum likelihood + teacher samples by ``recipe``'s rule
+    data_free: bool = False  # train and select on the teacher's samples only (``datafree``)
+    size: str = "student"  # "teacher": a student of the teacher's size (``convert``)
 
     def applies_to(self, arch: str) -> bool:
         """Whether a teacher of this architecture can be distilled with this recipe."""
         return self.student_arch is None or (self.student_arch == "iaf" and arch == "maf")
 
-    def config(self, **overrides: Any) -> KDConfig:
+    @property
+    def fresh_only(self) -> bool:
+        """Whether the student cannot continue the teacher-architecture base student (warm start)."""
+        return self.student_arch is not None or self.data_free or self.size != "student"
+
+    def config(self, n_train: int | None = None, **overrides: Any) -> KDConfig:
+        """The KD config; share recipes resolve their teacher share from the training rows."""
+        if self.teacher_share is not None:
+            if n_train is None:
+                raise ValueError(f"variant {self.name!r} needs the number of training rows")
+            share = None if self.teacher_share == "rule" else float(self.teacher_share)
+            return share_config(n_train, share, seed=overrides.get("seed", 0))
         return replace(KDConfig(**self.kd), **overrides)
 
 
@@ -69,10 +84,28 @@ _ALL = [
             "no-KD student started from the paired teacher blocks"),
     Variant("fkl+init", "Forward KL + init", {"method": "fkl", "teacher_pool": 50_000, "init_from_teacher": True},
             "forward KL, started from the paired teacher blocks"),
-    Variant("iaf", "IAF student (distilled)", {"method": "rkl+skd", "teacher_pool": 4096},
-            "MAF teacher only: IAF student (one-pass sampling), reverse KL + SKD (4096 cached teacher samples)",
-            student_arch="iaf"),
-    Variant("iaf+nll", "IAF student (distilled + NLL)",
+    Variant("iaf", "IAF student (recipe)", {},
+            "MAF teacher only: IAF student (one-pass sampling) by maximum likelihood, on the data mixed with teacher "
+            "samples by the share rule (0.5 below 1000 training rows, else 0)", student_arch="iaf", teacher_share="rule"),
+    Variant("iaf:mle", "IAF student, maximum likelihood on data", {},
+            "MAF teacher only: IAF student by maximum likelihood on the data alone", student_arch="iaf",
+            teacher_share=0.0),
+    Variant("iaf:half", "IAF student, half teacher samples", {},
+            "MAF teacher only: IAF student by maximum likelihood, half of every batch teacher samples",
+            student_arch="iaf", teacher_share=0.5),
+    Variant("iaf:teacher-size", "IAF of the teacher's size (convert)", {},
+            "MAF teacher only: an IAF of the teacher's own size by the recipe (python -m nfkd convert --to iaf)",
+            student_arch="iaf", teacher_share="rule", size="teacher"),
+    Variant("data-free", "Data-free student", {"method": "none"},
+            "student of the teacher's architecture, maximum likelihood on teacher samples only (train and select)",
+            data_free=True),
+    Variant("iaf:data-free", "IAF student, data-free", {"method": "none"},
+            "MAF teacher only: IAF student by maximum likelihood on teacher samples only", student_arch="iaf",
+            data_free=True),
+    Variant("iaf:rkl+skd", "IAF student, reverse KL + SKD", {"method": "rkl+skd", "teacher_pool": 4096},
+            "MAF teacher only: IAF student, reverse KL + SKD (4096 cached teacher samples): the issue-17 recipe, "
+            "mode-seeking", student_arch="iaf"),
+    Variant("iaf+nll", "IAF student, reverse KL + SKD + NLL",
             {"method": "rkl+skd", "teacher_pool": 4096, "weights": (0.1, 1.0, 1.0)},
             "MAF teacher only: IAF student, reverse KL + SKD + 0.1 NLL on data (D passes per step: covers the "
             "data that reverse KL, which seeks modes, leaves out)", student_arch="iaf"),
