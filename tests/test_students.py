@@ -193,3 +193,22 @@ def test_warm_start_summary_restates_the_official_protocols_gain():
     table = markdown_table({"dataset": "x", "arch": "maf", "seeds": 2, "protocol": "warm-start", "runs": r,
                             "summary": s})
     assert "official protocol" in table and "| +1.100 ± 0.000 | 9 % |" in table  # 0.1 of the 1.1 is left
+
+
+def test_flowdensity_distills_a_one_pass_sampler_by_the_recipe():
+    from sklearn.datasets import load_wine
+
+    from nfkd.sklearn import FlowDensity
+
+    X = load_wine().data
+    teacher = FlowDensity(arch="maf", steps=30, random_state=0).fit(X)
+    iaf = teacher.distill(X, arch="iaf", steps=20)
+    assert iaf.flow_.arch == "iaf" and iaf.distilled_from_["teacher_arch"] == "maf"
+    assert "share 0.5" in iaf.distilled_from_["method"]  # 178 rows < 1000: half teacher samples
+    with torch.no_grad():  # scores are the IAF's own exact (D-pass) density, in X's units
+        want = iaf.flow_.double().log_prob(torch.as_tensor(X[:5], dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(iaf.score_samples(X[:5]), want, rtol=1e-6, atol=1e-6)
+    free = teacher.distill(None, arch="iaf", steps=10)
+    assert free.distilled_from_["data_free"] is True and "share 0" in free.distilled_from_["method"]
+    with pytest.raises(InputError, match="arch must be"):
+        teacher.distill(X, arch="glow")

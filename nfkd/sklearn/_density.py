@@ -204,31 +204,49 @@ class FlowDensity(DensityMixin, BaseEstimator):
 
     # --- distillation and export -------------------------------------------------------------
     def distill(self, X=None, *, method: str | None = None, student: dict | None = None, steps: int | None = None,
-                random_state=None):
+                random_state=None, arch: str | None = None):
         """A fitted student (same estimator class, ``role="student"``) distilled from this flow.
 
         X : the training table (the paper's setting); None trains on as many samples of this flow as
             it was fitted on (data-free distillation).
         method : an ``nfkd.distill`` variant (``python -m nfkd experiment --methods`` lists them);
-            None: the project's best measured one for the architecture (``BEST_BY_ARCH``).
+            None: the project's best measured one for the architecture (``BEST_BY_ARCH``); for an
+            ``arch="iaf"`` student, maximum likelihood with the teacher-sample share rule
+            (``nfkd.distill.recipe``: half teacher samples below 1000 rows, else the data alone).
         student : overrides of the preset's student config (e.g. ``{"hidden": 16}``).
         steps : training steps (default: this estimator's ``steps``).
+        arch : the student's architecture (default: this estimator's); ``"iaf"`` gives a one-pass sampler.
         """
+        from ..distill.recipe import describe_share, share_config
         from ..distill.variants import BEST_BY_ARCH, get_variant
 
         check_is_fitted(self)
-        name = method if method is not None else BEST_BY_ARCH.get(self.arch, ("none", ""))[0]
-        kd = get_variant(name).config()
+        student_arch = self.arch if arch is None else arch
+        if student_arch not in ("glow1d", "maf", "iaf"):
+            raise InputError(f"arch must be 'glow1d', 'maf', 'iaf' or None, got {arch!r}")
+        if student_arch != self.arch and student_arch != "iaf":
+            raise InputError(f"a {self.arch} flow distils into a {self.arch} or an iaf student, not {student_arch}")
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
             raise InputError(f"steps must be a positive integer or None, got {steps!r}")
         if student is not None and not isinstance(student, dict):
             raise InputError(f"student must be a dict of config overrides or None, got {type(student).__name__}")
         seed = _seed(self.random_state if random_state is None else random_state)
-        if X is None:
+        data_free = X is None
+        if data_free:
             X = self.sample(self.n_train_samples_, random_state=seed)
         else:
             X = self._validate(X, reset=False)
-        est = type(self)(**{**self.get_params(deep=False), "role": "student", "flow_config": student})
+        if method is None and student_arch == "iaf":
+            kd = share_config(len(X), 0.0 if data_free else None, seed=seed)  # data-free: the rows are samples
+            name = describe_share(len(X), 0.0 if data_free else None)
+        else:
+            name = method if method is not None else BEST_BY_ARCH.get(self.arch, ("none", ""))[0]
+            kd = get_variant(name).config(n_train=len(X), seed=seed)
+        from ..presets import student_preset
+
+        preset = self.preset if student_arch == self.arch else student_preset(self.preset, student_arch)
+        est = type(self)(**{**self.get_params(deep=False), "arch": student_arch, "preset": preset, "role": "student",
+                            "flow_config": student})
         est.n_features_in_ = self.n_features_in_
         if hasattr(self, "feature_names_in_"):
             est.feature_names_in_ = self.feature_names_in_
@@ -237,7 +255,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         teacher = copy.deepcopy(self.flow_)  # the Trainer moves its teacher to the device, in place
         est._fit_rows(X, loc, scale, seed, teacher=teacher.eval(), kd=kd, steps=steps)
         est.distilled_from_ = {"method": name, "teacher_arch": self.flow_.arch, "teacher_config": dict(self.flow_.config),
-                               "teacher_parameters": int(self.flow_.num_parameters())}
+                               "teacher_parameters": int(self.flow_.num_parameters()), "data_free": data_free}
         est._post_fit(X)
         return est
 
