@@ -399,3 +399,18 @@ def test_large_json_answers_are_encoded_in_slices():
     ref = x.astype(object)
     ref[7, 1] = None
     assert got["x"] == ref.tolist()
+
+
+@pytest.mark.parametrize("shape", [(0, 10**20), (1,) * 65])
+def test_a_hostile_npy_header_is_a_400_or_422_not_a_500(ort_backend, caplog, shape):
+    """Issue 24 #9: these headers reached numpy's reshape and came back as 500 with two tracebacks."""
+    from .test_payload_npy import _npy
+
+    body = _npy({"descr": "<f4", "fortran_order": False, "shape": shape}, b"" if 0 in shape else b"\0" * 4)
+    with BackgroundServer(create_app(ort_backend, ServeConfig())) as srv, caplog.at_level(logging.INFO):
+        r = httpx.post(srv.url + "/log_prob", content=body, headers={"content-type": "application/x-npy"},
+                       timeout=TIMEOUT)
+        assert httpx.get(srv.url + "/healthz", timeout=TIMEOUT).status_code == 200
+    assert r.status_code in (400, 422), r.text
+    assert "\n" not in r.json()["error"]
+    assert not any(rec.exc_info for rec in caplog.records)
