@@ -50,10 +50,11 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 class ApiError(Exception):
     """An HTTP error answer: ``status`` and one message, sent as ``{"error": message}``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = int(status)
         self.message = message
+        self.headers = headers
 
 
 def media_type(header: str | None) -> str:
