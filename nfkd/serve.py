@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "connection is dropped and the answer freed; default 30)")
     ap.add_argument("--max-inflight-bytes", type=_positive_int, default=None,
                     help="request bodies and answers held at once, all clients together; more: 503 with Retry-After "
-                         "(default 4x max-body-bytes)")
+                         "(default max(4x max-body-bytes, 64 MiB))")
     ap.add_argument("--threads", type=_positive_int, default=None,
                     help="intra-op threads of the model (ONNX Runtime / torch; default: CPU count - 1, at least 1)")
     ap.add_argument("--cache-dir", default=None,

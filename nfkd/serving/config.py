@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-__all__ = ["BODY_SLACK", "BYTES_PER_VALUE", "DEFAULT_SAMPLE_CHUNK", "INFLIGHT_BODIES", "ServeConfig"]
+__all__ = ["BODY_SLACK", "BYTES_PER_VALUE", "DEFAULT_SAMPLE_CHUNK", "INFLIGHT_BODIES", "MIN_INFLIGHT_BYTES", "ServeConfig"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backends import ModelBackend
@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
 BYTES_PER_VALUE = 32
 BODY_SLACK = 64 * 1024
 DEFAULT_SAMPLE_CHUNK = 1024
-INFLIGHT_BODIES = 4  # default max_inflight_bytes: four largest request bodies
+INFLIGHT_BODIES = 4  # default max_inflight_bytes: four largest request bodies,
+MIN_INFLIGHT_BYTES = 64 << 20  # and at least 64 MiB (thousands of small requests at once)
 
 
 @dataclass
@@ -33,7 +34,7 @@ class ServeConfig:
     header_timeout_s: float = 10.0  # connection open / previous answer -> request headers complete (else dropped)
     body_timeout_s: float = 30.0  # request headers -> body complete (else 408)
     write_timeout_s: float = 30.0  # the client falls behind -> it has taken the whole answer (else dropped)
-    max_inflight_bytes: int | None = None  # request bodies + answers held at once; default 4 * max_body_bytes
+    max_inflight_bytes: int | None = None  # request bodies + answers held at once; default max(4 * max_body_bytes, 64 MiB)
 
     def resolved(self, backend: "ModelBackend") -> "ServeConfig":
         c = ServeConfig(**asdict(self))
@@ -50,7 +51,7 @@ class ServeConfig:
         if c.max_body_bytes is None:
             c.max_body_bytes = int(c.max_request_rows) * backend.dim * BYTES_PER_VALUE + BODY_SLACK
         if c.max_inflight_bytes is None:
-            c.max_inflight_bytes = INFLIGHT_BODIES * int(c.max_body_bytes)
+            c.max_inflight_bytes = max(INFLIGHT_BODIES * int(c.max_body_bytes), MIN_INFLIGHT_BYTES)
         if c.max_inflight_bytes < 1:
             raise ValueError(f"max_inflight_bytes must be >= 1, got {c.max_inflight_bytes}")
         if c.max_queue_rows is None:
