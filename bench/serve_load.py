@@ -15,7 +15,10 @@ one keep-alive connection of a minimal asyncio HTTP/1.1 client in this process:
   body of zeros, 10x the row limit, under the byte limit: 413), ``max_json`` (the largest legal
   JSON body, ``max_request_rows`` rows: 200), ``abort`` (half a body, then hang up: 499),
   ``slowloris`` (``--slowloris`` connections sending one header byte per second: dropped after
-  the server's header timeout);
+  the server's header timeout), ``slow_reader`` (``--slow-readers`` clients asking for the largest
+  JSON ``/sample`` answer and never reading it: dropped by the write deadline), ``upload``
+  (``--uploads`` concurrent clients posting the largest legal JSON body; 503 + Retry-After beyond
+  the server's in-flight byte budget);
 - ``healthz``: ``GET /healthz`` every 0.1 s.
 
 Every 200 answer is checked against the model directly (``export.runtime`` on the same export
@@ -32,6 +35,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -205,7 +209,7 @@ async def hostile_client(ctx, end: float, cls: str) -> None:
             conn.close()
         elif cls == "many_rows":
             await timed(ctx["tally"], cls, conn, "POST", "/log_prob", ctx["many_rows_body"],
-                        {"content-type": "application/json"}, expect=(413,))
+                        {"content-type": "application/json"}, expect=(413, 503))  # 503: in-flight byte budget
             conn.close()
         elif cls == "max_json":
             res = await timed(ctx["tally"], cls, conn, "POST", "/log_prob", ctx["max_json"][0],
@@ -222,6 +226,58 @@ async def hostile_client(ctx, end: float, cls: str) -> None:
             ctx["tally"].status[cls]["sent"] += 1
         await asyncio.sleep(0.5)
     conn.close()
+
+
+async def slow_reader(ctx, end: float) -> None:
+    """Asks for the largest JSON /sample answer and never reads it (issue #24, defect 3); reconnects once
+    the server has dropped the connection (its write deadline) or after 40 s."""
+    body = json.dumps({"n": ctx["meta"]["max_sample_n"], "seed": 5}).encode()
+    head = (b"POST /sample HTTP/1.1\r\nhost: slow\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(body))
+    while time.monotonic() < end:
+        try:
+            _, w = await asyncio.open_connection(ctx["host"], ctx["port"], limit=1 << 16)
+            w.transport.set_write_buffer_limits(0)
+            w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            w.write(head + body)
+            await w.drain()
+            w.transport.pause_reading()  # never read the answer
+        except OSError as exc:
+            ctx["tally"].error("slow_reader", f"connect: {exc}")
+            await asyncio.sleep(1)
+            continue
+        ctx["tally"].status["slow_reader"]["sent"] += 1
+        t0 = time.monotonic()
+        while time.monotonic() < min(end, t0 + 40) and not w.transport.is_closing():
+            await asyncio.sleep(0.5)
+        w.close()
+
+
+async def upload_client(ctx, end: float) -> None:
+    """One of ``--uploads`` concurrent clients posting the largest legal JSON body (max_request_rows rows),
+    waiting Retry-After on 503."""
+    conn = Conn(ctx["host"], ctx["port"])
+    while time.monotonic() < end:
+        res = await timed(ctx["tally"], "upload", conn, "POST", "/log_prob", ctx["max_json"][0],
+                          {"content-type": "application/json"}, expect=(200, 503))
+        if res and res[0] == 200:
+            ctx["tally"].check("upload", decode(res[1], res[2], "log_prob"), ctx["max_json"][1], 1e-5)
+        elif res and res[0] == 503:
+            await asyncio.sleep(float(res[1].get("retry-after", "1")))
+    conn.close()
+
+
+async def rss_probe(ctx, end: float, pid: int) -> None:
+    """The server's resident memory every 0.2 s (VmRSS), to report its peak besides VmHWM."""
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for ln in f:
+                    if ln.startswith("VmRSS:"):
+                        ctx["rss_kb"].append(int(ln.split()[1]))
+        except OSError:
+            return
+        await asyncio.sleep(0.2)
 
 
 async def slowloris(ctx, end: float, rng: random.Random) -> None:
@@ -317,17 +373,17 @@ def prepare(meta: dict[str, Any], runtime, seed: int) -> dict[str, Any]:
     for _ in range(512):
         n = int(rng.integers(1, 17))
         x = (rng.standard_normal((n, dim)) * rng.choice([0.5, 1.0, 2.0, 4.0])).astype(np.float32)
-        pool.append((x, json.dumps({"x": x.tolist()}).encode(), npy(x), runtime.log_prob(x).astype(np.float64)))
+        pool.append((x, json.dumps({"x": x.tolist()}).encode(), npy(x), np.asarray(runtime.log_prob(x), np.float64)))
     specs = []
     for n in (8, 64, 512):
         for t in (0.7, 1.0):
             for s in (1, 2):
-                specs.append(((n, t, s, n == 512), runtime.sample(n, t, seed=s).astype(np.float64)))
+                specs.append(((n, t, s, n == 512), np.asarray(runtime.sample(n, t, seed=s), np.float64)))
     # .npy answers: decoding 65536 rows of JSON would stall this client's own event loop for ~1 s
     big = [(spec, _chunked_sample(runtime, *spec[:3]).astype(np.float64))
            for spec in ((max_n, 0.8, 11, True), (max_n, 1.0, 12, True))]
     xmax = rng.standard_normal((max_rows, dim)).astype(np.float32)
-    ref_max = np.concatenate([runtime.log_prob(xmax[i : i + 4096]) for i in range(0, max_rows, 4096)])
+    ref_max = np.concatenate([np.asarray(runtime.log_prob(xmax[i : i + 4096])) for i in range(0, max_rows, 4096)])
     zeros_row = b"[" + b",".join([b"0"] * dim) + b"]"
     many = min(10 * max_rows, (int(meta["max_body_bytes"]) - 16) // (len(zeros_row) + 1))
     return {"small_pool": pool, "specs": specs, "big_specs": big,
@@ -356,7 +412,9 @@ async def run(ctx: dict[str, Any], duration: float, clients: int, n_slowloris: i
         tasks += [burst_client(ctx, end)]
         tasks += [hostile_client(ctx, end, cls) for cls in ("oversized", "many_rows", "max_json", "abort")]
         tasks += [slowloris(ctx, end, random.Random(rng.random())) for _ in range(n_slowloris)]
-    tasks += [healthz(ctx, end)]
+        tasks += [slow_reader(ctx, end) for _ in range(ctx["slow_readers"])]
+        tasks += [upload_client(ctx, end) for _ in range(ctx["uploads"])]
+    tasks += [healthz(ctx, end), rss_probe(ctx, end, ctx["pid"])]
     t0 = time.perf_counter()
     await asyncio.gather(*tasks)
     return time.perf_counter() - t0
@@ -385,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=200, help="small /log_prob clients")
     ap.add_argument("--think-s", type=float, default=0.5, help="mean pause of a small client between requests")
     ap.add_argument("--slowloris", type=int, default=50, help="slow-loris connections held open at once")
+    ap.add_argument("--slow-readers", type=int, default=50, help="clients asking for the largest JSON /sample "
+                    "answer and never reading it")
+    ap.add_argument("--uploads", type=int, default=30, help="concurrent clients posting the largest legal JSON body")
     ap.add_argument("--max-request-rows", type=int, default=65536)
     ap.add_argument("--header-timeout", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=1)
@@ -400,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     model = args.checkpoint or work / "student.pt"
     if args.checkpoint is None:
         make_student(model, args.dim)
+    from export.cache import ensure_export
+
+    model = ensure_export(model, work / "cache")  # serve the folder: the server's memory is serving alone
     extra = ["--threads", str(args.threads), "--max-request-rows", str(args.max_request_rows),
              "--header-timeout", str(args.header_timeout), "--log-level", "info"]
     proc, host, port, log_path = start_server(model, work, extra)
@@ -407,9 +471,12 @@ def main(argv: list[str] | None = None) -> int:
         meta = asyncio.run(get_json(host, port, "/metadata"))
         runtime = load(meta["export"]["folder"], intra_op_threads=1)
         ctx = {"host": host, "port": port, "meta": meta, "tally": Tally(), "think_s": args.think_s,
+               "pid": proc.pid, "rss_kb": [], "slow_readers": args.slow_readers, "uploads": args.uploads,
                **prepare(meta, runtime, args.seed)}
         wall = asyncio.run(run(ctx, args.duration, args.clients, args.slowloris, args.seed, not args.no_hostile))
         stats = asyncio.run(get_json(host, port, "/stats"))
+        with open(f"/proc/{proc.pid}/status") as f:
+            vm = {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.startswith(("VmHWM", "VmRSS"))}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -441,12 +508,18 @@ def main(argv: list[str] | None = None) -> int:
         "totals": {"lost": sum(t.lost.values()), "mismatched_rows": sum(t.mismatched_rows.values()),
                    "checked_rows": sum(t.checked_rows.values()),
                    "errors": sum(len(v) for k, v in t.errors.items() if k.endswith("_count"))},
-        "server_stats": {k: stats[k] for k in ("http_by_status", "queue", "log_prob", "sample") if k in stats},
+        "server_stats": {k: stats[k] for k in ("http_by_status", "queue", "log_prob", "sample", "memory")
+                         if k in stats},
+        "server_memory_mb": {"rss_at_start": round(ctx["rss_kb"][0] / 1024, 1) if ctx["rss_kb"] else None,
+                             "rss_peak_sampled": round(max(ctx["rss_kb"]) / 1024, 1) if ctx["rss_kb"] else None,
+                             "vm_hwm": round(vm.get("VmHWM", 0) / 1024, 1), "rss_at_end": round(vm.get("VmRSS", 0) / 1024, 1)},
+        "slow_readers": {"sent": t.status["slow_reader"]["sent"], "clients": args.slow_readers},
         "server_side_latency_ms": _server_latency(records),
         "server_log": {"tracebacks": sum("exc" in r for r in records),
                        "errors": sum(r.get("level") == "error" for r in records),
                        "client_aborted": sum(r.get("msg") == "client aborted" for r in records),
-                       "slow_clients_dropped": sum(r.get("msg") == "slow client dropped" for r in records)},
+                       "slow_clients_dropped": sum(r.get("msg") == "slow client dropped" for r in records),
+                       "slow_readers_dropped": sum(r.get("msg") == "slow reader dropped" for r in records)},
     }
     text = json.dumps(out, indent=1)
     print(text)

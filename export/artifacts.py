@@ -15,29 +15,24 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from nfkd.errors import ExportError
+from nfkd.folder_files import read_member
 
-from .manifest import MANIFEST_NAME, sha256_bytes, sha256_file
+from .manifest import MANIFEST_NAME, sha256_bytes
 
 __all__ = ["atomic_file", "install_folder", "read_verified", "staged_folder", "verified_path"]
 
 
 def verified_path(folder: Path, entry: dict[str, Any], what: str) -> Path:
-    """``folder / entry["file"]`` when it exists and still has the recorded SHA-256."""
-    path = Path(folder) / entry["file"]
-    if not path.exists():
-        raise ExportError(f"{path} is missing; the export folder is incomplete ({what})")
-    if sha256_file(path) != entry.get("sha256"):
-        raise ExportError(f"{path} does not match the SHA-256 in manifest.json: it was changed after the parity "
-                          f"gate; re-export")
-    return path
+    """``folder / entry["file"]`` when it is a regular file inside the folder that still has the recorded SHA-256."""
+    read_verified(folder, entry, what)
+    return Path(folder) / entry["file"]
 
 
 def read_verified(folder: Path, entry: dict[str, Any], what: str) -> bytes:
-    """The bytes of a recorded file, hashed as read (no window between check and use)."""
+    """The bytes of a recorded file, hashed as read (no window between check and use). The name must be
+    a plain file name inside ``folder`` and the file a regular one of bounded size (``nfkd.folder_files``)."""
+    data = read_member(folder, entry.get("file"), what)
     path = Path(folder) / entry["file"]
-    if not path.exists():
-        raise ExportError(f"{path} is missing; the export folder is incomplete ({what})")
-    data = path.read_bytes()
     if sha256_bytes(data) != entry.get("sha256"):
         raise ExportError(f"{path} does not match the SHA-256 in manifest.json: it was changed after the parity "
                           f"gate; re-export")

@@ -28,6 +28,7 @@ from nfkd.inference.runner import ModelMeta, Runner
 from nfkd.validation import check_batch
 
 from .artifacts import read_verified
+from .graph_checks import check_graph
 from .manifest import Manifest
 
 __all__ = ["BACKENDS", "DEVICES", "ExportedFlow", "OrtFlow", "TrtFlow", "load"]
@@ -109,10 +110,16 @@ class OrtFlow(ExportedFlow):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         self.session_options = so
-        self.sessions = {
-            name: ort.InferenceSession(read_verified(folder, manifest.graphs[name], name), so, providers=providers)
-            for name in ("density", "sample")
-        }
+        self.sessions = {}
+        for name in ("density", "sample"):
+            data = read_verified(folder, manifest.graphs[name], name)
+            check_graph(data, name, manifest, f"{folder / manifest.graphs[name]['file']} ({name} graph)")
+            try:
+                self.sessions[name] = ort.InferenceSession(data, so, providers=providers)
+            except Exception as exc:  # ORT raises its own types; one line, not a traceback
+                first = next((ln for ln in str(exc).strip().splitlines() if ln.strip()), type(exc).__name__)
+                raise ExportError(f"ONNX Runtime cannot load the {name} graph of {folder}: {first[:300]}; "
+                                  f"re-export the model") from None
 
     def _run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         sess = self.sessions[name]

@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds a connection may take to send a request's headers (then 408 and closed)")
     ap.add_argument("--body-timeout", type=_positive_float, default=30.0,
                     help="seconds a client may take to send a request's body after its headers (then 408)")
+    ap.add_argument("--write-timeout", type=_positive_float, default=30.0,
+                    help="seconds a client that falls behind may take to read its whole answer (then the "
+                         "connection is dropped and the answer freed; default 30)")
+    ap.add_argument("--max-inflight-bytes", type=_positive_int, default=None,
+                    help="request bodies and answers held at once, all clients together; more: 503 with Retry-After "
+                         "(default max(4x max-body-bytes, 64 MiB))")
     ap.add_argument("--threads", type=_positive_int, default=None,
                     help="intra-op threads of the model (ONNX Runtime / torch; default: CPU count - 1, at least 1)")
     ap.add_argument("--cache-dir", default=None,
@@ -122,6 +128,7 @@ def main_serve(argv: list[str] | None = None) -> int:
         max_sample_n=args.max_sample_n, max_body_bytes=args.max_body_bytes, max_queue_rows=args.max_queue_rows,
         sample_chunk_rows=args.sample_chunk, batching=not args.no_batching, request_timeout_s=args.request_timeout,
         header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+        write_timeout_s=args.write_timeout, max_inflight_bytes=args.max_inflight_bytes,
     )
     app = create_app(backend, config)
     try:

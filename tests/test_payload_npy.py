@@ -48,3 +48,19 @@ def test_np_save_output_still_parses(fortran):
     buf = io.BytesIO()
     np.save(buf, np.asfortranarray(x) if fortran else x)
     np.testing.assert_array_equal(parse_npy(buf.getvalue(), (DIM,), 64), x)
+
+
+# Issue 24 #9: headers that used to reach numpy (HTTP 500 with two tracebacks) or were accepted with extra keys.
+@pytest.mark.parametrize("header, data, status, message", [
+    ({"descr": "<f4", "fortran_order": False, "shape": (0, 10**20)}, b"", 422, "empty batch"),
+    ({"descr": "<f4", "fortran_order": False, "shape": (1,) * 65}, BODY[:4], 400, "65 dimensions"),
+    ({"descr": "<f4", "fortran_order": False, "shape": (1,) * 33}, BODY[:4], 400, "33 dimensions"),
+    ({"descr": "<f4", "fortran_order": False, "shape": (2, 10**20)}, BODY, 400, "body has 104 data bytes"),
+    ({"descr": "<f4", "fortran_order": False, "shape": (2**40, 2**40, 0)}, b"", 422, "empty batch"),
+    ({"descr": "<f4", "fortran_order": False, "shape": (2, DIM), "extra": 1}, BODY, 400, "header keys ['extra']"),
+])
+def test_hostile_header_is_one_clear_client_error(header, data, status, message):
+    with pytest.raises(ApiError) as exc:
+        parse_npy(_npy(header, data), (DIM,), 64)
+    assert exc.value.status == status and message in exc.value.message, exc.value.message
+    assert "\n" not in exc.value.message and len(exc.value.message) < 300

@@ -6,6 +6,8 @@ them inside the model thread. Socket timeouts below only turn a hang into a fail
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import shutil
@@ -399,3 +401,75 @@ def test_large_json_answers_are_encoded_in_slices():
     ref = x.astype(object)
     ref[7, 1] = None
     assert got["x"] == ref.tolist()
+
+
+@pytest.mark.parametrize("shape", [(0, 10**20), (1,) * 65])
+def test_a_hostile_npy_header_is_a_400_or_422_not_a_500(ort_backend, caplog, shape):
+    """Issue 24 #9: these headers reached numpy's reshape and came back as 500 with two tracebacks."""
+    from .test_payload_npy import _npy
+
+    body = _npy({"descr": "<f4", "fortran_order": False, "shape": shape}, b"" if 0 in shape else b"\0" * 4)
+    with BackgroundServer(create_app(ort_backend, ServeConfig())) as srv, caplog.at_level(logging.INFO):
+        r = httpx.post(srv.url + "/log_prob", content=body, headers={"content-type": "application/x-npy"},
+                       timeout=TIMEOUT)
+        assert httpx.get(srv.url + "/healthz", timeout=TIMEOUT).status_code == 200
+    assert r.status_code in (400, 422), r.text
+    assert "\n" not in r.json()["error"]
+    assert not any(rec.exc_info for rec in caplog.records)
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 24 #3: slow readers and large uploads pin memory
+# --------------------------------------------------------------------------------------------
+def test_a_client_that_never_reads_its_answer_is_dropped_and_its_answer_freed(ort_backend, caplog):
+    """The probe asked for the largest JSON /sample answer and never read it: the server held it forever."""
+    cfg = ServeConfig(write_timeout_s=1.0)
+    body = json.dumps({"n": min(65536, ort_backend.max_batch), "seed": 0}).encode()
+    with BackgroundServer(create_app(ort_backend, cfg)) as srv, caplog.at_level(logging.INFO, logger="nfkd.serve"), \
+            httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads nothing, small window
+        s.connect((srv.host, srv.port))
+        s.sendall(b"POST /sample HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                  b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        try:
+            _wait(lambda: any(r.getMessage() == "slow reader dropped" for r in caplog.records), "the slow reader "
+                  "to be dropped")
+            _wait(lambda: c.get("/stats").json()["memory"]["held_bytes"] == 0, "its answer to be released")
+            assert c.get("/healthz").status_code == 200
+            s.settimeout(10)  # the connection is gone: reading ends (reset or EOF) instead of timing out
+            with contextlib.suppress(ConnectionResetError):
+                while s.recv(1 << 20):
+                    pass
+        finally:
+            s.close()
+
+
+def test_large_uploads_beyond_the_memory_budget_get_503_with_retry_after(ort_backend):
+    """30 concurrent legal 17.7 MB uploads took the probe's server to 1.4 GB: bodies are now reserved
+    from Content-Length before they are read; a large one that does not fit gets 503 + Retry-After,
+    while small requests still fit in the headroom."""
+    gated = GatedBackend(ort_backend)
+    gated.gate_log_prob_above = 100
+    big = json.dumps({"x": rows(np.random.default_rng(7), 1000).tolist()}).encode()  # ~100 KB
+    small = {"x": rows(np.random.default_rng(8), 1).tolist()}
+    cfg = ServeConfig(max_inflight_bytes=int(2.5 * len(big)))
+    with BackgroundServer(create_app(gated, cfg)) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
+        post = functools.partial(httpx.post, srv.url + "/log_prob", content=big, headers=J, timeout=TIMEOUT)
+        t1, box1 = _in_thread(post)
+        try:
+            assert gated.entered.wait(30)  # the first upload is held in the model thread
+            t2, box2 = _in_thread(post)
+            _wait(lambda: c.get("/stats").json()["memory"]["held_bytes"] >= 2 * len(big), "two uploads held")
+            refused = c.post("/log_prob", content=big, headers=J)
+            t3, box3 = _in_thread(c.post, "/log_prob", json=small)  # fits in the headroom; waits for the model
+            _wait(lambda: c.get("/stats").json()["memory"]["held_bytes"] > 2 * len(big), "the small one admitted")
+        finally:
+            gated.release.set()
+            for t in (t1, t2):
+                t.join(30)
+        t3.join(30)
+        assert c.get("/stats").json()["memory"]["held_bytes"] == 0
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+    assert "retry after 1 s" in refused.json()["error"]
+    assert [b["value"].status_code for b in (box1, box2, box3)] == [200, 200, 200]

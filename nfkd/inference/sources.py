@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..flows import Flow
+from ..folder_files import MAX_MANIFEST_BYTES, read_member
 from .runner import ModelMeta
 from .torch_runners import CompiledRunner, TorchRunner
 
@@ -28,11 +29,13 @@ class ModelSource:
 
 def _manifest_meta(folder: Path) -> ModelMeta:
     try:
-        m = json.loads((folder / MANIFEST_NAME).read_text())
+        m = json.loads(read_member(folder, MANIFEST_NAME, MANIFEST_NAME, MAX_MANIFEST_BYTES, InputError))
         return ModelMeta(arch=m["arch"], config=dict(m["config"]), event_shape=tuple(m["event_shape"]),
                          noise_shapes=tuple(tuple(s) for s in m["noise_shapes"]),
                          checkpoint_sha256=str(m.get("source", {}).get("sha256", "")), source=str(folder))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise InputError(f"{folder / MANIFEST_NAME} is unreadable ({exc}); re-export the model") from None
 
 
@@ -46,7 +49,7 @@ def resolve_source(model: Any) -> ModelSource:
     if not path.exists():
         raise InputError(f"model not found: {path} (expected a checkpoint .pt or an export folder with manifest.json)")
     if path.is_dir():
-        if not (path / MANIFEST_NAME).exists():
+        if not os.path.lexists(path / MANIFEST_NAME):
             raise InputError(f"{path} is a folder without manifest.json; expected an export folder "
                              f"(python -m export.onnx student.pt -o DIR) or a checkpoint file")
         return ModelSource(_manifest_meta(path), export_folder=path)

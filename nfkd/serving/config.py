@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-__all__ = ["BODY_SLACK", "BYTES_PER_VALUE", "DEFAULT_SAMPLE_CHUNK", "ServeConfig"]
+__all__ = ["BODY_SLACK", "BYTES_PER_VALUE", "DEFAULT_SAMPLE_CHUNK", "INFLIGHT_BODIES", "MIN_INFLIGHT_BYTES", "ServeConfig"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backends import ModelBackend
@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
 BYTES_PER_VALUE = 32
 BODY_SLACK = 64 * 1024
 DEFAULT_SAMPLE_CHUNK = 1024
+INFLIGHT_BODIES = 4  # default max_inflight_bytes: four largest request bodies,
+MIN_INFLIGHT_BYTES = 64 << 20  # and at least 64 MiB (thousands of small requests at once)
 
 
 @dataclass
@@ -31,13 +33,15 @@ class ServeConfig:
     request_timeout_s: float = 60.0  # waiting for the model (then 504)
     header_timeout_s: float = 10.0  # connection open / previous answer -> request headers complete (else dropped)
     body_timeout_s: float = 30.0  # request headers -> body complete (else 408)
+    write_timeout_s: float = 30.0  # the client falls behind -> it has taken the whole answer (else dropped)
+    max_inflight_bytes: int | None = None  # request bodies + answers held at once; default max(4 * max_body_bytes, 64 MiB)
 
     def resolved(self, backend: "ModelBackend") -> "ServeConfig":
         c = ServeConfig(**asdict(self))
         for name in ("max_batch", "max_request_rows"):
             if getattr(c, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
-        for name in ("header_timeout_s", "body_timeout_s", "request_timeout_s"):
+        for name in ("header_timeout_s", "body_timeout_s", "request_timeout_s", "write_timeout_s"):
             if not getattr(c, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(c, name)}")
         c.max_batch = min(int(c.max_batch), int(backend.max_batch))
@@ -46,6 +50,10 @@ class ServeConfig:
         c.max_sample_n = min(int(c.max_sample_n), int(backend.max_batch))
         if c.max_body_bytes is None:
             c.max_body_bytes = int(c.max_request_rows) * backend.dim * BYTES_PER_VALUE + BODY_SLACK
+        if c.max_inflight_bytes is None:
+            c.max_inflight_bytes = max(INFLIGHT_BODIES * int(c.max_body_bytes), MIN_INFLIGHT_BYTES)
+        if c.max_inflight_bytes < 1:
+            raise ValueError(f"max_inflight_bytes must be >= 1, got {c.max_inflight_bytes}")
         if c.max_queue_rows is None:
             c.max_queue_rows = 4 * max(int(c.max_request_rows), int(c.max_batch))
         if c.sample_chunk_rows is None:

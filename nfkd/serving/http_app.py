@@ -17,6 +17,7 @@ from .access_log import AccessLog
 from .backends import ModelBackend
 from .config import ServeConfig
 from .http_errors import install_error_handlers
+from .memory import MemoryBudget
 from .routes import router
 from .service import Service
 
@@ -50,5 +51,6 @@ def create_app(backend: ModelBackend, config: ServeConfig | None = None) -> Fast
     app.state.batcher = service.batcher
     install_error_handlers(app)
     app.include_router(router)
-    app.add_middleware(AccessLog, stats=service.stats)
+    app.add_middleware(MemoryBudget, budget=service.memory, max_body_bytes=cfg.max_body_bytes)
+    app.add_middleware(AccessLog, stats=service.stats)  # outermost: logs MemoryBudget's 503s too
     return app

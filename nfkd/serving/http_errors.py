@@ -2,7 +2,8 @@
 
 ``install_error_handlers(app)`` registers one handler per kind of failure:
 
-- ``payload.ApiError`` -> its status and message (408 answers also close the connection);
+- ``payload.ApiError`` -> its status, message and headers (408 answers also close the connection; 503
+  overload answers carry ``Retry-After``);
 - 404 / 405 from routing -> a message naming the path / method;
 - ``ClientDisconnect`` (the client closed the connection before its body arrived) -> logged as a
   client abort, status 499 in the access log and ``/stats`` (nobody is left to receive it), no traceback;
@@ -31,8 +32,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(payload.ApiError)
     async def _api_error(request: Request, exc: payload.ApiError) -> Response:
         request.state.error = exc.message
-        headers = {"connection": "close"} if exc.status == 408 else None
-        return json_response({"error": exc.message}, exc.status, headers)
+        headers = {"connection": "close"} if exc.status == 408 else dict(exc.headers or {})
+        return json_response({"error": exc.message}, exc.status, headers or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

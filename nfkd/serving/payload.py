@@ -40,6 +40,8 @@ __all__ = [
 JSON = "application/json"
 NPY = "application/x-npy"
 NPY_MAGIC = b"\x93NUMPY"
+NPY_KEYS = {"descr", "fortran_order", "shape"}  # exactly what np.save writes
+NPY_MAX_DIMS = 32  # numpy 1.x's limit; a request needs len(event_shape) + 1
 MAX_SEED = 2**63 - 1
 MAX_TEMPERATURE = 10.0  # noise scale; 10 standard deviations is far outside any trained flow's data
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -48,10 +50,11 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 class ApiError(Exception):
     """An HTTP error answer: ``status`` and one message, sent as ``{"error": message}``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = int(status)
         self.message = message
+        self.headers = headers
 
 
 def media_type(header: str | None) -> str:
@@ -290,6 +293,10 @@ def parse_npy(body: bytes, event_shape: Sequence[int], max_rows: int) -> np.ndar
         descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
     except Exception:
         raise ApiError(400, "malformed .npy payload (unreadable header)") from None
+    if set(header) != NPY_KEYS:
+        extra = sorted(map(str, set(header) - NPY_KEYS))
+        raise ApiError(400, f"malformed .npy payload (header keys {extra[:5]} beyond {sorted(NPY_KEYS)}; send "
+                            f"the bytes written by np.save)")
     # Exactly what np.save writes: int() would turn 2.7 or True into a size, and any string is truthy.
     if not isinstance(shape, tuple) or not all(type(v) is int for v in shape) or type(fortran) is not bool:
         raise ApiError(400, f"malformed .npy payload (shape {str(shape)[:40]} / fortran_order {str(fortran)[:10]}: "
@@ -302,18 +309,30 @@ def parse_npy(body: bytes, event_shape: Sequence[int], max_rows: int) -> np.ndar
     except Exception:
         raise ApiError(400, f"malformed .npy payload (unknown dtype {descr!r})") from None
     _check_dtype(dtype)
+    if len(shape) > NPY_MAX_DIMS:
+        raise ApiError(400, f"malformed .npy payload ({len(shape)} dimensions; this server expects "
+                            f"{len(event_shape) + 1}: (batch, {_dims(event_shape)}))")
     if any(v < 0 for v in shape):
         raise ApiError(400, "malformed .npy payload (negative dimension)")
+    if 0 in shape:
+        raise ApiError(422, f"x is an empty batch (shape {_short(shape)}); send at least one row "
+                            f"(shape (batch, {_dims(event_shape)}))")
     if shape and shape[0] > max_rows and tuple(shape[1:]) == tuple(event_shape):
         raise ApiError(413, f"batch of {shape[0]} rows is above this server's limit of {max_rows} rows per request; "
                             f"split it into requests of at most {max_rows} rows")
     data = memoryview(body)[start + hlen :]
-    expected = math.prod(shape) * dtype.itemsize
-    if len(data) != expected:
-        raise ApiError(400, f"malformed .npy payload: header says shape {shape} {dtype} ({expected} bytes), "
-                            f"body has {len(data)} data bytes")
+    expected = math.prod(shape) * dtype.itemsize  # Python integers: no overflow; every dim >= 1 here
+    if len(data) != expected:  # so the shape's product is bounded by the body before numpy sees it
+        raise ApiError(400, f"malformed .npy payload: header says shape {_short(shape)} {dtype} "
+                            f"({_short(expected)} bytes), body has {len(data)} data bytes")
     arr = np.frombuffer(data, dtype=dtype, count=math.prod(shape))
     return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def _short(v: Any) -> str:
+    """A header value for a message, at most ~80 characters (a shape of 10**20 or 64 dims is not echoed whole)."""
+    text = str(v)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_dtype(dtype: np.dtype) -> None:

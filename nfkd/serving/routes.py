@@ -23,11 +23,17 @@ import nfkd
 from . import payload
 from .admission import Closed, Overloaded
 from .config import BODY_SLACK
+from .memory import RETRY_AFTER_S, BudgetExceeded, reserve
 from .service import INLINE_BYTES, INLINE_VALUES, Service
 
 __all__ = ["json_response", "read_body", "router"]
 
 router = APIRouter()
+
+# An answer's bytes per value, for /sample's reservation before the work: JSON floats of float32 values
+# ("-0.123456789012345678," ~ 22-27 bytes), .npy 4; plus 8 for the noise and the decoded rows.
+ANSWER_BYTES_PER_VALUE = {"json": 28, "npy": 4}
+WORK_BYTES_PER_VALUE = 8
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -99,7 +105,9 @@ async def _model(coro, timeout_s: float):
     """The service's answer, or the ApiError a client gets instead (503 / 504 / 500)."""
     try:
         return await coro
-    except (Overloaded, Closed) as exc:
+    except Overloaded as exc:
+        raise payload.ApiError(503, str(exc), {"retry-after": str(RETRY_AFTER_S)}) from None
+    except Closed as exc:
         raise payload.ApiError(503, str(exc)) from None
     except asyncio.TimeoutError:
         raise payload.ApiError(504, f"the model did not answer within {timeout_s:g} s") from None
@@ -131,6 +139,12 @@ async def sample(request: Request) -> Response:
     body = await read_body(request, min(cfg.max_body_bytes, BODY_SLACK), cfg.body_timeout_s)
     n, temperature, seed = payload.sample_request(body, cfg.max_sample_n)  # at most 64 KiB: parsed in place
     request.state.rows = n
+    values = n * int(svc.backend.dim)
+    per_value = ANSWER_BYTES_PER_VALUE["npy" if payload.wants_npy(request.headers.get("accept")) else "json"]
+    try:  # the answer's size is known from n: refuse now rather than hold it for a client that may not read
+        reserve(request.scope.setdefault("state", {}), values * (per_value + WORK_BYTES_PER_VALUE), "an answer")
+    except BudgetExceeded as exc:
+        raise payload.ApiError(503, str(exc), {"retry-after": str(RETRY_AFTER_S)}) from None
     xs = await _model(svc.sample(n, temperature, seed), cfg.request_timeout_s)
     return await _array_response(request, svc, xs, "x", {"n": n, "temperature": temperature, "seed": seed})
 
@@ -161,6 +175,8 @@ async def metadata(request: Request) -> Response:
         "request_timeout_s": cfg.request_timeout_s,
         "header_timeout_s": cfg.header_timeout_s,
         "body_timeout_s": cfg.body_timeout_s,
+        "write_timeout_s": cfg.write_timeout_s,
+        "max_inflight_bytes": cfg.max_inflight_bytes,
         "endpoints": {
             "POST /log_prob": 'JSON {"x": [[...], ...]} or application/x-npy; Accept: application/x-npy for npy out',
             "POST /sample": 'JSON {"n": int, "temperature": float = 1.0, "seed": int | null}',

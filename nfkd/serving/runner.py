@@ -11,7 +11,14 @@ client that sends its headers one byte every few seconds (slow-loris) holds a co
 - body: from the headers until the body is complete -- ``body_timeout_s`` (+1 s, so that the
   endpoint's own 408 with a message comes first); then the connection is closed.
 
-Both come from the app's ``ServeConfig`` (``app.state.config``), so tests and the CLI share them.
+And one write deadline (issue #24, defect 3): a client that does not read its answer held it in the
+transport's buffer forever (50 clients asking for 14 MB answers: +700 MB). From the moment the
+server's buffer for a connection first exceeds asyncio's high-water mark (64 KiB: the client is not
+keeping up) until the client has taken the whole answer, at most ``write_timeout_s`` may pass; then
+the connection is aborted (``transport.abort()``: the buffer is dropped at once, not flushed) and one
+``"slow reader dropped"`` line is logged.
+
+All three come from the app's ``ServeConfig`` (``app.state.config``), so tests and the CLI share them.
 """
 from __future__ import annotations
 
@@ -39,9 +46,11 @@ class DeadlineH11Protocol(H11Protocol):
 
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    write_timeout_s: float = 30.0
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self._deadline: asyncio.TimerHandle | None = None
+        self._write_deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
         self._idle = False  # True between an answer and the next request's first byte
         super().connection_made(transport)
@@ -54,12 +63,43 @@ class DeadlineH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         self._idle = True
+        if not self.flow.write_paused:  # the client has taken all but < 64 KiB of the answer
+            self._cancel_write()
         super().on_response_complete()  # may parse an already received (pipelined) request at once
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
+        self._cancel_write()
         super().connection_lost(exc)
+
+    # --- write deadline -----------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        """The transport holds more than its high-water mark for this client: the deadline starts."""
+        super().pause_writing()
+        if self._write_deadline is None and not self.transport.is_closing():
+            self._write_deadline = self.loop.call_later(self.write_timeout_s, self._write_expired)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        cycle = getattr(self, "cycle", None)
+        if cycle is None or cycle.response_complete:  # the whole answer has been taken (to < 16 KiB)
+            self._cancel_write()
+
+    def _cancel_write(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def _write_expired(self) -> None:
+        self._write_deadline = None
+        if self.transport.is_closing() and self.transport.get_write_buffer_size() == 0:
+            return
+        log.info("slow reader dropped", extra={
+            "client": "%s:%d" % self.client if self.client else None,
+            "reason": f"the answer was not taken within {self.write_timeout_s:g} seconds; connection closed",
+            "buffered_bytes": self.transport.get_write_buffer_size()})
+        self.transport.abort()  # drops the buffered answer now (close() would wait to flush it)
 
     def _cancel(self) -> None:
         if self._deadline is not None:
@@ -94,10 +134,12 @@ class DeadlineH11Protocol(H11Protocol):
         self.transport.close()
 
 
-def deadline_protocol(header_timeout_s: float, body_timeout_s: float) -> type[DeadlineH11Protocol]:
+def deadline_protocol(header_timeout_s: float, body_timeout_s: float,
+                      write_timeout_s: float = DeadlineH11Protocol.write_timeout_s) -> type[DeadlineH11Protocol]:
     """A protocol class for ``uvicorn.Config(http=...)`` with these deadlines."""
     return type("DeadlineH11Protocol", (DeadlineH11Protocol,),
-                {"header_timeout_s": float(header_timeout_s), "body_timeout_s": float(body_timeout_s)})
+                {"header_timeout_s": float(header_timeout_s), "body_timeout_s": float(body_timeout_s),
+                 "write_timeout_s": float(write_timeout_s)})
 
 
 def bind(host: str, port: int, backlog: int = 4096) -> socket.socket:
@@ -121,9 +163,10 @@ def uvicorn_config(app, graceful_timeout_s: float | None = 30.0, **kwargs: Any) 
     cfg = getattr(getattr(app, "state", None), "config", None)
     header_s = getattr(cfg, "header_timeout_s", DeadlineH11Protocol.header_timeout_s)
     body_s = getattr(cfg, "body_timeout_s", DeadlineH11Protocol.body_timeout_s)
+    write_s = getattr(cfg, "write_timeout_s", DeadlineH11Protocol.write_timeout_s)
     return uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", server_header=False,
                           timeout_graceful_shutdown=graceful_timeout_s, backlog=4096,
-                          http=deadline_protocol(header_s, body_s), **kwargs)
+                          http=deadline_protocol(header_s, body_s, write_s), **kwargs)
 
 
 class BackgroundServer:

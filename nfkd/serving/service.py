@@ -19,6 +19,7 @@ from .admission import Admission
 from .backends import ModelBackend, draw_noise
 from .batcher import LogProbBatcher, ModelWorker, Stats
 from .config import ServeConfig
+from .memory import ByteBudget
 
 __all__ = ["PARSE_THREADS", "Service"]
 
@@ -35,6 +36,7 @@ class Service:
         self.cfg = config
         self.stats = Stats()
         self.admission = Admission(config.max_queue_rows, headroom=config.max_batch)
+        self.memory = ByteBudget(int(config.max_inflight_bytes))
         self.worker = ModelWorker(initializer=backend.init_model_thread)
         self.batcher = LogProbBatcher(backend.log_prob, self.worker, self.stats, max_batch=config.max_batch,
                                       max_wait_ms=config.max_wait_ms, batching=config.batching)
@@ -149,4 +151,5 @@ class Service:
 
     def stats_dict(self) -> dict[str, Any]:
         return {**self.stats.to_dict(), "model": {"pending_calls": self.worker.pending},
+                "memory": self.memory.to_dict(),
                 "batching": self.cfg.batching, "max_batch": self.cfg.max_batch, "max_wait_ms": self.cfg.max_wait_ms}
