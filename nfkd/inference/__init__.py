@@ -32,9 +32,9 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from .registry import BACKENDS, BackendStatus, backends, loader, ranking, status
 from .bundle import is_pair_bundle
 from .pair import PairRunner, load_bundle, load_pair
+from .registry import BACKENDS, BackendStatus, backends, loader, ranking, status
 from .runner import ModelMeta, Runner, draw_noise
 from .sources import ModelSource, resolve_source
 
