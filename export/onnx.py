@@ -65,6 +65,7 @@ MAF_SAMPLING_CHOICES = ("auto", "loop", "unrolled")
 MAF_SAMPLING_AUTO = "loop"
 #: Architectures with a sequential direction: MAF's sampling graph, IAF's density graph.
 SEQUENTIAL_ARCHS = ("maf", "iaf")
+GRAPHS = ("density", "sample")
 # Engines and caches that an older export may have left; stale once the graphs change.
 STALE_ON_REEXPORT = ("density.plan", "sample.plan")
 
@@ -218,9 +219,11 @@ def _resolve_maf_sampling(arch: str, maf_sampling: str) -> str | None:
 
 def build_graphs(
     flow: Flow, fp16: bool = False, opset: int | None = None, maf_sampling: str = "auto",
-    max_batch: int = DEFAULT_MAX_BATCH,
+    max_batch: int = DEFAULT_MAX_BATCH, which: Sequence[str] = GRAPHS,
 ) -> tuple[dict[str, onnx.ModelProto], str | None, list[str]]:
-    """Trace fold(flow) into the density and sample ONNX models. Returns (models, maf mode used, notes)."""
+    """Trace fold(flow) into the density and sample ONNX models (``which``: both, or one for a pair export).
+
+    Returns (models, maf mode used, notes)."""
     flow = flow.eval()
     folded = fold(flow, torch.float16 if fp16 else torch.float32)
     mode = _resolve_maf_sampling(flow.arch, maf_sampling)
@@ -245,6 +248,8 @@ def build_graphs(
 
     graphs = {}
     for what, build, m in (("density", density_graph, density_mode), ("sample", sample_graph, sample_mode)):
+        if what not in which:
+            continue
         try:
             graphs[what] = build(m)
         except ExportError as exc:
@@ -253,11 +258,10 @@ def build_graphs(
             notes.append(f"loop form failed to export ({exc}); fell back to unrolled")
             mode = "unrolled"
             graphs[what] = build(mode)
-    density, sample = graphs["density"], graphs["sample"]
-    for m in (density, sample):
+    for m in graphs.values():
         m.metadata_props.add(key="nfkd.arch", value=flow.arch)
         m.metadata_props.add(key="nfkd.version", value=nfkd.__version__)
-    return {"density": density, "sample": sample}, mode, notes
+    return graphs, mode, notes
 
 
 def ort_runners(density_bytes: bytes, sample_bytes: bytes, n_levels: int, threads: int | None = None):
@@ -428,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m export.onnx",
         description="Export an nfkd checkpoint to ONNX (density.onnx + sample.onnx), gated by parity with eager PyTorch.",
     )
-    ap.add_argument("checkpoint", help="nfkd checkpoint (e.g. student.pt)")
+    ap.add_argument("checkpoint", help="nfkd checkpoint (e.g. student.pt), or a pair bundle (python -m nfkd pair): "
+                                       "density.onnx from its density model, sample.onnx from its sampler")
     ap.add_argument("-o", "--out", help="output folder (default: <checkpoint stem>-export beside it)")
     ap.add_argument("--fp16", action="store_true", help="float16 graph (inputs/outputs stay float32)")
     ap.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
@@ -439,13 +444,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="batch sizes for the parity gate (default 1,7,128)")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else default_out_dir(args.checkpoint)
+    from nfkd.inference.bundle import is_pair_bundle
+
+    pair = is_pair_bundle(args.checkpoint)
+    if pair:
+        from .onnx_pair import export_pair_onnx as export
+        from .onnx_pair import pair_summary as describe
+    else:
+        export, describe = export_onnx, summary
     try:
-        manifest = export_onnx(args.checkpoint, out, fp16=args.fp16, opset=args.opset, maf_sampling=args.maf_sampling,
-                               max_batch=args.max_batch, parity_batches=args.parity_batches)
+        manifest = export(args.checkpoint, out, fp16=args.fp16, opset=args.opset, maf_sampling=args.maf_sampling,
+                          max_batch=args.max_batch, parity_batches=args.parity_batches)
     except NfkdError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(summary(manifest, out))
+    print(describe(manifest, out))
     return 0
 
 

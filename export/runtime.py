@@ -52,7 +52,9 @@ class ExportedFlow(Runner):
             extra={"export": {"folder": str(folder), "checkpoint": manifest.source.get("checkpoint"),
                               "fp16": bool(engines.get("fp16", False) if trt else manifest.fp16),
                               "opset": manifest.opset, "maf_sampling": manifest.maf_sampling,
-                              "parity": engines.get("parity", {}) if trt else manifest.parity}},
+                              "parity": engines.get("parity", {}) if trt else manifest.parity},
+                   # an export of a pair bundle: which checkpoint each graph came from, and the sampler's faithfulness
+                   **({"pair": manifest.source["pair"]} if isinstance(manifest.source.get("pair"), dict) else {})},
         )
         super().__init__(meta, device, threads, max_batch=int(manifest.max_batch))
         self.folder = folder

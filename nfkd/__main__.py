@@ -15,6 +15,7 @@ COMMANDS = {
     "evaluate": ("nfkd.cli_evaluate", "test log-likelihood / bpd of a checkpoint as JSON"),
     "experiment": ("nfkd.experiment", "teacher vs students table (paper Table 1 layout)"),
     "demo": ("nfkd.demo", "the main job on an embedded dataset: train, distill, export, benchmark, report"),
+    "pair": ("nfkd.cli_pair", "bundle a density model and a sampler (MAF + IAF) as one model, with its faithfulness"),
     "serve": ("nfkd.serve", "HTTP density-estimation service"),
 }
 

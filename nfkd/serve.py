@@ -4,6 +4,8 @@
     python -m nfkd serve student-export/ --port 8000     # an export folder (manifest.json)
     python -m nfkd serve student.pt --backend torch      # the eager flow
     python -m nfkd serve student-export/ --backend tensorrt
+    python -m nfkd serve bundle/                         # a pair (python -m nfkd pair): /log_prob to one model,
+    python -m nfkd serve --density maf.pt --sampler iaf.pt   # /sample to the other; /metadata shows both
 
     curl -s localhost:8000/log_prob -H 'Content-Type: application/json' -d '{"x": [[0.1, 0.2, ...]]}'
     curl -s localhost:8000/sample -H 'Content-Type: application/json' -d '{"n": 4, "temperature": 0.8, "seed": 0}'
@@ -61,7 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap = argparse.ArgumentParser(prog="python -m nfkd serve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="checkpoint (.pt) or export folder (with manifest.json)")
+    ap.add_argument("model", nargs="?", default=None,
+                    help="checkpoint (.pt), export folder (with manifest.json) or pair bundle (with pair.json)")
+    ap.add_argument("--density", default=None, help="with --sampler, instead of MODEL: the model that answers /log_prob")
+    ap.add_argument("--sampler", default=None, help="with --density, instead of MODEL: the model that answers /sample")
+    ap.add_argument("--density-backend", choices=BACKENDS, default=None,
+                    help="a pair's density side on this backend (default: --backend)")
+    ap.add_argument("--sampler-backend", choices=BACKENDS, default=None,
+                    help="a pair's sampler side on this backend (default: --backend)")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port, logged)")
     ap.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -107,9 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _load(args: argparse.Namespace, threads: int):
+    """The backend for MODEL, or for the pair --density / --sampler."""
+    from .serving import load_backend, load_pair_backend
+
+    sides = {"density_backend": args.density_backend, "sampler_backend": args.sampler_backend}
+    common = {"threads": threads, "cache_dir": args.cache_dir, "device": args.device, **sides}
+    if args.density or args.sampler:
+        if args.model or not (args.density and args.sampler):
+            raise InputError("serve one MODEL, or a pair with both --density and --sampler (not MODEL as well)")
+        return load_pair_backend(args.density, args.sampler, args.backend, **common)
+    if not args.model:
+        raise InputError("name the MODEL to serve (a checkpoint, an export folder or a pair bundle), or a pair "
+                         "with --density and --sampler")
+    return load_backend(args.model, args.backend, **common)
+
+
 def main_serve(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .serving import ServeConfig, create_app, load_backend
+    from .serving import ServeConfig, create_app
     from .serving.jsonlog import configure_logging
     from .serving.runner import bind, uvicorn_config
 
@@ -120,7 +145,7 @@ def main_serve(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     # Leave one core to the event loop (HTTP parsing, JSON): ONNX Runtime's intra-op threads spin while waiting.
     threads = args.threads or max(1, (os.cpu_count() or 2) - 1)
-    backend = load_backend(args.model, args.backend, threads=threads, cache_dir=args.cache_dir, device=args.device)
+    backend = _load(args, threads)
     if backend.name != "tensorrt":
         backend.extra["threads"] = threads
     config = ServeConfig(
@@ -137,7 +162,8 @@ def main_serve(argv: list[str] | None = None) -> int:
         raise InputError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     host, port = sock.getsockname()[:2]
     log.info("listening", extra={"url": f"http://{host}:{port}", "host": host, "port": port,
-                                 "backend": backend.name, "model": str(args.model)})
+                                 "backend": backend.name,
+                                 "model": str(args.model or f"{args.density} + {args.sampler}")})
     import uvicorn
 
     server = uvicorn.Server(uvicorn_config(app, graceful_timeout_s=args.graceful_timeout))

@@ -19,6 +19,10 @@ fastest backend available here for the device and architecture, in the order mea
 benchmark suite (``ranking.json``, written by ``python -m bench.ranking``). The same seed gives
 the same samples on every backend (noise is drawn with ``numpy.random.default_rng(seed)``).
 Options: ``cache_dir`` (where onnxruntime / tensorrt exports are kept).
+
+A density model and a sampler deploy as one Runner (``log_prob`` to one, ``sample`` to the other):
+``load_pair(density, sampler, backend="auto", density_backend=None, sampler_backend=None, ...)``,
+or ``load(BUNDLE)`` on a folder written by ``python -m nfkd pair`` (``pair.json``); see ``pair``.
 """
 from __future__ import annotations
 
@@ -28,11 +32,14 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from .bundle import is_pair_bundle
+from .pair import PairRunner, load_bundle, load_pair
 from .registry import BACKENDS, BackendStatus, backends, loader, ranking, status
 from .runner import ModelMeta, Runner, draw_noise
 from .sources import ModelSource, resolve_source
 
-__all__ = ["BACKENDS", "BackendStatus", "ModelMeta", "Runner", "backends", "draw_noise", "load", "ranking"]
+__all__ = ["BACKENDS", "BackendStatus", "ModelMeta", "PairRunner", "Runner", "backends", "draw_noise", "load",
+           "load_pair", "ranking"]
 
 
 def _device(device: str | torch.device | None) -> str:
@@ -54,7 +61,10 @@ def _threads(threads: Any) -> int | None:
 
 def _choose(source: ModelSource, device: str) -> str:
     tried = []
-    for name in ranking(device, source.meta.arch):
+    order = ranking(device, source.meta.arch)
+    if source.export_folder is not None:  # an export runs on an export runtime, ranked for its arch or not
+        order += [b for b in ("onnxruntime", "tensorrt") if b not in order]
+    for name in order:
         st = status(name)
         if not st.available or device.split(":")[0] not in st.devices:
             tried.append(f"{name}: {st.reason if not st.available else 'not on ' + device}")
@@ -69,7 +79,10 @@ def _choose(source: ModelSource, device: str) -> str:
 
 def load(model: Any, backend: str = "auto", device: str | torch.device | None = None, threads: int | None = None,
          **options: Any) -> Runner:
-    """A Runner for ``model`` (Flow, checkpoint path or export folder) on ``backend`` ('auto': fastest here).
+    """A Runner for ``model`` (Flow, checkpoint path, export folder or pair bundle) on ``backend`` ('auto': fastest here).
+
+    A pair bundle (a folder with ``pair.json``) gives a ``PairRunner``; options ``density_backend`` /
+    ``sampler_backend`` override ``backend`` for one side.
 
     >>> import numpy as np
     >>> from nfkd.flows import Glow1D
@@ -83,6 +96,8 @@ def load(model: Any, backend: str = "auto", device: str | torch.device | None = 
     threads = _threads(threads)
     if backend != "auto" and backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose 'auto' or one of {list(BACKENDS)}")
+    if is_pair_bundle(model):
+        return load_bundle(model, backend=backend, device=device, threads=threads, **options)
     source = resolve_source(os.fspath(model) if isinstance(model, os.PathLike) else model)
     name = _choose(source, device) if backend == "auto" else backend
     st = status(name)
@@ -94,3 +109,4 @@ def load(model: Any, backend: str = "auto", device: str | torch.device | None = 
         raise InputError(f"backend {name!r} runs {', '.join(BACKENDS[name].archs or ())} models, not "
                          f"{source.meta.arch}; use backend='auto'")
     return loader(name)(source, device, threads, options)
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ class ModelSource:
     flow: Flow | None = None  # the trained flow (None for an export folder)
     checkpoint: Path | None = None
     export_folder: Path | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # the checkpoint's free-form metadata (dataset, normalization)
 
 
 def _manifest_meta(folder: Path) -> ModelMeta:
@@ -40,9 +41,12 @@ def _manifest_meta(folder: Path) -> ModelMeta:
 
 
 def resolve_source(model: Any) -> ModelSource:
-    """A Flow, a checkpoint file (.pt) or an export folder (with manifest.json)."""
+    """A Flow, a checkpoint file (.pt) or an export folder (with manifest.json); a ModelSource as it is."""
+    if isinstance(model, ModelSource):  # already resolved (load_pair checks both sides before loading them)
+        return model
     if isinstance(model, Flow):
-        return ModelSource(ModelMeta.of_flow(model, source=f"<{type(model).__name__} object>"), flow=model)
+        return ModelSource(ModelMeta.of_flow(model, source=f"<{type(model).__name__} object>"), flow=model,
+                           metadata=dict(getattr(model, "checkpoint_metadata", None) or {}))
     if not isinstance(model, (str, os.PathLike)):
         raise InputError(f"model must be an nfkd Flow, a checkpoint path or an export folder, got {type(model).__name__}")
     path = Path(model)
@@ -56,7 +60,8 @@ def resolve_source(model: Any) -> ModelSource:
     from ..checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    return ModelSource(ModelMeta.of_flow(ckpt.flow, ckpt.sha256, str(path)), flow=ckpt.flow, checkpoint=path)
+    return ModelSource(ModelMeta.of_flow(ckpt.flow, ckpt.sha256, str(path)), flow=ckpt.flow, checkpoint=path,
+                       metadata=dict(ckpt.metadata))
 
 
 def _trained(source: ModelSource, backend: str) -> Flow:

@@ -24,11 +24,12 @@ cache live in ``export/`` (``export.cache``), reached only through ``nfkd.infere
 """
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "ModelBackend", "ServeConfig", "create_app", "load_backend"]
+__all__ = ["BACKENDS", "ModelBackend", "ServeConfig", "create_app", "load_backend", "load_pair_backend"]
 
 _LAZY = {
     "ServeConfig": "config", "create_app": "http_app",
     "BACKENDS": "backends", "ModelBackend": "backends", "load_backend": "backends",
+    "load_pair_backend": "backends",
 }
 
 

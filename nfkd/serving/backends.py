@@ -8,6 +8,8 @@ Every backend is an ``nfkd.inference`` Runner (the one door), adapted here:
     load_backend("student.pt", "torch")            # the eager flow, no export
     load_backend("student.pt", "triton")           # the fused kernels (CUDA)
     load_backend("student-export/", "tensorrt")    # density.plan / sample.plan built by export.trt
+    load_backend("bundle/")                        # a pair (python -m nfkd pair): log_prob to one model, sample to the other
+    load_pair_backend("maf.pt", "iaf.pt")          # the same without a bundle
 
 Inputs reaching ``log_prob`` were already validated by the service (float32, right shape,
 finite, at most ``max_batch`` rows). Sampling draws its noise with
@@ -33,12 +35,13 @@ import numpy as np
 from nfkd.errors import InputError
 from nfkd.inference.runner import draw_noise
 
-__all__ = ["BACKENDS", "ModelBackend", "RunnerBackend", "draw_noise", "load_backend"]
+__all__ = ["BACKENDS", "ModelBackend", "RunnerBackend", "draw_noise", "load_backend", "load_pair_backend"]
 
 # "torch" is the eager flow (the service's historical name); the rest are nfkd.inference's backends
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch", "eager", "folded", "compile", "triton", "numba")
 DEFAULT_MAX_BATCH = 1 << 30  # PyTorch backends take any batch; the service's own limits bound requests
 log = logging.getLogger("nfkd.serve")
+PASSED_THROUGH = ("export", "kernel_ops", "pair")  # Runner.info() sections that GET /metadata shows as they are
 
 
 @dataclass
@@ -100,9 +103,7 @@ class RunnerBackend(ModelBackend):
 
     def __init__(self, runner, name: str, threads: int | None) -> None:
         info = runner.info()
-        extra = {k: v for k, v in info.items() if k == "export"}
-        if "kernel_ops" in info:
-            extra["kernel_ops"] = info["kernel_ops"]
+        extra = {k: info[k] for k in PASSED_THROUGH if k in info}
         super().__init__(
             name=name, arch=info["arch"], config=dict(info["config"]), event_shape=tuple(runner.event_shape),
             noise_shapes=list(runner.noise_shapes), max_batch=int(runner.max_batch or DEFAULT_MAX_BATCH),
@@ -122,29 +123,69 @@ class RunnerBackend(ModelBackend):
         self.runner.pin_threads()
 
 
+def _backend_name(backend: str | None, what: str = "backend") -> str | None:
+    if backend is None:
+        return None
+    if backend not in BACKENDS:
+        raise InputError(f"{what} must be one of {BACKENDS}, got {backend!r}")
+    return "eager" if backend == "torch" else backend
+
+
+def _side_options(density_backend: str | None, sampler_backend: str | None) -> dict[str, str]:
+    sides = {"density_backend": _backend_name(density_backend, "density_backend"),
+             "sampler_backend": _backend_name(sampler_backend, "sampler_backend")}
+    return {k: v for k, v in sides.items() if v is not None}
+
+
 def load_backend(
     model: str | os.PathLike,
     backend: str = "auto",
     threads: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     device: str | None = None,
+    density_backend: str | None = None,
+    sampler_backend: str | None = None,
 ) -> ModelBackend:
-    """MODEL = checkpoint ``.pt`` or export folder -> a backend through ``nfkd.inference.load``.
+    """MODEL = checkpoint ``.pt``, export folder or pair bundle -> a backend through ``nfkd.inference.load``.
 
-    ``backend``: any ``nfkd.inference`` backend, ``auto`` (the fastest here) or ``torch`` (= eager).
+    ``backend``: any ``nfkd.inference`` backend, ``auto`` (the fastest here) or ``torch`` (= eager);
+    for a pair bundle ``density_backend`` / ``sampler_backend`` override it for one side.
     Exports are parity-gated, cached by checkpoint hash and re-checked when reused (export.cache).
     """
     from nfkd import inference
+    from nfkd.inference.bundle import is_pair_bundle
 
-    if backend not in BACKENDS:
-        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    name = _backend_name(backend)
     path = Path(model)
     if not path.exists():
-        raise InputError(f"model not found: {path} (expected a checkpoint .pt or an export folder with manifest.json)")
-    name = "eager" if backend == "torch" else backend
-    if path.is_dir() and name not in ("auto", "onnxruntime", "tensorrt"):
+        raise InputError(f"model not found: {path} (expected a checkpoint .pt, an export folder with manifest.json "
+                         f"or a pair bundle with pair.json)")
+    pair = is_pair_bundle(path)
+    sides = _side_options(density_backend, sampler_backend)
+    if sides and not pair:
+        raise InputError(f"--density-backend / --sampler-backend apply to a pair; {path} is one model: use --backend")
+    if path.is_dir() and not pair and name not in ("auto", "onnxruntime", "tensorrt"):
         raise InputError(f"backend {backend!r} runs the PyTorch flow and needs the checkpoint file (.pt), not the "
                          f"export folder {path}")
     # threads: ONNX Runtime's session, and torch's count set inside the model thread (init_model_thread)
-    runner = inference.load(path, backend=name, device=device, threads=threads, cache_dir=cache_dir)
-    return RunnerBackend(runner, backend if backend != "auto" else runner.backend, threads)
+    runner = inference.load(path, backend=name, device=device, threads=threads, cache_dir=cache_dir, **sides)
+    return RunnerBackend(runner, backend if backend != "auto" and not pair else runner.backend, threads)
+
+
+def load_pair_backend(
+    density: str | os.PathLike,
+    sampler: str | os.PathLike,
+    backend: str = "auto",
+    threads: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    density_backend: str | None = None,
+    sampler_backend: str | None = None,
+) -> ModelBackend:
+    """``/log_prob`` from ``density``, ``/sample`` from ``sampler`` (``nfkd.inference.load_pair``), without a bundle."""
+    from nfkd import inference
+
+    name = _backend_name(backend)
+    runner = inference.load_pair(density, sampler, backend=name, device=device, threads=threads, cache_dir=cache_dir,
+                                 **_side_options(density_backend, sampler_backend))
+    return RunnerBackend(runner, runner.backend, threads)
