@@ -124,15 +124,18 @@ class ValidationNLL:
 
 
 def trimmed_nll(nll: Tensor, trim: float) -> float:
-    """Mean NLL after leaving out the worst ``ceil(trim * n)`` rows (non-finite rows count as the worst).
+    """Mean NLL after leaving out the worst ``floor(trim * n)`` rows (non-finite rows count as the worst).
 
     One-sided: only the rows the model explains worst are dropped, which is where a collapsing
     flow's few astronomically bad rows sit. More non-finite rows than the trim leaves out: +inf.
+    The floor keeps small validation sets (under 1/trim rows) on the plain mean: there one row is
+    a large share of the evidence, and dropping it hid a teacher's overfitting (breast_cancer, 57
+    validation rows: the trimmed criterion kept step 600 where the mean rose from step 300).
     """
     if not 0.0 <= trim < 0.5:
         raise ValueError(f"select_trim must be in [0, 0.5), got {trim}")
     v = torch.where(torch.isfinite(nll), nll, torch.full_like(nll, math.inf))
-    k = math.ceil(trim * len(v))
+    k = math.floor(trim * len(v) + 1e-9)
     kept = torch.sort(v).values[: len(v) - k] if k else v
     return float(kept.mean()) if len(kept) else math.inf
 

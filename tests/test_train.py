@@ -165,15 +165,16 @@ def test_trimmed_nll_drops_only_the_worst_rows_and_counts_nonfinite_as_worst():
     from nfkd.train import trimmed_nll
 
     nll = torch.tensor([1.0, 2.0, 3.0, 1e30, float("nan")], dtype=torch.float64)
-    assert trimmed_nll(nll, 0.4) == pytest.approx(2.0)  # ceil(0.4*5) = 2 worst rows out: nan and 1e30
+    assert trimmed_nll(nll, 0.4) == pytest.approx(2.0)  # floor(0.4*5) = 2 worst rows out: nan and 1e30
     assert trimmed_nll(nll, 0.2) == pytest.approx((1 + 2 + 3 + 1e30) / 4)  # only the nan row out
-    assert trimmed_nll(torch.tensor([1.0, float("inf"), float("nan")]), 0.2) == float("inf")  # 2 bad > 1 trimmed
+    assert trimmed_nll(torch.tensor([1.0, float("inf"), float("nan"), 0.0, 2.0]), 0.2) == float("inf")  # 2 bad > 1
     assert trimmed_nll(torch.tensor([4.0, 2.0]), 0.0) == pytest.approx(3.0)
+    assert trimmed_nll(torch.tensor([1.0] * 98 + [1e6]), 0.01) > 1e3  # under 100 rows: the plain mean
 
 
 def test_selection_ignores_a_few_exploding_validation_rows(tmp_path):
     """A run whose validation set holds one absurd row keeps the step the other rows prefer."""
-    data = _data()
+    data = _data(n=800)  # 300 validation rows: the 1 % trim leaves out 3
     bad = data.val.clone()
     bad[0] = 1e3  # one row far outside: its NLL dominates the plain mean at every step
     result = Trainer(_student(), TrainData(data.train, bad), _cfg(steps=40), tmp_path).run()
