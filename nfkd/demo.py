@@ -92,7 +92,7 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
              student_steps: int = 1500, threads: int = 2, seed: int = 0, log=print,
              image_data: str | None = "digits_images", image_steps: tuple[int, int] = (1000, 600),
              fid_n: int = 0, inception: str | None = None, method: str | None = None,
-             protocol: str | None = None) -> dict[str, Any]:
+             protocol: str | None = None, deploy: bool = True, deploy_rounds: int = 3) -> dict[str, Any]:
     torch.set_num_threads(threads)
     chosen = method is not None
     best_method, best_protocol, best_why = demo_recipe(arch)
@@ -167,11 +167,19 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
     for name in results:
         if (runs / name.replace(":", "_") / "loss_curve.png").exists():
             shutil.copy(runs / name.replace(":", "_") / "loss_curve.png", out / f"loss_curve_{name}.png")
-    report = {"dataset": data_name, "arch": arch, "dim": data.dim, "splits": data.sizes, "results": results,
+    report = {"out": str(out), "dataset": data_name, "arch": arch, "dim": data.dim, "splits": data.sizes, "results": results,
               "methods": methods, "kd_method": method, "kd_method_why": why, "protocol": protocol,
               "best_student_by_val": best_by_val, "best_student_by_test": best, "export": export_info,
               "throughput_batch4096": tp, "sampling_batch4096": sampling, "threads": threads}
     _write_report(out, report)  # the tabular results are kept even if the image part fails
+    if deploy:
+        from .demo_deploy import run_deploy_demo
+
+        extra = {} if arch == "maf" else {f"{arch} teacher": runs / "teacher" / "model.pt",
+                                          f"{arch} student ({best_by_val})": runs / best_by_val.replace(":", "_") / "model.pt"}
+        report["deploy"] = run_deploy_demo(out, data, teacher_steps, student_steps, seed, log=log, extra_models=extra,
+                                           rounds=deploy_rounds)
+        _write_report(out, report)
     if image_data:
         report["images"] = run_image_demo(out, image_data, *image_steps, seed=seed, fid_n=fid_n, log=log,
                                            inception=inception, method=method if chosen else None)
@@ -223,6 +231,10 @@ def render_report(r: dict[str, Any]) -> str:
     lines += ["", "![samples](samples.png)", "", "![throughput](throughput.png)", ""]
     lines += [f"![loss {n}](loss_curve_{n}.png)" for n in res]
     text = "\n".join(lines) + "\n"
+    if "deploy" in r:
+        from .demo_deploy import render_deploy_section
+
+        text += "\n" + render_deploy_section(r["deploy"], Path(r.get("out", ".")))
     if "images" in r:
         text += "\n" + render_image_section(r["images"])
     return text
@@ -252,6 +264,8 @@ def main(argv: list[str]) -> int:
     img.add_argument("--fid", type=int, default=0, metavar="N",
                      help="also FID of N samples (T=1, 0.7) and N interpolants per model (needs the fid extra)")
     img.add_argument("--inception", default=None, metavar="PATH", help="TorchScript Inception-v3 for --fid")
+    parser.add_argument("--no-deploy", action="store_true",
+                        help="skip the deployment part (MAF + IAF students, the pair bundle, the latency trade-off)")
     parser.add_argument("--quick", action="store_true", help="a tiny budget (smoke test)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -260,5 +274,6 @@ def main(argv: list[str]) -> int:
     run_demo(Path(args.out), args.data, args.arch, args.teacher_steps, args.student_steps, args.threads, args.seed,
              image_data=None if args.no_images else args.image_data,
              image_steps=(args.image_teacher_steps, args.image_student_steps), fid_n=args.fid,
-             inception=args.inception, method=args.method, protocol=args.protocol)
+             inception=args.inception, method=args.method, protocol=args.protocol, deploy=not args.no_deploy,
+             deploy_rounds=1 if args.quick else 3)
     return 0
