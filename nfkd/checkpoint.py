@@ -24,6 +24,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .checkpoint_header import check_config, covered_digest, entries_of, loads_json, parse_header, stored_float_dtype
+from .checkpoint_structure import check_structure
 from .errors import CheckpointError
 from .flows import Flow, build_flow
 
@@ -148,6 +149,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"{path} does not match its {arch} config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    check_structure(path, flow, tensors, metadata)  # masks, permutations, statistics: before anything is scored
     try:
         flow.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

@@ -1,0 +1,97 @@
+"""Hardening, round 3 (issue 24), core half: crafted buffers, crafted resume states, distill flags,
+float64 rows beyond float32, tensor-count budget, disk full, scale-free constancy, unknown options."""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as st_save
+
+import nfkd
+from nfkd.checkpoint_header import covered_digest, entries_of
+from nfkd.errors import CheckpointError
+from nfkd.flows import IAF, MAF, Glow, Glow1D
+
+from .helpers import perturb
+
+
+def _write_crafted(path: Path, arch: str, config: dict, tensors: dict[str, torch.Tensor],
+                   metadata: dict | None = None) -> Path:
+    """A checkpoint with the given tensors and a recomputed (self-vouching) checksum, as an attacker would."""
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    payload = st_save(tensors)
+    (n,) = struct.unpack("<Q", payload[:8])
+    meta = {"format": "nfkd-checkpoint", "format_version": "2", "arch": arch, "config": json.dumps(config),
+            "metadata": json.dumps(metadata or {})}
+    meta["sha256"] = covered_digest(meta, entries_of(payload), payload[8 + n:])
+    path.write_bytes(st_save(tensors, metadata=meta))
+    return path
+
+
+def _edited(tmp_path: Path, flow, key: str, value: torch.Tensor, metadata: dict | None = None) -> Path:
+    state = {k: v.clone() for k, v in flow.state_dict().items()}
+    assert key in state, sorted(state)
+    state[key] = value.to(state[key].dtype)
+    return _write_crafted(tmp_path / "crafted.pt", flow.arch, flow.config, state, metadata)
+
+
+# --- 4: structural buffers ----------------------------------------------------------------------
+def _maf() -> MAF:
+    return perturb(MAF(2, blocks=2, hidden=8), seed=1)
+
+
+@pytest.mark.parametrize("make,key,value,match", [
+    (_maf, "blocks.0.made.net.0.mask", lambda t: torch.ones_like(t), r"blocks\.0\.made\.net\.0\.mask differs"),
+    (_maf, "blocks.0.made.net.4.mask", lambda t: torch.ones_like(t), r"mask differs from the one its config"),
+    (_maf, "blocks.1.perm.perm", lambda t: torch.tensor([0, 0]), r"perm\.perm is not a permutation"),
+    (_maf, "blocks.1.perm.perm", lambda t: torch.tensor([0, 1]), r"perm\.perm differs from the permutation"),
+    (_maf, "blocks.1.perm.inv_perm", lambda t: torch.tensor([0, 1]), r"inv_perm is not the inverse"),
+    (_maf, "normalize.scale", lambda t: torch.tensor([1.0, 0.0]), r"normalize\.scale holds values <= 0"),
+    (_maf, "normalize.loc", lambda t: torch.tensor([float("nan"), 0.0]), r"holds NaN or Inf"),
+    (lambda: perturb(MAF(2, blocks=2, hidden=8, batch_norm=True)), "blocks.0.bn.running_var",
+     lambda t: torch.tensor([-1.0, 1.0]), r"running_var holds values <= 0"),
+    (lambda: perturb(IAF(3, blocks=2, hidden=8)), "blocks.0.made.net.0.mask", lambda t: torch.ones_like(t),
+     r"mask differs"),
+    (lambda: perturb(Glow1D(4, steps=2, hidden=8)), "steps.0.mix.sign_s", lambda t: t * 2, r"sign_s holds values"),
+    (lambda: perturb(Glow1D(4, steps=2, hidden=8)), "steps.0.mix.perm", lambda t: torch.ones_like(t),
+     r"mix\.perm is not a permutation matrix"),
+    (lambda: perturb(Glow1D(4, steps=2, hidden=8)), "steps.1.mix.lower_mask", lambda t: torch.ones_like(t),
+     r"lower_mask differs"),
+    (lambda: perturb(Glow1D(4, steps=2, hidden=8)), "steps.1.mix.eye", lambda t: 2 * t, r"mix\.eye differs"),
+    (lambda: perturb(Glow((1, 4, 4), levels=1, steps=1, hidden=4)), "levels.0.0.mix.sign_s",
+     lambda t: torch.zeros_like(t), r"sign_s holds values"),
+    (_maf, "blocks.0.made.net.0.weight", lambda t: t * float("inf"), r"tensor blocks\.0\.made\.net\.0\.weight holds"),
+])
+def test_crafted_structural_buffers_are_refused(tmp_path, make, key, value, match):
+    """Masks of ones made the "density" integrate to 1.43, perm=[0, 0] to 8.17, and eager/folded scored them."""
+    flow = make()
+    path = _edited(tmp_path, flow, key, value(flow.state_dict()[key]))
+    with pytest.raises(CheckpointError, match=match):
+        nfkd.load(path)
+
+
+def test_teacher_initialised_permutations_load(tmp_path):
+    """A student initialised from a teacher's blocks keeps the teacher's permutations: valid, not the seed's."""
+    flow = perturb(MAF(3, blocks=2, hidden=8, permutation="random", seed=0))
+    other = torch.tensor([1, 2, 0]) if not torch.equal(flow.blocks[0].perm.perm, torch.tensor([1, 2, 0])) \
+        else torch.tensor([2, 0, 1])
+    state = {k: v.clone() for k, v in flow.state_dict().items()}
+    state["blocks.0.perm.perm"], state["blocks.0.perm.inv_perm"] = other, torch.argsort(other)
+    path = _write_crafted(tmp_path / "t.pt", "maf", flow.config, state, {"init_from_teacher": ["block0"]})
+    assert torch.equal(nfkd.load(path).blocks[0].perm.perm, other)
+    path = _write_crafted(tmp_path / "u.pt", "maf", flow.config, state)
+    with pytest.raises(CheckpointError, match="differs from the permutation its config"):
+        nfkd.load(path)
+
+
+def test_saved_models_of_every_architecture_still_load(tmp_path):
+    for flow in (perturb(MAF(3, blocks=2, hidden=8, batch_norm=True, permutation="random")),
+                 perturb(IAF(3, blocks=2, hidden=8)), perturb(Glow1D(4, steps=2, hidden=8)),
+                 perturb(Glow((1, 4, 4), levels=2, steps=1, hidden=4))):
+        x = torch.randn((2, *flow.event_shape)) * 0.1
+        loaded = nfkd.load(nfkd.save(flow.eval(), tmp_path / f"{flow.arch}.pt"))
+        with torch.no_grad():
+            assert torch.equal(loaded.log_prob(x), flow.log_prob(x))
