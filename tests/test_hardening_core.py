@@ -95,3 +95,37 @@ def test_saved_models_of_every_architecture_still_load(tmp_path):
         loaded = nfkd.load(nfkd.save(flow.eval(), tmp_path / f"{flow.arch}.pt"))
         with torch.no_grad():
             assert torch.equal(loaded.log_prob(x), flow.log_prob(x))
+
+
+# --- 8: the work of refusing a crafted file is bounded by its tensor count -----------------------
+def _empty_tensors(tmp_path: Path, n: int, blocks: int) -> Path:
+    config = dict(MAF(4, blocks=2, hidden=8).config, blocks=blocks)
+    return _write_crafted(tmp_path / f"empty{n}.pt", "maf", config, {f"t{i}": torch.zeros(0) for i in range(n)})
+
+
+def test_too_many_tensors_is_refused_before_anything_is_built(tmp_path, monkeypatch):
+    """100,000 empty tensors + blocks=20000 (6.7 MB) kept `nfkd info` busy 68.5 s before refusing."""
+    from nfkd.checkpoint_header import MAX_TENSORS
+
+    built = []
+    monkeypatch.setattr("nfkd.checkpoint_header.build_flow", lambda *a, **k: built.append(1))
+    with pytest.raises(CheckpointError, match=f"lists {MAX_TENSORS + 1:,} tensors; nfkd checkpoints hold at most"):
+        nfkd.load(_empty_tensors(tmp_path, MAX_TENSORS + 1, 20_000))
+    assert not built
+
+
+def test_skeleton_build_stops_at_the_stored_tensor_count(tmp_path, monkeypatch):
+    """Below the tensor bound, a config implying far more tensors stops after ~as many as are stored."""
+    from nfkd.flows import maf
+
+    made = []
+    original = maf.MAFBlock.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(maf.MAFBlock, "__init__", counting)
+    with pytest.raises(CheckpointError, match="implies a far larger model than the 2000 stored tensors"):
+        nfkd.load(_empty_tensors(tmp_path, 2000, 20_000))
+    assert len(made) <= 2000 // 11 + 10, len(made)  # a MAF block registers 11 tensors
