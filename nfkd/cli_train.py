@@ -8,7 +8,7 @@ import os
 import torch
 
 from .checkpoint import load
-from .cli_checks import check_cli_run, check_teacher
+from .cli_checks import check_cli_run, check_distill_flags, check_teacher
 from .distill import KD_SCALES, METHODS, KDConfig, default_weights
 from .errors import InputError
 from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
@@ -134,6 +134,7 @@ def main_distill(argv: list[str]) -> int:
                         help="density/fkl (and SKD of an iaf student): draw teacher samples from a pool of this "
                              "size, drawn once (0: fresh every step)")
     args = parser.parse_args(argv)
+    check_distill_flags(args)
     check_cli_run(_train_config(args), args.out, args.threads, {"steps_arch": args.steps_arch, "hidden": args.hidden})
     if args.threads:
         torch.set_num_threads(args.threads)

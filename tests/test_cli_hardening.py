@@ -58,6 +58,8 @@ def _replace(args: list[str], flag: str, value: str) -> list[str]:
     ("--hidden", "0", r"--hidden must be a positive integer"),
     ("--steps-arch", "-2", r"--steps-arch must be a positive integer"),
     ("--device", "nonsense", r"--device 'nonsense' is not a torch device"),
+    ("--hidden", "100000000", r"--hidden = 100000000 is above the largest supported 16,384"),  # was a traceback
+    ("--steps-arch", "5000", r"--steps-arch = 5000 is above the largest supported 1,024"),
 ])
 @pytest.mark.parametrize("command", ["train", "distill"])
 def test_bad_settings_are_one_line_and_write_nothing(tmp_path, capsys, command, flag, value, match):
@@ -66,6 +68,24 @@ def test_bad_settings_are_one_line_and_write_nothing(tmp_path, capsys, command, 
     err = _one_line_error(capsys, [command, *_replace(FAST, flag, value), *extra, "--out", str(tmp_path / "o")])
     assert __import__("re").search(match, err), err
     assert not (tmp_path / "o").exists(), "nothing may be written for a refused command line"
+
+
+@pytest.mark.parametrize("flag,value,match", [
+    ("--temperature", "nan", r"--temperature must be a finite number > 0"),  # silently dropped SKD, exit 0
+    ("--temperature", "-3", r"--temperature must be a finite number > 0 and <= 1000, got -3\.0"),
+    ("--temperature", "0", r"--temperature must be a finite number > 0"),
+    ("--lambda-kd", "nan", r"--lambda-kd must be a finite number >= 0, got nan"),  # an untrained model.pt, exit 0
+    ("--lambda-nll", "-1", r"--lambda-nll must be a finite number >= 0"),
+    ("--lambda-skd", "inf", r"--lambda-skd must be a finite number >= 0"),
+    ("--align-every", "0", r"--align-every must be a positive integer, got 0"),  # was a traceback
+    ("--teacher-pool", "-4", r"--teacher-pool must be an integer >= 0"),  # was a traceback
+])
+def test_bad_distill_flags_are_one_line_before_any_work(tmp_path, capsys, flag, value, match):
+    """Issue 24 #6: checked before the teacher is even read (it does not exist here)."""
+    argv = ["distill", *FAST, flag, value, "--teacher", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]
+    err = _one_line_error(capsys, argv)
+    assert __import__("re").search(match, err), err
+    assert not (tmp_path / "o").exists()
 
 
 def test_out_pointing_at_a_file(tmp_path, capsys):
