@@ -129,3 +129,59 @@ def test_skeleton_build_stops_at_the_stored_tensor_count(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="implies a far larger model than the 2000 stored tensors"):
         nfkd.load(_empty_tensors(tmp_path, 2000, 20_000))
     assert len(made) <= 2000 // 11 + 10, len(made)  # a MAF block registers 11 tensors
+
+
+# --- 7: float64 rows beyond the float32 range -----------------------------------------------------
+def _backends() -> list[str]:
+    from nfkd import inference
+
+    return [b for b in ("eager", "folded", "numba") if inference.status(b).available]
+
+
+@pytest.mark.parametrize("value", [1e39, -1e300])
+def test_float64_rows_beyond_float32_are_refused_on_every_backend(tmp_path, value):
+    """They gave [nan, nan] on eager, folded and numba: finiteness was checked before the float32 cast."""
+    import numpy as np
+
+    from nfkd import inference
+    from nfkd.errors import InputError
+
+    path = nfkd.save(perturb(MAF(2, blocks=2, hidden=8)).eval(), tmp_path / "m.pt")
+    x = np.array([[0.0, 0.0], [value, 0.0], [0.0, 1.0]])
+    for backend in _backends():
+        runner = inference.load(path, backend=backend, threads=1)
+        for batch in (x, torch.as_tensor(x)):
+            with pytest.raises(InputError, match=r"beyond the float32 range .* in rows \[1\]"):
+                runner.log_prob(batch)
+        assert np.isfinite(runner.log_prob(x[[0, 2]])).all()
+        with pytest.raises(InputError, match=r"noise\[0\] has values beyond the float32 range"):
+            runner.sample(noise=[x])
+
+
+def test_overflow_inside_the_model_is_an_error_not_nan(tmp_path):
+    """3e38 is a float32 value, but eager's normalization overflows on it and gave NaN silently."""
+    import numpy as np
+
+    from nfkd import inference
+    from nfkd.errors import InputError
+
+    flow = perturb(MAF(2, blocks=2, hidden=8)).eval()
+    flow.normalize.set(torch.zeros(2), torch.full((2,), 0.5))
+    runner = inference.load(flow, backend="eager", threads=1)
+    x = np.array([[0.0, 0.0], [3e38, 0.0]], np.float32)
+    try:
+        out = runner.log_prob(x)
+    except InputError as exc:
+        assert "rows [1] overflow float32 inside the model" in str(exc)
+    else:
+        assert not np.isnan(out).any(), out
+
+
+# --- 12: unknown options of inference.load ---------------------------------------------------------
+@pytest.mark.parametrize("option", ["cachedir", "thread"])
+def test_unknown_load_options_are_refused(option):
+    from nfkd import inference
+    from nfkd.errors import InputError
+
+    with pytest.raises(InputError, match=rf"unknown option\(s\) '{option}' .*valid: .*threads, cache_dir, export_dir"):
+        inference.load(MAF(2, blocks=1, hidden=4), backend="eager", **{option: 1})
