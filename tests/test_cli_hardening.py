@@ -226,3 +226,28 @@ def test_nonfinite_events_before_the_saved_step_are_kept(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     prepare_metrics(path, 20)
     assert [json.loads(x) for x in path.read_text().splitlines()] == rows[:3]
+
+
+def test_disk_full_while_training_is_one_line_and_keeps_the_last_state(tmp_path, capsys, monkeypatch):
+    """Issue 24 #10: ENOSPC from atomic_write_bytes was an OSError traceback (exit 1)."""
+    import errno
+    import os
+
+    out = tmp_path / "run"
+    assert nfkd_main(["train", *FAST, "--arch", "maf", "--out", str(out)]) == 0
+    capsys.readouterr()
+    state, model = out / "train_state.pt", out / "model.pt"
+    before = {p: p.read_bytes() for p in (state, model)}
+    real_fsync = os.fsync
+
+    def full_for_states(fd: int) -> None:  # the disk fills up when the next training state is written
+        if ".train_state.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_for_states)
+    err = _one_line_error(capsys, ["train", *_replace(FAST, "--steps", "40"), "--arch", "maf", "--out", str(out),
+                                   "--resume"])
+    assert "cannot write" in err and "No space left on device" in err and "previous train_state.pt is kept" in err
+    assert all(p.read_bytes() == b for p, b in before.items())
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
