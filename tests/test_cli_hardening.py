@@ -251,3 +251,54 @@ def test_disk_full_while_training_is_one_line_and_keeps_the_last_state(tmp_path,
     assert "cannot write" in err and "No space left on device" in err and "previous train_state.pt is kept" in err
     assert all(p.read_bytes() == b for p, b in before.items())
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def _edit_state(good: bytes, path: Path, **changes) -> None:
+    import io
+
+    st = torch.load(io.BytesIO(good), weights_only=True)
+    st.update(changes)
+    torch.save(st, path)
+
+
+def test_resume_refuses_edited_state_fields(tmp_path, capsys):
+    """Issue 24 #5: bad batch_gen / torch_rng / history or step "abc" gave tracebacks, step -100 ran 106 steps,
+    lr_scale NaN exited 0 with a NaN learning rate."""
+    out = tmp_path / "run"
+    assert nfkd_main(["train", *FAST, "--arch", "maf", "--out", str(out)]) == 0
+    capsys.readouterr()
+    state = out / "train_state.pt"
+    good = state.read_bytes()
+    model = torch.load(state, weights_only=True)["model"]
+    resume = ["train", *_replace(FAST, "--steps", "40"), "--arch", "maf", "--out", str(out), "--resume"]
+    cases = [
+        ({"step": "abc"}, "'step' is 'abc'; expected an integer >= 0"),
+        ({"step": -100}, "'step' is -100; expected an integer >= 0"),
+        ({"step": True}, "'step' is True"),
+        ({"lr_scale": float("nan")}, "'lr_scale' is nan; expected a finite number in (0, 1]"),
+        ({"lr_scale": 0.0}, "'lr_scale' is 0.0"),
+        ({"best_val": float("nan")}, "'best_val' is nan"),
+        ({"best_step": 10**6}, "'best_step' is 1000000; expected an integer in -1..step (20)"),
+        ({"skipped": -1}, "'skipped' is -1"),
+        ({"evals_without_improvement": 1.5}, "'evals_without_improvement' is 1.5"),
+        ({"batch_gen": torch.zeros(7, dtype=torch.uint8)}, "'batch_gen' is a torch.uint8 tensor of shape (7,)"),
+        ({"noise_gen": torch.zeros(5056)}, "'noise_gen' is a torch.float32 tensor"),
+        ({"torch_rng": "abc"}, "'torch_rng' is a str; expected a uint8 tensor"),
+        ({"history": "[1, 2"}, "'history' is not valid JSON"),
+        ({"history": json.dumps({"a": 1})}, "'history' is a JSON dict; expected a list"),
+        ({"history": json.dumps([{"step": "x"}])}, "'history' row 0 is"),
+        ({"history": 5}, "'history' is a int; expected JSON text"),
+        ({"running": json.dumps({"nll": float("nan")})}, "'running' entry 'nll' is nan"),
+        ({"best_state": {"a": torch.zeros(1)}}, "'best_state' does not have this model's tensors"),
+        ({"best_state": {k: v.double() for k, v in model.items()}}, "'best_state' normalize.loc is not a torch.float32 tensor"),
+        ({"best_state": {k: v * float("nan") if v.is_floating_point() else v for k, v in model.items()}},
+         "holds NaN or Inf"),
+        ({"opt": [1]}, "'opt' is a list; expected a state dict"),
+    ]
+    for changes, match in cases:
+        _edit_state(good, state, **changes)
+        err = _one_line_error(capsys, resume)
+        assert match in err, (changes, err)
+    state.write_bytes(good)
+    assert nfkd_main(resume) == 0  # the unedited state resumes
+    capsys.readouterr()
