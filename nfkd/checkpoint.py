@@ -5,7 +5,9 @@ config and free-form metadata (dataset, normalization statistics, training summa
 SHA-256 of the header and the tensor bytes (format 2; format 1 files, whose checksum covers only
 the tensor bytes, are still read). The config is checked against the stored tensors before any
 model is built (:mod:`nfkd.checkpoint_header`), so a crafted header cannot make loading allocate
-more than the file holds.  Loading parses JSON and raw tensor bytes only: a pickle (what
+more than the file holds, and its structural buffers (MADE masks, permutations) are checked
+against the config before anything is scored (:mod:`nfkd.checkpoint_structure`): the checksum is
+written by whoever wrote the file, so it cannot vouch for them.  Loading parses JSON and raw tensor bytes only: a pickle (what
 ``torch.save`` writes) is refused before any of it is interpreted.
 """
 from __future__ import annotations

@@ -88,7 +88,7 @@ def _rule(module: nn.Module, name: str) -> Rule:
     return _exact
 
 
-def _inverse_consistent(module: nn.Module, prefix: str, tensors: dict[str, Tensor]) -> bool:
+def _inverse_consistent(prefix: str, tensors: dict[str, Tensor]) -> bool:
     """A Permutation's stored inverse must invert its stored permutation."""
     perm, inv = tensors[prefix + "perm"], tensors[prefix + "inv_perm"]
     return _is_permutation(perm) and torch.equal(inv, torch.argsort(perm))
@@ -104,7 +104,7 @@ def check_structure(path: Path, fresh: nn.Module, tensors: dict[str, Tensor], me
         prefix = f"{mod_name}." if mod_name else ""
         for name, buf in module.named_buffers(recurse=False):
             if isinstance(module, Permutation) and name == "inv_perm":
-                why = "" if _inverse_consistent(module, prefix, tensors) else "is not the inverse of its perm"
+                why = "" if _inverse_consistent(prefix, tensors) else "is not the inverse of its perm"
             else:
                 why = _rule(module, name)(tensors[prefix + name], buf, exact_perms)
             if why:

@@ -185,3 +185,13 @@ def test_unknown_load_options_are_refused(option):
 
     with pytest.raises(InputError, match=rf"unknown option\(s\) '{option}' .*valid: .*threads, cache_dir, export_dir"):
         inference.load(MAF(2, blocks=1, hidden=4), backend="eager", **{option: 1})
+
+
+def test_kernels_dispatch_refuses_rows_beyond_float32():
+    """kernels.dispatch.fast_log_prob casts x to the (float32) model's dtype: same check there."""
+    from kernels.dispatch import fast_log_prob
+    from nfkd.errors import InputError
+
+    flow = perturb(MAF(2, blocks=2, hidden=8)).eval()
+    with pytest.raises(InputError, match=r"beyond the float32 range .* in rows \[0\]"):
+        fast_log_prob(flow, torch.tensor([[1e39, 0.0]], dtype=torch.float64))
