@@ -62,7 +62,7 @@ class ExportedFlow(Runner):
 
     def density(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """(log_prob [B], latent [B, D]): the flattened standardized noise of every level (manifest.latent_layout)."""
-        x = check_batch(x, self.event_shape, "x", self.max_batch)
+        x = check_batch(x, self.event_shape, "x", self.max_batch, float32=True)
         return self._density(self._to_native(x))
 
     def decode(self, noise: Sequence[Any], temperature: float = 1.0) -> np.ndarray:

@@ -171,7 +171,7 @@ def fast_log_prob(model, x: Tensor, *, validate: bool = True) -> Tensor:
     if _is_flow(model) and validate:
         from nfkd.flows.base import check_finite_input
 
-        check_finite_input(x, model.event_shape)
+        check_finite_input(x, model.event_shape, float32=model.dtype == torch.float32)  # x is cast to it below
     folded, use_k = _resolve(model, x.device, "log_prob")
     with torch.no_grad():
         if use_k:

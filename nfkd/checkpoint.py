@@ -5,11 +5,14 @@ config and free-form metadata (dataset, normalization statistics, training summa
 SHA-256 of the header and the tensor bytes (format 2; format 1 files, whose checksum covers only
 the tensor bytes, are still read). The config is checked against the stored tensors before any
 model is built (:mod:`nfkd.checkpoint_header`), so a crafted header cannot make loading allocate
-more than the file holds.  Loading parses JSON and raw tensor bytes only: a pickle (what
+more than the file holds, and its structural buffers (MADE masks, permutations) are checked
+against the config before anything is scored (:mod:`nfkd.checkpoint_structure`): the checksum is
+written by whoever wrote the file, so it cannot vouch for them.  Loading parses JSON and raw tensor bytes only: a pickle (what
 ``torch.save`` writes) is refused before any of it is interpreted.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -24,7 +27,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .checkpoint_header import check_config, covered_digest, entries_of, loads_json, parse_header, stored_float_dtype
-from .errors import CheckpointError
+from .checkpoint_structure import check_structure
+from .errors import CheckpointError, StorageError
 from .flows import Flow, build_flow
 
 __all__ = ["Checkpoint", "atomic_write_bytes", "save", "load_checkpoint", "load", "describe"]
@@ -44,20 +48,36 @@ class Checkpoint:
     sha256: str  # of the whole file, for export manifests and serving
 
 
+#: errno values meaning "no room": reported as one StorageError line instead of a traceback.
+_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
+
+
+def _no_room(exc: BaseException, path: Path) -> StorageError | None:
+    """A disk-full / quota error as one clear line (the caller's previous file is untouched)."""
+    if not isinstance(exc, OSError) or exc.errno not in _FULL:
+        return None
+    return StorageError(f"cannot write {path}: {os.strerror(exc.errno)}; the previous {path.name} is kept "
+                        "(free some space, then run again: training continues with --resume)")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        full = _no_room(exc, path)
+        if full is not None:
+            raise full from None
         raise
 
 
@@ -148,6 +168,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"{path} does not match its {arch} config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    check_structure(path, flow, tensors, metadata)  # masks, permutations, statistics: before anything is scored
     try:
         flow.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

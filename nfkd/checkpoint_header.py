@@ -5,7 +5,9 @@ crafted file gets one CheckpointError, never a KeyError or a RecursionError. The
 how big a model ``build_flow`` allocates, so it is checked against the tensors actually stored
 before a real model is built: its sizes are bounded by the stored element count, then the model
 is built on the ``meta`` device (no memory) under an operation budget, and its parameter names,
-shapes and dtypes must equal the stored ones.
+shapes and dtypes must equal the stored ones. The work is bounded by the number of tensors, not
+bytes: a file lists at most ``MAX_TENSORS`` (8,192) tensors, and the build stops as soon as it
+registers more parameters + buffers (or modules) than the stored tensors explain.
 
 Cost: most of torch's meta kernels (and any ``TorchDispatchMode``) are Python code whose first call
 imports ``torch._dynamo``: 3-12 s once per process on a 2-core box. The build therefore runs under
@@ -21,10 +23,13 @@ import hashlib
 import json
 import math
 import struct
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
+from torch.nn.modules import module as _module
 from torch.overrides import TorchFunctionMode
 
 from .errors import CheckpointError
@@ -45,6 +50,12 @@ MIN_SIZE_BOUND = 1 << 16
 SEED_KEYS = frozenset({"seed"})  # seeds are not sizes: any 64-bit value
 #: Dispatcher operations allowed while building the model on the meta device, per stored tensor.
 OPS_PER_TENSOR, OPS_BASE = 20, 2_000  # measured: 2-3.2 operations per stored tensor (presets)
+#: Most tensors a checkpoint may store. The largest preset (CelebA Glow, 4 levels x 32 steps) stores 2,187;
+#: a crafted file of 100,000 empty tensors (6.7 MB) kept ``nfkd info`` busy for 68 s before this bound.
+MAX_TENSORS = 8_192
+#: While building the skeleton, at most this many parameters + buffers beyond the stored tensors, and
+#: modules per stored tensor (measured: <= 0.9 per tensor for every architecture) plus a constant.
+SLACK_TENSORS, MODULES_PER_TENSOR, SLACK_MODULES = 64, 2, 64
 
 
 class TensorEntry(NamedTuple):
@@ -75,6 +86,9 @@ def parse_header(path: Path, data: bytes, header_len: int) -> tuple[dict[str, Te
     meta = header.get("__metadata__", {})
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise CheckpointError(f"{path} is corrupt: '__metadata__' must map names to strings")
+    if len(header) - ("__metadata__" in header) > MAX_TENSORS:
+        raise CheckpointError(f"{path} lists {len(header) - ('__metadata__' in header):,} tensors; nfkd checkpoints "
+                              f"hold at most {MAX_TENSORS:,}: the header is corrupt or crafted")
     available = len(data) - 8 - header_len
     entries: dict[str, TensorEntry] = {}
     for name, entry in header.items():
@@ -222,6 +236,33 @@ class _Skeleton(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+@contextmanager
+def _registration_budget(tensors: int) -> Iterator[None]:
+    """Abort the skeleton build (``_OverBudget``) once it registers more parameters + buffers, or
+    modules, than the stored tensors explain: the cost of a crafted config is bounded by the tensors
+    in the file, not by its bytes or by the sizes in its config."""
+    me = threading.get_ident()
+    counts = {"tensors": 0, "modules": 0}
+    limits = {"tensors": tensors + SLACK_TENSORS, "modules": MODULES_PER_TENSOR * tensors + SLACK_MODULES}
+
+    def counter(kind: str):
+        def hook(module, name, value):
+            if threading.get_ident() == me and value is not None:
+                counts[kind] += 1
+                if counts[kind] > limits[kind]:
+                    raise _OverBudget()
+        return hook
+
+    handles = [_module.register_module_parameter_registration_hook(counter("tensors")),
+               _module.register_module_buffer_registration_hook(counter("tensors")),
+               _module.register_module_module_registration_hook(counter("modules"))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 _FLOAT_NAMES = ("F64", "F32", "F16", "BF16")
 
 
@@ -241,7 +282,8 @@ def check_config(path: Path, arch: Any, config: Any, entries: dict[str, TensorEn
     stored = sum(math.prod(e.shape) for e in entries.values())
     _walk_sizes(path, config, max(stored, MIN_SIZE_BOUND))
     try:
-        with torch.device("meta"), _Skeleton(OPS_PER_TENSOR * len(entries) + OPS_BASE):
+        with torch.device("meta"), _registration_budget(len(entries)), \
+                _Skeleton(OPS_PER_TENSOR * len(entries) + OPS_BASE):
             skeleton: Flow = build_flow(arch, **config)
     except _OverBudget:
         raise CheckpointError(

@@ -16,7 +16,7 @@ import torch
 from .errors import InputError
 
 __all__ = ["check_train_config", "check_seed", "check_device", "check_out_dir", "check_cli_run",
-    "check_teacher"]
+    "check_teacher", "check_distill_flags", "OVERRIDE_MAX"]
 
 #: TrainConfig integer fields and their smallest valid value.
 _MIN_INT = {"steps": 1, "batch_size": 1, "warmup": 0, "eval_every": 1, "patience": 1, "checkpoint_every": 1,
@@ -26,6 +26,12 @@ _FLOAT_RANGE = {"lr": (0.0, math.inf, False), "weight_decay": (0.0, math.inf, Tr
                 "clip_grad": (0.0, math.inf, False), "min_lr_ratio": (0.0, 1.0, True),
                 "select_trim": (0.0, 0.49, True)}
 SEED_MAX = 2**32 - 1  # numpy's RandomState (the seeded splits) takes 0 .. 2**32 - 1
+#: Largest architecture overrides: ``--hidden 100000000`` allocated until torch failed with a traceback.
+#: The paper's widest model has hidden 512 and the deepest 32 steps per level.
+OVERRIDE_MAX = {"hidden": 16_384, "steps_arch": 1_024}
+#: ``distill`` loss weights: finite and >= 0 (NaN silently dropped a term, or trained nothing).
+_LAMBDAS = ("lambda_nll", "lambda_kd", "lambda_skd")
+MAX_TEMPERATURE = 1e3  # as nfkd.validation: noise * T stays far from float32 overflow
 
 
 def _flag(name: str) -> str:
@@ -93,6 +99,29 @@ def check_cli_run(cfg: Any, out: str | Path, threads: Any = None, overrides: dic
     for name, value in (overrides or {}).items():
         if value is not None and (not _is_int(value) or value < 1):
             raise InputError(f"{_flag(name)} must be a positive integer, got {value!r}")
+        if value is not None and value > OVERRIDE_MAX.get(name, value):
+            raise InputError(f"{_flag(name)} = {value} is above the largest supported {OVERRIDE_MAX[name]:,}")
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_distill_flags(args: Any) -> None:
+    """``distill``'s own flags, before any work: a NaN weight or temperature used to train silently wrong."""
+    for name in _LAMBDAS:
+        v = getattr(args, name, None)
+        if v is not None and (not _finite_number(v) or v < 0):
+            raise InputError(f"{_flag(name)} must be a finite number >= 0, got {v!r}")
+    t = getattr(args, "temperature", 1.0)
+    if not _finite_number(t) or not 0 < t <= MAX_TEMPERATURE:
+        raise InputError(f"--temperature must be a finite number > 0 and <= {MAX_TEMPERATURE:g}, got {t!r}")
+    every = getattr(args, "align_every", 1)
+    if not _is_int(every) or every < 1:
+        raise InputError(f"--align-every must be a positive integer, got {every!r}")
+    pool = getattr(args, "teacher_pool", 0)
+    if not _is_int(pool) or pool < 0:
+        raise InputError(f"--teacher-pool must be an integer >= 0 (0: fresh teacher samples every step), got {pool!r}")
 
 
 def check_teacher(teacher: Any, data: Any) -> None:

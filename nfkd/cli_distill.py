@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .checkpoint import load, load_checkpoint
-from .cli_checks import check_cli_run, check_teacher
+from .cli_checks import check_cli_run, check_distill_flags, check_teacher
 from .cli_train import _common, _maybe_init_distributed, _overrides, _train_config, check_student_arch
 from .distill import KD_SCALES, METHODS, KDConfig, default_weights
 from .distill.datafree import default_sample_counts, student_like_teacher, teacher_sample_data
@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
+    check_distill_flags(args)
     check_share(args.teacher_share)
     if args.data_free and args.teacher_share is not None:
         raise InputError("--teacher-share does not apply with --data-free: every training row is a teacher sample")

@@ -1,7 +1,7 @@
 """One family of exceptions, so that callers (CLI, server) can turn any of them into one clear line."""
 from __future__ import annotations
 
-__all__ = ["NfkdError", "InputError", "DataError", "CheckpointError", "ExportError"]
+__all__ = ["NfkdError", "InputError", "DataError", "CheckpointError", "ExportError", "StorageError"]
 
 
 class NfkdError(Exception):
@@ -22,3 +22,7 @@ class CheckpointError(NfkdError):
 
 class ExportError(NfkdError):
     """An export failed its parity gate or a target runtime is unavailable."""
+
+
+class StorageError(NfkdError):
+    """A file could not be written (disk full, quota): the previous version of the file is kept."""

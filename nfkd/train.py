@@ -35,6 +35,7 @@ from .distill import KDConfig, build_objective
 from .errors import InputError
 from .flows import Flow, initialize_actnorm
 from .train_state import load_into, prepare_metrics, read_train_state, run_fingerprint
+from .train_state_fields import check_state_fields
 
 __all__ = ["TrainConfig", "TrainData", "TrainResult", "ValidationNLL", "lr_factor", "mean_nll", "validation_nll",
     "Trainer", "plot_curves", "train_flow"]
@@ -240,6 +241,7 @@ class Trainer:
         if not self.state_path.exists():
             return False
         st = read_train_state(self.state_path, self.cfg.device, self.run_id)  # refuses foreign/damaged files
+        check_state_fields(self.state_path, st, self.flow.state_dict())  # every field, before any is used
         load_into(self.state_path, "model", self.flow, st["model"])
         load_into(self.state_path, "optimizer state", self.opt, st["opt"])
         self.batch_gen.set_state(st["batch_gen"])

@@ -15,7 +15,9 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["check_batch", "check_count", "check_temperature", "check_seed", "dims_text"]
+__all__ = ["check_batch", "check_count", "check_temperature", "check_seed", "dims_text", "FLOAT32_MAX"]
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def dims_text(shape: Sequence[int]) -> str:
@@ -34,10 +36,24 @@ def _as_array(x: Any, what: str, event: tuple[int, ...]) -> np.ndarray | torch.T
                      f"got {type(x).__name__}")
 
 
+def _rows_beyond_float32(x: np.ndarray | torch.Tensor, b: int) -> list[int]:
+    """First rows holding a value float32 cannot represent (it would become Inf, then NaN, in the model)."""
+    if x.dtype.itemsize <= 4:  # float16 / float32 / bfloat16: within range by construction
+        return []
+    if isinstance(x, torch.Tensor):
+        over = (x.abs().reshape(b, -1) > FLOAT32_MAX).any(1)
+        return over.nonzero().flatten()[:5].tolist()
+    return np.flatnonzero((np.abs(x.reshape(b, -1)) > FLOAT32_MAX).any(1))[:5].tolist()
+
+
 def check_batch(
-    x: Any, event_shape: Sequence[int], what: str = "x", max_batch: int | None = None,
+    x: Any, event_shape: Sequence[int], what: str = "x", max_batch: int | None = None, float32: bool = False,
 ) -> np.ndarray | torch.Tensor:
-    """A floating [batch, *event_shape] array or tensor with finite values, at most max_batch rows."""
+    """A floating [batch, *event_shape] array or tensor with finite values, at most max_batch rows.
+
+    ``float32=True`` (the caller casts to float32): values beyond the float32 range are refused too,
+    here, since after the cast they are Inf and the model would return NaN.
+    """
     event = tuple(map(int, event_shape))
     x = _as_array(x, what, event)
     is_torch = isinstance(x, torch.Tensor)
@@ -60,12 +76,15 @@ def check_batch(
     if max_batch is not None and b > max_batch:
         raise InputError(f"{what} has a batch of {b}, above this model's max_batch {max_batch}; "
                          f"split it into chunks of at most {max_batch} rows")
-    if bool(torch.isfinite(x).all() if is_torch else np.isfinite(x).all()):  # one reduction on the common path
-        return x
-    finite = torch.isfinite(x).flatten(1).all(1) if is_torch else np.isfinite(x.reshape(b, -1)).all(1)
-    if not bool(finite.all()):
+    if not bool(torch.isfinite(x).all() if is_torch else np.isfinite(x).all()):  # one reduction on the common path
+        finite = torch.isfinite(x).flatten(1).all(1) if is_torch else np.isfinite(x.reshape(b, -1)).all(1)
         bad = (~finite).nonzero().flatten()[:5].tolist() if is_torch else np.flatnonzero(~finite)[:5].tolist()
         raise InputError(f"{what} contains NaN or Inf (first bad rows: {bad}); remove or impute them")
+    beyond = _rows_beyond_float32(x, b) if float32 else []
+    if beyond:
+        raise InputError(f"{what} has values beyond the float32 range (|v| <= {FLOAT32_MAX:.4g}) in rows {beyond}; "
+                         "this backend computes in float32, where they would be Inf: rescale the features "
+                         "(or score with the float64 flow: flow.double().log_prob)")
     return x
 
 

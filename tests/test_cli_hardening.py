@@ -58,6 +58,8 @@ def _replace(args: list[str], flag: str, value: str) -> list[str]:
     ("--hidden", "0", r"--hidden must be a positive integer"),
     ("--steps-arch", "-2", r"--steps-arch must be a positive integer"),
     ("--device", "nonsense", r"--device 'nonsense' is not a torch device"),
+    ("--hidden", "100000000", r"--hidden = 100000000 is above the largest supported 16,384"),  # was a traceback
+    ("--steps-arch", "5000", r"--steps-arch = 5000 is above the largest supported 1,024"),
 ])
 @pytest.mark.parametrize("command", ["train", "distill"])
 def test_bad_settings_are_one_line_and_write_nothing(tmp_path, capsys, command, flag, value, match):
@@ -66,6 +68,24 @@ def test_bad_settings_are_one_line_and_write_nothing(tmp_path, capsys, command, 
     err = _one_line_error(capsys, [command, *_replace(FAST, flag, value), *extra, "--out", str(tmp_path / "o")])
     assert __import__("re").search(match, err), err
     assert not (tmp_path / "o").exists(), "nothing may be written for a refused command line"
+
+
+@pytest.mark.parametrize("flag,value,match", [
+    ("--temperature", "nan", r"--temperature must be a finite number > 0"),  # silently dropped SKD, exit 0
+    ("--temperature", "-3", r"--temperature must be a finite number > 0 and <= 1000, got -3\.0"),
+    ("--temperature", "0", r"--temperature must be a finite number > 0"),
+    ("--lambda-kd", "nan", r"--lambda-kd must be a finite number >= 0, got nan"),  # an untrained model.pt, exit 0
+    ("--lambda-nll", "-1", r"--lambda-nll must be a finite number >= 0"),
+    ("--lambda-skd", "inf", r"--lambda-skd must be a finite number >= 0"),
+    ("--align-every", "0", r"--align-every must be a positive integer, got 0"),  # was a traceback
+    ("--teacher-pool", "-4", r"--teacher-pool must be an integer >= 0"),  # was a traceback
+])
+def test_bad_distill_flags_are_one_line_before_any_work(tmp_path, capsys, flag, value, match):
+    """Issue 24 #6: checked before the teacher is even read (it does not exist here)."""
+    argv = ["distill", *FAST, flag, value, "--teacher", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]
+    err = _one_line_error(capsys, argv)
+    assert __import__("re").search(match, err), err
+    assert not (tmp_path / "o").exists()
 
 
 def test_out_pointing_at_a_file(tmp_path, capsys):
@@ -206,3 +226,79 @@ def test_nonfinite_events_before_the_saved_step_are_kept(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     prepare_metrics(path, 20)
     assert [json.loads(x) for x in path.read_text().splitlines()] == rows[:3]
+
+
+def test_disk_full_while_training_is_one_line_and_keeps_the_last_state(tmp_path, capsys, monkeypatch):
+    """Issue 24 #10: ENOSPC from atomic_write_bytes was an OSError traceback (exit 1)."""
+    import errno
+    import os
+
+    out = tmp_path / "run"
+    assert nfkd_main(["train", *FAST, "--arch", "maf", "--out", str(out)]) == 0
+    capsys.readouterr()
+    state, model = out / "train_state.pt", out / "model.pt"
+    before = {p: p.read_bytes() for p in (state, model)}
+    real_fsync = os.fsync
+
+    def full_for_states(fd: int) -> None:  # the disk fills up when the next training state is written
+        if ".train_state.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_for_states)
+    err = _one_line_error(capsys, ["train", *_replace(FAST, "--steps", "40"), "--arch", "maf", "--out", str(out),
+                                   "--resume"])
+    assert "cannot write" in err and "No space left on device" in err and "previous train_state.pt is kept" in err
+    assert all(p.read_bytes() == b for p, b in before.items())
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def _edit_state(good: bytes, path: Path, **changes) -> None:
+    import io
+
+    st = torch.load(io.BytesIO(good), weights_only=True)
+    st.update(changes)
+    torch.save(st, path)
+
+
+def test_resume_refuses_edited_state_fields(tmp_path, capsys):
+    """Issue 24 #5: bad batch_gen / torch_rng / history or step "abc" gave tracebacks, step -100 ran 106 steps,
+    lr_scale NaN exited 0 with a NaN learning rate."""
+    out = tmp_path / "run"
+    assert nfkd_main(["train", *FAST, "--arch", "maf", "--out", str(out)]) == 0
+    capsys.readouterr()
+    state = out / "train_state.pt"
+    good = state.read_bytes()
+    model = torch.load(state, weights_only=True)["model"]
+    resume = ["train", *_replace(FAST, "--steps", "40"), "--arch", "maf", "--out", str(out), "--resume"]
+    cases = [
+        ({"step": "abc"}, "'step' is 'abc'; expected an integer >= 0"),
+        ({"step": -100}, "'step' is -100; expected an integer >= 0"),
+        ({"step": True}, "'step' is True"),
+        ({"lr_scale": float("nan")}, "'lr_scale' is nan; expected a finite number in (0, 1]"),
+        ({"lr_scale": 0.0}, "'lr_scale' is 0.0"),
+        ({"best_val": float("nan")}, "'best_val' is nan"),
+        ({"best_step": 10**6}, "'best_step' is 1000000; expected an integer in -1..step (20)"),
+        ({"skipped": -1}, "'skipped' is -1"),
+        ({"evals_without_improvement": 1.5}, "'evals_without_improvement' is 1.5"),
+        ({"batch_gen": torch.zeros(7, dtype=torch.uint8)}, "'batch_gen' is a torch.uint8 tensor of shape (7,)"),
+        ({"noise_gen": torch.zeros(5056)}, "'noise_gen' is a torch.float32 tensor"),
+        ({"torch_rng": "abc"}, "'torch_rng' is a str; expected a uint8 tensor"),
+        ({"history": "[1, 2"}, "'history' is not valid JSON"),
+        ({"history": json.dumps({"a": 1})}, "'history' is a JSON dict; expected a list"),
+        ({"history": json.dumps([{"step": "x"}])}, "'history' row 0 is"),
+        ({"history": 5}, "'history' is a int; expected JSON text"),
+        ({"running": json.dumps({"nll": float("nan")})}, "'running' entry 'nll' is nan"),
+        ({"best_state": {"a": torch.zeros(1)}}, "'best_state' does not have this model's tensors"),
+        ({"best_state": {k: v.double() for k, v in model.items()}}, "'best_state' normalize.loc is not a torch.float32 tensor"),
+        ({"best_state": {k: v * float("nan") if v.is_floating_point() else v for k, v in model.items()}},
+         "holds NaN or Inf"),
+        ({"opt": [1]}, "'opt' is a list; expected a state dict"),
+    ]
+    for changes, match in cases:
+        _edit_state(good, state, **changes)
+        err = _one_line_error(capsys, resume)
+        assert match in err, (changes, err)
+    state.write_bytes(good)
+    assert nfkd_main(resume) == 0  # the unedited state resumes
+    capsys.readouterr()

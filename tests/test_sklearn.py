@@ -319,3 +319,29 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     ns: dict = {}
     exec(compile(block, "README.md", "exec"), ns)  # noqa: S102 - our own README
     assert (tmp_path / "wine-student" / "density.onnx").exists() and np.isfinite(ns["log_p"]).all()
+
+
+def test_constancy_is_scale_free():
+    """Issue 24 #11: X * 1e-13 was refused as "features are constant" (X * 1e-8 worked)."""
+    X = _gauss(n=120)
+    for scale in (1e-13, 1e-8, 1e13):
+        est = FlowDensity(**TINY).fit(X * scale)
+        assert np.isfinite(est.score_samples(X[:5] * scale)).all()
+    # a constant column is still refused at any scale, and so is a near-constant one (float64 round-off)
+    for value in (1e-13, 3.0, 1e13):
+        with pytest.raises(InputError, match=r"feature\(s\) \[1\] are constant"):
+            FlowDensity(**TINY).fit(np.c_[X[:, :1], np.full(len(X), value), X[:, 2:]])
+    with pytest.raises(InputError, match=r"feature\(s\) \[0\] vary by less than 1e-30"):
+        FlowDensity(**TINY).fit(np.c_[X[:, :1] * 1e-35, X[:, 1:]])
+
+
+def test_rows_beyond_float32_are_named_on_a_float32_backend():
+    """Issue 24 #11: backend="auto" said "x contains NaN or Inf" for finite float64 rows beyond float32."""
+    X = _gauss(n=120)
+    est = FlowDensity(**{**TINY, "backend": "auto"}).fit(X)
+    bad = X[:4].copy()
+    bad[2, 0] = 1e39
+    with pytest.raises(InputError, match=r"beyond the float32 range .* in rows \[2\]") as err:
+        est.score_samples(bad)
+    assert "NaN" not in str(err.value).split(";")[0]
+    assert np.isfinite(est.set_params(backend="exact").score_samples(bad)).all()

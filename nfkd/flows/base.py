@@ -49,12 +49,14 @@ def standard_normal_logpdf(z: Tensor) -> Tensor:
     return -0.5 * (z.pow(2).flatten(1).sum(1) + z[0].numel() * LOG_2PI)
 
 
-def check_finite_input(x: Tensor, event_shape: Sequence[int], what: str = "x") -> Tensor:
-    """One clear error for the bad inputs users actually send (never a NaN later on)."""
+def check_finite_input(x: Tensor, event_shape: Sequence[int], what: str = "x", float32: bool = False) -> Tensor:
+    """One clear error for the bad inputs users actually send (never a NaN later on).
+
+    ``float32=True``: x will be cast to float32, so values beyond its range are refused too."""
     if not isinstance(x, Tensor):
         raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__} (torch.as_tensor(x) converts "
                          f"a numpy array; nfkd.inference.load(flow) accepts numpy directly)")
-    return check_batch(x, event_shape, what)
+    return check_batch(x, event_shape, what, float32=float32)
 
 
 class Flow(nn.Module):

@@ -18,7 +18,8 @@ checkpoint path or an export folder and returns a ``Runner`` with ``log_prob(x)`
 fastest backend available here for the device and architecture, in the order measured by the
 benchmark suite (``ranking.json``, written by ``python -m bench.ranking``). The same seed gives
 the same samples on every backend (noise is drawn with ``numpy.random.default_rng(seed)``).
-Options: ``cache_dir`` (where onnxruntime / tensorrt exports are kept).
+Options: ``cache_dir`` (where onnxruntime / tensorrt exports are kept), ``export_dir`` (export into
+this folder instead); any other keyword is refused (a misspelt ``cachedir=`` used to be ignored).
 
 A density model and a sampler deploy as one Runner (``log_prob`` to one, ``sample`` to the other):
 ``load_pair(density, sampler, backend="auto", density_backend=None, sampler_backend=None, ...)``,
@@ -59,6 +60,23 @@ def _threads(threads: Any) -> int | None:
     return threads
 
 
+#: The keyword options ``load`` passes on to backends (see export/backends.py).
+OPTIONS = ("cache_dir", "export_dir")
+
+
+#: Extra options of a pair bundle: one backend per side.
+PAIR_OPTIONS = ("density_backend", "sampler_backend")
+
+
+def _check_options(options: dict[str, Any], pair: bool = False) -> None:
+    """A misspelt option (``cachedir=``, ``thread=``) silently did nothing: name the valid ones instead."""
+    valid = OPTIONS + PAIR_OPTIONS if pair else OPTIONS
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(map(repr, unknown))} for inference.load; valid: "
+                         f"backend, device, threads, {', '.join(valid)}")
+
+
 def _choose(source: ModelSource, device: str) -> str:
     tried = []
     order = ranking(device, source.meta.arch)
@@ -92,6 +110,7 @@ def load(model: Any, backend: str = "auto", device: str | torch.device | None = 
     >>> bool((runner.sample(2, seed=7) == runner.sample(2, seed=7)).all())
     True
     """
+    _check_options(options, pair=is_pair_bundle(model))
     device = _device(device)
     threads = _threads(threads)
     if backend != "auto" and backend not in BACKENDS:

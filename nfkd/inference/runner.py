@@ -45,6 +45,15 @@ class ModelMeta:
         )
 
 
+def _refuse_nan(out: np.ndarray | torch.Tensor) -> None:
+    """Finite float32 rows can still overflow inside the model (``3e38`` gave NaN on eager): say so, never NaN."""
+    nan = torch.isnan(out) if isinstance(out, torch.Tensor) else np.isnan(out)
+    if bool(nan.any()):
+        rows = (nan.nonzero().flatten() if isinstance(out, torch.Tensor) else np.flatnonzero(nan))[:5].tolist()
+        raise InputError(f"x rows {rows} overflow float32 inside the model (values too large for it); rescale "
+                         "them, or score them with the float64 flow (flow.double().log_prob)")
+
+
 def draw_noise(noise_shapes: Sequence[Sequence[int]], n: int, seed: int | None) -> list[np.ndarray]:
     """Unit noise per level from ``numpy.random.default_rng(seed)`` (float32): the same samples on every backend."""
     rng = np.random.default_rng(seed)
@@ -88,9 +97,11 @@ class Runner:
         checks every request body once, before batching).
         """
         if validate:
-            x = check_batch(x, self.event_shape, "x", self.max_batch)
+            x = check_batch(x, self.event_shape, "x", self.max_batch, float32=True)
         as_numpy = isinstance(x, np.ndarray)
         out = self._log_prob(self._to_native(x))
+        if validate:  # the service maps a non-finite score to its own answer
+            _refuse_nan(out)
         return self._to_numpy(out) if as_numpy else self._to_torch(out)
 
     def sample(self, n: int | None = None, temperature: float = 1.0, noise: Sequence[Any] | Any | None = None,
@@ -139,7 +150,7 @@ class Runner:
         noise = list(noise)
         if len(noise) != len(self.noise_shapes):
             raise InputError(f"expected {len(self.noise_shapes)} noise arrays (one per level), got {len(noise)}")
-        arrays = [check_batch(z, s, f"noise[{i}]", self.max_batch) for i, (z, s) in enumerate(zip(noise, self.noise_shapes))]
+        arrays = [check_batch(z, s, f"noise[{i}]", self.max_batch, float32=True) for i, (z, s) in enumerate(zip(noise, self.noise_shapes))]
         if len({a.shape[0] for a in arrays}) != 1:
             raise InputError(f"noise arrays have different batch sizes {[a.shape[0] for a in arrays]}")
         return arrays

@@ -42,13 +42,24 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return perm[n_val:], perm[:n_val]
 
 
+#: A feature is constant when its spread is below this fraction of its magnitude (float64 round-off),
+#: whatever its units: X * 1e-13 is as good a table as X.
+RELATIVE_SPREAD = 1e-12
+#: Below this std the float32 model (normalization, training batches) cannot resolve a feature.
+MIN_FLOAT32_SPREAD = 1e-30
+
+
 def _standardization(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std of X; a constant feature has no density, so it is refused."""
+    """Per-feature mean and std of X; a constant feature has no density, so it is refused (scale-free test)."""
     loc, scale = X.mean(axis=0), X.std(axis=0)
-    const = np.flatnonzero(~(scale > 1e-12 * np.maximum(1.0, np.abs(loc))))
+    const = np.flatnonzero(~(scale > RELATIVE_SPREAD * np.abs(loc)) | (scale == 0))
     if len(const):
         raise InputError(f"feature(s) {const[:10].tolist()} are constant in X: a continuous density over them is "
                          "degenerate; drop them first (e.g. sklearn.feature_selection.VarianceThreshold)")
+    tiny = np.flatnonzero(scale < MIN_FLOAT32_SPREAD)
+    if len(tiny):
+        raise InputError(f"feature(s) {tiny[:10].tolist()} vary by less than {MIN_FLOAT32_SPREAD:g} (std), below what "
+                         "the float32 model resolves; rescale them (e.g. multiply X by a constant)")
     return loc, scale
 
 

@@ -155,7 +155,8 @@ class Scorer:
             out = [flow.log_prob_unchecked(torch.tensor(X[i : i + _CHUNK], dtype=torch.float64))
                    for i in range(0, len(X), _CHUNK)]
             return torch.cat(out).numpy() if out else np.zeros(0)
-        lp = self.runner(backend, device).log_prob(np.ascontiguousarray(X, dtype=np.float32))
+        # float64 in: the runner refuses values beyond float32 by name (a cast here made them "NaN or Inf").
+        lp = self.runner(backend, device).log_prob(np.ascontiguousarray(X))
         return np.asarray(lp, dtype=np.float64)
 
     @torch.no_grad()
