@@ -14,6 +14,7 @@ COMMANDS = {
     "experiment": ("nfkd.experiment", "teacher vs students table (paper Table 1 layout)"),
     "demo": ("nfkd.demo", "the main job on an embedded dataset: train, distill, export, benchmark, report"),
     "serve": ("nfkd.serve", "HTTP density-estimation service"),
+    "tradeoff": ("nfkd.tradeoff.cli", "which model on which backend for a latency budget (LL vs latency)"),
 }
 
 
