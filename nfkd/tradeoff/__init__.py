@@ -10,8 +10,8 @@ from __future__ import annotations
 from .choose import candidates, fmt_seconds, pareto_front, pick
 from .machine import cpu_info, machine_line
 from .measure import DEFAULT_BATCHES, OPS, agreement, float64_test_ll, measure_tradeoff
-from .report import default_budgets, plot_tradeoff, render_tradeoff_markdown, tradeoff_section
+from .report import default_budgets, plot_caption, plot_tradeoff, render_tradeoff_markdown, tradeoff_section
 
 __all__ = ["DEFAULT_BATCHES", "OPS", "agreement", "candidates", "cpu_info", "default_budgets", "float64_test_ll",
-           "fmt_seconds", "machine_line", "measure_tradeoff", "pareto_front", "pick", "plot_tradeoff",
+           "fmt_seconds", "machine_line", "measure_tradeoff", "pareto_front", "pick", "plot_caption", "plot_tradeoff",
            "render_tradeoff_markdown", "tradeoff_section"]

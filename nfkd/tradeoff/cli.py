@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import InputError
 from .choose import fmt_seconds, pick
 from .measure import DEFAULT_BATCHES, OPS, measure_tradeoff
-from .report import default_budgets, plot_tradeoff, render_tradeoff_markdown
+from .report import default_budgets, plot_caption, plot_tradeoff, render_tradeoff_markdown
 
 __all__ = ["main", "default_names"]
 
@@ -110,10 +110,7 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     front = plot_tradeoff(result, out / "tradeoff.png", args.op, batch)
     result["pareto_front"] = {"op": args.op, "batch": batch, "pairs": [[c["model"], c["backend"]] for c in front]}
-    text = render_tradeoff_markdown(result, budgets)
-    text += (f"\nPareto front for {args.op} at batch {batch}: "
-             + (", ".join(f"{m} on {b}" for m, b in result["pareto_front"]["pairs"]) or "none")
-             + ".\n\n![trade-off](tradeoff.png)\n")
+    text = render_tradeoff_markdown(result, budgets) + "\n" + plot_caption(args.op, batch, front)
     atomic_write_bytes(out / "tradeoff.json", json.dumps(result, indent=1, default=str).encode())
     atomic_write_bytes(out / "tradeoff.md", text.encode())
     if "pick" in result:

@@ -12,10 +12,10 @@ from typing import Any, Sequence
 from .choose import candidates, fmt_seconds, pareto_front, pick
 from .machine import machine_line
 
-__all__ = ["default_budgets", "render_tradeoff_markdown", "plot_tradeoff", "tradeoff_section"]
+__all__ = ["default_budgets", "render_tradeoff_markdown", "plot_caption", "plot_tradeoff", "tradeoff_section"]
 
 
-def default_budgets(result: dict[str, Any], per: int = 3) -> list[tuple[str, int, float]]:
+def default_budgets(result: dict[str, Any], per: int = 4) -> list[tuple[str, int, float]]:
     """(op, batch, budget s): decades between the fastest and the slowest measured median, per (op, batch),
     the budgets where the answer changes."""
     out = []
@@ -90,6 +90,14 @@ def render_tradeoff_markdown(result: dict[str, Any], budgets: Sequence[tuple[str
             by_reason.setdefault((row["backend"], row["reason"]), []).append(row["model"])
         lines += [f"- {backend} for {', '.join(names)}: {why}" for (backend, why), names in by_reason.items()]
         lines += [f"- {row['model']} on {row['backend']}, {op} at batch {b}: {why}" for row, op, b, why in per_call]
+    lines += ["", "Pareto front (no other pair is both faster and better), fastest first:", ""]
+    for op in ops:
+        for b in batches:
+            cands = candidates(result, op, b)
+            front = [cands[i] for i in pareto_front([(c["median_s"], c["log_likelihood"]) for c in cands])]
+            lines.append(f"- {op} at batch {b}: " + (", ".join(
+                f"{c['model']} on {c['backend']} ({fmt_seconds(c['median_s'])}, {c['log_likelihood']:.3f})"
+                for c in front) or "nothing measured"))
     budgets = default_budgets(result) if budgets is None else budgets
     if budgets:
         lines += ["", f"{heading}# Which model for a latency budget", "",
@@ -122,22 +130,31 @@ def plot_tradeoff(result: dict[str, Any], path: str | Path, op: str = "sample", 
     backends = list(dict.fromkeys(r["backend"] for r in result["rows"]))
     markers = "osD^vP*Xh<>p"
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(8.5, 5))
     for c in finite:
-        ax.scatter(c["median_s"], c["log_likelihood"], s=40, color=colors[models.index(c["model"]) % len(colors)],
+        ax.scatter(c["median_s"], c["log_likelihood"], s=45, color=colors[models.index(c["model"]) % len(colors)],
                    marker=markers[backends.index(c["backend"]) % len(markers)] if c["agrees"] else "x")
-        ax.annotate(f"{c['model']}/{c['backend']}", (c["median_s"], c["log_likelihood"]), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")
+    for c in front:  # every point is named by the legends; the front's points also by a label
+        ax.annotate(f"{c['model']} / {c['backend']}", (c["median_s"], c["log_likelihood"]), fontsize=7,
+                    xytext=(4, -10), textcoords="offset points")
     if front:
         xs = [c["median_s"] for c in front]
         ys = [c["log_likelihood"] for c in front]
-        ax.step(xs + [xs[-1] * 3], ys + [ys[-1]], where="post", color="k", lw=1, alpha=0.6, label="Pareto front")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.step(xs + [xs[-1] * 3], ys + [ys[-1]], where="post", color="k", lw=1, alpha=0.6)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", color=colors[i % len(colors)], label=m) for i, m in enumerate(models)]
+    handles += [Line2D([], [], ls="", marker=markers[i % len(markers)], color="grey", label=b)
+                for i, b in enumerate(backends) if any(c["backend"] == b for c in finite)]
+    handles.append(Line2D([], [], color="k", alpha=0.6, label="Pareto front"))
+    if any(not c["agrees"] for c in finite):
+        handles.append(Line2D([], [], ls="", marker="x", color="grey", label="disagrees with float64"))
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_xscale("log")
     ax.set_xlabel(f"{op} median latency at batch {batch} (s, log scale)")
     ax.set_ylabel("test log-likelihood (nats, float64)")
-    title = f"{result['dataset']}: quality vs {op} latency — {machine_line(result['machine'], result['threads'])}"
-    ax.set_title(title, fontsize=7)
+    ax.set_title(f"{result['dataset']}: test LL vs {op} latency at batch {batch}\n"
+                 f"{machine_line(result['machine'], result['threads'])}", fontsize=8)
     if off:
         fig.text(0.01, 0.01, "not placed (non-finite test LL): " + ", ".join(off), fontsize=6)
     fig.tight_layout()
@@ -154,6 +171,11 @@ def tradeoff_section(result: dict[str, Any], out_dir: str | Path, op: str = "sam
     out_dir.mkdir(parents=True, exist_ok=True)
     batch = result["batches"][0] if batch is None else batch
     front = plot_tradeoff(result, out_dir / "tradeoff.png", op, batch)
-    text = render_tradeoff_markdown(result, budgets, heading="##")
-    front_txt = ", ".join(f"{c['model']} on {c['backend']}" for c in front) or "none"
-    return text + f"\nPareto front for {op} at batch {batch}: {front_txt}.\n\n![trade-off](tradeoff.png)\n"
+    return render_tradeoff_markdown(result, budgets, heading="##") + "\n" + plot_caption(op, batch, front)
+
+
+def plot_caption(op: str, batch: int, front: list[dict[str, Any]]) -> str:
+    """The plot's markdown link with what it shows."""
+    return (f"Test LL vs {op} latency at batch {batch} (log x), Pareto front drawn: "
+            + (", ".join(f"{c['model']} on {c['backend']}" for c in front) or "none") + ".\n\n"
+            "![trade-off](tradeoff.png)\n")
