@@ -64,8 +64,9 @@ def _test_split(data: Any) -> tuple[str, np.ndarray]:
         return data.name, np.ascontiguousarray(data.test, dtype=np.float32)
     if isinstance(data, np.ndarray) and data.ndim == 2:
         return "array", np.ascontiguousarray(data, dtype=np.float32)
-    raise InputError(f"data must be a table (nfkd.pipeline.get_data of a tabular dataset, or a 2-d test array), "
-                     f"got {type(data).__name__}")
+    what = f"{data.name!r} is an image dataset" if hasattr(data, "name") else f"got {type(data).__name__}"
+    raise InputError(f"the trade-off is measured on a table ({what}); give a tabular dataset (python -m nfkd data "
+                     f"list) or a 2-d array of test rows")
 
 
 def _resolve(name: str, model: Any, dim: int, dataset: str) -> tuple[Flow, Any, str]:
