@@ -105,7 +105,8 @@ def main(argv: list[str]) -> int:
     budgets = default_budgets(result)
     if args.budget_ms is not None:
         result["pick"] = pick(result, args.budget_ms / 1e3, args.op, batch)
-        budgets = [(args.op, batch, args.budget_ms / 1e3), *budgets]
+        given = (args.op, batch, args.budget_ms / 1e3)
+        budgets = [given, *(b for b in budgets if b != given)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     front = plot_tradeoff(result, out / "tradeoff.png", args.op, batch)
