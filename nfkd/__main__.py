@@ -17,6 +17,7 @@ COMMANDS = {
     "demo": ("nfkd.demo", "the main job on an embedded dataset: train, distill, export, benchmark, report"),
     "pair": ("nfkd.cli_pair", "bundle a density model and a sampler (MAF + IAF) as one model, with its faithfulness"),
     "serve": ("nfkd.serve", "HTTP density-estimation service"),
+    "tradeoff": ("nfkd.tradeoff.cli", "which model on which backend for a latency budget (LL vs latency)"),
 }
 
 
