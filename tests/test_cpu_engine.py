@@ -144,6 +144,64 @@ def test_numpy_and_torch_in_and_out():
     np.testing.assert_allclose(runner.log_prob(noncontig).numpy(), out_np, rtol=1e-6)
 
 
+
+def _record(runner, name: str, seen: dict) -> None:
+    """Wrap runner.<name> (the backend's own entry) to record what it was given and what it returned."""
+    inner = getattr(runner, name)
+
+    def wrapped(a, *rest):
+        seen["in"] = a[0] if isinstance(a, list) else a
+        seen["out"] = inner(a, *rest)
+        return seen["out"]
+
+    setattr(runner, name, wrapped)
+
+
+@pytest.mark.parametrize("arch", ["maf", "iaf"])
+def test_torch_tensor_at_the_door_costs_what_numpy_costs(arch, monkeypatch):
+    """A contiguous float32 CPU tensor reaches the engine as a view of its memory, is checked for finiteness
+    by the same single numpy pass as a numpy array (no torch.isfinite: three passes, ~20x slower), and the
+    result comes back as a tensor on the engine's output buffer: no copy, conversion or second check."""
+    torch.manual_seed(0)
+    flow = _normalized((MAF if arch == "maf" else IAF)(6, blocks=2, hidden=12), seed=0)
+    runner = inference.load(flow, backend="numba", threads=1)
+    x = _data(flow, 131, seed=0)
+    want = runner.log_prob(x.numpy().copy())
+    calls = []
+    real_isfinite = np.isfinite
+    monkeypatch.setattr(np, "isfinite", lambda a, *k, **kw: calls.append(1) or real_isfinite(a, *k, **kw))
+
+    def no_torch_check(*a, **k):
+        raise AssertionError("torch.isfinite ran on a CPU tensor")
+
+    monkeypatch.setattr(torch, "isfinite", no_torch_check)
+    seen: dict = {}
+    _record(runner, "_log_prob", seen)
+    got = runner.log_prob(x)
+    assert isinstance(got, torch.Tensor) and len(calls) == 1
+    assert np.shares_memory(seen["in"], x.numpy()), "the input was copied"
+    assert np.shares_memory(got.numpy(), seen["out"]), "the output was copied"
+    np.testing.assert_array_equal(got.numpy(), want)
+    runner.log_prob(x.numpy())
+    assert len(calls) == 2  # numpy input: the same one pass
+    z = torch.randn(67, 6)
+    _record(runner, "_decode", seen)
+    xs = runner.sample(noise=[z])
+    assert np.shares_memory(seen["in"], z.numpy()) and np.shares_memory(xs.numpy(), seen["out"])
+    np.testing.assert_array_equal(xs.numpy(), runner.sample(noise=[z.numpy()]))
+
+
+def test_tensors_numpy_cannot_view_are_still_checked():
+    """bfloat16 (no numpy dtype) keeps the torch check: the same clear error."""
+    from nfkd.validation import check_batch
+
+    bad = torch.tensor([[0.0, float("nan")]], dtype=torch.bfloat16)
+    with pytest.raises(InputError, match="NaN or Inf"):
+        check_batch(bad, (2,))
+    ok = torch.zeros(3, 2, dtype=torch.bfloat16)
+    assert check_batch(ok, (2,)) is ok
+
+
 BAD = [
     (lambda r: r.log_prob(np.zeros((2, 3), np.float32)), "features per row"),
     (lambda r: r.log_prob(np.array([[np.nan] * 4], np.float32)), "NaN or Inf"),
