@@ -7,6 +7,10 @@
   arithmetic the model needs (``useful_flops``: a MADE's masked zeros are not counted, for every
   backend, since the numba engine skips them and a dense count would flatter it);
 - MAF student sampling at D = 43, batch 4096;
+- a contiguous float32 torch tensor vs the same data as numpy through ``Runner.log_prob`` (issue #29:
+  the door must not copy, convert or check twice);
+- IAF student sampling (one MADE pass per block) against zuko's MAF sampling and the MAF student's
+  numba sampling, D = 63, batch 4096 (``--only iaf --only door``: these two sections alone);
 - batch-1 ``log_prob`` latency p50 / p99 through ``Runner.log_prob`` (what a service calls).
 
 Backends of one group are timed round-robin (A, B, C, A, B, C, ...) so that the load of a shared
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import sys
 import time
@@ -82,6 +87,120 @@ def _latency(fn, calls: int) -> tuple[float, float]:
     return float(np.percentile(ts, 50)) / 1e3, float(np.percentile(ts, 99)) / 1e3
 
 
+def cpu_line() -> str:
+    """The CPU model and the widest float32 vector the host has (the engine's micro-kernels use 8 lanes)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    width = "AVX-512 (16 lanes)" if "avx512f" in flags else ("AVX2 (8 lanes)" if "avx2" in flags else "unknown")
+    return f"CPU {model}, {os.cpu_count()} CPUs, widest float32 vector: {width}"
+
+
+def _paper_student(preset: str, dim: int):
+    """The paper-sized student of ``preset`` (random weights off the identity init; speed does not depend on
+    training) with a non-trivial input normalization, as in ``bench.iaf``."""
+    import torch
+
+    from nfkd.flows import build_flow
+    from nfkd.presets import PRESETS
+    from nfkd.testing import perturb
+
+    cfg = dict(PRESETS[preset]["student"])
+    arch = cfg.pop("arch")
+    torch.manual_seed(dim)
+    flow = build_flow(arch, dim=dim, **cfg)
+    g = torch.Generator().manual_seed(dim + 1)
+    flow.normalize.set(2 * torch.randn(dim, generator=g), torch.rand(dim, generator=g) + 0.5)
+    return perturb(flow, 0.1, dim + 2).float().eval()
+
+
+def _sample_error(flow, runner, batch: int) -> float:
+    """Max |numba - eager float64| over one batch decoded from the same noise (checked before timing)."""
+    import copy
+
+    import torch
+
+    from nfkd.inference import draw_noise
+
+    noise = draw_noise(runner.noise_shapes, batch, seed=1)
+    with torch.no_grad():
+        want = copy.deepcopy(flow).double().sample(batch, 1.0, noise=[torch.from_numpy(z).double() for z in noise])
+    return float((torch.from_numpy(runner.sample(noise=noise)).double() - want).abs().max())
+
+
+def iaf_sampling(say, dim: int, batch: int, rounds: int) -> None:
+    """IAF student sampling vs zuko's MAF sampling and the MAF student's numba sampling, interleaved (issue #29)."""
+    from nfkd import inference
+    from nfkd.presets import PRESETS
+
+    from .suite import Unavailable, build_peer
+
+    iaf, maf = _paper_student("iaf-paper", dim), _paper_student("maf-paper", dim)
+    runners = {"IAF student, numba": inference.load(iaf, "numba", threads=1),
+               "MAF student, numba": inference.load(maf, "numba", threads=1),
+               "IAF student, eager": inference.load(iaf, "eager", threads=1)}
+    ref = "IAF student, numba"
+    errs = {k: _sample_error(iaf if k.startswith("IAF") else maf, r, batch) for k, r in runners.items()}
+    fns = {k: (lambda r=r: r.sample(batch, 1.0, seed=0)) for k, r in runners.items()}
+    # the same decode from given noise: drawing the unit noise (numpy's default_rng, ~2.6 ms for 4096 x 63 on
+    # the bench machine) is shared by every backend and hides the engine's own ratio
+    noise = inference.draw_noise(runners[ref].noise_shapes, batch, seed=0)
+    for k in ("IAF student, numba", "MAF student, numba"):
+        fns[f"{k}, given noise"] = lambda r=runners[k]: r.sample(noise=noise)
+    cfg = PRESETS["maf-paper"]["student"]
+    try:
+        peer = build_peer("zuko", dim, cfg["blocks"], cfg["hidden"], cfg["n_hidden"])
+        fns["zuko MAF (MAF student's size)"] = lambda: peer().sample((batch,))
+    except Unavailable as exc:
+        say(f"zuko left out: {exc}")
+    wall, cpu = _round_robin(fns, rounds)
+    say(f"### IAF student sampling, D = {dim}, batch {batch}, 1 thread (median of {rounds} round-robin rounds; "
+        "noise drawing included, except in the rows *given noise*)")
+    say()
+    say("| model, backend | CPU ms | wall ms | IAF numba speed-up (CPU) | (wall) | max abs err vs eager float64 |")
+    say("|---|---|---|---|---|---|")
+    for k in fns:
+        base = f"{ref}, given noise" if k.endswith("given noise") else ref  # ratios within the same kind of call
+        err = f"{errs[k]:.2g}" if k in errs else "-"
+        say(f"| {k} | {cpu[k] * 1e3:.2f} | {wall[k] * 1e3:.2f} | {cpu[k] / cpu[base]:.1f}x | "
+            f"{wall[k] / wall[base]:.1f}x | {err} |")
+    say()
+
+
+def door_cost(say, dims: tuple[int, ...], batch: int, rounds: int) -> None:
+    """MAF student log_prob on numba with a torch tensor in / out vs the same data as a numpy array (issue #29)."""
+    import numpy as np
+    import torch
+
+    from nfkd import inference
+
+    say(f"### The door: torch tensor vs numpy array through Runner.log_prob, MAF student on numba, batch {batch}, "
+        f"1 thread (median of {rounds} round-robin rounds)")
+    say()
+    say("| D | numpy CPU ms | torch CPU ms | torch / numpy (CPU) | numpy wall ms | torch wall ms | torch / numpy (wall) |")
+    say("|---|---|---|---|---|---|---|")
+    for dim in dims:
+        r = inference.load(_paper_student("maf-paper", dim), "numba", threads=1)
+        xn = np.random.default_rng(dim).standard_normal((batch, dim), dtype=np.float32)
+        xt = torch.from_numpy(xn.copy())
+        if not np.array_equal(r.log_prob(xt).numpy(), r.log_prob(xn)):
+            say(f"| {dim} | torch and numpy results differ | | | | | |")
+            continue
+        wall, cpu = _round_robin({"numpy": lambda r=r, a=xn: r.log_prob(a), "torch": lambda r=r, a=xt: r.log_prob(a)},
+                                 rounds)
+        say(f"| {dim} | {cpu['numpy'] * 1e3:.3f} | {cpu['torch'] * 1e3:.3f} | {cpu['torch'] / cpu['numpy']:.3f} | "
+            f"{wall['numpy'] * 1e3:.3f} | {wall['torch'] * 1e3:.3f} | {wall['torch'] / wall['numpy']:.3f} |")
+    say()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cpu_engine", description=__doc__.split("\n")[0])
     p.add_argument("-o", "--out", default=None, help="write the tables (markdown) here as well")
@@ -92,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-rounds", type=int, default=3)
     p.add_argument("--latency-calls", type=int, default=2000)
     p.add_argument("--backends", default=",".join(DENSITY_BACKENDS), help="density backends (comma list)")
+    p.add_argument("--iaf-dim", type=int, default=63)
+    p.add_argument("--iaf-rounds", type=int, default=15)
+    p.add_argument("--only", choices=("iaf", "door"), action="append", default=[],
+                   help="run only these sections (repeatable): IAF sampling, torch-vs-numpy cost at the door")
     a = p.parse_args(argv)
 
     import torch
@@ -115,7 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     say(f"Single-thread float32 matmul peak (1024^3, best of 20): **{peak:.1f} GFLOP/s**; copy bandwidth 1 thread "
         f"{bw:.1f} GB/s; load average at start {load0:.1f}; torch {torch.__version__}, threads 1 everywhere.")
+    say(cpu_line() + "; engine micro-kernels: 8 lanes.")
     say()
+    if a.only:
+        if "iaf" in a.only:
+            iaf_sampling(say, a.iaf_dim, a.batch, a.iaf_rounds)
+        if "door" in a.only:
+            door_cost(say, (6, 63), a.batch, a.iaf_rounds)
+        return _finish(say, lines, a.out)
+    iaf_sampling(say, a.iaf_dim, a.batch, a.iaf_rounds)
+    door_cost(say, (6, 63), a.batch, a.iaf_rounds)
 
     def callables(direction: str, arch: str, dim: int, batch: int, names) -> tuple[dict, dict, dict]:
         fns, flops, notes = {}, {}, {}
@@ -189,9 +321,14 @@ def main(argv: list[str] | None = None) -> int:
             p50, p99 = _latency(lambda r=r, xn=xn: r.log_prob(xn), a.latency_calls)
             say(f"| {arch} D={dim} student | {b} | {p50:.1f} | {p99:.1f} |")
     say()
+    return _finish(say, lines, a.out)
+
+
+def _finish(say, lines: list[str], out: str | None) -> int:
+    """The closing load average; the tables to ``out`` as well, if given."""
     say(f"load average at end {os.getloadavg()[0]:.1f}")
-    if a.out:
-        Path(a.out).write_text("\n".join(lines) + "\n")
+    if out:
+        Path(out).write_text("\n".join(lines) + "\n")
     return 0
 
 

@@ -27,6 +27,7 @@ from nfkd.inference.runner import Runner
 __all__ = ["NumbaRunner", "load_cpu_engine", "pack_glow1d", "pack_maf"]
 
 F32 = np.float32
+ENGINE_ARCHS = ("glow1d", "maf", "iaf")  # nfkd.inference.registry lists the same (it must not import numba)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -114,7 +115,9 @@ def pack_glow1d(folded) -> dict[str, Any]:
 
 
 def pack_maf(folded) -> dict[str, Any]:
-    """Buffers of a folded MAF (float64 fold) for ``cpu_engine.maf_*``; hidden units in MADE-degree order."""
+    """Buffers of a folded MAF or IAF (float64 fold) for ``cpu_engine.maf_*`` / ``iaf_*``; hidden units in
+    MADE-degree order. An IAF's ``InverseMADE`` has the MADE's masks and degrees (only the direction of use
+    differs), so the same layout and staircase serve it; it has no batch-norm (identity here)."""
     from nfkd.fold import constant_logdet
 
     from .cpu_engine import pad4
@@ -175,8 +178,23 @@ def pack_maf(folded) -> dict[str, Any]:
     meta = np.array([d, dp, hidden, hp, len(blocks), nhid, tanh, op, kin.shape[1]], np.int64)
     const = float(constant_logdet(folded)) - 0.5 * d * LOG_2PI
     nj = np.tile(nj_row, (len(blocks), 1))
-    return {"w": p.buffer(), "offs": offs, "iperms": iperms, "nj": nj, "kin": kin.ravel(),
+    return {"w": p.buffer(), "offs": offs, "iperms": iperms, "drows": _solve_rows(folded), "nj": nj, "kin": kin.ravel(),
             "meta": meta, "const": F32(const), "clamp": F32(made0.alpha_clamp), "dp": dp, "hp": hp, "op": op}
+
+
+def _solve_rows(folded) -> np.ndarray:
+    """[blocks, D]: the row each block's inverse-direction output j is written to (``cpu_engine.drows``).
+
+    MAF sampling writes x_j in place (identity). IAF sampling writes block k's x_j where block k - 1
+    reads it: that block first applies its inverse permutation (u_i = x[inv_perm[i]]), so x_j goes to
+    row perm_{k-1}[j]; block 0's output is in the flow's own order (identity).
+    """
+    d, blocks = folded.dim, list(folded.blocks)
+    rows = np.tile(np.arange(d, dtype=np.int64), (len(blocks), 1))
+    if folded.arch == "iaf":
+        for k in range(1, len(blocks)):
+            rows[k] = blocks[k - 1].perm.perm.cpu().numpy()
+    return rows
 
 
 def _staircase(sorted_deg: np.ndarray, d: int, nhid: int, hp: int, dp: int) -> np.ndarray:
@@ -218,7 +236,7 @@ def _check_staircase(p: _Packer, offs: np.ndarray, kin: np.ndarray, blocks: int,
 
 
 class NumbaRunner(Runner):
-    """Folded Glow-1D / MAF on the fused numba kernels (CPU, float32)."""
+    """Folded Glow-1D / MAF / IAF on the fused numba kernels (CPU, float32)."""
 
     backend = "numba"
     native = "numpy"
@@ -254,7 +272,7 @@ class NumbaRunner(Runner):
         s = {"h": z(dp), "h2": z(dp), "t1": z(hp), "t2": z(hp), "ld": z(1)}
         if self.arch == "glow1d":
             s.update(sh=z(pk["op"]), ls=z(pk["op"]))
-        else:
+        else:  # MAF and IAF: mo for the full MADE pass, pre / mu / al for the triangular solve
             s.update(mo=z(pk["op"]), mu=z(1), al=z(1), pre=z(hp))
         return s
 
@@ -268,12 +286,19 @@ class NumbaRunner(Runner):
                      s["ls"], s["ld"]),
                     eng.glow1d_sample_par if par else eng.glow1d_sample,
                     (pk["w"], pk["offs"], pk["meta"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"]))
+        if self.arch == "iaf":  # density: the triangular solve; sampling: one full MADE pass per block
+            return (eng.iaf_log_prob_par if par else eng.iaf_log_prob,
+                    (pk["w"], pk["offs"], pk["iperms"], pk["nj"], pk["meta"], pk["const"], pk["clamp"], s["h"],
+                     s["h2"], s["pre"], s["t1"], s["t2"], s["mu"], s["al"], s["ld"]),
+                    eng.iaf_sample_par if par else eng.iaf_sample,
+                    (pk["w"], pk["offs"], pk["iperms"], pk["drows"], pk["kin"], pk["meta"], pk["clamp"], s["h"],
+                     s["h2"], s["t1"], s["t2"], s["mo"]))
         return (eng.maf_log_prob_par if par else eng.maf_log_prob,
                 (pk["w"], pk["offs"], pk["iperms"], pk["kin"], pk["meta"], pk["const"], pk["clamp"], s["h"], s["h2"],
                  s["t1"], s["t2"], s["mo"], s["ld"]),
                 eng.maf_sample_par if par else eng.maf_sample,
-                (pk["w"], pk["offs"], pk["iperms"], pk["nj"], pk["meta"], pk["clamp"], s["h"], s["h2"], s["pre"],
-                 s["t1"], s["t2"], s["mu"], s["al"]))
+                (pk["w"], pk["offs"], pk["iperms"], pk["drows"], pk["nj"], pk["meta"], pk["clamp"], s["h"], s["h2"],
+                 s["pre"], s["t1"], s["t2"], s["mu"], s["al"]))
 
     def _serial(self) -> tuple:
         bound = getattr(self._local, "bound", None)
@@ -313,7 +338,7 @@ class NumbaRunner(Runner):
         return out
 
 def load_cpu_engine(source, device: str, threads: int | None, options: dict[str, Any]) -> NumbaRunner:
-    """``nfkd.inference.load(..., backend="numba")``: Glow-1D and MAF on CPU."""
+    """``nfkd.inference.load(..., backend="numba")``: Glow-1D, MAF and IAF on CPU."""
     from nfkd.fold import fold
 
     if device.split(":")[0] != "cpu":
@@ -321,8 +346,9 @@ def load_cpu_engine(source, device: str, threads: int | None, options: dict[str,
     if source.flow is None:
         raise InputError("the numba backend runs the folded flow: pass the checkpoint (.pt) or a Flow, "
                          f"not the export folder {source.export_folder}")
-    if source.meta.arch not in ("glow1d", "maf"):
-        raise InputError(f"the numba backend covers the tabular flows (glow1d, maf), not {source.meta.arch}; "
+    if source.meta.arch not in ENGINE_ARCHS:
+        raise InputError(f"the numba backend covers the tabular flows ({', '.join(ENGINE_ARCHS)}), not "
+                         f"{source.meta.arch}; "
                          f"use backend='onnxruntime' or 'folded'")
     folded = fold(source.flow, torch.float64)
     return NumbaRunner(folded, source.meta, threads)

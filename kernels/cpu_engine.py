@@ -1,4 +1,4 @@
-"""Fused CPU kernels (numba) for the folded tabular flows: Glow-1D density + sampling, MAF density + sampling.
+"""Fused CPU kernels (numba) for the folded tabular flows: Glow-1D, MAF and IAF, density + sampling.
 
 The reference is the folded flow's eager PyTorch code (``nfkd.fold.fold`` output, ``log_prob`` /
 ``sample``); ``kernels.cpu_backend`` packs its modules into one float32 buffer and checks nothing
@@ -17,7 +17,12 @@ density reads, per group of 4 outputs, only the leading inputs that can be non-z
 half of the dense arithmetic. MAF sampling is exact and needs no D full MADE passes: output j
 depends only on a prefix of ``nj[j]`` units in every hidden layer; per coordinate the first layer's
 pre-activation is updated by one rank-1 term (``x_j * W0[j, :]``) and only the prefixes of the
-deeper layers and the one output pair (mu_j, alpha_j) are computed.
+deeper layers and the one output pair (mu_j, alpha_j) are computed (``_made_solve``).
+
+IAF (the student whose point is one-pass sampling): its ``InverseMADE`` has the MADE's masks, so it
+packs like a MAF. Sampling is one full MADE pass per block through the MAF density's tile path
+(``_made_net``, staircase included) with the affine inverted; its density is the same incremental
+triangular solve as MAF sampling, with z in place of x (``_made_solve(..., density=True)``).
 
 Packed layout (written by ``kernels.cpu_backend``): every matrix is stored transposed, ``[in, out]``
 row-major, its output width zero-padded to a multiple of 4 (``pad4``); ``offs`` holds int64 offsets
@@ -34,6 +39,7 @@ from numba.extending import intrinsic, models, register_model
 
 __all__ = [
     "TILE", "glow1d_log_prob", "glow1d_log_prob_par", "glow1d_sample", "glow1d_sample_par",
+    "iaf_log_prob", "iaf_log_prob_par", "iaf_sample", "iaf_sample_par",
     "maf_log_prob", "maf_log_prob_par", "maf_sample", "maf_sample_par", "pad4",
 ]
 
@@ -503,26 +509,110 @@ def _made_scale(h, mo, ld, D, d4, rows, clamp, out, iperm, w, loc, inv):
 
 
 @nb.njit(**_JIT)
+def _made_net(h, w, offs, k, kin, meta, t1, t2, mo, rows):
+    """One full MADE pass of block k on h[:D] -> mo (mu_j in row j, raw alpha_j in row DP + j).
+
+    The pass MAF density and IAF sampling share: hidden layers skip the staircase's zeros (``kin``)."""
+    D, H, HP, nhid, tanh_act, OP, G = (meta[M_D], meta[M_H], meta[M_HP], meta[M_NHID], meta[M_TANH], meta[M_OP],
+                                       meta[M_GROUPS])
+    o = 2 * nhid
+    _dense(h, 0, D, w, offs[k, 0], HP, HP, w, offs[k, 1], t1, 0, rows, not tanh_act, kin, 0)
+    if tanh_act:
+        _tanh_rows(t1, H, rows)
+    a, b = t1, t2
+    for li in range(1, nhid):
+        _dense(a, 0, H, w, offs[k, 2 * li], HP, HP, w, offs[k, 2 * li + 1], b, 0, rows, not tanh_act, kin,
+               li * G)
+        if tanh_act:
+            _tanh_rows(b, H, rows)
+        a, b = b, a
+    _dense(a, 0, H, w, offs[k, o], OP, OP, w, offs[k, o + 1], mo, 0, rows, False, kin, nhid * G)
+
+
+@nb.njit(**_JIT)
+def _made_shift(h, mo, D, d4, rows, clamp, out, drow):
+    """IAF sampling's epilogue: x_j = u_j exp(alpha_j) + mu_j, written straight to row ``drow[j]`` (the next
+    block's input order: no separate permutation copy)."""
+    inv_clamp = _ONE / clamp
+    for j in range(D):
+        uj, mu, al, dst = _row(h, j), _row(mo, j), _row(mo, d4 + j), _row(out, drow[j])
+        for r in range(rows):
+            dst[r] = uj[r] * _exp(clamp * _tanh(al[r] * inv_clamp)) + mu[r]
+
+
+@nb.njit(**_JIT)
+def _made_solve(src, dst, drow, ld, w, offs, k, nj, meta, clamp, pre, t1, t2, mu, al, rows, density):
+    """The triangular direction of block k's MADE, one coordinate at a time; the conditioner reads ``dst``.
+
+    MAF sampling (``density`` false): x_j = u_j exp(alpha_j) + mu_j; IAF density (true):
+    z_j = (x_j - mu_j) exp(-alpha_j), ld -= alpha_j. src_j is row j, the result goes to row drow[j].
+    Exact without D full passes: output j depends only on a prefix of ``nj[k, j]`` hidden units per
+    layer; the first layer's pre-activation ``pre`` gets one rank-1 term per solved coordinate.
+    """
+    D, HP, nhid, tanh_act = meta[M_D], meta[M_HP], meta[M_NHID], meta[M_TANH]
+    inv_clamp = _ONE / clamp
+    o = 2 * nhid
+    ob0, oW0, oWoT, obo = offs[k, 1], offs[k, 0], offs[k, o + 2], offs[k, o + 1]
+    d4 = meta[M_OP] // 2
+    for c in range(HP):
+        pc, bc = _row(pre, c), w[ob0 + c]
+        for r in range(rows):
+            pc[r] = bc
+    for j in range(D):
+        m = nj[k, j]  # hidden units (a prefix, in degree order) that output j depends on
+        m4 = (m + 3) // 4 * 4
+        for c in range(m4):
+            tc, pc = _row(t1, c), _row(pre, c)
+            for r in range(rows):
+                tc[r] = max(pc[r], _ZERO) if not tanh_act else pc[r]
+        if tanh_act:
+            _tanh_rows(t1, m4, rows)
+        a, b = t1, t2
+        for li in range(1, nhid):
+            _dense(a, 0, m, w, offs[k, 2 * li], HP, m4, w, offs[k, 2 * li + 1], b, 0, rows, not tanh_act,
+                   _NO_KIN, -1)
+            if tanh_act:
+                _tanh_rows(b, m4, rows)
+            a, b = b, a
+        wm = oWoT + j * HP
+        wa = oWoT + (D + j) * HP
+        bm, ba = w[obo + j], w[obo + d4 + j]
+        for r in range(rows):
+            mu[r] = bm
+            al[r] = ba
+        for c in range(m):
+            ac, wmc, wac = _row(a, c), w[wm + c], w[wa + c]
+            for r in range(rows):
+                mu[r] += ac[r] * wmc
+                al[r] += ac[r] * wac
+        sj, dj = _row(src, j), _row(dst, drow[j])
+        if density:
+            for r in range(rows):
+                al[r] = clamp * _tanh(al[r] * inv_clamp)
+            for r in range(rows):
+                ld[r] -= al[r]
+            for r in range(rows):
+                dj[r] = (sj[r] - mu[r]) * _exp(-al[r])
+        else:
+            for r in range(rows):
+                dj[r] = sj[r] * _exp(clamp * _tanh(al[r] * inv_clamp)) + mu[r]
+        w0j = oW0 + j * HP
+        for c in range(HP):
+            pc, wc = _row(pre, c), w[w0j + c]
+            for r in range(rows):
+                pc[r] += dj[r] * wc
+
+
+@nb.njit(**_JIT)
 def _maf_lp_tile(x, r0, n, out, w, offs, iperms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld):
-    D, DP, H, HP, blocks, nhid, tanh_act, OP, G = (meta[M_D], meta[M_DP], meta[M_H], meta[M_HP], meta[M_BLOCKS],
-                                                   meta[M_NHID], meta[M_TANH], meta[M_OP], meta[M_GROUPS])
+    D, DP, blocks, nhid = meta[M_D], meta[M_DP], meta[M_BLOCKS], meta[M_NHID]
     rows = (n + 7) // 8 * 8
     for r in range(rows):
         ld[r] = _ZERO
     _to_tile(x, r0, n, rows, h, D, w, offs[blocks, 0], offs[blocks, 1], _ONE)
     o = 2 * nhid
     for k in range(blocks):
-        _dense(h, 0, D, w, offs[k, 0], HP, HP, w, offs[k, 1], t1, 0, rows, not tanh_act, kin, 0)
-        if tanh_act:
-            _tanh_rows(t1, H, rows)
-        a, b = t1, t2
-        for li in range(1, nhid):
-            _dense(a, 0, H, w, offs[k, 2 * li], HP, HP, w, offs[k, 2 * li + 1], b, 0, rows, not tanh_act, kin,
-                   li * G)
-            if tanh_act:
-                _tanh_rows(b, H, rows)
-            a, b = b, a
-        _dense(a, 0, H, w, offs[k, o], OP, OP, w, offs[k, o + 1], mo, 0, rows, False, kin, nhid * G)
+        _made_net(h, w, offs, k, kin, meta, t1, t2, mo, rows)
         # alpha_j in row DP + j; batch-norm loc, 1 / scale in the permuted order at o + 6, o + 7
         _made_scale(h, mo, ld, D, DP, rows, clamp, h2, iperms[k], w, offs[k, o + 6], offs[k, o + 7])
         h, h2 = h2, h
@@ -530,10 +620,10 @@ def _maf_lp_tile(x, r0, n, out, w, offs, iperms, kin, meta, const, clamp, h, h2,
 
 
 @nb.njit(**_JIT)
-def _maf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
-    D, HP, blocks, nhid, tanh_act = meta[M_D], meta[M_HP], meta[M_BLOCKS], meta[M_NHID], meta[M_TANH]
+def _maf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, nj, meta, clamp, u, xs, pre, t1, t2, mu,
+                     al):
+    D, blocks, nhid = meta[M_D], meta[M_BLOCKS], meta[M_NHID]
     rows = (n + 7) // 8 * 8
-    inv_clamp = _ONE / clamp
     o = 2 * nhid
     _to_tile(z, r0, n, rows, xs, D, w, -1, -1, temperature)
     for kk in range(blocks):
@@ -545,48 +635,8 @@ def _maf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, nj, meta, clam
             uj, src, sj, lj = _row(u, j), _row(xs, pinv[j]), w[bsc + j], w[bl + j]
             for r in range(rows):
                 uj[r] = src[r] * sj + lj
-        # MADE inverse, one coordinate at a time; pre = first-layer pre-activation of the known x_<j
-        ob0, oW0, oWoT, obo = offs[k, 1], offs[k, 0], offs[k, o + 2], offs[k, o + 1]
-        d4 = meta[M_OP] // 2
-        for c in range(HP):
-            pc, bc = _row(pre, c), w[ob0 + c]
-            for r in range(rows):
-                pc[r] = bc
-        for j in range(D):
-            m = nj[k, j]  # hidden units (a prefix, in degree order) that output j depends on
-            m4 = (m + 3) // 4 * 4
-            for c in range(m4):
-                tc, pc = _row(t1, c), _row(pre, c)
-                for r in range(rows):
-                    tc[r] = max(pc[r], _ZERO) if not tanh_act else pc[r]
-            if tanh_act:
-                _tanh_rows(t1, m4, rows)
-            a, b = t1, t2
-            for li in range(1, nhid):
-                _dense(a, 0, m, w, offs[k, 2 * li], HP, m4, w, offs[k, 2 * li + 1], b, 0, rows, not tanh_act,
-                       _NO_KIN, -1)
-                if tanh_act:
-                    _tanh_rows(b, m4, rows)
-                a, b = b, a
-            wm = oWoT + j * HP
-            wa = oWoT + (D + j) * HP
-            bm, ba = w[obo + j], w[obo + d4 + j]
-            for r in range(rows):
-                mu[r] = bm
-                al[r] = ba
-            for c in range(m):
-                ac, wmc, wac = _row(a, c), w[wm + c], w[wa + c]
-                for r in range(rows):
-                    mu[r] += ac[r] * wmc
-                    al[r] += ac[r] * wac
-            xj, uj = _row(xs, j), _row(u, j)
-            for r in range(rows):
-                xj[r] = uj[r] * _exp(clamp * _tanh(al[r] * inv_clamp)) + mu[r]
-            w0j = oW0 + j * HP
-            for c in range(HP):
-                pc, wc = _row(pre, c), w[w0j + c]
-                for r in range(rows):
-                    pc[r] += xj[r] * wc
+        # (no log-det in this direction: mu stands in for ld, untouched)
+        _made_solve(u, xs, drows[k], mu, w, offs, k, nj, meta, clamp, pre, t1, t2, mu, al, rows, False)
     oloc, osc = offs[blocks, 0], offs[blocks, 2]
     _from_tile(xs, r0, n, out, D, w, oloc, osc)
 
@@ -609,18 +659,100 @@ def maf_log_prob_par(x, out, w, offs, iperms, kin, meta, const, clamp, h, h2, t1
 
 
 @nb.njit(**_JIT)
-def maf_sample(z, temperature, out, w, offs, iperms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
+def maf_sample(z, temperature, out, w, offs, iperms, drows, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
     B = z.shape[0]
     for r0 in range(0, B, TILE):
-        _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, iperms, nj, meta, clamp,
+        _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, iperms, drows, nj, meta, clamp,
                          u, xs, pre, t1, t2, mu, al)
 
 
 @nb.njit(parallel=True, **_JIT)
-def maf_sample_par(z, temperature, out, w, offs, iperms, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
+def maf_sample_par(z, temperature, out, w, offs, iperms, drows, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
     B = z.shape[0]
     for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
         r0 = t * TILE
-        _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, iperms, nj, meta, clamp,
+        _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, iperms, drows, nj, meta, clamp,
                          u[i], xs[i], pre[i], t1[i], t2[i], mu[i], al[i])
+
+
+# ---------------------------------------------------------------------------------------------
+# IAF: the MAF block's MADE used the other way round (packed by ``pack_maf``: same masks, no batch-norm)
+# ---------------------------------------------------------------------------------------------
+# Sampling is the MAF density's tile path (one full MADE pass per block, staircase-skipping dense
+# layers) with the affine inverted; the density is MAF sampling's incremental triangular solve with
+# the affine inverted. ``drows[k]``: where block k's sampling output x_j goes, the input order of
+# block k - 1 (its forward permutation; identity for block 0, which the input normalization follows).
+@nb.njit(**_JIT)
+def _to_tile_perm(x, r0, n, rows, h, D, src, t):
+    """h[j, r] = x[r0 + r, src[j]] * t for r < n, 0 up to ``rows``: the tile's transpose, permuted on the way."""
+    xt = x[r0: r0 + n]
+    for j in range(D):
+        hj, c = _row(h, j), src[j]
+        for r in range(n):
+            hj[r] = xt[r, c] * t
+        for r in range(n, rows):
+            hj[r] = _ZERO
+
+
+@nb.njit(**_JIT)
+def _iaf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, kin, meta, clamp, h, h2, t1, t2, mo):
+    D, DP, blocks = meta[M_D], meta[M_DP], meta[M_BLOCKS]
+    rows = (n + 7) // 8 * 8
+    _to_tile_perm(z, r0, n, rows, h, D, iperms[blocks - 1], temperature)  # the last block's inverse permutation
+    for kk in range(blocks):
+        k = blocks - 1 - kk
+        _made_net(h, w, offs, k, kin, meta, t1, t2, mo, rows)
+        _made_shift(h, mo, D, DP, rows, clamp, h2, drows[k])
+        h, h2 = h2, h
+    _from_tile(h, r0, n, out, D, w, offs[blocks, 0], offs[blocks, 2])
+
+
+@nb.njit(**_JIT)
+def _iaf_lp_tile(x, r0, n, out, w, offs, iperms, nj, meta, const, clamp, h, h2, pre, t1, t2, mu, al, ld):
+    D, blocks = meta[M_D], meta[M_BLOCKS]
+    rows = (n + 7) // 8 * 8
+    for r in range(rows):
+        ld[r] = _ZERO
+    _to_tile(x, r0, n, rows, h, D, w, offs[blocks, 0], offs[blocks, 1], _ONE)
+    for k in range(blocks):
+        # z_j goes to row iperm[j]: the block's forward permutation, applied on the way
+        _made_solve(h, h2, iperms[k], ld, w, offs, k, nj, meta, clamp, pre, t1, t2, mu, al, rows, True)
+        h, h2 = h2, h
+    _finish_log_prob(h, ld, n, D, const, out, r0)
+
+
+@nb.njit(**_JIT)
+def iaf_sample(z, temperature, out, w, offs, iperms, drows, kin, meta, clamp, h, h2, t1, t2, mo):
+    B = z.shape[0]
+    for r0 in range(0, B, TILE):
+        _iaf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, iperms, drows, kin, meta, clamp,
+                         h, h2, t1, t2, mo)
+
+
+@nb.njit(parallel=True, **_JIT)
+def iaf_sample_par(z, temperature, out, w, offs, iperms, drows, kin, meta, clamp, h, h2, t1, t2, mo):
+    B = z.shape[0]
+    for t in nb.prange((B + TILE - 1) // TILE):
+        i = nb.get_thread_id()
+        r0 = t * TILE
+        _iaf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, iperms, drows, kin, meta, clamp,
+                         h[i], h2[i], t1[i], t2[i], mo[i])
+
+
+@nb.njit(**_JIT)
+def iaf_log_prob(x, out, w, offs, iperms, nj, meta, const, clamp, h, h2, pre, t1, t2, mu, al, ld):
+    B = x.shape[0]
+    for r0 in range(0, B, TILE):
+        _iaf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, iperms, nj, meta, const, clamp, h, h2, pre, t1, t2,
+                     mu, al, ld)
+
+
+@nb.njit(parallel=True, **_JIT)
+def iaf_log_prob_par(x, out, w, offs, iperms, nj, meta, const, clamp, h, h2, pre, t1, t2, mu, al, ld):
+    B = x.shape[0]
+    for t in nb.prange((B + TILE - 1) // TILE):
+        i = nb.get_thread_id()
+        r0 = t * TILE
+        _iaf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, iperms, nj, meta, const, clamp, h[i], h2[i], pre[i],
+                     t1[i], t2[i], mu[i], al[i], ld[i])

@@ -18,7 +18,7 @@ import torch
 from export.parity import TOLERANCE
 from nfkd import inference
 from nfkd.errors import InputError
-from nfkd.flows import MAF, Glow, Glow1D
+from nfkd.flows import IAF, MAF, Glow, Glow1D
 from nfkd.testing import perturb
 
 numba = pytest.importorskip("numba", reason="numba is not installed (pip install 'nfkd[cpu]')")
@@ -90,11 +90,38 @@ def test_maf_matches_eager_float64(dim, blocks, hidden, n_hidden, activation, ba
         _check(flow, runner, n, seed=10 * dim + i)
 
 
-@pytest.mark.parametrize("arch", ["glow1d", "maf"])
+IAF_CASES = [  # (dim, blocks, hidden, n_hidden, activation, permutation)
+    (1, 2, 8, 2, "relu", "reverse"), (2, 3, 16, 2, "relu", "random"), (3, 2, 12, 1, "tanh", "random"),
+    (5, 3, 32, 2, "relu", "random"), (8, 2, 20, 3, "relu", "reverse"), (13, 3, 32, 2, "tanh", "reverse"),
+    (21, 3, 32, 2, "relu", "reverse"), (33, 2, 48, 2, "relu", "random"), (43, 3, 32, 2, "relu", "reverse"),
+    (64, 2, 32, 3, "tanh", "random"),
+]
+
+
+@pytest.mark.parametrize("dim,blocks,hidden,n_hidden,activation,permutation", IAF_CASES,
+                         ids=[f"d{c[0]}-{c[4]}-h{c[3]}-{c[5]}" for c in IAF_CASES])
+def test_iaf_matches_eager_float64(dim, blocks, hidden, n_hidden, activation, permutation):
+    """IAF: sampling through the MAF density's tile path, density through the incremental triangular solve."""
+    torch.manual_seed(dim)
+    flow = _normalized(IAF(dim, blocks=blocks, hidden=hidden, n_hidden=n_hidden, activation=activation,
+                           permutation=permutation, seed=dim), seed=dim)
+    runner = inference.load(flow, backend="numba", threads=1)
+    assert runner.backend == "numba" and runner.info()["arch"] == "iaf"
+    for i, n in enumerate(BATCHES if dim in (1, 21, 64) else ((1, 67) if dim % 2 else (7, 131))):
+        _check(flow, runner, n, seed=10 * dim + i)
+
+
+def _small(arch: str, dim: int = 9):
+    if arch == "glow1d":
+        return Glow1D(dim, steps=2, hidden=16)
+    return (MAF if arch == "maf" else IAF)(dim, blocks=2, hidden=16, permutation="random", seed=2)
+
+
+@pytest.mark.parametrize("arch", ["glow1d", "maf", "iaf"])
 def test_threads_give_the_same_result(arch):
     """The threaded entry point (prange over row tiles) equals the serial one."""
     torch.manual_seed(0)
-    flow = _normalized(Glow1D(9, steps=2, hidden=16) if arch == "glow1d" else MAF(9, blocks=2, hidden=16), seed=3)
+    flow = _normalized(_small(arch), seed=3)
     one = inference.load(flow, backend="numba", threads=1)
     two = inference.load(flow, backend="numba", threads=2)
     x = _data(flow, 300, seed=1).numpy()
@@ -117,6 +144,64 @@ def test_numpy_and_torch_in_and_out():
     np.testing.assert_allclose(runner.log_prob(noncontig).numpy(), out_np, rtol=1e-6)
 
 
+
+def _record(runner, name: str, seen: dict) -> None:
+    """Wrap runner.<name> (the backend's own entry) to record what it was given and what it returned."""
+    inner = getattr(runner, name)
+
+    def wrapped(a, *rest):
+        seen["in"] = a[0] if isinstance(a, list) else a
+        seen["out"] = inner(a, *rest)
+        return seen["out"]
+
+    setattr(runner, name, wrapped)
+
+
+@pytest.mark.parametrize("arch", ["maf", "iaf"])
+def test_torch_tensor_at_the_door_costs_what_numpy_costs(arch, monkeypatch):
+    """A contiguous float32 CPU tensor reaches the engine as a view of its memory, is checked for finiteness
+    by the same single numpy pass as a numpy array (no torch.isfinite: three passes, ~20x slower), and the
+    result comes back as a tensor on the engine's output buffer: no copy, conversion or second check."""
+    torch.manual_seed(0)
+    flow = _normalized((MAF if arch == "maf" else IAF)(6, blocks=2, hidden=12), seed=0)
+    runner = inference.load(flow, backend="numba", threads=1)
+    x = _data(flow, 131, seed=0)
+    want = runner.log_prob(x.numpy().copy())
+    calls = []
+    real_isfinite = np.isfinite
+    monkeypatch.setattr(np, "isfinite", lambda a, *k, **kw: calls.append(1) or real_isfinite(a, *k, **kw))
+
+    def no_torch_check(*a, **k):
+        raise AssertionError("torch.isfinite ran on a CPU tensor")
+
+    monkeypatch.setattr(torch, "isfinite", no_torch_check)
+    seen: dict = {}
+    _record(runner, "_log_prob", seen)
+    got = runner.log_prob(x)
+    assert isinstance(got, torch.Tensor) and len(calls) == 1
+    assert np.shares_memory(seen["in"], x.numpy()), "the input was copied"
+    assert np.shares_memory(got.numpy(), seen["out"]), "the output was copied"
+    np.testing.assert_array_equal(got.numpy(), want)
+    runner.log_prob(x.numpy())
+    assert len(calls) == 2  # numpy input: the same one pass
+    z = torch.randn(67, 6)
+    _record(runner, "_decode", seen)
+    xs = runner.sample(noise=[z])
+    assert np.shares_memory(seen["in"], z.numpy()) and np.shares_memory(xs.numpy(), seen["out"])
+    np.testing.assert_array_equal(xs.numpy(), runner.sample(noise=[z.numpy()]))
+
+
+def test_tensors_numpy_cannot_view_are_still_checked():
+    """bfloat16 (no numpy dtype) keeps the torch check: the same clear error."""
+    from nfkd.validation import check_batch
+
+    bad = torch.tensor([[0.0, float("nan")]], dtype=torch.bfloat16)
+    with pytest.raises(InputError, match="NaN or Inf"):
+        check_batch(bad, (2,))
+    ok = torch.zeros(3, 2, dtype=torch.bfloat16)
+    assert check_batch(ok, (2,)) is ok
+
+
 BAD = [
     (lambda r: r.log_prob(np.zeros((2, 3), np.float32)), "features per row"),
     (lambda r: r.log_prob(np.array([[np.nan] * 4], np.float32)), "NaN or Inf"),
@@ -131,17 +216,18 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize("arch", ["maf", "iaf"])
 @pytest.mark.parametrize("call,match", BAD, ids=[m for _, m in BAD])
-def test_bad_input_same_clear_error_as_eager(call, match):
+def test_bad_input_same_clear_error_as_eager(call, match, arch):
     torch.manual_seed(0)
-    flow = _normalized(MAF(4, blocks=2, hidden=8), seed=0)
+    flow = _normalized((MAF if arch == "maf" else IAF)(4, blocks=2, hidden=8), seed=0)
     for backend in ("eager", "numba"):
         with pytest.raises(InputError, match=match):
             call(inference.load(flow, backend=backend, threads=1))
 
 
 def test_covers_tabular_flows_only():
-    with pytest.raises(InputError, match="runs glow1d, maf models, not glow"):
+    with pytest.raises(InputError, match="runs glow1d, maf, iaf models, not glow"):
         inference.load(Glow((2, 4, 4), levels=2, steps=1, hidden=8), backend="numba")
     with pytest.raises(InputError, match="does not run on cuda"):
         inference.load(MAF(3, blocks=1, hidden=8), backend="numba", device="cuda")
@@ -176,16 +262,17 @@ def test_vectorized_math_matches_float64():
     assert np.abs(apply(u, 2) - np.log1p(u.astype(np.float64))).max() < 3e-7
 
 
-def test_packing_refuses_weights_outside_the_made_masks():
-    """The density kernel skips a MADE's masked inputs; a folded flow with a non-zero weight there (masks
-    changed after training) must be refused, not scored wrongly."""
+@pytest.mark.parametrize("arch", ["maf", "iaf"])
+def test_packing_refuses_weights_outside_the_made_masks(arch):
+    """The density kernel (IAF: the sampling kernel) skips a MADE's masked inputs; a folded flow with a non-zero
+    weight there (masks changed after training) must be refused, not scored wrongly."""
     import torch
 
     from kernels.cpu_backend import pack_maf
     from nfkd.errors import InputError
     from nfkd.fold import fold, linear_layers
 
-    flow = _normalized(MAF(7, blocks=2, hidden=16), seed=5)
+    flow = _normalized((MAF if arch == "maf" else IAF)(7, blocks=2, hidden=16), seed=5)
     folded = fold(flow, torch.float64)
     pack_maf(folded)  # the masks' structure: accepted
     first, _ = linear_layers(folded.blocks[1].made.net)[0]  # folded: a plain Linear, masks applied
@@ -193,3 +280,24 @@ def test_packing_refuses_weights_outside_the_made_masks():
         first[0, -1] = 0.5  # hidden unit 0 (degree 1) may read input 0 only; give it the last input
     with pytest.raises(InputError, match="MADE masks"):
         pack_maf(folded)
+
+
+def test_iaf_packs_in_the_made_degree_order():
+    """An InverseMADE has the MADE's masks (only its direction of use differs): the packed staircase and the
+    per-output prefixes are the MAF's, and every output j reads exactly the hidden units of degree <= j."""
+    from kernels.cpu_backend import pack_maf
+    from nfkd.flows.layers import made_degrees
+    from nfkd.fold import fold
+
+    maf, iaf = MAF(6, blocks=2, hidden=12, seed=1), IAF(6, blocks=2, hidden=12, seed=1)
+    pm, pi = pack_maf(fold(maf, torch.float64)), pack_maf(fold(iaf, torch.float64))
+    np.testing.assert_array_equal(pm["kin"], pi["kin"])
+    np.testing.assert_array_equal(pm["nj"], pi["nj"])
+    deg = made_degrees(6, 12, 2)[1].numpy()
+    assert pi["nj"][0].tolist() == [int((deg <= j).sum()) for j in range(6)]
+    for a, b in zip(iaf.blocks[0].made.net, maf.blocks[0].made.net):
+        if hasattr(a, "mask"):
+            assert torch.equal(a.mask, b.mask)
+    # IAF sampling writes block k's output to block k - 1's input order; block 0's to the flow's own order
+    assert pi["drows"][0].tolist() == list(range(6))
+    assert pi["drows"][1].tolist() == iaf.blocks[0].perm.perm.tolist()

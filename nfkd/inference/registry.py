@@ -107,7 +107,7 @@ def _probe_numba() -> tuple[bool, str, tuple[str, ...]]:
         return False, "numba is not installed (pip install 'nfkd[cpu]')", ()
     if not _has("kernels"):
         return False, "the kernels package (kernels.cpu_engine) is not importable", ()
-    return True, "fused CPU kernels (numba) over the folded form: Glow-1D and MAF", ("cpu",)
+    return True, "fused CPU kernels (numba) over the folded form: Glow-1D, MAF and IAF", ("cpu",)
 
 
 BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
@@ -119,7 +119,7 @@ BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
     BackendSpec("tensorrt", "export.backends:load_tensorrt", "TensorRT engines built by export.trt", _probe_tensorrt),
     BackendSpec("triton", "kernels.backend:load_triton", "fused Triton kernels over the folded form", _probe_triton),
     BackendSpec("numba", "kernels.cpu_backend:load_cpu_engine", "fused numba CPU kernels over the folded form "
-                "(Glow-1D, MAF)", _probe_numba, archs=("glow1d", "maf")),
+                "(Glow-1D, MAF, IAF)", _probe_numba, archs=("glow1d", "maf", "iaf")),
 )}
 
 
