@@ -154,6 +154,12 @@ def test_every_bad_file_is_one_clear_line(tmp_path, capsys):
         assert fragment in err, (case, err)
 
 
+def test_data_check_reads_a_file(tmp_path, capsys):
+    assert nfkd_main(["data", "check", str(_csv(tmp_path / "t.csv", _table())) + ":b,c"]) == 0
+    out = capsys.readouterr().out
+    assert "dim 2" in out and "162" in out
+
+
 def test_unknown_name_mentions_files(tmp_path, capsys):
     assert "table file" in _one_line_error(capsys, "no_such_dataset", tmp_path)
 
@@ -181,6 +187,8 @@ def test_csv_trains_distills_and_exports_in_three_commands(tmp_path):
     assert "test log-likelihood" in train.stderr.strip().splitlines()[-1]
     run("-m", "nfkd", "distill", "--teacher", "teacher/model.pt", "--data", "mydata.csv", "--out", "student", *small)
     run("-m", "export.onnx", "student/model.pt", "-o", "onnx")
+    again = json.loads(run("-m", "nfkd", "evaluate", "teacher/model.pt").stdout)  # the file named in the metadata
+    assert again["n"] == 30 and again["log_likelihood"] == pytest.approx(report["test"]["log_likelihood"], abs=1e-5)
     assert {p.name for p in (tmp_path / "onnx").iterdir()} >= {"density.onnx", "sample.onnx", "manifest.json"}
 
     from nfkd.checkpoint import load_checkpoint
