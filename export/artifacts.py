@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 from nfkd.errors import ExportError
 from nfkd.folder_files import read_member
 
+from .file_modes import set_plain_mode
 from .manifest import MANIFEST_NAME, sha256_bytes
 
 __all__ = ["atomic_file", "install_folder", "read_verified", "staged_folder", "verified_path"]
@@ -70,6 +71,7 @@ def staged_folder(out_dir: str | os.PathLike, stale: Sequence[str] = (), replace
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
+        set_plain_mode(tmp)  # mkdtemp made it 0700; the installed folder gets the mode mkdir would give
         yield tmp
         install_folder(tmp, out_dir, stale, replace_whole)
     except BaseException:
@@ -82,3 +84,4 @@ def atomic_file(path: str | os.PathLike, data: bytes) -> None:
     from nfkd.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, data)
+    set_plain_mode(path)

@@ -137,8 +137,11 @@ class Manifest:
     def save(self, folder: str | os.PathLike) -> Path:
         from nfkd.checkpoint import atomic_write_bytes
 
+        from .file_modes import set_plain_mode
+
         path = Path(folder) / MANIFEST_NAME
         atomic_write_bytes(path, self.to_json().encode())
+        set_plain_mode(path)  # mkstemp made it owner-only; the graphs beside it are not
         return path
 
     # --- convenience --------------------------------------------------------------------------

@@ -41,6 +41,8 @@ class ExportedFlow(Runner):
     """A loaded export: a ``nfkd.inference`` Runner over numpy graphs (``_density`` / ``_sample``)."""
 
     native = "numpy"
+    #: The graphs/engines take at most max_batch rows a call; larger requests are split (as every backend accepts them).
+    splits_batches = True
 
     def __init__(self, folder: Path, manifest: Manifest, device: str, threads: int | None = None) -> None:
         trt, engines = self.backend == "tensorrt", manifest.engines or {}
@@ -62,8 +64,10 @@ class ExportedFlow(Runner):
 
     def density(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """(log_prob [B], latent [B, D]): the flattened standardized noise of every level (manifest.latent_layout)."""
-        x = check_batch(x, self.event_shape, "x", self.max_batch, float32=True)
-        return self._density(self._to_native(x))
+        x = check_batch(x, self.event_shape, "x", None, float32=True)
+        native = self._to_native(x)
+        parts = [self._density(native[i:i + self.max_batch]) for i in range(0, len(native), self.max_batch)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def decode(self, noise: Sequence[Any], temperature: float = 1.0) -> np.ndarray:
         """Samples (numpy) from given unit noise (one array per level, shapes [B, *noise_shapes[l]])."""

@@ -11,6 +11,7 @@ import torch
 from .data import load_dataset
 from .data.images import ImageSplits
 from .data.splits import TabularSplits
+from .data.user_files import UserTableSplits
 from .errors import InputError
 from .flows import Flow, bits_per_dim, build_flow
 from .train import TrainData
@@ -21,6 +22,7 @@ Dataset = TabularSplits | ImageSplits
 
 
 def get_data(name: str, root: str | Path | None = None, seed: int = 0, **kw: Any) -> Dataset:
+    """A registered dataset by name, or a user's table file (.csv/.parquet/.npy/.npz, ``PATH:cols``)."""
     return load_dataset(name, root=root, seed=seed, **kw)
 
 
@@ -50,6 +52,8 @@ def data_metadata(data: Dataset) -> dict[str, Any]:
     meta: dict[str, Any] = {"dataset": data.name, "split_sizes": list(data.sizes)}
     if isinstance(data, TabularSplits):
         meta["normalization"] = {"mean": data.mean.tolist(), "std": data.std.tolist(), "fitted_on": "train"}
+        if isinstance(data, UserTableSplits):  # path, sha256, columns, seed and split rule of a user's file
+            meta["data_file"] = dict(data.file)
     else:
         meta["image_shape"] = list(data.shape)
         meta["n_levels"] = int(data.train.n_levels)

@@ -14,6 +14,7 @@ from . import embedded, images, tabular
 from .images import ImageSplits, split_images
 from .layout import MAF_FILES
 from .splits import TabularSplits
+from .user_files import load_user_table, parse_spec
 
 __all__ = ["default_data_root", "DatasetInfo", "list_datasets", "dataset_info", "load_dataset"]
 
@@ -101,18 +102,33 @@ def list_datasets() -> list[DatasetInfo]:
 
 
 def dataset_info(name: str) -> DatasetInfo:
+    """A registered dataset's entry; a user's file (see user_files) is a table of unknown width until read."""
+    spec = parse_spec(name)
+    if spec is not None:
+        return DatasetInfo(spec.text, "tabular", (), "a user's table file", (str(spec.path),))
     return _lookup(name)[0]
 
 
 def _lookup(name: str) -> tuple[DatasetInfo, Loader]:
     key = name.strip().lower()
     if key not in _REGISTRY:
-        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(_REGISTRY)}")
+        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(_REGISTRY)}, or a table file "
+                        "(.csv, .parquet, .npy, .npz)")
     return _REGISTRY[key]
 
 
 def load_dataset(name: str, root: str | Path | None = None, seed: int = 0, **kw: Any) -> TabularSplits | ImageSplits:
-    """TabularSplits for tabular names, ImageSplits for image names; root defaults to default_data_root()."""
+    """TabularSplits for tabular names, ImageSplits for image names; root defaults to default_data_root().
+
+    A file path (.csv, .parquet, .npy, .npz; ``PATH:col1,col2`` keeps columns) is read by
+    ``user_files.load_user_table`` with the same seeded split as the embedded tables; root is unused.
+    """
+    spec = parse_spec(name)
+    if spec is not None:
+        if kw:
+            raise InputError(f"a table file takes no dataset option(s) ({', '.join(sorted(kw))})")
+        with np.errstate(over="ignore", invalid="ignore"):
+            return load_user_table(spec, seed)
     info, loader = _lookup(name)
     unknown = sorted(set(kw) - set(info.options))
     if unknown:

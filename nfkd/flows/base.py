@@ -165,19 +165,51 @@ class Flow(nn.Module):
 
     def sample(
         self,
-        n: int,
+        n: int | Sequence[int] | torch.Size | None = None,
         temperature: float = 1.0,
         noise: Sequence[Tensor] | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Draw n samples at a temperature, or decode the given per-level (unit) noise."""
+        """Draw samples at a temperature, or decode the given per-level (unit) noise; no autograd graph.
+
+        ``n`` is a count (-> [n, *event_shape]) or, as in torch.distributions, a sample shape
+        (``(3,)`` -> [3, *event_shape]; ``()`` or nothing -> one sample of event_shape; with ``noise``,
+        nothing -> one sample per noise row). Like
+        ``torch.distributions``, ``sample`` is detached; ``rsample`` keeps the graph for losses.
+        """
+        with torch.no_grad():
+            return self.rsample(n, temperature, noise, generator)
+
+    def rsample(
+        self,
+        n: int | Sequence[int] | torch.Size | None = None,
+        temperature: float = 1.0,
+        noise: Sequence[Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``sample`` with the reparameterized graph kept (gradients reach the parameters)."""
+        shape = _sample_shape(() if n is None and noise is None else n)
         if noise is None:
-            if n <= 0:
-                raise InputError(f"n must be positive, got {n}")
-            noise = self.sample_noise(n, temperature, generator)
+            count = math.prod(shape) if shape is not None else n
+            if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+                raise InputError(f"n must be a positive integer or a sample shape of positive sizes, got {n!r}")
+            noise = self.sample_noise(count, temperature, generator)
         else:
             noise = [z * temperature for z in self.check_noise(noise)]
-        return self.inverse(noise).x
+            if shape is not None and math.prod(shape) != noise[0].shape[0]:
+                raise InputError(f"sample shape {tuple(shape)} asks for {math.prod(shape)} samples but the noise has "
+                                 f"{noise[0].shape[0]} rows")
+        x = self.inverse(noise).x
+        return x.reshape(*shape, *x.shape[1:]) if shape is not None else x
+
+
+def _sample_shape(n: object) -> tuple[int, ...] | None:
+    """A torch.distributions sample shape as a tuple; None when ``n`` is a plain count."""
+    if isinstance(n, (tuple, list, torch.Size)):
+        if not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in n):
+            raise InputError(f"a sample shape holds positive integers, got {tuple(n)!r}")
+        return tuple(n)
+    return None
 
 
 class ChainFlow(Flow):

@@ -69,6 +69,8 @@ class Runner:
 
     backend: str = ""
     native: str = "torch"  # the array kind _log_prob / _decode take: "torch" or "numpy"
+    #: True: max_batch bounds one backend call, not a request; larger batches are split here (issue 27).
+    splits_batches: bool = False
 
     def __init__(self, meta: ModelMeta, device: str = "cpu", threads: int | None = None,
                  max_batch: int | None = None) -> None:
@@ -97,9 +99,10 @@ class Runner:
         checks every request body once, before batching).
         """
         if validate:
-            x = check_batch(x, self.event_shape, "x", self.max_batch, float32=True)
+            x = check_batch(x, self.event_shape, "x", self._request_limit, float32=True)
         as_numpy = isinstance(x, np.ndarray)
-        out = self._log_prob(self._to_native(x))
+        native = self._to_native(x)
+        out = self._in_chunks(lambda rows: self._log_prob(native[rows]), len(native))
         if validate:  # the service maps a non-finite score to its own answer
             _refuse_nan(out)
         return self._to_numpy(out) if as_numpy else self._to_torch(out)
@@ -115,15 +118,17 @@ class Runner:
         if noise is None:
             if n is None:
                 raise InputError("pass n (how many samples) or noise (one unit-noise array per level)")
-            n = check_count(n, "n", self.max_batch)
+            n = check_count(n, "n", self._request_limit)
             noise = draw_noise(self.noise_shapes, n, check_seed(seed))
         else:
             noise = self._check_noise(noise)
             as_numpy = isinstance(noise[0], np.ndarray)
             if n is not None and check_count(n, "n") != noise[0].shape[0]:
                 raise InputError(f"n = {n} but the noise has {noise[0].shape[0]} rows; pass one or the other")
-        out = self._decode([self._to_native(z) for z in noise], temperature)
-        return self._to_numpy(out) if as_numpy else self._to_torch(out)
+        native = [self._to_native(z) for z in noise]
+        out = self._in_chunks(lambda rows: self._decode([z[rows] for z in native], temperature), len(native[0]))
+        # Samples are data, not a graph: never requires_grad, whatever the backend computed them with.
+        return self._to_numpy(out) if as_numpy else self._to_torch(out).detach()
 
     def info(self) -> dict[str, Any]:
         m = self.meta
@@ -138,6 +143,19 @@ class Runner:
         return f"{type(self).__name__}(backend={self.backend!r}, arch={self.meta.arch!r}, device={self.device!r})"
 
     # --- for backends -------------------------------------------------------------------------
+    @property
+    def _request_limit(self) -> int | None:
+        """The most rows one request may have: none where this Runner splits larger batches itself."""
+        return None if self.splits_batches else self.max_batch
+
+    def _in_chunks(self, fn, n: int):
+        """fn(slice) over row chunks of at most max_batch when this backend splits; results concatenated."""
+        step = self.max_batch
+        if not self.splits_batches or step is None or n <= step:
+            return fn(slice(None))
+        parts = [fn(slice(i, i + step)) for i in range(0, n, step)]
+        return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
+
     def _log_prob(self, x):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -150,7 +168,7 @@ class Runner:
         noise = list(noise)
         if len(noise) != len(self.noise_shapes):
             raise InputError(f"expected {len(self.noise_shapes)} noise arrays (one per level), got {len(noise)}")
-        arrays = [check_batch(z, s, f"noise[{i}]", self.max_batch, float32=True) for i, (z, s) in enumerate(zip(noise, self.noise_shapes))]
+        arrays = [check_batch(z, s, f"noise[{i}]", self._request_limit, float32=True) for i, (z, s) in enumerate(zip(noise, self.noise_shapes))]
         if len({a.shape[0] for a in arrays}) != 1:
             raise InputError(f"noise arrays have different batch sizes {[a.shape[0] for a in arrays]}")
         return arrays
