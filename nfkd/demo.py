@@ -178,7 +178,8 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
         extra = {} if arch == "maf" else {f"{arch} teacher": runs / "teacher" / "model.pt",
                                           f"{arch} student ({best_by_val})": runs / best_by_val.replace(":", "_") / "model.pt"}
         report["deploy"] = run_deploy_demo(out, data, teacher_steps, student_steps, seed, log=log, extra_models=extra,
-                                           rounds=deploy_rounds)
+                                           rounds=deploy_rounds,
+                                           teacher="MAF teacher" if arch == "maf" else f"{arch} teacher")
         _write_report(out, report)
     if image_data:
         report["images"] = run_image_demo(out, image_data, *image_steps, seed=seed, fid_n=fid_n, log=log,

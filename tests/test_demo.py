@@ -59,6 +59,14 @@ def test_demo_quick_writes_full_report(tmp_path):
             assert cells[3] == f"{100 * (v['log_likelihood'] - none_ll) / (teacher_ll - none_ll):.0f} %", row
     for name, v in res["throughput_batch4096"].items():
         assert f"| {name} | {1000 * v['median_s']:.2f} | {v['rows_per_s']:,.0f} |" in report, name
+    # the deployment part: the IAF row, the density + sampler pair, the trade-off table, picks and plot
+    dep = res["deploy"]
+    assert set(dep["results"]) == {"teacher", "none", "iaf"} and dep["results"]["iaf"]["arch"] == "iaf"
+    assert (out / "pair" / "pair.json").is_file() and dep["pair"]["log_prob_max_abs_diff_vs_maf_student"] < 1e-3
+    assert {r["model"] for r in dep["tradeoff"]["rows"]} >= {"MAF teacher", "MAF student", "IAF student"}
+    assert (out / "tradeoff.png").is_file() and "![trade-off](tradeoff.png)" in report
+    assert "| IAF student (recipe) |" in report and "Which model for a latency budget" in report
+    assert "Faithfulness: teacher (maf) scores iaf samples" in report
     # the image part: bpd for every model, grids from the same noise, all linked from the report
     img = res["images"]
     models = {"teacher", "none", "skd", best_img}
