@@ -212,3 +212,21 @@ def test_flowdensity_distills_a_one_pass_sampler_by_the_recipe():
     assert free.distilled_from_["data_free"] is True and "share 0" in free.distilled_from_["method"]
     with pytest.raises(InputError, match="arch must be"):
         teacher.distill(X, arch="glow")
+
+
+def test_data_free_distillation_of_an_image_teacher_end_to_end(tmp_path, capsys):
+    """An image (Glow) teacher's quantized samples train a Glow student; the real test split only reports."""
+    from nfkd.__main__ import main
+
+    common = ["--steps", "4", "--batch-size", "16", "--eval-every", "2", "--no-progress", "--threads", "1",
+              "--hidden", "8"]
+    assert main(["train", "--data", "digits_images", "--arch", "glow", *common, "--out", str(tmp_path / "t")]) == 0
+    capsys.readouterr()
+    assert main(["distill", "--teacher", str(tmp_path / "t" / "model.pt"), "--data-free", "--teacher-samples", "64",
+                 "--data", "digits_images", *common, "--out", str(tmp_path / "s")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    ckpt = nfkd.load_checkpoint(tmp_path / "s" / "model.pt")
+    teacher = nfkd.load(tmp_path / "t" / "model.pt")
+    assert ckpt.arch == "glow" and ckpt.flow.event_shape == teacher.event_shape
+    assert ckpt.metadata["data_free"] is True and ckpt.metadata["teacher_samples"] == 64
+    assert report["test"]["bpd"] > 0 and report["test"]["nonfinite"] == 0
