@@ -116,7 +116,9 @@ class TritonServer:
 
     def __init__(self, repository: str | os.PathLike, host: str = "127.0.0.1", http_port: int = 0,
                  grpc_port: int = 0, metrics_port: int = 0, http_threads: int | None = None,
-                 exit_timeout_s: int = 30, log_verbose: int = 0, log_file: str | os.PathLike | None = None) -> None:
+                 exit_timeout_s: int = 30, log_verbose: int = 0, log_file: str | os.PathLike | None = None,
+                 strict: bool = True) -> None:
+        """``strict=False``: a model that fails to load leaves the server up (and ready) with the others."""
         self.home = triton_home()
         self.repository = Path(repository)
         self.host = host
@@ -126,6 +128,7 @@ class TritonServer:
         self.http_threads = http_threads
         self.exit_timeout_s = int(exit_timeout_s)
         self.log_verbose = int(log_verbose)
+        self.strict = bool(strict)
         self._work = Path(tempfile.mkdtemp(prefix="nfkd-triton-"))
         self.log_path = Path(log_file) if log_file else self._work / "tritonserver.log"
         self.proc: subprocess.Popen | None = None
@@ -145,7 +148,8 @@ class TritonServer:
                f"--http-address={self.host}", f"--http-port={self.http_port}",
                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
-               "--allow-gpu-metrics=false", "--strict-readiness=true", "--exit-on-error=true",
+               "--allow-gpu-metrics=false", f"--strict-readiness={str(self.strict).lower()}",
+               f"--exit-on-error={str(self.strict).lower()}",
                f"--exit-timeout-secs={self.exit_timeout_s}", f"--log-verbose={self.log_verbose}"]
         if self.http_threads:
             cmd.append(f"--http-thread-count={int(self.http_threads)}")
