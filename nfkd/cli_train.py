@@ -7,9 +7,7 @@ import os
 
 import torch
 
-from .checkpoint import load
-from .cli_checks import check_cli_run, check_teacher
-from .distill import KD_SCALES, METHODS, KDConfig, default_weights
+from .cli_checks import check_cli_run
 from .errors import InputError
 from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
 from .presets import PRESETS, resolve
