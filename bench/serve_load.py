@@ -2,6 +2,11 @@
 
     python -m bench.serve_load                       # a small Glow-1D student, 60 s, 200 small clients
     python -m bench.serve_load --checkpoint student.pt --duration 60 --clients 200 --json out.json
+    python -m bench.serve_load --engine triton --instances 2   # the same mix against a real Triton server
+
+``--engine triton`` speaks KServe v2 (``bench.serve_api``): JSON, and the binary tensor extension
+where the built-in client uses ``.npy``; ``/v2/health/ready`` is the health probe. Oversized bodies
+and 10x the row limit are 500/400 there (Triton 2.51 has no body-size limit; ``max_batch_size``).
 
 The server is the real CLI in its own process on 127.0.0.1 (``--port 0``); every client below is
 one keep-alive connection of a minimal asyncio HTTP/1.1 client in this process:

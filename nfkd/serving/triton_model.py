@@ -88,7 +88,16 @@ class TritonPythonModel:
         cap = int(self.runner.max_batch or 1 << 30)
         self.chunk = max(1, min(int(p.get("nfkd_chunk_rows") or 4096), cap))
         self.max_n = min(int(p.get("nfkd_max_sample_n") or 65536), cap)
+        self._warm_up()
         pb.Logger.log_info(f"nfkd {self.kind} model: {self.runner!r}, threads {threads}, chunk {self.chunk} rows")
+
+    def _warm_up(self) -> None:
+        """One call before the model reports ready: numba compiles its kernels on the first call (seconds),
+        which would otherwise be the first client's latency."""
+        if self.kind == "density":
+            self.runner.log_prob(np.zeros((1, *self.event_shape), np.float32), validate=False)
+        else:
+            self.runner.sample(1, seed=0)
 
     # --- tensors across the stub (DLPack: see the module docstring) ----------------------------
     def _input(self, request: Any, name: str) -> np.ndarray | None:
