@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,6 +237,10 @@ def test_exported_repository_is_loaded_by_the_real_server(tmp_path):
     assert triton_server_main([str(folder), "-o", str(repo), "--platform", "python", "--cpu", "--threads", "1",
                                "--max-batch", "128"]) == 0
     assert triton_server_main([str(folder), "-o", str(repo), "--platform", "onnx", "--cpu", "--name", "ort"]) == 0
+    broken = repo / "broken_density"  # the same config with one typo: the server's own parser must refuse it
+    shutil.copytree(repo / "ort_density", broken)
+    text = (broken / "config.pbtxt").read_text().replace('name: "ort_density"', 'name: "broken_density"')
+    (broken / "config.pbtxt").write_text(text.replace("max_batch_size:", "max_batch_sise:"))
     with TritonServer(repo, strict=False) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
         name = student()[0].stem
         x = rows(np.random.default_rng(11), 16)
@@ -248,6 +253,8 @@ def test_exported_repository_is_loaded_by_the_real_server(tmp_path):
             assert index[model]["state"] == "UNAVAILABLE"
             assert "onnxruntime" in index[model]["reason"], index[model]
         assert client.get("/v2/models/ort_density/ready").status_code == 400
+        assert "state" not in index["broken_density"]  # refused while parsing its config: no version was created
+        assert "max_batch_sise" in srv.log_path.read_text()
         pgid = srv.proc.pid
     assert not group_alive(pgid)
 
