@@ -2,6 +2,11 @@
 
     python -m bench.serve_load                       # a small Glow-1D student, 60 s, 200 small clients
     python -m bench.serve_load --checkpoint student.pt --duration 60 --clients 200 --json out.json
+    python -m bench.serve_load --engine triton --instances 2   # the same mix against a real Triton server
+
+``--engine triton`` speaks KServe v2 (``bench.serve_api``): JSON, and the binary tensor extension
+where the built-in client uses ``.npy``; ``/v2/health/ready`` is the health probe. Oversized bodies
+and 10x the row limit are 500/400 there (Triton 2.51 has no body-size limit; ``max_batch_size``).
 
 The server is the real CLI in its own process on 127.0.0.1 (``--port 0``); every client below is
 one keep-alive connection of a minimal asyncio HTTP/1.1 client in this process:
@@ -30,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import random
@@ -45,6 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.serve_api import Api, BuiltinApi, TritonApi
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,18 +92,6 @@ class Conn:
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
-
-
-def npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
-def decode(hdrs: dict[str, str], payload: bytes, key: str) -> np.ndarray:
-    if hdrs.get("content-type", "").startswith("application/x-npy"):
-        return np.load(io.BytesIO(payload), allow_pickle=False)
-    return np.asarray(json.loads(payload)[key], dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,14 +148,11 @@ async def small_client(ctx, end: float, rng: random.Random) -> None:
     conn = Conn(ctx["host"], ctx["port"])
     await asyncio.sleep(rng.uniform(0, ctx["think_s"]))
     while time.monotonic() < end:
-        _, body_json, body_npy, ref = rng.choice(ctx["small_pool"])
-        as_npy = rng.random() < 0.2
-        headers = {"content-type": "application/x-npy", "accept": "application/x-npy"} if as_npy \
-            else {"content-type": "application/json"}
-        res = await timed(ctx["tally"], "small", conn, "POST", "/log_prob", body_npy if as_npy else body_json,
-                          headers, expect=(200, 503))
+        _, as_text, as_binary, ref = rng.choice(ctx["small_pool"])
+        path, body, headers = as_binary if rng.random() < 0.2 else as_text
+        res = await timed(ctx["tally"], "small", conn, "POST", path, body, headers, expect=(200, 503))
         if res and res[0] == 200:
-            ctx["tally"].check("small", decode(res[1], res[2], "log_prob"), ref, 1e-5)
+            ctx["tally"].check("small", ctx["api"].decode(res[1], res[2], "log_prob"), ref, 1e-5)
         await asyncio.sleep(rng.uniform(0, 2 * ctx["think_s"]))
     conn.close()
 
@@ -170,11 +161,10 @@ async def sample_client(ctx, end: float, rng: random.Random, cls: str, specs: li
     conn = Conn(ctx["host"], ctx["port"])
     while time.monotonic() < end:
         (n, t, seed, as_npy), ref = rng.choice(specs)
-        headers = {"content-type": "application/json", **({"accept": "application/x-npy"} if as_npy else {})}
-        body = json.dumps({"n": n, "temperature": t, "seed": seed}).encode()
-        res = await timed(ctx["tally"], cls, conn, "POST", "/sample", body, headers, expect=(200, 503))
+        path, body, headers = ctx["api"].sample(n, t, seed, as_npy)
+        res = await timed(ctx["tally"], cls, conn, "POST", path, body, headers, expect=(200, 503))
         if res and res[0] == 200:
-            ctx["tally"].check(cls, decode(res[1], res[2], "x"), ref, 1e-4)
+            ctx["tally"].check(cls, ctx["api"].decode(res[1], res[2], "x"), ref, 1e-4)
         elif res and res[0] == 503:
             await asyncio.sleep(0.5)
         await asyncio.sleep(rng.uniform(0, 0.5))
@@ -183,16 +173,15 @@ async def sample_client(ctx, end: float, rng: random.Random, cls: str, specs: li
 
 async def burst_client(ctx, end: float) -> None:
     (n, t, seed, _), ref = ctx["big_specs"][0]
-    body = json.dumps({"n": n, "temperature": t, "seed": seed}).encode()
-    headers = {"content-type": "application/json", "accept": "application/x-npy"}
+    path, body, headers = ctx["api"].sample(n, t, seed, True)
     while time.monotonic() + 10 < end:
         t0 = time.monotonic()
         conns = [Conn(ctx["host"], ctx["port"]) for _ in range(14)]
-        results = await asyncio.gather(*(timed(ctx["tally"], "burst", c, "POST", "/sample", body, headers,
+        results = await asyncio.gather(*(timed(ctx["tally"], "burst", c, "POST", path, body, headers,
                                                expect=(200, 503)) for c in conns))
         for res in results:
             if res and res[0] == 200:
-                ctx["tally"].check("burst", decode(res[1], res[2], "x"), ref, 1e-4)
+                ctx["tally"].check("burst", ctx["api"].decode(res[1], res[2], "x"), ref, 1e-4)
         for c in conns:
             c.close()
         await asyncio.sleep(max(0.0, 10 - (time.monotonic() - t0)))
@@ -200,26 +189,26 @@ async def burst_client(ctx, end: float) -> None:
 
 async def hostile_client(ctx, end: float, cls: str) -> None:
     conn = Conn(ctx["host"], ctx["port"])
+    api = ctx["api"]
     limit = ctx["meta"]["max_body_bytes"]
     while time.monotonic() < end:
-        if cls == "oversized":  # declared above the byte limit: refused before reading
-            body = b"{" + b" " * (limit + 10) + b"}"
-            await timed(ctx["tally"], cls, conn, "POST", "/log_prob", body, {"content-type": "application/json"},
-                        expect=(413,))
+        if cls == "oversized":  # declared above the byte limit: refused before reading (built-in)
+            path, body, headers = api.raw(b"{" + b" " * (limit + 10) + b"}")
+            await timed(ctx["tally"], cls, conn, "POST", path, body, headers, expect=api.expect[cls])
             conn.close()
-        elif cls == "many_rows":
-            await timed(ctx["tally"], cls, conn, "POST", "/log_prob", ctx["many_rows_body"],
-                        {"content-type": "application/json"}, expect=(413, 503))  # 503: in-flight byte budget
+        elif cls == "many_rows":  # built-in 503: in-flight byte budget
+            path, body, headers = ctx["many_rows_body"]
+            await timed(ctx["tally"], cls, conn, "POST", path, body, headers, expect=api.expect[cls])
             conn.close()
         elif cls == "max_json":
-            res = await timed(ctx["tally"], cls, conn, "POST", "/log_prob", ctx["max_json"][0],
-                              {"content-type": "application/json"}, expect=(200, 503))
+            path, body, headers = ctx["max_json"][0]
+            res = await timed(ctx["tally"], cls, conn, "POST", path, body, headers, expect=(200, 503))
             if res and res[0] == 200:
-                ctx["tally"].check(cls, decode(res[1], res[2], "log_prob"), ctx["max_json"][1], 1e-5)
+                ctx["tally"].check(cls, api.decode(res[1], res[2], "log_prob"), ctx["max_json"][1], 1e-5)
         elif cls == "abort":  # half a body, then hang up
             _, w = await asyncio.open_connection(ctx["host"], ctx["port"])
-            w.write(b"POST /log_prob HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                    b"content-length: 100000\r\n\r\n" + b'{"x": [[0')
+            w.write(f"POST {ctx['max_json'][0][0]} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                    "content-length: 100000\r\n\r\n".encode() + b'{"x": [[0')
             await w.drain()
             await asyncio.sleep(0.05)
             w.close()
@@ -231,9 +220,9 @@ async def hostile_client(ctx, end: float, cls: str) -> None:
 async def slow_reader(ctx, end: float) -> None:
     """Asks for the largest JSON /sample answer and never reads it (issue #24, defect 3); reconnects once
     the server has dropped the connection (its write deadline) or after 40 s."""
-    body = json.dumps({"n": ctx["meta"]["max_sample_n"], "seed": 5}).encode()
-    head = (b"POST /sample HTTP/1.1\r\nhost: slow\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n" % len(body))
+    path, body, _ = ctx["api"].sample(int(ctx["meta"]["max_sample_n"]), 1.0, 5, False)
+    head = (f"POST {path} HTTP/1.1\r\nhost: slow\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode()
     while time.monotonic() < end:
         try:
             _, w = await asyncio.open_connection(ctx["host"], ctx["port"], limit=1 << 16)
@@ -258,10 +247,10 @@ async def upload_client(ctx, end: float) -> None:
     waiting Retry-After on 503."""
     conn = Conn(ctx["host"], ctx["port"])
     while time.monotonic() < end:
-        res = await timed(ctx["tally"], "upload", conn, "POST", "/log_prob", ctx["max_json"][0],
-                          {"content-type": "application/json"}, expect=(200, 503))
+        path, body, headers = ctx["max_json"][0]
+        res = await timed(ctx["tally"], "upload", conn, "POST", path, body, headers, expect=(200, 503))
         if res and res[0] == 200:
-            ctx["tally"].check("upload", decode(res[1], res[2], "log_prob"), ctx["max_json"][1], 1e-5)
+            ctx["tally"].check("upload", ctx["api"].decode(res[1], res[2], "log_prob"), ctx["max_json"][1], 1e-5)
         elif res and res[0] == 503:
             await asyncio.sleep(float(res[1].get("retry-after", "1")))
     conn.close()
@@ -281,7 +270,8 @@ async def rss_probe(ctx, end: float, pid: int) -> None:
 
 
 async def slowloris(ctx, end: float, rng: random.Random) -> None:
-    head = b"POST /log_prob HTTP/1.1\r\nhost: slow\r\ncontent-type: application/json\r\ncontent-length: 10\r\n"
+    head = (f"POST {ctx['max_json'][0][0]} HTTP/1.1\r\nhost: slow\r\ncontent-type: application/json\r\n"
+            "content-length: 10\r\n").encode()
     while time.monotonic() < end:
         t0 = time.monotonic()
         try:
@@ -315,7 +305,7 @@ async def slowloris(ctx, end: float, rng: random.Random) -> None:
 async def healthz(ctx, end: float) -> None:
     conn = Conn(ctx["host"], ctx["port"])
     while time.monotonic() < end:
-        await timed(ctx["tally"], "healthz", conn, "GET", "/healthz")
+        await timed(ctx["tally"], "healthz", conn, "GET", ctx["api"].health_path)
         await asyncio.sleep(0.1)
     conn.close()
 
@@ -337,7 +327,7 @@ def make_student(path: Path, dim: int) -> None:
     nfkd.save(perturb(flow, scale=0.1, seed=3).eval(), path)
 
 
-def start_server(model: Path, workdir: Path, extra: list[str]) -> tuple[subprocess.Popen, str, int, Path]:
+def start_server(model: Path, workdir: Path, extra: list[str]) -> tuple[subprocess.Popen, dict[str, Any], Path]:
     log_path = workdir / "server.log"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     logf = open(log_path, "w")
@@ -350,8 +340,7 @@ def start_server(model: Path, workdir: Path, extra: list[str]) -> tuple[subproce
             raise RuntimeError("server exited: " + log_path.read_text()[-2000:])
         for ln in log_path.read_text().splitlines():
             if '"listening"' in ln:
-                rec = json.loads(ln)
-                return proc, rec["host"], rec["port"], log_path
+                return proc, json.loads(ln), log_path
         time.sleep(0.2)
     proc.kill()
     raise TimeoutError("server did not start")
@@ -366,14 +355,14 @@ async def get_json(host: str, port: int, path: str) -> dict[str, Any]:
         c.close()
 
 
-def prepare(meta: dict[str, Any], runtime, seed: int) -> dict[str, Any]:
+def prepare(meta: dict[str, Any], runtime, seed: int, api: Api) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     dim, max_rows, max_n = int(meta["dim"]), int(meta["max_request_rows"]), int(meta["max_sample_n"])
     pool = []
     for _ in range(512):
         n = int(rng.integers(1, 17))
         x = (rng.standard_normal((n, dim)) * rng.choice([0.5, 1.0, 2.0, 4.0])).astype(np.float32)
-        pool.append((x, json.dumps({"x": x.tolist()}).encode(), npy(x), np.asarray(runtime.log_prob(x), np.float64)))
+        pool.append((x, api.log_prob(x, False), api.log_prob(x, True), np.asarray(runtime.log_prob(x), np.float64)))
     specs = []
     for n in (8, 64, 512):
         for t in (0.7, 1.0):
@@ -386,9 +375,14 @@ def prepare(meta: dict[str, Any], runtime, seed: int) -> dict[str, Any]:
     ref_max = np.concatenate([np.asarray(runtime.log_prob(xmax[i : i + 4096])) for i in range(0, max_rows, 4096)])
     zeros_row = b"[" + b",".join([b"0"] * dim) + b"]"
     many = min(10 * max_rows, (int(meta["max_body_bytes"]) - 16) // (len(zeros_row) + 1))
+    if isinstance(api, BuiltinApi):
+        many_rows = api.raw(b'{"x":[' + b",".join([zeros_row] * many) + b"]}")
+    else:  # the same rows of zeros in KServe v2 JSON
+        many_rows = api.raw(b'{"inputs":[{"name":"x","datatype":"FP32","shape":[%d,%d],"data":[' % (many, dim)
+                            + b",".join([b"0"] * (many * dim)) + b"]}]}")
     return {"small_pool": pool, "specs": specs, "big_specs": big,
-            "max_json": (json.dumps({"x": xmax.tolist()}).encode(), ref_max.astype(np.float64)),
-            "many_rows_body": b'{"x":[' + b",".join([zeros_row] * many) + b"]}", "many_rows": many}
+            "max_json": (api.log_prob(xmax, False), ref_max.astype(np.float64)),
+            "many_rows_body": many_rows, "many_rows": many}
 
 
 def _chunked_sample(runtime, n: int, t: float, seed: int) -> np.ndarray:
@@ -448,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uploads", type=int, default=30, help="concurrent clients posting the largest legal JSON body")
     ap.add_argument("--max-request-rows", type=int, default=65536)
     ap.add_argument("--header-timeout", type=float, default=10.0)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="model threads (per instance with --engine triton)")
+    ap.add_argument("--engine", choices=("builtin", "triton"), default="builtin")
+    ap.add_argument("--instances", type=int, default=1, help="--engine triton: model instances")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-hostile", action="store_true",
                     help="only the small, sample and healthz clients (the baseline of the same machine)")
@@ -464,18 +460,36 @@ def main(argv: list[str] | None = None) -> int:
     from export.cache import ensure_export
 
     model = ensure_export(model, work / "cache")  # serve the folder: the server's memory is serving alone
+    runtime = load(model, intra_op_threads=1)  # the reference every answer is checked against
+    max_sample_n = min(args.max_request_rows, int(runtime.max_batch))  # the built-in service's default, both engines
     extra = ["--threads", str(args.threads), "--max-request-rows", str(args.max_request_rows),
-             "--header-timeout", str(args.header_timeout), "--log-level", "info"]
-    proc, host, port, log_path = start_server(model, work, extra)
+             "--max-sample-n", str(max_sample_n), "--log-level", "info", "--engine", args.engine]
+    extra += ["--instances", str(args.instances)] if args.engine == "triton" else \
+        ["--header-timeout", str(args.header_timeout)]
+    t_start = time.perf_counter()
+    proc, rec, log_path = start_server(model, work, extra)
+    readiness_s = time.perf_counter() - t_start  # process start -> listening and ready (model loaded)
+    host, port = (rec["host"], rec["port"]) if args.engine == "builtin" else rec["url"].rsplit("/", 1)[-1].split(":")
+    port = int(port)
     try:
-        meta = asyncio.run(get_json(host, port, "/metadata"))
-        runtime = load(meta["export"]["folder"], intra_op_threads=1)
-        ctx = {"host": host, "port": port, "meta": meta, "tally": Tally(), "think_s": args.think_s,
-               "pid": proc.pid, "rss_kb": [], "slow_readers": args.slow_readers, "uploads": args.uploads,
-               **prepare(meta, runtime, args.seed)}
+        if args.engine == "builtin":
+            meta, api, pid = asyncio.run(get_json(host, port, "/metadata")), BuiltinApi(), proc.pid
+        else:
+            meta = {"arch": runtime.meta.arch, "dim": int(np.prod(
+                runtime.event_shape)), "config": {}, "max_request_rows": args.max_request_rows,
+                "max_sample_n": max_sample_n, "threads": args.threads, "instances": args.instances,
+                "max_body_bytes": args.max_request_rows * int(np.prod(runtime.event_shape)) * 32 + 64 * 1024}
+            api, pid = TritonApi(rec["models"]), int(rec["pid"])
+        ctx = {"host": host, "port": port, "meta": meta, "tally": Tally(), "think_s": args.think_s, "api": api,
+               "pid": pid, "rss_kb": [], "slow_readers": args.slow_readers, "uploads": args.uploads,
+               **prepare(meta, runtime, args.seed, api)}
         wall = asyncio.run(run(ctx, args.duration, args.clients, args.slowloris, args.seed, not args.no_hostile))
-        stats = asyncio.run(get_json(host, port, "/stats"))
-        with open(f"/proc/{proc.pid}/status") as f:
+        if args.engine == "builtin":
+            stats = asyncio.run(get_json(host, port, "/stats"))
+        else:
+            stats = {"triton": {m: asyncio.run(get_json(host, port, f"/v2/models/{m}/stats"))["model_stats"][0]
+                                for m in rec["models"].values()}}
+        with open(f"/proc/{pid}/status") as f:
             vm = {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.startswith(("VmHWM", "VmRSS"))}
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -487,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     records = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.startswith("{")]
     classes = sorted(set(t.status) | set(t.latency) | set(t.lost))
     out = {
+        "engine": args.engine, "instances": args.instances if args.engine == "triton" else None,
+        "readiness_s": round(readiness_s, 2),
         "duration_s": round(wall, 1), "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
         "model": {"arch": meta["arch"], "dim": meta["dim"], "config": meta["config"]},
         "server": {k: meta[k] for k in ("max_request_rows", "max_sample_n", "max_body_bytes", "max_queue_rows",
@@ -508,8 +524,10 @@ def main(argv: list[str] | None = None) -> int:
         "totals": {"lost": sum(t.lost.values()), "mismatched_rows": sum(t.mismatched_rows.values()),
                    "checked_rows": sum(t.checked_rows.values()),
                    "errors": sum(len(v) for k, v in t.errors.items() if k.endswith("_count"))},
-        "server_stats": {k: stats[k] for k in ("http_by_status", "queue", "log_prob", "sample", "memory")
+        "server_stats": {k: stats[k] for k in ("http_by_status", "queue", "log_prob", "sample", "memory", "triton")
                          if k in stats},
+        "throughput_rows_per_s": round(sum(t.checked_rows.values()) / wall, 1),
+        "small_requests_per_s": round(sum(v for k, v in t.status["small"].items() if k == "200") / wall, 1),
         "server_memory_mb": {"rss_at_start": round(ctx["rss_kb"][0] / 1024, 1) if ctx["rss_kb"] else None,
                              "rss_peak_sampled": round(max(ctx["rss_kb"]) / 1024, 1) if ctx["rss_kb"] else None,
                              "vm_hwm": round(vm.get("VmHWM", 0) / 1024, 1), "rss_at_end": round(vm.get("VmRSS", 0) / 1024, 1)},

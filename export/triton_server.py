@@ -12,7 +12,10 @@ writes two models (``<name>`` defaults to the checkpoint's stem)::
 
 Platform: ``onnxruntime_onnx`` with ``model.onnx``; ``tensorrt_plan`` with ``model.plan`` when the
 export folder holds TensorRT engines (``python -m export.trt``) and ``--platform`` is ``auto`` or
-``tensorrt`` (never with ``--cpu``: engines run on the GPU they were built for).
+``tensorrt`` (never with ``--cpu``: engines run on the GPU they were built for). ``--platform python``
+writes the Python-backend variant instead (``export.triton_python``): nfkd's runner on CPU, the one
+variant the CPU ``tritonserver`` of the ``nvidia-pytriton`` wheel loads (it has no onnxruntime or
+tensorrt backend); tests/test_triton_engine.py serves it end to end on the real server.
 
 Batching (Triton: with ``max_batch_size > 0`` every input and output gets an implicit leading
 batch dimension, which ``dims`` leave out, and the model itself must declare that dimension as
@@ -450,6 +453,19 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _write_python(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The Python-backend variant (CPU): the export folder is copied into each model (self-contained)."""
+    from .triton_python import write_python_repository
+
+    manifest = Manifest.load(folder)
+    name = args.name or Path(manifest.source.get("checkpoint") or folder.name).stem
+    max_batch = min(args.max_batch, int(manifest.max_batch))
+    return write_python_repository(folder, args.out, manifest.event_shape, name, backend="onnxruntime",
+                                   threads=args.threads, instances=args.instances, max_request_rows=max_batch,
+                                   max_batch=min(args.preferred_batch or [max_batch]),
+                                   queue_delay_us=args.max_queue_delay_us)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m export.triton_server",
@@ -467,8 +483,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="dynamic_batching max_queue_delay_microseconds (default 2000)")
     ap.add_argument("--cpu", action="store_true", help="instance_group KIND_CPU (default KIND_GPU)")
     ap.add_argument("--instances", type=int, default=1, help="instance_group count (default 1)")
-    ap.add_argument("--platform", choices=("auto", "onnx", "tensorrt"), default="auto",
-                    help="auto: TensorRT plans when the export has engines (and not --cpu), else ONNX")
+    ap.add_argument("--platform", choices=("auto", "onnx", "tensorrt", "python"), default="auto",
+                    help="auto: TensorRT plans when the export has engines (and not --cpu), else ONNX; python: the "
+                         "Python backend running nfkd's ONNX Runtime runner on CPU (export.triton_python; the only "
+                         "variant the CPU tritonserver of the nvidia-pytriton wheel can load)")
+    ap.add_argument("--threads", type=int, default=None, help="--platform python: intra-op threads per instance")
     ap.add_argument("--cache-dir", default=None, help="where a checkpoint is exported (default: the serve cache)")
     args = ap.parse_args(argv)
     try:
@@ -479,9 +498,12 @@ def main(argv: list[str] | None = None) -> int:
             from .cache import ensure_export
 
             folder = ensure_export(src, args.cache_dir)
-        res = write_repository(folder, args.out, name=args.name, max_batch=args.max_batch,
-                               preferred_batch=args.preferred_batch, queue_delay_us=args.max_queue_delay_us,
-                               cpu=args.cpu, instances=args.instances, platform=args.platform)
+        if args.platform == "python":
+            res = _write_python(folder, args)
+        else:
+            res = write_repository(folder, args.out, name=args.name, max_batch=args.max_batch,
+                                   preferred_batch=args.preferred_batch, queue_delay_us=args.max_queue_delay_us,
+                                   cpu=args.cpu, instances=args.instances, platform=args.platform)
     except NfkdError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

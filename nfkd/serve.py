@@ -6,6 +6,7 @@
     python -m nfkd serve student-export/ --backend tensorrt
     python -m nfkd serve bundle/                         # a pair (python -m nfkd pair): /log_prob to one model,
     python -m nfkd serve --density maf.pt --sampler iaf.pt   # /sample to the other; /metadata shows both
+    python -m nfkd serve student.pt --engine triton --instances 2   # a real Triton server (KServe v2)
 
     curl -s localhost:8000/log_prob -H 'Content-Type: application/json' -d '{"x": [[0.1, 0.2, ...]]}'
     curl -s localhost:8000/sample -H 'Content-Type: application/json' -d '{"n": 4, "temperature": 0.8, "seed": 0}'
@@ -14,6 +15,11 @@ Concurrent ``/log_prob`` requests are merged into one model call (``--max-batch`
 at most ``--max-wait-ms``); ``--no-batching`` runs one call per request. SIGTERM / Ctrl-C stop
 accepting connections, finish every request in flight, drain the queue and exit 0. Logs are
 JSON lines on stderr. See docs/serving.md.
+
+Engines: ``builtin`` (default: FastAPI + uvicorn, one process, every limit and the npy/JSON API of
+docs/serving.md, nothing beyond the dev extra) or ``triton`` (the ``tritonserver`` binary of the
+``nvidia-pytriton`` wheel: KServe v2 HTTP/gRPC, Prometheus metrics, model instances; see
+``nfkd.serving.triton_engine``).
 """
 from __future__ import annotations
 
@@ -71,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a pair's density side on this backend (default: --backend)")
     ap.add_argument("--sampler-backend", choices=BACKENDS, default=None,
                     help="a pair's sampler side on this backend (default: --backend)")
+    ap.add_argument("--engine", choices=("builtin", "triton"), default="builtin",
+                    help="builtin (default): FastAPI service; triton: a real Triton Inference Server (KServe v2 "
+                         "HTTP + gRPC, metrics; pip install --no-deps nvidia-pytriton==0.7.0)")
+    ap.add_argument("--instances", type=_positive_int, default=1,
+                    help="model instances (processes) of each model; --engine triton only")
+    ap.add_argument("--grpc-port", type=int, default=None,
+                    help="--engine triton: KServe v2 gRPC port (default port+1; any free one with --port 0)")
+    ap.add_argument("--metrics-port", type=int, default=None,
+                    help="--engine triton: Prometheus metrics port (default port+2; any free one with --port 0)")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port, logged)")
     ap.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -145,6 +160,20 @@ def main_serve(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     # Leave one core to the event loop (HTTP parsing, JSON): ONNX Runtime's intra-op threads spin while waiting.
     threads = args.threads or max(1, (os.cpu_count() or 2) - 1)
+    if args.engine == "triton":
+        from .inference.bundle import is_pair_bundle
+        from .serving.triton_engine import serve_triton
+
+        if args.model is None or is_pair_bundle(args.model):
+            raise InputError("--engine triton serves one model (a checkpoint or an export folder); serve a density + "
+                             "sampler pair with the built-in engine")
+
+        for name, offset in (("grpc_port", 1), ("metrics_port", 2)):
+            if getattr(args, name) is None:
+                setattr(args, name, args.port + offset if args.port else 0)
+        return serve_triton(args, threads)
+    if args.instances != 1:
+        raise InputError("--instances needs --engine triton (the built-in service runs one model thread)")
     backend = _load(args, threads)
     if backend.name != "tensorrt":
         backend.extra["threads"] = threads

@@ -1,0 +1,156 @@
+"""The Triton Python-backend model: any ``nfkd.inference`` runner behind Triton's dynamic batcher.
+
+A repository's ``model.py`` is one line, ``from nfkd.serving.triton_model import TritonPythonModel``;
+``config.pbtxt`` parameters say what to load (``export.triton_python`` writes both):
+
+- ``nfkd_kind``: ``density`` (``x`` [B, *event] -> ``log_prob`` [B, 1]; requests merged by the
+  dynamic batcher are concatenated into one runner call, split back per request) or ``sample``
+  (``n``, ``temperature``, optional ``seed`` -> ``x`` [n, *event]; noise from
+  ``numpy.random.default_rng(seed)``, the same samples as the built-in service and every runner);
+- ``nfkd_model`` (checkpoint or export folder, relative to the model folder or absolute),
+  ``nfkd_backend``, ``nfkd_threads``, ``nfkd_cache_dir``, ``nfkd_max_sample_n``, ``nfkd_chunk_rows``.
+
+Every bad request gets its own error response (INVALID_ARG: HTTP 400) with the built-in service's
+message; the other requests of the same batch are still answered. Tensors cross the stub by DLPack
+(torch), never ``as_numpy``: the stub of Triton 2.51 was built against numpy 1.x and misreads numpy 2
+arrays (wrong strides in, "output tensor shape does not match size" out).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TritonPythonModel", "check_density_rows", "check_sample_args"]
+
+
+def check_density_rows(x: np.ndarray, event_shape: tuple[int, ...]) -> str | None:
+    """The built-in service's finite-value check (Triton already checked dtype, shape and the row limit)."""
+    finite = np.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    if finite.all():
+        return None
+    bad = np.flatnonzero(~finite)[:5].tolist()
+    return f"x contains NaN or Inf (or values beyond the float32 range) in rows {bad}; remove or impute them"
+
+
+def check_sample_args(n: np.ndarray | None, t: np.ndarray | None, seed: np.ndarray | None,
+                      max_n: int) -> tuple[int, float, int | None] | str:
+    """(n, temperature, seed), or the built-in service's message for the first bad value."""
+    from .payload import MAX_TEMPERATURE
+
+    if n is None or n.size != 1:
+        return "n must be one integer (shape [1])"
+    v = int(n.reshape(-1)[0])
+    if v < 1:
+        return f"n must be a positive integer, got {v}"
+    if v > max_n:
+        return f"n = {v} is above this server's limit of {max_n} samples per request; request at most {max_n} at a time"
+    temp = 1.0
+    if t is not None:
+        if t.size != 1:
+            return "temperature must be one number (shape [1])"
+        temp = float(t.reshape(-1)[0])
+        if not 0.0 <= temp <= MAX_TEMPERATURE:
+            return f"temperature must be a number in [0, {MAX_TEMPERATURE:g}], got {temp}"
+    s = None
+    if seed is not None:
+        if seed.size != 1:
+            return "seed must be one integer (shape [1])"
+        s = int(seed.reshape(-1)[0])
+        if s < 0:
+            return f"seed must be null or an integer in [0, 2**63 - 1], got {s}"
+    return v, temp, s
+
+
+class TritonPythonModel:
+    """Loaded once per model instance (one stub process each); ``execute`` gets the batcher's requests."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        import triton_python_backend_utils as pb
+
+        from nfkd import inference
+
+        self.pb = pb
+        config = json.loads(args["model_config"])
+        p = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        self.kind = p["nfkd_kind"]
+        model = Path(p["nfkd_model"])
+        if not model.is_absolute():
+            model = Path(args["model_repository"]) / model
+        threads = int(p.get("nfkd_threads") or 0) or None
+        options = {"cache_dir": p["nfkd_cache_dir"]} if p.get("nfkd_cache_dir") else {}
+        self.runner = inference.load(model, backend=p.get("nfkd_backend") or "auto", device="cpu", threads=threads,
+                                     **options)
+        self.runner.pin_threads()
+        self.event_shape = tuple(self.runner.event_shape)
+        cap = int(self.runner.max_batch or 1 << 30)
+        self.chunk = max(1, min(int(p.get("nfkd_chunk_rows") or 4096), cap))
+        self.max_n = min(int(p.get("nfkd_max_sample_n") or 65536), cap)
+        self._warm_up()
+        pb.Logger.log_info(f"nfkd {self.kind} model: {self.runner!r}, threads {threads}, chunk {self.chunk} rows")
+
+    def _warm_up(self) -> None:
+        """One call before the model reports ready: numba compiles its kernels on the first call (seconds),
+        which would otherwise be the first client's latency."""
+        if self.kind == "density":
+            self.runner.log_prob(np.zeros((1, *self.event_shape), np.float32), validate=False)
+        else:
+            self.runner.sample(1, seed=0)
+
+    # --- tensors across the stub (DLPack: see the module docstring) ----------------------------
+    def _input(self, request: Any, name: str) -> np.ndarray | None:
+        import torch
+
+        t = self.pb.get_input_tensor_by_name(request, name)
+        return None if t is None else torch.from_dlpack(t.to_dlpack()).numpy().copy()
+
+    def _output(self, name: str, arr: np.ndarray) -> Any:
+        import torch
+
+        return self.pb.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(torch.from_numpy(np.ascontiguousarray(arr))))
+
+    def _error(self, message: str) -> Any:
+        pb = self.pb
+        return pb.InferenceResponse(error=pb.TritonError(message, pb.TritonError.INVALID_ARG))
+
+    # --- execute -----------------------------------------------------------------------------
+    def execute(self, requests: list[Any]) -> list[Any]:
+        self.runner.pin_threads()
+        return self._density(requests) if self.kind == "density" else [self._sample(r) for r in requests]
+
+    def _density(self, requests: list[Any]) -> list[Any]:
+        xs: list[np.ndarray | None] = []
+        answers: list[Any] = [None] * len(requests)
+        for i, r in enumerate(requests):
+            x = self._input(r, "x")
+            problem = check_density_rows(x, self.event_shape)
+            if problem:
+                answers[i] = self._error(problem)
+                x = None
+            xs.append(x)
+        good = [x for x in xs if x is not None]
+        if good:
+            batch = np.concatenate(good) if len(good) > 1 else good[0]
+            lp = np.concatenate([np.asarray(self.runner.log_prob(batch[i:i + self.chunk], validate=False), np.float32)
+                                 for i in range(0, len(batch), self.chunk)])
+            start = 0
+            for i, x in enumerate(xs):
+                if x is not None:
+                    answers[i] = self.pb.InferenceResponse([self._output("log_prob", lp[start:start + len(x), None])])
+                    start += len(x)
+        return answers
+
+    def _sample(self, request: Any) -> Any:
+        from nfkd.inference import draw_noise
+
+        args = check_sample_args(self._input(request, "n"), self._input(request, "temperature"),
+                                 self._input(request, "seed"), self.max_n)
+        if isinstance(args, str):
+            return self._error(args)
+        n, temperature, seed = args
+        noise = draw_noise(self.runner.noise_shapes, n, seed)
+        parts = [np.asarray(self.runner.sample(noise=[z[i:i + self.chunk] for z in noise], temperature=temperature),
+                            np.float32) for i in range(0, n, self.chunk)]
+        return self.pb.InferenceResponse([self._output("x", np.concatenate(parts) if len(parts) > 1 else parts[0])])
