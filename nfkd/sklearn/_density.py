@@ -221,15 +221,16 @@ class FlowDensity(DensityMixin, BaseEstimator):
         X : the training table (the paper's setting); None trains on as many samples of this flow as
             it was fitted on (data-free distillation).
         method : an ``nfkd.distill`` variant (``python -m nfkd experiment --methods`` lists them);
-            None: the project's best measured one for the architecture (``BEST_BY_ARCH``); for an
-            ``arch="iaf"`` student, maximum likelihood with the teacher-sample share rule
-            (``nfkd.distill.recipe``: half teacher samples below 1000 rows, else the data alone).
+            None: the equal-budget row of the defaults table (``nfkd.defaults``, ``python -m nfkd info
+            --defaults``) for the student's architecture and the number of rows: ``init`` for Glow-1D below
+            1000 rows, ``ilkd-aligned`` above, ``ilkd`` for MAF (no method measurably helps it), the share
+            recipe for an ``arch="iaf"`` student; without X, maximum likelihood on the teacher's samples.
         student : overrides of the preset's student config (e.g. ``{"hidden": 16}``).
         steps : training steps (default: this estimator's ``steps``).
         arch : the student's architecture (default: this estimator's); ``"iaf"`` gives a one-pass sampler.
         """
         from ..distill.recipe import describe_share, share_config
-        from ..distill.variants import BEST_BY_ARCH, get_variant
+        from ..distill.variants import get_variant
 
         check_is_fitted(self)
         student_arch = self.arch if arch is None else arch
@@ -247,11 +248,16 @@ class FlowDensity(DensityMixin, BaseEstimator):
             X = self.sample(self.n_train_samples_, random_state=seed)
         else:
             X = self._validate(X, reset=False)
-        if method is None and student_arch == "iaf":
-            kd = share_config(len(X), 0.0 if data_free else None, seed=seed)  # data-free: the rows are samples
-            name = describe_share(len(X), 0.0 if data_free else None)
+        if method is None:
+            from ..defaults import DATA_FREE, recommend
+
+            method = DATA_FREE.method if data_free else recommend(student_arch, len(X)).method
+        if student_arch == "iaf" and method in ("iaf", "none"):  # the share recipe; "none" (data-free too): share 0
+            share = 0.0 if data_free or method == "none" else None
+            kd = share_config(len(X), share, seed=seed)
+            name = describe_share(len(X), share)
         else:
-            name = method if method is not None else BEST_BY_ARCH.get(self.arch, ("none", ""))[0]
+            name = method
             kd = get_variant(name).config(n_train=len(X), seed=seed)
         from ..presets import student_preset
 
@@ -265,7 +271,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         scale = self.flow_.normalize.scale.double().numpy()  # the teacher's units: KD compares latents
         teacher = copy.deepcopy(self.flow_)  # the Trainer moves its teacher to the device, in place
         est._fit_rows(X, loc, scale, seed, teacher=teacher.eval(), kd=kd, steps=steps)
-        est.distilled_from_ = {"method": name, "teacher_arch": self.flow_.arch, "teacher_config": dict(self.flow_.config),
+        est.distilled_from_ = {"method": name, "variant": method, "teacher_arch": self.flow_.arch, "teacher_config": dict(self.flow_.config),
                                "teacher_parameters": int(self.flow_.num_parameters()), "data_free": data_free}
         est._post_fit(X)
         return est
