@@ -21,9 +21,9 @@ import torch
 from .checkpoint import load, load_checkpoint
 from .cli_checks import check_cli_run, check_distill_flags, check_teacher
 from .cli_train import _common, _maybe_init_distributed, _overrides, _train_config, check_student_arch
+from .defaults import DATA_FREE, DEFAULTS, Default, recommend
 from .distill import KD_SCALES, METHODS, KDConfig, default_weights
 from .distill.datafree import default_sample_counts, student_like_teacher, teacher_sample_data
-from .defaults import DATA_FREE, DEFAULTS, Default, recommend
 from .distill.recipe import SMALL_DATA_ROWS, TEACHER_POOL, check_share, describe_share, share_config
 from .distill.variants import get_variant
 from .errors import InputError
