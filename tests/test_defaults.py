@@ -124,3 +124,13 @@ def test_docs_name_no_default_backend_that_contradicts_the_table(path):
         names = re.findall(pattern, clause)
         if names:
             assert BACKEND_NAMES[names[0]] == auto_backend("cpu", "glow1d"), f"{path.name}: ...{clause}"
+
+
+def test_flowdensity_verbose_prints_progress_and_default_is_silent(capsys):
+    """Issue 27, item 2: verbose=1 reports each training phase (as scikit-learn does); the default prints nothing."""
+    X = _gauss(200)
+    FlowDensity(**{**TINY, "arch": "maf"}).fit(X)
+    assert capsys.readouterr().out == ""
+    FlowDensity(**{**TINY, "arch": "maf", "verbose": 1}).fit(X)
+    out = capsys.readouterr().out
+    assert "training a maf teacher on 180 rows" in out and "kept step" in out

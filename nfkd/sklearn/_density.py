@@ -94,8 +94,9 @@ class FlowDensity(DensityMixin, BaseEstimator):
         "onnxruntime", ...) scores in float32 through that backend (faster on big tables).
     random_state : int, RandomState or None, default=None
         Fixes the weight init, the validation split and the batches: same seed, identical scores.
-    verbose : bool, default=False
-        A progress bar while training.
+    verbose : int or bool, default=False
+        0 / False: silent. > 0: a line when training starts and ends (rows, steps, kept step, validation
+        score, seconds) and, on a terminal, a progress bar with the current figures.
 
     Attributes
     ----------
@@ -175,6 +176,9 @@ class FlowDensity(DensityMixin, BaseEstimator):
             if kd is not None:
                 kd = replace(kd, seed=cfg.seed)
                 teacher = teacher if kd.needs_teacher else None  # as nfkd experiment does
+            self._say(f"{type(self).__name__}: training a {self.arch} {self.role} on {len(train_idx)} rows "
+                      f"({len(val_idx)} to validate), up to {cfg.steps} steps"
+                      + (f", distilling ({kd.method})" if kd is not None else ""))
             out = train(flow, X[train_idx], X[val_idx], cfg, teacher=teacher, kd=kd)
         self.flow_ = out.flow
         self.n_train_samples_ = int(len(X))
@@ -183,6 +187,13 @@ class FlowDensity(DensityMixin, BaseEstimator):
         self.validation_score_ = -float(out.best_val_nll)
         self.fit_seconds_ = time.perf_counter() - t0
         self._scorer = Scorer(self.flow_)
+        self._say(f"{type(self).__name__}: {self.n_iter_} steps in {self.fit_seconds_:.1f} s; kept step "
+                  f"{self.best_iteration_} (validation log-likelihood {self.validation_score_:.4f})")
+
+    def _say(self, line: str) -> None:
+        """verbose > 0: one line per phase, as scikit-learn estimators print (the bar only on a TTY)."""
+        if self.verbose:
+            print(line, flush=True)
 
     def _post_fit(self, X: np.ndarray) -> None:
         """Hook for subclasses (the outlier detector sets its threshold here)."""
