@@ -6,7 +6,7 @@ import sys
 from .errors import NfkdError
 
 COMMANDS = {
-    "info": ("nfkd.cli_info", "print a checkpoint's architecture, sizes, parameters and metadata"),
+    "info": ("nfkd.cli_info", "print a checkpoint's architecture, sizes, parameters and metadata; --defaults: the defaults table"),
     "data": ("nfkd.data.cli", "list datasets or check one (dims, splits, statistics)"),
     "train": ("nfkd.cli_train", "train a teacher or a plain student"),
     "distill": ("nfkd.cli_distill", "train a student from a teacher (none|lkd|ilkd|skd|...; --arch iaf: a one-pass "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,16 +21,18 @@ import torch
 from .checkpoint import load, load_checkpoint
 from .cli_checks import check_cli_run, check_distill_flags, check_teacher
 from .cli_train import _common, _maybe_init_distributed, _overrides, _train_config, check_student_arch
+from .defaults import DATA_FREE, DEFAULTS, Default, recommend
 from .distill import KD_SCALES, METHODS, KDConfig, default_weights
 from .distill.datafree import default_sample_counts, student_like_teacher, teacher_sample_data
-from .distill.recipe import TEACHER_POOL, check_share, describe_share, share_config
+from .distill.recipe import SMALL_DATA_ROWS, TEACHER_POOL, check_share, describe_share, share_config
+from .distill.variants import get_variant
 from .errors import InputError
 from .flows import Flow
 from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
 from .presets import resolve
 from .train import train_flow
 
-__all__ = ["main_distill", "main_convert", "teacher_sized_config"]
+__all__ = ["main_distill", "main_convert", "teacher_sized_config", "default_recipe"]
 
 
 def _kd_flags(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +51,17 @@ def _kd_flags(parser: argparse.ArgumentParser) -> None:
                              "size, drawn once (0: fresh every step; the iaf recipe uses 50000)")
 
 
+def _method_help() -> str:
+    rows = "; ".join(f"{d.arch} {d.size} {d.protocol}: {d.method}" for d in DEFAULTS)
+    return (f"default: the defaults table (python -m nfkd info --defaults) by student arch, training rows (small: < "
+            f"{SMALL_DATA_ROWS}) and protocol (warm-start with --init-from, else equal-budget): {rows}; "
+            f"--data-free: {DATA_FREE.method} (maximum likelihood on teacher samples); iaf = the share recipe. "
+            "rkl/rkl+skd: reverse KL fine-tunes of an iaf student").replace("%", "%%")
+
+
+_METHOD_HELP = _method_help()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nfkd distill", description="Train a student from a teacher.")
     _common(parser, data_required=False)
@@ -56,9 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="student architecture (default: the teacher's); iaf: a one-pass sampler of a MAF "
                              "teacher, trained by maximum likelihood (+ teacher samples by the share rule)")
     parser.add_argument("--method", default=None, choices=METHODS,
-                        help="default: skd; for --arch iaf maximum likelihood with the teacher-sample share "
-                             "(none/fkl); for --data-free none (maximum likelihood on teacher samples); "
-                             "rkl/rkl+skd: reverse KL fine-tunes of an iaf student")
+                        help=_METHOD_HELP)
     parser.add_argument("--init-from", default=None,
                         help="start from this checkpoint of the same student architecture and size (fine-tunes)")
     parser.add_argument("--lambda-nll", type=float, default=None, help="λ0 (default: the paper's for the method)")
@@ -95,21 +107,56 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise InputError("--teacher-samples applies with --data-free (the recipe streams from a 50k pool)")
 
 
-def _method(args: argparse.Namespace, arch: str) -> str:
+def _method(args: argparse.Namespace, arch: str) -> str | None:
+    """The KD method named on the command line ("recipe": the share rule); None: the defaults table decides."""
     if args.method is not None:
         if args.teacher_share is not None and args.method not in ("fkl", "none"):
             raise InputError(f"--teacher-share sets the maximum-likelihood mix (fkl); it does not combine with "
                              f"--method {args.method}")
         return args.method
-    if args.data_free:
-        return "none"
-    if arch == "iaf" or args.teacher_share is not None:
+    if args.teacher_share is not None:
         return "recipe"
-    return "skd"
+    return None
 
 
-def _kd_config(args: argparse.Namespace, method: str, arch: str, n_train: int) -> tuple[KDConfig, str]:
+def default_recipe(arch: str, n_train: int, data_free: bool = False, warm_start: bool = False) -> Default:
+    """The defaults-table row ``distill`` runs without --method (``nfkd.defaults``)."""
+    if data_free:
+        return DATA_FREE
+    return recommend(arch, n_train, "warm-start" if warm_start else "equal-budget")
+
+
+#: KD flags that, set on the command line, adjust the table's recipe (name: KDConfig field).
+_KD_FLAGS = {"distance": "latent_distance", "sample_distance": "sample_distance", "temperature": "temperature",
+             "kd_scale": "kd_scale", "align": "align", "align_every": "align_every",
+             "init_from_teacher": "init_from_teacher", "teacher_pool": "teacher_pool"}
+
+
+def _table_config(args: argparse.Namespace, arch: str, n_train: int) -> tuple[KDConfig, str]:
+    """No --method: the table's variant, with the KD flags the user set on top."""
+    d = default_recipe(arch, n_train, args.data_free, warm_start=args.init_from is not None)
+    if d.method == "iaf" or (arch == "iaf" and d.method == "none"):  # the share recipe
+        kd = share_config(n_train, 0.0 if d.method == "none" else None, seed=args.seed,
+                          pool=args.teacher_pool or TEACHER_POOL, temperature=args.temperature)
+        what = describe_share(n_train, 0.0 if d.method == "none" else None)
+    else:
+        kd = get_variant(d.method).config(n_train=n_train, seed=args.seed)
+        parser = _parser()
+        changed = {f: getattr(args, a) for a, f in _KD_FLAGS.items() if getattr(args, a) != parser.get_default(a)}
+        kd = replace(kd, **changed)
+        if any(v is not None for v in (args.lambda_nll, args.lambda_kd, args.lambda_skd)):
+            base = kd.weights or default_weights(kd.method, arch)
+            kd = replace(kd, weights=tuple(v if v is not None else b for v, b in
+                                           zip((args.lambda_nll, args.lambda_kd, args.lambda_skd), base)))
+        what = f"{d.method}" + (" on the teacher's samples only" if args.data_free else "")
+    where = "data-free" if args.data_free else f"{arch}, {n_train} training rows, {d.protocol}"
+    return kd, f"{what} (the defaults table: {where}; {d.measured})"
+
+
+def _kd_config(args: argparse.Namespace, method: str | None, arch: str, n_train: int) -> tuple[KDConfig, str]:
     """The KD config and a sentence saying what it trains with."""
+    if method is None:
+        return _table_config(args, arch, n_train)
     if method == "recipe" or (args.teacher_share is not None and method in ("fkl", "none")):
         kd = share_config(n_train, args.teacher_share, seed=args.seed, pool=args.teacher_pool or TEACHER_POOL,
                           temperature=args.temperature)
@@ -142,7 +189,7 @@ def run_distill(args: argparse.Namespace, teacher: Flow, arch: str, student_conf
     """Train the student (on data, or data-free), save it, print the JSON report."""
     cfg = _train_config(args)
     method = _method(args, arch)
-    check_student_arch(arch, teacher.arch, "none" if method == "recipe" else method)
+    check_student_arch(arch, teacher.arch, "none" if method in ("recipe", None) else method)
     meta: dict[str, Any] = {"role": "student", "teacher": os.path.abspath(args.teacher), "preset": args.preset,
                             **role_meta}
     data = None
@@ -165,6 +212,7 @@ def run_distill(args: argparse.Namespace, teacher: Flow, arch: str, student_conf
         n_rows = len(td.train)
     _init_from(flow, args.init_from)
     kd, recipe = _kd_config(args, method, arch, n_rows)
+    check_student_arch(arch, teacher.arch, kd.method)
     meta["recipe"] = recipe
     result = train_flow(flow, td, cfg, args.out, teacher=teacher if kd.needs_teacher else None, kd=kd,
                         metadata=meta, resume=args.resume)

@@ -88,12 +88,21 @@ def plot_throughput(tp: dict[str, dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
+def _elapsed(log):
+    """``log`` with the seconds since the demo started in front of each line."""
+    import time
+
+    t0 = time.perf_counter()
+    return lambda m: log(f"[{time.perf_counter() - t0:6.0f} s] {m}")
+
+
 def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", teacher_steps: int = 2000,
              student_steps: int = 1500, threads: int = 2, seed: int = 0, log=print,
              image_data: str | None = "digits_images", image_steps: tuple[int, int] = (1000, 600),
              fid_n: int = 0, inception: str | None = None, method: str | None = None,
              protocol: str | None = None, deploy: bool = True, deploy_rounds: int = 3) -> dict[str, Any]:
     torch.set_num_threads(threads)
+    log = _elapsed(log)  # every phase line carries the time since the start (issue 27: no silent phase)
     chosen = method is not None
     best_method, best_protocol, best_why = demo_recipe(arch)
     method, why = (method, "chosen with --method") if chosen else (best_method, best_why)

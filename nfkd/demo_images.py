@@ -31,12 +31,12 @@ def run_image_demo(out: Path, data_name: str = "digits_images", teacher_steps: i
                    inception: str | None = None, method: str | None = None) -> dict[str, Any]:
     """Train the family, write the grids (and FID when asked) under ``out``; return a JSON-ready dict."""
     from .data.images import ImageSplits
-    from .distill.variants import BEST_BY_ARCH
+    from .distill.variants import demo_recipe
     from .experiment import train_family
     from .metrics import interpolation_grid, sample_grid
     from .train import TrainConfig
 
-    method, why = (method, "chosen with --method") if method else BEST_BY_ARCH["glow"]
+    method, why = (method, "chosen with --method") if method else demo_recipe("glow")[::2]
     methods = list(dict.fromkeys(["none", "skd", method]))
     data = get_data(data_name, seed=seed)
     if not isinstance(data, ImageSplits):

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import statistics
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
 from .presets import resolve, student_preset
 from .train import TrainConfig, TrainResult, train_flow
 
-__all__ = ["train_family", "check_methods", "run_experiment", "summarize", "markdown_table", "main"]
+__all__ = ["train_family", "check_methods", "run_experiment", "summarize", "markdown_table", "seed_eta", "main"]
 
 PROTOCOLS = ("equal-budget", "warm-start")
 QUALITY_KEYS = ("teacher_ll_of_samples_median", "energy_distance")
@@ -167,6 +168,7 @@ def run_experiment(data_name: str, arch: str, seeds: int, out: Path, preset: str
     check_methods(arch, methods, protocol)  # fail before any training
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, Any]]] = {}
+    t0 = time.perf_counter()
     for seed in range(seeds):
         data = get_data(data_name, data_root, seed=seed)
         _, _, results = train_family(data, arch, _with_seed(teacher_cfg or TrainConfig(), seed),
@@ -179,7 +181,14 @@ def run_experiment(data_name: str, arch: str, seeds: int, out: Path, preset: str
                    "methods": methods, "runs": runs, "summary": summarize(runs)}
         (out / "results.json").write_text(json.dumps(partial, indent=1))  # every finished seed is kept
         (out / "table.md").write_text(markdown_table(partial))
+        log(seed_eta(seed + 1, seeds, time.perf_counter() - t0))
     return partial
+
+
+def seed_eta(done: int, total: int, elapsed: float) -> str:
+    """A progress line after each seed: seeds done, elapsed and the remaining time at the mean pace so far."""
+    eta = elapsed / done * (total - done)
+    return f"seed {done}/{total} done, {elapsed:.0f} s elapsed" + (f", ETA {eta:.0f} s" if total > done else "")
 
 
 def _with_seed(cfg: TrainConfig, seed: int) -> TrainConfig:

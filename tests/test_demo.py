@@ -37,9 +37,9 @@ def test_demo_quick_writes_full_report(tmp_path):
     for name in ["report.md", "results.json", "samples.png", "throughput.png", "loss_curve_teacher.png"]:
         assert (out / name).exists(), name
     res = json.loads((out / "results.json").read_text())
-    from nfkd.distill.variants import BEST_BY_ARCH, demo_recipe
+    from nfkd.distill.variants import demo_recipe
 
-    (best, protocol, _), best_img = demo_recipe("glow1d"), BEST_BY_ARCH["glow"][0]
+    (best, protocol, _), best_img = demo_recipe("glow1d"), demo_recipe("glow")[0]
     models = {"teacher", "none", "skd", best} | ({"base"} if protocol == "warm-start" else set())
     assert set(res["results"]) == models and res["kd_method"] == best and res["kd_method_why"]
     assert res["protocol"] == protocol

@@ -77,3 +77,10 @@ def test_paper_preset_sizes_match_table_2_at_d6():
         cfg = dict(PRESETS["glow1d-paper"][role])
         n = effective_parameters(build_flow(cfg.pop("arch"), dim=6, **cfg))
         assert abs(n - paper) / paper < 0.02, (role, n)
+
+
+def test_seed_eta_line():
+    from nfkd.experiment import seed_eta
+
+    assert seed_eta(1, 3, 60.0) == "seed 1/3 done, 60 s elapsed, ETA 120 s"
+    assert seed_eta(3, 3, 90.0) == "seed 3/3 done, 90 s elapsed"

@@ -280,13 +280,13 @@ def test_outlier_conventions_and_auto_threshold():
 # --- distillation and export -------------------------------------------------------------------
 @pytest.mark.parametrize("method", [None, "skd"])
 def test_distill_returns_a_fitted_smaller_student(method):
-    from nfkd.distill.variants import BEST_BY_ARCH
+    from nfkd.defaults import recommend
 
     X = _gauss()
     teacher = FlowDensity(flow_config={"steps": 3, "hidden": 16}, steps=20, random_state=0).fit(X)
     student = teacher.distill(X, method=method, student={"steps": 2, "hidden": 8}, steps=10)
     assert isinstance(student, FlowDensity) and student.role == "student" and student.n_features_in_ == 3
-    assert student.distilled_from_["method"] == (method or BEST_BY_ARCH["glow1d"][0])
+    assert student.distilled_from_["method"] == (method or recommend("glow1d", len(X)).method)
     assert student.flow_.num_parameters() < teacher.flow_.num_parameters()
     assert np.isfinite(student.score(X)) and np.isfinite(student.score_samples(X)).all()
     assert torch.equal(student.flow_.normalize.scale, teacher.flow_.normalize.scale)

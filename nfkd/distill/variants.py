@@ -116,37 +116,18 @@ _ALL = [
 ]
 VARIANTS: dict[str, Variant] = {v.name: v for v in _ALL}
 PAPER_VARIANTS = ["none", "lkd", "ilkd", "skd"]
-#: What ``nfkd demo`` distils with by default per architecture, and why (measured in docs/experiments.md).
-BEST_BY_ARCH: dict[str, tuple[str, str]] = {
-    "glow1d": ("init", "for a fresh student at an equal budget, starting it from the paired teacher blocks had the "
-                       "largest mean paired gain on breast_cancer (+0.19 nats, better than no-KD on 2/3 seeds, 7 % of "
-                       "the gap; 27 % on 2 earlier seeds); nothing reached 30 % at an equal budget on any table"),
-    "glow": ("ilkd-aligned", "ILKD with Procrustes-aligned latents was the only method with a paired gain on digits "
-                             "(-0.011 bpd, better than no-KD on 3/3 seeds, 2 % of the gap); the paper's SKD changed "
-                             "nothing (+0.000) and init from teacher lost 0.19 bpd (1 seed)"),
-    "maf": ("ilkd", "no method measurably helped the MAF student on MAGIC; the paper's ILKD was the least harmful "
-                    "(+0.004 nats, 2/3 seeds, 0 % of the gap)"),
-}
-#: The demo's recipe per architecture: (method, protocol, why). ``warm-start``: every student, the no-KD
-#: baseline included, continues one trained no-KD student for the same extra steps (the paper code's
-#: tabular setting), so the extra steps are not credited to distillation.
-DEMO_RECIPE: dict[str, tuple[str, str, str]] = {
-    "glow1d": ("fkl", "warm-start",
-               "continuing a trained no-KD student with half of every batch drawn from the teacher's samples closed "
-               "68 % of the teacher-student gap on breast_cancer, better than the no-KD student continued for the "
-               "same steps on 3/3 seeds (+1.29 nats); on MAGIC (15k rows, no shortage of data) it lost 0.32 nats"),
-}
 
 
-def demo_recipe(arch: str) -> tuple[str, str, str]:
-    """(method, protocol, why) that ``nfkd demo`` distils with for ``arch``."""
-    if arch in DEMO_RECIPE:
-        return DEMO_RECIPE[arch]
-    method, why = BEST_BY_ARCH[arch]
-    return method, "equal-budget", why
+def demo_recipe(arch: str, n_train: int | None = None) -> tuple[str, str, str]:
+    """(method, protocol, why) that ``nfkd demo`` distils with: the defaults table's warm-start row where
+    one was measured (the demo trains a no-KD student anyway), else its equal-budget row (``nfkd.defaults``).
 
+    ``n_train`` None: the demo's embedded tables, which are small.
+    """
+    from ..defaults import recommend
 
-BEST, BEST_REASON = BEST_BY_ARCH["glow1d"]
+    d = recommend(arch, n_train, "warm-start")
+    return d.method, d.protocol, f"{d.why}: {d.measured}"
 
 
 def get_variant(name: str) -> Variant:

@@ -94,8 +94,9 @@ class FlowDensity(DensityMixin, BaseEstimator):
         "onnxruntime", ...) scores in float32 through that backend (faster on big tables).
     random_state : int, RandomState or None, default=None
         Fixes the weight init, the validation split and the batches: same seed, identical scores.
-    verbose : bool, default=False
-        A progress bar while training.
+    verbose : int or bool, default=False
+        0 / False: silent. > 0: a line when training starts and ends (rows, steps, kept step, validation
+        score, seconds) and, on a terminal, a progress bar with the current figures.
 
     Attributes
     ----------
@@ -175,6 +176,9 @@ class FlowDensity(DensityMixin, BaseEstimator):
             if kd is not None:
                 kd = replace(kd, seed=cfg.seed)
                 teacher = teacher if kd.needs_teacher else None  # as nfkd experiment does
+            self._say(f"{type(self).__name__}: training a {self.arch} {self.role} on {len(train_idx)} rows "
+                      f"({len(val_idx)} to validate), up to {cfg.steps} steps"
+                      + (f", distilling ({kd.method})" if kd is not None else ""))
             out = train(flow, X[train_idx], X[val_idx], cfg, teacher=teacher, kd=kd)
         self.flow_ = out.flow
         self.n_train_samples_ = int(len(X))
@@ -183,6 +187,13 @@ class FlowDensity(DensityMixin, BaseEstimator):
         self.validation_score_ = -float(out.best_val_nll)
         self.fit_seconds_ = time.perf_counter() - t0
         self._scorer = Scorer(self.flow_)
+        self._say(f"{type(self).__name__}: {self.n_iter_} steps in {self.fit_seconds_:.1f} s; kept step "
+                  f"{self.best_iteration_} (validation log-likelihood {self.validation_score_:.4f})")
+
+    def _say(self, line: str) -> None:
+        """verbose > 0: one line per phase, as scikit-learn estimators print (the bar only on a TTY)."""
+        if self.verbose:
+            print(line, flush=True)
 
     def _post_fit(self, X: np.ndarray) -> None:
         """Hook for subclasses (the outlier detector sets its threshold here)."""
@@ -221,15 +232,16 @@ class FlowDensity(DensityMixin, BaseEstimator):
         X : the training table (the paper's setting); None trains on as many samples of this flow as
             it was fitted on (data-free distillation).
         method : an ``nfkd.distill`` variant (``python -m nfkd experiment --methods`` lists them);
-            None: the project's best measured one for the architecture (``BEST_BY_ARCH``); for an
-            ``arch="iaf"`` student, maximum likelihood with the teacher-sample share rule
-            (``nfkd.distill.recipe``: half teacher samples below 1000 rows, else the data alone).
+            None: the equal-budget row of the defaults table (``nfkd.defaults``, ``python -m nfkd info
+            --defaults``) for the student's architecture and the number of rows: ``init`` for Glow-1D below
+            1000 rows, ``ilkd-aligned`` above, ``ilkd`` for MAF (no method measurably helps it), the share
+            recipe for an ``arch="iaf"`` student; without X, maximum likelihood on the teacher's samples.
         student : overrides of the preset's student config (e.g. ``{"hidden": 16}``).
         steps : training steps (default: this estimator's ``steps``).
         arch : the student's architecture (default: this estimator's); ``"iaf"`` gives a one-pass sampler.
         """
         from ..distill.recipe import describe_share, share_config
-        from ..distill.variants import BEST_BY_ARCH, get_variant
+        from ..distill.variants import get_variant
 
         check_is_fitted(self)
         student_arch = self.arch if arch is None else arch
@@ -247,11 +259,16 @@ class FlowDensity(DensityMixin, BaseEstimator):
             X = self.sample(self.n_train_samples_, random_state=seed)
         else:
             X = self._validate(X, reset=False)
-        if method is None and student_arch == "iaf":
-            kd = share_config(len(X), 0.0 if data_free else None, seed=seed)  # data-free: the rows are samples
-            name = describe_share(len(X), 0.0 if data_free else None)
+        if method is None:
+            from ..defaults import DATA_FREE, recommend
+
+            method = DATA_FREE.method if data_free else recommend(student_arch, len(X)).method
+        if student_arch == "iaf" and method in ("iaf", "none"):  # the share recipe; "none" (data-free too): share 0
+            share = 0.0 if data_free or method == "none" else None
+            kd = share_config(len(X), share, seed=seed)
+            name = describe_share(len(X), share)
         else:
-            name = method if method is not None else BEST_BY_ARCH.get(self.arch, ("none", ""))[0]
+            name = method
             kd = get_variant(name).config(n_train=len(X), seed=seed)
         from ..presets import student_preset
 
@@ -265,7 +282,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         scale = self.flow_.normalize.scale.double().numpy()  # the teacher's units: KD compares latents
         teacher = copy.deepcopy(self.flow_)  # the Trainer moves its teacher to the device, in place
         est._fit_rows(X, loc, scale, seed, teacher=teacher.eval(), kd=kd, steps=steps)
-        est.distilled_from_ = {"method": name, "teacher_arch": self.flow_.arch, "teacher_config": dict(self.flow_.config),
+        est.distilled_from_ = {"method": name, "variant": method, "teacher_arch": self.flow_.arch, "teacher_config": dict(self.flow_.config),
                                "teacher_parameters": int(self.flow_.num_parameters()), "data_free": data_free}
         est._post_fit(X)
         return est
