@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         "totals": {"lost": sum(t.lost.values()), "mismatched_rows": sum(t.mismatched_rows.values()),
                    "checked_rows": sum(t.checked_rows.values()),
                    "errors": sum(len(v) for k, v in t.errors.items() if k.endswith("_count"))},
-        "server_stats": {k: stats[k] for k in ("http_by_status", "queue", "log_prob", "sample", "memory")
+        "server_stats": {k: stats[k] for k in ("http_by_status", "queue", "log_prob", "sample", "model", "memory")
                          if k in stats},
         "server_memory_mb": {"rss_at_start": round(ctx["rss_kb"][0] / 1024, 1) if ctx["rss_kb"] else None,
                              "rss_peak_sampled": round(max(ctx["rss_kb"]) / 1024, 1) if ctx["rss_kb"] else None,
