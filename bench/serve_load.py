@@ -524,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         "totals": {"lost": sum(t.lost.values()), "mismatched_rows": sum(t.mismatched_rows.values()),
                    "checked_rows": sum(t.checked_rows.values()),
                    "errors": sum(len(v) for k, v in t.errors.items() if k.endswith("_count"))},
-        "server_stats": {k: stats[k] for k in ("http_by_status", "queue", "log_prob", "sample", "memory", "triton")
+        "server_stats": {k: stats[k] for k in ("http_by_status", "queue", "log_prob", "sample", "model", "memory",
+                                               "triton")
                          if k in stats},
         "throughput_rows_per_s": round(sum(t.checked_rows.values()) / wall, 1),
         "small_requests_per_s": round(sum(v for k, v in t.status["small"].items() if k == "200") / wall, 1),

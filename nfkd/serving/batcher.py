@@ -55,7 +55,8 @@ class Stats:
     merged_requests_histogram: collections.Counter = field(default_factory=collections.Counter)
     merged_rows_histogram: collections.Counter = field(default_factory=collections.Counter)
     max_merged_requests: int = 0
-    max_merged_rows: int = 0
+    max_merged_rows: int = 0  # rows of the largest log_prob model call (a chunk, for a chunked request)
+    chunked_requests: int = 0  # requests above max_batch, run as max_batch-row chunks
     sample_requests: int = 0
     sample_rows: int = 0
     sample_model_calls: int = 0
@@ -77,6 +78,22 @@ class Stats:
         self.max_merged_requests = max(self.max_merged_requests, n_requests)
         self.max_merged_rows = max(self.max_merged_rows, rows)
 
+    def record_chunk(self, rows: int, seconds: float) -> None:
+        """One model call of a chunked request. Counted per call, not per request, so the histograms and
+        ``max_merged_rows`` show what the model thread ran (at most ``max_batch`` rows), not the request."""
+        self.log_prob_rows += rows
+        self.model_calls += 1
+        self.model_seconds += seconds
+        self.merged_requests_histogram[_bucket(1)] += 1
+        self.merged_rows_histogram[_bucket(rows)] += 1
+        self.max_merged_rows = max(self.max_merged_rows, rows)
+
+    def record_chunked_request(self) -> None:
+        """A chunked request is done; its calls were counted by ``record_chunk``."""
+        self.log_prob_requests += 1
+        self.chunked_requests += 1
+        self.max_merged_requests = max(self.max_merged_requests, 1)
+
     def to_dict(self) -> dict[str, Any]:
         def hist(c: collections.Counter) -> dict[str, int]:
             return {k: c[k] for k in sorted(c, key=_bucket_key)}
@@ -97,6 +114,7 @@ class Stats:
                 "merged_rows_histogram": hist(self.merged_rows_histogram),
                 "max_merged_requests": self.max_merged_requests,
                 "max_merged_rows": self.max_merged_rows,
+                "chunked_requests": self.chunked_requests,
             },
             "sample": {"requests": self.sample_requests, "rows": self.sample_rows,
                        "model_calls": self.sample_model_calls},
@@ -105,6 +123,24 @@ class Stats:
                       "outstanding_rows": self.outstanding_rows, "max_outstanding_rows": self.max_outstanding_rows,
                       "rejected_overloaded": self.rejected_overloaded},
         }
+
+
+@dataclass
+class _Waits:
+    """How long calls of one lane waited between submission and start (seconds in, milliseconds out)."""
+
+    calls: int = 0
+    total: float = 0.0
+    max: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.calls += 1
+        self.total += seconds
+        self.max = max(self.max, seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        mean = self.total / self.calls if self.calls else 0.0
+        return {"calls": self.calls, "mean": round(mean * 1000, 3), "max": round(self.max * 1000, 3)}
 
 
 @dataclass
@@ -155,6 +191,8 @@ class ModelWorker:
         self._lock = threading.Lock()
         self.submitted = 0  # written by the event loop only
         self.started = 0  # written by the model thread only
+        self.waits = {self.HIGH: _Waits(), self.LOW: _Waits()}  # written by the model thread only
+        self.busy_s = 0.0  # written by the model thread only
         self.closed = False
 
     @property
@@ -175,15 +213,18 @@ class ModelWorker:
             except Exception:  # a failed setting must not kill the thread that answers every request
                 log.exception("model thread initializer failed")
         while True:
-            _, _, job = self._queue.get()
+            priority, _, job = self._queue.get()
             if job is None:
                 return
-            fn, args, fut, loop = job
+            fn, args, fut, loop, queued_at = job
             self.started += 1
+            t0 = time.perf_counter()
+            self.waits[priority].add(t0 - queued_at)
             try:
                 result, error = fn(*args), None
             except BaseException as exc:  # handed to the awaiting request
                 result, error = None, exc
+            self.busy_s += time.perf_counter() - t0
             try:
                 loop.call_soon_threadsafe(_resolve, fut, result, error)
             except RuntimeError:  # the event loop is gone (shutdown)
@@ -196,8 +237,14 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self.submitted += 1
-        self._queue.put((priority, next(self._seq), (fn, args, fut, loop)))
+        self._queue.put((priority, next(self._seq), (fn, args, fut, loop, time.perf_counter())))
         return await fut
+
+    def to_dict(self) -> dict[str, Any]:
+        """Calls not started yet, time spent running calls, and how long calls of each lane waited to start
+        (the wait a small request has behind the call already running, plus the thread's scheduling lag)."""
+        return {"pending_calls": self.pending, "busy_s": round(self.busy_s, 3),
+                "wait_ms": {"log_prob": self.waits[self.HIGH].to_dict(), "chunks": self.waits[self.LOW].to_dict()}}
 
     def shutdown(self) -> None:
         """Finish every queued call, then stop the thread."""

@@ -98,10 +98,10 @@ class Service:
                 return await asyncio.wait_for(self.batcher.submit(x), self.cfg.request_timeout_s)
             finally:
                 self._release(rows)
-        t0 = time.perf_counter()
         step = self.cfg.max_batch
-        out = await self._chunked(rows, step, lambda i: (self.backend.log_prob, x[i : i + step]))
-        self.stats.record_batch(1, rows, -(-rows // step), time.perf_counter() - t0)
+        out = await self._chunked(rows, step, lambda i: (self.backend.log_prob, x[i : i + step]),
+                                  on_call=self.stats.record_chunk)
+        self.stats.record_chunked_request()
         return out
 
     async def sample(self, n: int, temperature: float, seed: int | None) -> np.ndarray:
@@ -124,9 +124,11 @@ class Service:
         self.stats.sample_rows += n
         return xs
 
-    async def _chunked(self, rows: int, step: int, call: Callable[[int], tuple], before=None) -> np.ndarray:
+    async def _chunked(self, rows: int, step: int, call: Callable[[int], tuple], before=None,
+                       on_call: Callable[[int, float], None] | None = None) -> np.ndarray:
         """Admit ``rows``, run ``call(i)`` = (fn, *args) for i = 0, step, ... as low-priority model calls,
-        one at a time, releasing each chunk's rows from the budget as it is done."""
+        one at a time, releasing each chunk's rows from the budget as it is done; ``on_call(rows, seconds)``
+        after each."""
         self._admit(rows)
         remaining = rows
 
@@ -137,8 +139,11 @@ class Service:
             parts = []
             for i in range(0, rows, step):
                 fn, *args = call(i)
+                t0 = time.perf_counter()
                 parts.append(np.asarray(await self.worker.run(fn, *args, priority=ModelWorker.LOW)))
                 done = min(step, remaining)
+                if on_call is not None:
+                    on_call(done, time.perf_counter() - t0)
                 remaining -= done
                 self._release(done)
             return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -150,6 +155,6 @@ class Service:
                 self._release(remaining)
 
     def stats_dict(self) -> dict[str, Any]:
-        return {**self.stats.to_dict(), "model": {"pending_calls": self.worker.pending},
+        return {**self.stats.to_dict(), "model": self.worker.to_dict(),
                 "memory": self.memory.to_dict(),
                 "batching": self.cfg.batching, "max_batch": self.cfg.max_batch, "max_wait_ms": self.cfg.max_wait_ms}
