@@ -473,3 +473,13 @@ def test_large_uploads_beyond_the_memory_budget_get_503_with_retry_after(ort_bac
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
     assert "retry after 1 s" in refused.json()["error"]
     assert [b["value"].status_code for b in (box1, box2, box3)] == [200, 200, 200]
+
+
+def test_retry_after_grows_with_what_a_refused_client_asked_to_hold():
+    """A refused 10 MB upload is told to wait longer than a refused small one (its retry costs the server a
+    10 MB read-and-discard on a kept-alive connection), so large retries back off and small ones do not."""
+    from nfkd.serving.memory import RETRY_AFTER_S, retry_after_s
+
+    assert retry_after_s(0) == retry_after_s(100_000) == RETRY_AFTER_S == 1
+    assert retry_after_s(10 * 1024 * 1024) == 6 and retry_after_s(17_700_000) == 9
+    assert all(retry_after_s(n) <= retry_after_s(n + 1_000_000) for n in range(0, 20_000_000, 997_000))

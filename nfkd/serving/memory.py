@@ -26,14 +26,26 @@ import json
 import logging
 from typing import Any
 
-__all__ = ["RESPONSE_CHUNK", "RETRY_AFTER_S", "SMALL_BYTES", "BudgetExceeded", "ByteBudget", "MemoryBudget",
+__all__ = ["RESPONSE_CHUNK", "RETRY_AFTER_S", "RETRY_BYTES_PER_S", "SMALL_BYTES", "retry_after_s", "BudgetExceeded", "ByteBudget", "MemoryBudget",
            "reserve"]
 
 log = logging.getLogger("nfkd.serve")
 
 SMALL_BYTES = 64 * 1024  # reservations up to this size may use the headroom
 RESPONSE_CHUNK = 64 * 1024  # answers are handed to the transport this much at a time
-RETRY_AFTER_S = 1  # what a refused client is told to wait
+RETRY_AFTER_S = 1  # what a refused client is told to wait, at least
+RETRY_BYTES_PER_S = 2 * 1024 * 1024  # ... and one more second per this many bytes it asked to hold
+
+
+def retry_after_s(n_bytes: int) -> int:
+    """Seconds a client refused for ``n_bytes`` is told to wait: 1, plus 1 per 2 MiB.
+
+    A refused upload is answered before its body is read, but on a kept-alive connection the
+    server still has to read and discard that body; 30 clients re-sending 10 MB every second kept
+    the event loop busy enough to push small requests' p99 past 1 s (docs/serving.md, round 3).
+    Scaling the wait with the size makes large retries back off and leaves small ones at 1 s.
+    """
+    return max(RETRY_AFTER_S, RETRY_AFTER_S + int(n_bytes) // RETRY_BYTES_PER_S)
 
 
 class BudgetExceeded(Exception):
@@ -101,7 +113,7 @@ class _Ticket:
 
 def _message(budget: ByteBudget, n: int, what: str) -> str:
     return (f"the server is holding {budget.held} bytes of other requests and answers (limit "
-            f"{budget.max_bytes}); no room for {what} of {n} bytes; retry after {RETRY_AFTER_S} s")
+            f"{budget.max_bytes}); no room for {what} of {n} bytes; retry after {retry_after_s(n)} s")
 
 
 def reserve(state: dict[str, Any], n: int, what: str) -> None:
@@ -141,19 +153,19 @@ class MemoryBudget:
         try:
             n = self._declared(scope)
             if not ticket.grow_to(n):
-                await self._refuse(scope, send, _message(self.budget, n, "a request body"))
+                await self._refuse(scope, send, _message(self.budget, n, "a request body"), retry_after_s(n))
                 return
             scope.setdefault("state", {})["memory_ticket"] = ticket
             await self.app(scope, receive, self._sender(ticket, send))
         finally:
             ticket.close()
 
-    async def _refuse(self, scope, send, message: str) -> None:
+    async def _refuse(self, scope, send, message: str, retry_s: int) -> None:
         scope.setdefault("state", {})["error"] = message
         body = json.dumps({"error": message}).encode()
         await send({"type": "http.response.start", "status": 503,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"retry-after", str(RETRY_AFTER_S).encode())]})
+                                (b"retry-after", str(retry_s).encode())]})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     def _sender(self, ticket: _Ticket, send):

@@ -23,7 +23,7 @@ import nfkd
 from . import payload
 from .admission import Closed, Overloaded
 from .config import BODY_SLACK
-from .memory import RETRY_AFTER_S, BudgetExceeded, reserve
+from .memory import RETRY_AFTER_S, BudgetExceeded, reserve, retry_after_s
 from .service import INLINE_BYTES, INLINE_VALUES, Service
 
 __all__ = ["json_response", "read_body", "router"]
@@ -141,10 +141,11 @@ async def sample(request: Request) -> Response:
     request.state.rows = n
     values = n * int(svc.backend.dim)
     per_value = ANSWER_BYTES_PER_VALUE["npy" if payload.wants_npy(request.headers.get("accept")) else "json"]
+    answer_bytes = values * (per_value + WORK_BYTES_PER_VALUE)
     try:  # the answer's size is known from n: refuse now rather than hold it for a client that may not read
-        reserve(request.scope.setdefault("state", {}), values * (per_value + WORK_BYTES_PER_VALUE), "an answer")
+        reserve(request.scope.setdefault("state", {}), answer_bytes, "an answer")
     except BudgetExceeded as exc:
-        raise payload.ApiError(503, str(exc), {"retry-after": str(RETRY_AFTER_S)}) from None
+        raise payload.ApiError(503, str(exc), {"retry-after": str(retry_after_s(answer_bytes))}) from None
     xs = await _model(svc.sample(n, temperature, seed), cfg.request_timeout_s)
     return await _array_response(request, svc, xs, "x", {"n": n, "temperature": temperature, "seed": seed})
 
