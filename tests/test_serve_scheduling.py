@@ -73,7 +73,9 @@ def test_a_small_request_after_a_large_one_is_answered_before_the_large_ones_las
         await _until(lambda: svc.worker.pending >= 1, "the small request's call to be queued")
         backend.permits.release(2)  # the running chunk, then one more call: the small request's
         small_out = await asyncio.wait_for(small_task, TIMEOUT_S)
-        assert backend.calls == [4, 2] and not big_task.done()  # two chunks of the large one still to run
+        # the small request ran second; the large one's next chunk may already have entered (it then waits
+        # for a permit), so it cannot have finished: two of its chunks are still to run
+        assert backend.calls[:2] == [4, 2] and len(backend.calls) <= 3 and not big_task.done()
         backend.permits.release(2)
         big_out = await asyncio.wait_for(big_task, TIMEOUT_S)
         await svc.close()

@@ -8,7 +8,7 @@ count, and both images or both tables) and, when both checkpoints record one, th
 normalization.
 
     from nfkd import inference
-    pair = inference.load_pair("maf.pt", "iaf.pt")        # auto: numba for the MAF, folded for the IAF
+    pair = inference.load_pair("maf.pt", "iaf.pt")        # auto: numba for both sides on CPU (ranking.json)
     pair = inference.load("bundle/")                        # python -m nfkd pair ... -o bundle/
     pair.log_prob(x); pair.sample(1000, seed=0); pair.info()["pair"]
 """
