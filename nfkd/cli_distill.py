@@ -24,7 +24,14 @@ from .cli_train import _common, _maybe_init_distributed, _overrides, _train_conf
 from .defaults import DATA_FREE, DEFAULTS, Default, recommend
 from .distill import KD_SCALES, METHODS, KDConfig, default_weights
 from .distill.datafree import default_sample_counts, student_like_teacher, teacher_sample_data
-from .distill.recipe import SMALL_DATA_ROWS, TEACHER_POOL, check_share, describe_share, share_config
+from .distill.recipe import (
+    SMALL_DATA_ROWS,
+    TEACHER_POOL,
+    check_share,
+    describe_share,
+    share_config,
+    teacher_sized_config,
+)
 from .distill.variants import get_variant
 from .errors import InputError
 from .flows import Flow
@@ -248,16 +255,6 @@ def main_distill(argv: list[str]) -> int:
     arch = args.arch or teacher.arch
     config = resolve(arch, "student", args.preset, _overrides(args, arch))
     return run_distill(args, teacher, arch, config, {})
-
-
-def teacher_sized_config(teacher: Flow, to: str) -> dict[str, Any]:
-    """The config of a ``to`` flow of the teacher's size (blocks, widths, depth, permutations)."""
-    if to != "iaf":
-        raise InputError(f"convert --to {to!r}: only iaf (a one-pass sampler of a MAF teacher) is supported")
-    if teacher.arch != "maf":
-        raise InputError(f"convert --to iaf needs a maf teacher; this checkpoint is a {teacher.arch}")
-    keys = ("blocks", "hidden", "n_hidden", "activation", "permutation", "seed")
-    return {"arch": "iaf", **{k: teacher.config[k] for k in keys if k in teacher.config}}
 
 
 def main_convert(argv: list[str]) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "bundle_pair", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +51,13 @@ def _standardization(data: Any, density: Any) -> tuple[np.ndarray | None, np.nda
     return None, None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def bundle_pair(density: str | Path, sampler: str | Path, out: str | Path, reference: str | Path | None = None,
+                data: Any = None, n: int | None = None, seed: int | None = None) -> tuple[Path, dict[str, Any]]:
+    """Check the two models fit together, measure the sampler's faithfulness, write the bundle.
+
+    ``reference``: the checkpoint that scores the samples (default: the density model); ``data``: a
+    loaded table whose test split the energy distance is measured against. Returns (folder, record).
+    """
     from .checkpoint import load_checkpoint
     from .inference.bundle import write_bundle
     from .inference.pair import check_compatible
@@ -60,22 +65,34 @@ def main(argv: list[str] | None = None) -> int:
     from .inference.sources import ModelSource
     from .metrics.faithfulness import DEFAULT_N, DEFAULT_SEED, faithfulness
 
-    n = DEFAULT_N if args.n is None else args.n
-    seed = DEFAULT_SEED if args.seed is None else args.seed
+    n = DEFAULT_N if n is None else n
+    seed = DEFAULT_SEED if seed is None else seed
     if n < 2:
         raise InputError(f"--n must be at least 2 (the energy distance needs two rows a side), got {n}")
     if seed < 0:
         raise InputError(f"--seed must be a non-negative integer, got {seed}")
-    ckpts = {role: load_checkpoint(getattr(args, role)) for role in ("density", "sampler")}
+    ckpts = {"density": load_checkpoint(density), "sampler": load_checkpoint(sampler)}
 
-    def source(ck: Any, path: str) -> ModelSource:
-        return ModelSource(ModelMeta.of_flow(ck.flow, ck.sha256, path), flow=ck.flow, metadata=dict(ck.metadata))
+    def source(ck: Any, path: Any) -> ModelSource:
+        return ModelSource(ModelMeta.of_flow(ck.flow, ck.sha256, str(path)), flow=ck.flow, metadata=dict(ck.metadata))
 
-    check_compatible(source(ckpts["density"], args.density), source(ckpts["sampler"], args.sampler))
-    reference, role = ckpts["density"], "density"
-    if args.reference:
-        reference, role = load_checkpoint(args.reference), "teacher"
-        check_compatible(source(reference, args.reference), source(ckpts["sampler"], args.sampler))
+    check_compatible(source(ckpts["density"], density), source(ckpts["sampler"], sampler))
+    ref, role = ckpts["density"], "density"
+    if reference:
+        ref, role = load_checkpoint(reference), "teacher"
+        check_compatible(source(ref, reference), source(ckpts["sampler"], sampler))
+    if data is not None and data.dim != ckpts["sampler"].flow.dim:
+        raise InputError(f"--data {data.name} has {data.dim} features; the pair models {ckpts['sampler'].flow.dim}")
+    loc, scale = _standardization(data, ckpts["density"])
+    record = faithfulness(ckpts["sampler"].flow, ref.flow, data.test if data is not None else None, loc, scale,
+                          n=n, seed=seed, reference_role=role, data_name=data.name if data is not None else None)
+    record["reference"].update(file=Path(reference or density).name, sha256=ref.sha256)
+    folder = write_bundle(out, density, sampler, ckpts["density"].sha256, ckpts["sampler"].sha256, record)
+    return folder, record
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     data = None
     if args.data:
         from .data.splits import TabularSplits
@@ -84,12 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         data = get_data(args.data, args.data_root)
         if not isinstance(data, TabularSplits):
             raise InputError(f"--data {args.data} is an image dataset; the pair's faithfulness is measured on tables")
-        if data.dim != ckpts["sampler"].flow.dim:
-            raise InputError(f"--data {args.data} has {data.dim} features; the pair models {ckpts['sampler'].flow.dim}")
-    loc, scale = _standardization(data, ckpts["density"])
-    record = faithfulness(ckpts["sampler"].flow, reference.flow, data.test if data is not None else None, loc, scale,
-                          n=n, seed=seed, reference_role=role, data_name=args.data)
-    record["reference"].update(file=Path(args.reference or args.density).name, sha256=reference.sha256)
-    out = write_bundle(args.out, args.density, args.sampler, ckpts["density"].sha256, ckpts["sampler"].sha256, record)
+    out, record = bundle_pair(args.density, args.sampler, args.out, args.reference, data, args.n, args.seed)
     print(json.dumps({"bundle": str(out), "faithfulness": record["summary"]}))
     return 0

@@ -25,17 +25,11 @@ DEMO_BACKENDS = ("eager", "folded", "numba", "onnxruntime")
 
 def _bundle(out: Path, runs: Path, data: Any, seed: int) -> dict[str, Any]:
     """pair/: the MAF student (density) + the IAF student (sampler), faithfulness against the teacher."""
-    from .checkpoint import load_checkpoint
+    from .cli_pair import bundle_pair
     from .inference import load
-    from .inference.bundle import write_bundle
-    from .metrics.faithfulness import faithfulness
 
     paths = {k: runs / k / "model.pt" for k in ("teacher", "none", "iaf")}
-    ck = {k: load_checkpoint(p) for k, p in paths.items()}
-    record = faithfulness(ck["iaf"].flow, ck["teacher"].flow, data.test, data.mean, data.std, seed=seed,
-                          reference_role="teacher", data_name=data.name)
-    record["reference"].update(file=paths["teacher"].name, sha256=ck["teacher"].sha256)
-    folder = write_bundle(out / "pair", paths["none"], paths["iaf"], ck["none"].sha256, ck["iaf"].sha256, record)
+    folder, record = bundle_pair(paths["none"], paths["iaf"], out / "pair", paths["teacher"], data, seed=seed)
     pair = load(folder, threads=1)
     x = np.ascontiguousarray(data.test[:64].astype(np.float32))
     routed = float(np.max(np.abs(pair.log_prob(x) - load(paths["none"], "eager", threads=1).log_prob(x))))

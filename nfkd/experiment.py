@@ -25,6 +25,7 @@ import torch
 
 from .data.splits import TabularSplits
 from .distill.datafree import default_sample_counts, student_like_teacher, teacher_sample_data
+from .distill.recipe import teacher_sized_config
 from .distill.variants import PAPER_VARIANTS, VARIANTS, describe_variants, get_variant
 from .errors import InputError
 from .metrics.tabular import sample_quality
@@ -109,8 +110,6 @@ def _train_variant(method: str, data: Any, arch: str, teacher: Any, td: Any, cfg
     variant = get_variant(method)
     student_arch = variant.student_arch or arch
     if variant.size == "teacher":
-        from .cli_distill import teacher_sized_config
-
         config = teacher_sized_config(teacher, student_arch)
     else:
         config = resolve(student_arch, "student", student_preset(preset, student_arch))

@@ -16,12 +16,13 @@ never the default: alone they collapse (mode seeking) or over-constrain a small 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from ..errors import InputError
 from .objective import KDConfig
 
 __all__ = ["SMALL_DATA_ROWS", "TEACHER_POOL", "default_teacher_share", "share_config", "check_share",
-           "describe_share"]
+           "describe_share", "teacher_sized_config"]
 
 #: Below this many training rows, half of every batch is drawn from the teacher's samples.
 SMALL_DATA_ROWS = 1000
@@ -60,3 +61,13 @@ def describe_share(n_train: int, share: float | None) -> str:
     why = "--teacher-share" if share is not None else (
         f"the rule: {n_train} training rows {'<' if n_train < SMALL_DATA_ROWS else '>='} {SMALL_DATA_ROWS}")
     return f"maximum likelihood, teacher-sample share {s:g} ({why})"
+
+
+def teacher_sized_config(teacher: Any, to: str) -> dict[str, Any]:
+    """The config of a ``to`` flow of the teacher's size (blocks, widths, depth, permutations)."""
+    if to != "iaf":
+        raise InputError(f"convert --to {to!r}: only iaf (a one-pass sampler of a MAF teacher) is supported")
+    if teacher.arch != "maf":
+        raise InputError(f"convert --to iaf needs a maf teacher; this checkpoint is a {teacher.arch}")
+    keys = ("blocks", "hidden", "n_hidden", "activation", "permutation", "seed")
+    return {"arch": "iaf", **{k: teacher.config[k] for k in keys if k in teacher.config}}
