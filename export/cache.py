@@ -1,7 +1,7 @@
 """The export cache: one parity-gated export folder per checkpoint, reused only while it still matches.
 
 Used by ``nfkd.inference`` (the onnxruntime / tensorrt backends given a checkpoint or a flow), and
-so by the service, the benchmarks and ``export.triton_server``. Folders are keyed on the checkpoint's
+so by the service, the benchmarks and ``export.triton_model_repository``. Folders are keyed on the checkpoint's
 SHA-256. A cached export is never trusted on its own word: on reuse, a small parity check against
 the checkpoint runs again (``verify_export``); a folder that fails it is rebuilt (logged).
 """

@@ -1,6 +1,6 @@
 """The Python-backend variant of the Triton model repository: any ``nfkd.inference`` runner on CPU.
 
-    python -m export.triton_server student-export/ -o model_repository/ --platform python
+    python -m export.triton_model_repository student-export/ -o model_repository/ --platform python
     python -m nfkd serve student.pt --engine triton          # writes one of these, then starts tritonserver
 
 writes::
@@ -49,7 +49,7 @@ def _params(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 def python_density_config(name: str, event_shape: Sequence[int], max_rows: int, preferred: Sequence[int],
                           queue_delay_us: int, instances: int, params: dict[str, Any]) -> dict[str, Any]:
-    from .triton_server import Enum
+    from .triton_model_repository import Enum
 
     return {
         "name": name,
@@ -65,7 +65,7 @@ def python_density_config(name: str, event_shape: Sequence[int], max_rows: int, 
 
 
 def python_sample_config(name: str, event_shape: Sequence[int], instances: int, params: dict[str, Any]) -> dict[str, Any]:
-    from .triton_server import Enum
+    from .triton_model_repository import Enum
 
     return {
         "name": name,
@@ -100,7 +100,7 @@ def write_python_repository(
     ``copy_model``: copy the export folder / checkpoint into each model (a self-contained repository for
     shared storage); else the models name ``model`` by its absolute path (``nfkd serve --engine triton``).
     """
-    from .triton_server import model_name, to_pbtxt
+    from .triton_model_repository import model_name, to_pbtxt
 
     if min(instances, max_request_rows, max_batch) < 1 or queue_delay_us < 0 or (threads is not None and threads < 1):
         raise InputError("instances, threads, max_request_rows and max_batch must be >= 1, queue_delay_us >= 0")

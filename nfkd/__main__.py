@@ -6,17 +6,17 @@ import sys
 from .errors import NfkdError
 
 COMMANDS = {
-    "info": ("nfkd.cli_info", "print a checkpoint's architecture, sizes, parameters and metadata; --defaults: the defaults table"),
+    "info": ("nfkd.cli.info", "print a checkpoint's architecture, sizes, parameters and metadata; --defaults: the defaults table"),
     "data": ("nfkd.data.cli", "list datasets or check one (dims, splits, statistics)"),
-    "train": ("nfkd.cli_train", "train a teacher or a plain student"),
-    "distill": ("nfkd.cli_distill", "train a student from a teacher (none|lkd|ilkd|skd|...; --arch iaf: a one-pass "
+    "train": ("nfkd.cli.train", "train a teacher or a plain student"),
+    "distill": ("nfkd.cli.distill", "train a student from a teacher (none|lkd|ilkd|skd|...; --arch iaf: a one-pass "
                                     "sampler; --data-free: teacher samples only)"),
-    "convert": ("nfkd.cli_distill", "a teacher-sized one-pass sampler of a MAF teacher: convert teacher.pt --to iaf"),
-    "evaluate": ("nfkd.cli_evaluate", "test log-likelihood / bpd of a checkpoint as JSON"),
+    "convert": ("nfkd.cli.distill", "a teacher-sized one-pass sampler of a MAF teacher: convert teacher.pt --to iaf"),
+    "evaluate": ("nfkd.cli.evaluate", "test log-likelihood / bpd of a checkpoint as JSON"),
     "experiment": ("nfkd.experiment", "teacher vs students table (paper Table 1 layout)"),
     "demo": ("nfkd.demo", "the main job on an embedded dataset: train, distill, export, benchmark, report"),
-    "pair": ("nfkd.cli_pair", "bundle a density model and a sampler (MAF + IAF) as one model, with its faithfulness"),
-    "serve": ("nfkd.serve", "HTTP density-estimation service"),
+    "pair": ("nfkd.cli.pair", "bundle a density model and a sampler (MAF + IAF) as one model, with its faithfulness"),
+    "serve": ("nfkd.cli.serve", "HTTP density-estimation service"),
     "tradeoff": ("nfkd.tradeoff.cli", "which model on which backend for a latency budget (LL vs latency)"),
 }
 

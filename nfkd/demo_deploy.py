@@ -25,7 +25,7 @@ DEMO_BACKENDS = ("eager", "folded", "numba", "onnxruntime")
 
 def _bundle(out: Path, runs: Path, data: Any, seed: int) -> dict[str, Any]:
     """pair/: the MAF student (density) + the IAF student (sampler), faithfulness against the teacher."""
-    from .cli_pair import bundle_pair
+    from .cli.pair import bundle_pair
     from .inference import load
 
     paths = {k: runs / k / "model.pt" for k in ("teacher", "none", "iaf")}

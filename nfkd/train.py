@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .checkpoint import atomic_write_bytes, save
-from .cli_checks import check_train_config
+from .cli.checks import check_train_config
 from .distill import KDConfig, build_objective
 from .errors import InputError
 from .flows import Flow, initialize_actnorm

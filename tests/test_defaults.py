@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nfkd
-from nfkd.cli_distill import _kd_config, _method, _parser
+from nfkd.cli.distill import _kd_config, _method, _parser
 from nfkd.defaults import DATA_FREE, DEFAULTS, auto_backend, backend_order, describe_defaults, recommend
 from nfkd.distill.recipe import SMALL_DATA_ROWS, share_config
 from nfkd.distill.variants import VARIANTS, demo_recipe, get_variant

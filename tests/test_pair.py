@@ -259,7 +259,7 @@ def test_tampered_bundles_are_refused(bundle, files, tmp_path):
 # --------------------------------------------------------------------------------------------
 def test_serve_routes_log_prob_and_sample_and_shows_the_pair(bundle, files, wine):
     from nfkd.serving import ServeConfig, create_app, load_backend, load_pair_backend
-    from nfkd.serving.runner import BackgroundServer
+    from nfkd.serving.http_server import BackgroundServer
 
     x = _rows(wine, 12)
     record = json.loads((bundle / "pair.json").read_text())

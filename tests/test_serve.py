@@ -3,7 +3,7 @@ client pool, micro-batching merges requests, every class of bad input is a clear
 stays up), SIGTERM drains in-flight requests.
 
 One small Glow1D student is exported once per session, through the service's own on-the-fly export
-(``ensure_export``: the parity gate runs), and shared with test_triton_server.py. Servers run uvicorn
+(``ensure_export``: the parity gate runs), and shared with test_triton_model_repository.py. Servers run uvicorn
 on loopback in a background thread (one test starts the real CLI as a subprocess).
 """
 from __future__ import annotations
@@ -39,8 +39,8 @@ from nfkd.flows import Glow1D
 from nfkd.serving import ServeConfig, create_app, load_backend
 from nfkd.serving.admission import Admission, Closed, Overloaded
 from nfkd.serving.batcher import LogProbBatcher, ModelWorker, Stats
+from nfkd.serving.http_server import BackgroundServer
 from nfkd.serving.jsonlog import JsonFormatter
-from nfkd.serving.runner import BackgroundServer
 
 from .helpers import perturb
 

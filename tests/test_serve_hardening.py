@@ -25,7 +25,7 @@ from export.cache import ensure_export
 from export.manifest import Manifest, sha256_file
 from nfkd.errors import InputError
 from nfkd.serving import ModelBackend, ServeConfig, create_app, load_backend, payload
-from nfkd.serving.runner import BackgroundServer
+from nfkd.serving.http_server import BackgroundServer
 
 from .test_serve import DIM, TIMEOUT, rows, student
 

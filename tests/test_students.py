@@ -64,7 +64,7 @@ def test_data_free_student_learns_the_teachers_density_without_data(tmp_path, mo
     """No dataset is read while training; the student's held-out NLL approaches the closed-form entropy."""
     teacher = _gaussian_maf()
     nfkd.save(teacher, tmp_path / "t.pt", metadata={"dataset": "gauss", "normalization": {"mean": LOC.tolist()}})
-    import nfkd.cli_distill as cli
+    import nfkd.cli.distill as cli
     import nfkd.pipeline as pipeline
 
     def no_data(*a, **k):

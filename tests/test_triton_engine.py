@@ -1,6 +1,6 @@
 """The real Triton Inference Server (the ``tritonserver`` binary of the nvidia-pytriton wheel) serves our
 students: ``python -m nfkd serve --engine triton`` and the Python-backend repository of
-``export.triton_server --platform python``, over KServe v2 HTTP.
+``export.triton_model_repository --platform python``, over KServe v2 HTTP.
 
 Answers equal the eager float64 flow at the export gate's tolerance (log_prob and seeded samples),
 every bad request gets its own clear error and the server stays ready, concurrent requests are merged
@@ -27,7 +27,7 @@ import pytest
 
 import nfkd
 from export.parity import TOLERANCE, _reference_flow, reference_outputs
-from export.triton_server import main as triton_server_main
+from export.triton_model_repository import main as repository_main
 from nfkd.inference import draw_noise
 
 from .test_serve import CACHE, DIM, REPO, rows, student
@@ -228,15 +228,15 @@ def test_sigterm_stops_cleanly_with_no_orphan_processes(cli):
 
 @needs_wheel
 def test_exported_repository_is_loaded_by_the_real_server(tmp_path):
-    """export.triton_server: the Python-backend variant is served end to end; the ONNX Runtime variant's
+    """export.triton_model_repository: the Python-backend variant is served end to end; the ONNX Runtime variant's
     config is accepted, and the model stops at the missing backend (the CPU wheel ships the Python one only)."""
     from nfkd.serving.triton_binary import TritonServer
 
     _, folder = student()
     repo = tmp_path / "repo"
-    assert triton_server_main([str(folder), "-o", str(repo), "--platform", "python", "--cpu", "--threads", "1",
+    assert repository_main([str(folder), "-o", str(repo), "--platform", "python", "--cpu", "--threads", "1",
                                "--max-batch", "128"]) == 0
-    assert triton_server_main([str(folder), "-o", str(repo), "--platform", "onnx", "--cpu", "--name", "ort"]) == 0
+    assert repository_main([str(folder), "-o", str(repo), "--platform", "onnx", "--cpu", "--name", "ort"]) == 0
     broken = repo / "broken_density"  # the same config with one typo: the server's own parser must refuse it
     shutil.copytree(repo / "ort_density", broken)
     text = (broken / "config.pbtxt").read_text().replace('name: "ort_density"', 'name: "broken_density"')

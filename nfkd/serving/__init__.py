@@ -17,7 +17,7 @@ Modules, one job each:
 - ``runner``: uvicorn with read deadlines (slow-loris), a background-thread server for tests;
 - ``jsonlog``: JSON-lines logging; ``bench``: loopback throughput benchmark.
 
-The command line is ``nfkd.serve`` (``python -m nfkd serve``). See docs/serving.md.
+The command line is ``nfkd.cli.serve`` (``python -m nfkd serve``). See docs/serving.md.
 
 Imports are lazy: ``nfkd.serving.backends`` needs neither FastAPI nor uvicorn. Exports and their
 cache live in ``export/`` (``export.cache``), reached only through ``nfkd.inference``.

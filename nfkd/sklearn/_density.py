@@ -15,7 +15,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..cli_checks import SEED_MAX
+from ..cli.checks import SEED_MAX
 from ..errors import InputError
 from ..inference import draw_noise
 from ..train import TrainConfig

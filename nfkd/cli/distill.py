@@ -18,13 +18,11 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load, load_checkpoint
-from .cli_checks import check_cli_run, check_distill_flags, check_teacher
-from .cli_train import _common, _maybe_init_distributed, _overrides, _train_config, check_student_arch
-from .defaults import DATA_FREE, DEFAULTS, Default, recommend
-from .distill import KD_SCALES, METHODS, KDConfig, default_weights
-from .distill.datafree import default_sample_counts, student_like_teacher, teacher_sample_data
-from .distill.recipe import (
+from ..checkpoint import load, load_checkpoint
+from ..defaults import DATA_FREE, DEFAULTS, Default, recommend
+from ..distill import KD_SCALES, METHODS, KDConfig, default_weights
+from ..distill.datafree import default_sample_counts, student_like_teacher, teacher_sample_data
+from ..distill.recipe import (
     SMALL_DATA_ROWS,
     TEACHER_POOL,
     check_share,
@@ -32,12 +30,14 @@ from .distill.recipe import (
     share_config,
     teacher_sized_config,
 )
-from .distill.variants import get_variant
-from .errors import InputError
-from .flows import Flow
-from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
-from .presets import resolve
-from .train import train_flow
+from ..distill.variants import get_variant
+from ..errors import InputError
+from ..flows import Flow
+from ..pipeline import data_metadata, evaluate, flow_for, get_data, train_data
+from ..presets import resolve
+from ..train import train_flow
+from .checks import check_cli_run, check_distill_flags, check_teacher
+from .train import _common, _maybe_init_distributed, _overrides, _train_config, check_student_arch
 
 __all__ = ["main_distill", "main_convert", "teacher_sized_config", "default_recipe"]
 

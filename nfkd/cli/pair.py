@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["build_parser", "bundle_pair", "main"]
 
@@ -58,12 +58,12 @@ def bundle_pair(density: str | Path, sampler: str | Path, out: str | Path, refer
     ``reference``: the checkpoint that scores the samples (default: the density model); ``data``: a
     loaded table whose test split the energy distance is measured against. Returns (folder, record).
     """
-    from .checkpoint import load_checkpoint
-    from .inference.bundle import write_bundle
-    from .inference.pair import check_compatible
-    from .inference.runner import ModelMeta
-    from .inference.sources import ModelSource
-    from .metrics.faithfulness import DEFAULT_N, DEFAULT_SEED, faithfulness
+    from ..checkpoint import load_checkpoint
+    from ..inference.bundle import write_bundle
+    from ..inference.pair import check_compatible
+    from ..inference.runner import ModelMeta
+    from ..inference.sources import ModelSource
+    from ..metrics.faithfulness import DEFAULT_N, DEFAULT_SEED, faithfulness
 
     n = DEFAULT_N if n is None else n
     seed = DEFAULT_SEED if seed is None else seed
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     data = None
     if args.data:
-        from .data.splits import TabularSplits
-        from .pipeline import get_data
+        from ..data.splits import TabularSplits
+        from ..pipeline import get_data
 
         data = get_data(args.data, args.data_root)
         if not isinstance(data, TabularSplits):

@@ -1,4 +1,4 @@
-"""export.triton_server: the Triton model repository matches the export's manifest AND the ONNX graphs.
+"""export.triton_model_repository: the Triton model repository matches the export's manifest AND the ONNX graphs.
 
 config.pbtxt is parsed with the module's small protobuf-text parser (the Triton ModelConfig proto is
 not installed here); the parser itself is checked on hand-written Triton-style text. Names, dtypes
@@ -17,9 +17,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export import triton_server
+from export import triton_model_repository
 from export.manifest import Manifest, sha256_bytes, sha256_file
-from export.triton_server import main, parse_pbtxt, to_pbtxt, write_repository
+from export.triton_model_repository import main, parse_pbtxt, to_pbtxt, write_repository
 from nfkd.errors import ExportError, InputError
 
 from .test_serve import CACHE, DIM, student
@@ -161,11 +161,11 @@ def test_module_cross_check_agrees(repo):
     _, out, res = repo
     for name in res["models"].values():
         cfg = _config(out / name)
-        assert triton_server.check_config_against_onnx(cfg, triton_server.onnx_io(out / name / "1" / "model.onnx")) == []
+        assert triton_model_repository.check_config_against_onnx(cfg, triton_model_repository.onnx_io(out / name / "1" / "model.onnx")) == []
         bad = json.loads(json.dumps(cfg))
         bad["input"][0]["dims"] = [DIM + 1]
         bad["output"][0]["data_type"] = "TYPE_FP16"
-        problems = triton_server.check_config_against_onnx(bad, triton_server.onnx_io(out / name / "1" / "model.onnx"))
+        problems = triton_model_repository.check_config_against_onnx(bad, triton_model_repository.onnx_io(out / name / "1" / "model.onnx"))
         assert len(problems) == 2
 
 
@@ -256,11 +256,11 @@ def test_multi_level_image_manifest():
                        "outputs": [{"name": "x", "shape": ["B", 3, 8, 8], "dtype": "float32"}]},
         },
     })
-    d = parse_pbtxt(to_pbtxt(triton_server.density_config(m, "g_density", "onnxruntime_onnx", 512, [512], 100,
+    d = parse_pbtxt(to_pbtxt(triton_model_repository.density_config(m, "g_density", "onnxruntime_onnx", 512, [512], 100,
                                                         "KIND_GPU", 1)))
     assert d["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [3, 8, 8]}]
     assert d["output"][1] == {"name": "latent", "data_type": "TYPE_FP32", "dims": [192]}
-    s = parse_pbtxt(to_pbtxt(triton_server.sample_config(m, "g_sample", "onnxruntime_onnx", "KIND_GPU", 1)))
+    s = parse_pbtxt(to_pbtxt(triton_model_repository.sample_config(m, "g_sample", "onnxruntime_onnx", "KIND_GPU", 1)))
     assert [e["dims"] for e in s["input"]] == [[-1, 6, 4, 4], [-1, 12, 2, 2], [1]]
     assert s["output"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 3, 8, 8]}]
 
@@ -300,9 +300,3 @@ def test_cli(tmp_path, capsys):
     assert _config(out / "student_density")["instance_group"][0]["kind"] == "KIND_CPU"
     assert main([str(tmp_path), "-o", str(out)]) == 1  # a folder without manifest.json
     assert "no manifest.json" in capsys.readouterr().err
-
-
-def test_former_module_name_still_runs_the_same_command():
-    from export import triton_repo
-
-    assert triton_repo.main is main and triton_repo.write_repository is write_repository

@@ -29,7 +29,7 @@ import os
 import signal
 import sys
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["build_parser", "main_serve"]
 
@@ -65,7 +65,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .serving.backends import BACKENDS
+    from ..serving.backends import BACKENDS
 
     ap = argparse.ArgumentParser(prog="python -m nfkd serve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace, threads: int):
     """The backend for MODEL, or for the pair --density / --sampler."""
-    from .serving import load_backend, load_pair_backend
+    from ..serving import load_backend, load_pair_backend
 
     sides = {"density_backend": args.density_backend, "sampler_backend": args.sampler_backend}
     common = {"threads": threads, "cache_dir": args.cache_dir, "device": args.device, **sides}
@@ -149,9 +149,9 @@ def _load(args: argparse.Namespace, threads: int):
 
 def main_serve(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .serving import ServeConfig, create_app
-    from .serving.jsonlog import configure_logging
-    from .serving.runner import bind, uvicorn_config
+    from ..serving import ServeConfig, create_app
+    from ..serving.http_server import bind, uvicorn_config
+    from ..serving.jsonlog import configure_logging
 
     configure_logging(args.log_level)
     # The event loop releases the GIL at every socket call; with a CPU-bound thread (a large body's
@@ -161,8 +161,8 @@ def main_serve(argv: list[str] | None = None) -> int:
     # Leave one core to the event loop (HTTP parsing, JSON): ONNX Runtime's intra-op threads spin while waiting.
     threads = args.threads or max(1, (os.cpu_count() or 2) - 1)
     if args.engine == "triton":
-        from .inference.bundle import is_pair_bundle
-        from .serving.triton_engine import serve_triton
+        from ..inference.bundle import is_pair_bundle
+        from ..serving.triton_engine import serve_triton
 
         if args.model is None or is_pair_bundle(args.model):
             raise InputError("--engine triton serves one model (a checkpoint or an export folder); serve a density + "

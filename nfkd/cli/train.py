@@ -8,11 +8,11 @@ import sys
 
 import torch
 
-from .cli_checks import check_cli_run
-from .errors import InputError
-from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
-from .presets import PRESETS, resolve
-from .train import TrainConfig, train_flow
+from ..errors import InputError
+from ..pipeline import data_metadata, evaluate, flow_for, get_data, train_data
+from ..presets import PRESETS, resolve
+from ..train import TrainConfig, train_flow
+from .checks import check_cli_run
 
 __all__ = ["IAF_METHODS", "check_student_arch", "main_train", "main_distill"]
 
@@ -113,7 +113,7 @@ def main_train(argv: list[str]) -> int:
 
 
 def main_distill(argv: list[str]) -> int:
-    """Kept for old imports: ``distill`` lives in ``nfkd.cli_distill``."""
-    from .cli_distill import main_distill as run
+    """Kept for old imports: ``distill`` lives in ``nfkd.cli.distill``."""
+    from .distill import main_distill as run
 
     return run(argv)

@@ -1,7 +1,7 @@
 """A Triton Inference Server model repository from a checkpoint or an export folder.
 
-    python -m export.triton_server student.pt -o model_repository/            # exports first (parity-gated, cached)
-    python -m export.triton_server student-export/ -o model_repository/ --cpu
+    python -m export.triton_model_repository student.pt -o model_repository/            # exports first (parity-gated, cached)
+    python -m export.triton_model_repository student-export/ -o model_repository/ --cpu
     tritonserver --model-repository=model_repository/
 
 writes two models (``<name>`` defaults to the checkpoint's stem)::
@@ -421,7 +421,7 @@ def _write_models(out_dir: Path, export_dir: Path, manifest: Manifest, names: di
     """Each model folder staged and installed whole; other models in ``out_dir`` are left alone."""
     out_dir.mkdir(parents=True, exist_ok=True)
     header = (
-        f"# Written by `python -m export.triton_server` (nfkd) from {export_dir.resolve()}\n"
+        f"# Written by `python -m export.triton_model_repository` (nfkd) from {export_dir.resolve()}\n"
         f"# checkpoint {manifest.source.get('checkpoint')} sha256 {manifest.source.get('sha256')}; "
         f"arch {manifest.arch}; event shape {manifest.event_shape}\n"
     )
@@ -468,7 +468,7 @@ def _write_python(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m export.triton_server",
+        prog="python -m export.triton_model_repository",
         description="Write a Triton Inference Server model repository (<name>_density, <name>_sample) "
                     "from an nfkd checkpoint or export folder.",
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["check_train_config", "check_seed", "check_device", "check_out_dir", "check_cli_run",
     "check_teacher", "check_distill_flags", "OVERRIDE_MAX"]

@@ -12,8 +12,8 @@ import json
 
 import torch
 
-from .checkpoint import load_checkpoint
-from .pipeline import evaluate, get_data
+from ..checkpoint import load_checkpoint
+from ..pipeline import evaluate, get_data
 
 __all__ = ["main"]
 
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
         parser.error("--data is required: the checkpoint does not name its dataset")
     wants_images = args.fid is not None or args.interpolation or args.temperature is not None or args.alphas is not None
     if wants_images:
-        from .data.registry import dataset_info
+        from ..data.registry import dataset_info
 
         if dataset_info(name).kind != "image":
             parser.error(f"--fid/--temperature/--interpolation need image data; {name!r} is a tabular dataset")
@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
     result = evaluate(ckpt.flow, data, args.split, device=args.device)
     result["checkpoint_sha256"] = ckpt.sha256
     if wants_images:
-        from .metrics import DEFAULT_ALPHAS, image_metrics
+        from ..metrics import DEFAULT_ALPHAS, image_metrics
 
         result.update(image_metrics(
             ckpt.flow, data, args.fid, args.temperature or [1.0], args.interpolation, args.device, args.inception,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .checkpoint import describe, load_checkpoint
+from ..checkpoint import describe, load_checkpoint
 
 __all__ = ["main"]
 
@@ -18,13 +18,13 @@ def main(argv: list[str]) -> int:
                              "and the backend order of backend='auto' per device and arch (nfkd.defaults)")
     args = parser.parse_args(argv)
     if args.defaults:
-        from .defaults import describe_defaults
+        from ..defaults import describe_defaults
 
         print(describe_defaults())
         if args.model is None and not args.presets:
             return 0
     if args.presets:
-        from .presets import parameter_table
+        from ..presets import parameter_table
 
         print("effective parameters (LU strict triangles only, as the paper counts) and, in brackets, stored")
         print(parameter_table())
