@@ -16,6 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nfkd.progress import enabled as progress_enabled
+from nfkd.progress import phase
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -41,12 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     js = out / f"{name}.json"
     cmd = [
         sys.executable, "-m", "pytest", str(HERE), "--bench-full" if a.full else "--bench-quick",
-        f"--bench-threads={a.threads}", f"--benchmark-json={js}", "-p", "no:cacheprovider", "-q",
+        f"--bench-threads={a.threads}", f"--benchmark-json={js}", "-p", "no:cacheprovider",
+        "-v" if progress_enabled() else "-q",  # on a terminal: one line per benchmark as it starts
         "--benchmark-columns=min,median,mean,stddev,rounds,iterations", *extra,
     ]
     print("+", " ".join(cmd), flush=True)
-    rc = subprocess.call(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
+    with phase(f"bench.run: the {name} benchmarks"):
+        rc = subprocess.call(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
     if not js.exists():
         print(f"bench.run: pytest wrote no {js} (exit {rc})", file=sys.stderr)
         return rc or 1

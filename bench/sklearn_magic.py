@@ -36,6 +36,7 @@ from nfkd.data import load_magic
 from nfkd.data.embedded import MAGIC_FILE
 from nfkd.data.registry import default_data_root
 from nfkd.data.splits import maf_split_sizes, seeded_permutation, tail_split
+from nfkd.progress import phase
 from nfkd.sklearn import FlowDensity, FlowOutlierDetector
 
 SEED = 0
@@ -115,43 +116,59 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     data = magic_with_labels(Path(args.data_root) if args.data_root else default_data_root())
     X, Xt = data["fit"], data["test"]
-    cv = KFold(3, shuffle=True, random_state=SEED)
-    rows, auc = [], []
     print(f"MAGIC: {len(X)} fitting rows, {len(Xt)} test rows, {X.shape[1]} features", flush=True)
+    rows, best = likelihood_rows(args, X, Xt)
+    paired(rows)
+    auc: list[dict] = []
+    if not args.no_anomaly:
+        gam = X[~data["fit_hadron"]]  # gammas are the normal class, hadrons the anomalies
+        auc = flow_auc_rows(args, gam, Xt, data["test_hadron"].astype(int))
+        if not args.flows_only:
+            auc += sklearn_auc_rows(gam, Xt, data["test_hadron"].astype(int), best)
+    return finish(args, len(X), len(Xt), rows, auc)
 
-    # --- 1. held-out log-likelihood ------------------------------------------------------------
+
+def _show(row: dict) -> None:
+    print({k: v for k, v in row.items() if k != "scores"}, flush=True)
+
+
+def likelihood_rows(args: argparse.Namespace, X: np.ndarray, Xt: np.ndarray) -> tuple[list[dict], dict]:
+    """1. Held-out log-likelihood rows (teachers, their students, tuned GMM / KDE) and the GMM / KDE grid picks."""
+    rows, best = [], {}
     for arch in ("glow1d", "maf"):
         t0 = time.perf_counter()
-        teacher = FlowDensity(arch=arch, steps=args.steps, random_state=SEED).fit(X)
+        with phase(f"sklearn_magic: fitting the {arch} teacher ({args.steps} steps at most)"):
+            teacher = FlowDensity(arch=arch, steps=args.steps, random_state=SEED).fit(X)
         rows.append(ll_row(f"FlowDensity {arch} teacher", teacher.score_samples(Xt), time.perf_counter() - t0,
                            params=teacher.flow_.num_parameters(), steps=teacher.n_iter_,
                            best_step=teacher.best_iteration_))
-        print({k: v for k, v in rows[-1].items() if k != "scores"}, flush=True)
+        _show(rows[-1])
         t0 = time.perf_counter()
-        student = teacher.distill(X)
+        with phase(f"sklearn_magic: distilling the {arch} student"):
+            student = teacher.distill(X)
         rows.append(ll_row(f"FlowDensity {arch} student ({student.distilled_from_['method']})",
                            student.score_samples(Xt), time.perf_counter() - t0,
                            params=student.flow_.num_parameters(), steps=student.n_iter_,
                            best_step=student.best_iteration_))
-        print({k: v for k, v in rows[-1].items() if k != "scores"}, flush=True)
-    best = {}
+        _show(rows[-1])
+    cv = KFold(3, shuffle=True, random_state=SEED)
     for kind, label in () if args.flows_only else (("gmm", "GaussianMixture"), ("kde", "KernelDensity")):
-        gs, secs = tuned(kind, X, cv)
+        with phase(f"sklearn_magic: GridSearchCV over {label}"):
+            gs, secs = tuned(kind, X, cv)
         best[kind] = gs.best_params_
         rows.append(ll_row(f"{label} (GridSearchCV: {gs.best_params_})", raw_units_scores(gs.best_estimator_, Xt),
                            secs))
-        print({k: v for k, v in rows[-1].items() if k != "scores"}, flush=True)
+        _show(rows[-1])
+    return rows, best
 
-    paired(rows)
 
-    # --- 2. anomaly detection: gammas normal, hadrons anomalous -------------------------------
-    gam = X[~data["fit_hadron"]]
-    y = data["test_hadron"].astype(int)
-    if args.no_anomaly:
-        return finish(args, len(X), len(Xt), rows, auc)
+def flow_auc_rows(args: argparse.Namespace, gam: np.ndarray, Xt: np.ndarray, y: np.ndarray) -> list[dict]:
+    """2. ROC-AUC of FlowOutlierDetector teachers and students fitted on gammas (hadrons = 1 in ``y``)."""
+    auc = []
     for arch in () if args.flows_only else ("glow1d", "maf"):
         t0 = time.perf_counter()
-        det = FlowOutlierDetector(arch=arch, steps=args.steps, random_state=SEED).fit(gam)
+        with phase(f"sklearn_magic: fitting the {arch} outlier detector"):
+            det = FlowOutlierDetector(arch=arch, steps=args.steps, random_state=SEED).fit(gam)
         s = det.score_samples(Xt)
         flagged = det.predict(Xt) == -1
         auc.append({"model": f"FlowOutlierDetector {arch} teacher", "roc_auc": float(roc_auc_score(y, -s)),
@@ -159,17 +176,21 @@ def run(args: argparse.Namespace) -> int:
                     "seconds": round(time.perf_counter() - t0, 1)})
         print(auc[-1], flush=True)
         t0 = time.perf_counter()
-        stu = det.distill(gam)
+        with phase(f"sklearn_magic: distilling the {arch} outlier detector"):
+            stu = det.distill(gam)
         s = stu.score_samples(Xt)
         auc.append({"model": f"FlowOutlierDetector {arch} student ({stu.distilled_from_['method']})",
                     "roc_auc": float(roc_auc_score(y, -s)), "seconds": round(time.perf_counter() - t0, 1)})
         print(auc[-1], flush=True)
-    if args.flows_only:
-        return finish(args, len(X), len(Xt), rows, auc)
+    return auc
+
+
+def sklearn_auc_rows(gam: np.ndarray, Xt: np.ndarray, y: np.ndarray, best: dict) -> list[dict]:
+    """2. ROC-AUC of IsolationForest and of the tuned GMM / KDE refitted on gammas."""
     t0 = time.perf_counter()
     iso = IsolationForest(n_estimators=300, random_state=SEED).fit(gam)
-    auc.append({"model": "IsolationForest (300 trees)", "roc_auc": float(roc_auc_score(y, -iso.score_samples(Xt))),
-                "seconds": round(time.perf_counter() - t0, 1)})
+    auc = [{"model": "IsolationForest (300 trees)", "roc_auc": float(roc_auc_score(y, -iso.score_samples(Xt))),
+            "seconds": round(time.perf_counter() - t0, 1)}]
     print(auc[-1], flush=True)
     for kind, est in (("gmm", GaussianMixture(covariance_type="full", random_state=SEED)), ("kde", KernelDensity())):
         t0 = time.perf_counter()
@@ -178,8 +199,7 @@ def run(args: argparse.Namespace) -> int:
                     "roc_auc": float(roc_auc_score(y, -raw_units_scores(pipe, Xt))),
                     "seconds": round(time.perf_counter() - t0, 1)})
         print(auc[-1], flush=True)
-
-    return finish(args, len(X), len(Xt), rows, auc)
+    return auc
 
 
 def finish(args: argparse.Namespace, n_fit: int, n_test: int, rows: list[dict], auc: list[dict]) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nfkd.errors import ExportError, InputError
+from nfkd.progress import note, phase
 
 from .manifest import MANIFEST_NAME, reusable_export, sha256_file
 
@@ -73,9 +74,10 @@ def _reuse(folder: Path, checkpoint: Path, sha: str, engines: bool) -> dict[str,
     if reusable_export(folder, sha, engines) is None:
         return None
     try:
-        checks = {"onnxruntime": verify_export(folder, checkpoint, "onnxruntime", "cpu")}
-        if engines:
-            checks["tensorrt"] = verify_export(folder, checkpoint, "tensorrt")
+        with phase(f"export cache: parity re-check of {folder}"):
+            checks = {"onnxruntime": verify_export(folder, checkpoint, "onnxruntime", "cpu")}
+            if engines:
+                checks["tensorrt"] = verify_export(folder, checkpoint, "tensorrt")
     except ExportError as exc:
         log.warning("cached export failed the parity re-check against the checkpoint; rebuilding it",
                     extra={"folder": str(folder), "reason": str(exc)})
@@ -106,6 +108,7 @@ def ensure_verified_export(checkpoint: str | os.PathLike, cache_dir: str | os.Pa
     from .onnx import export_onnx
 
     log.info("exporting to ONNX (parity-gated)", extra={"checkpoint": str(checkpoint), "folder": str(folder)})
+    note(f"export cache: no valid export of {checkpoint.name} yet; exporting to {folder}")
     export_onnx(checkpoint, folder)
     if engines:
         from .trt import build_engines

@@ -1,8 +1,18 @@
-"""One permission mode for everything an export writes: what a plain ``open`` would give under the umask.
+"""One permission mode for every file nfkd writes: what a plain ``open`` / ``mkdir`` gives under the umask.
 
-Files written atomically go through ``tempfile.mkstemp`` (mode 0600) and staging folders through
-``mkdtemp`` (0700), so ``manifest.json`` and the export folder came out owner-only while the
-graphs beside them (written with ``open``) were readable by the group and others (issue 27).
+The rule: files 0666 and folders 0777, less the process umask (0644 / 0755 under the usual 022;
+0600 / 0700 under a private 077). Why this one: most of what we write (the ONNX graphs, pair.json,
+metrics.jsonl, plots) goes through ``open`` and already gets it, and the umask is the user's own
+policy for sharing; a file that is owner-only while the graphs beside it are not protects nothing
+(they hold the same weights) but breaks a server running as another user of the group.
+
+The exceptions were the atomic writes: ``tempfile.mkstemp`` makes 0600 files and ``mkdtemp`` 0700
+folders, so ``manifest.json``, the export folder, checkpoints (``model.pt``, ``train_state.pt``),
+TensorRT engines and their timing cache, the export cache's saved flows, the FID statistics cache
+and pair bundle folders came out owner-only (issue 27). Each now takes this mode:
+``nfkd.checkpoint.atomic_write_bytes`` (checkpoints, engines, caches), ``Manifest.save``,
+``export.artifacts.staged_folder``, ``nfkd.inference.bundle.write_bundle`` and
+``nfkd.metrics.fid.FeatureStats.save``. tests/test_file_modes.py stats every file they write.
 """
 from __future__ import annotations
 

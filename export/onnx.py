@@ -47,6 +47,7 @@ from nfkd.flows import Flow
 from nfkd.flows.base import LOG_2PI
 from nfkd.flows.layers import MADE
 from nfkd.fold import fold
+from nfkd.progress import phase
 
 from . import parity
 from .artifacts import staged_folder
@@ -370,14 +371,16 @@ def export_onnx(
         parity_batches = sorted({min(b, max_batch) for b in parity.DEFAULT_BATCHES})
     if any(b < 1 or b > max_batch for b in parity_batches):
         raise ExportError(f"parity batches {list(parity_batches)} must lie in [1, max_batch={max_batch}]")
-    models, mode, notes = build_graphs(flow, fp16=fp16, opset=opset, maf_sampling=maf_sampling, max_batch=max_batch)
+    with phase(f"export: tracing the {flow.arch} density and sampling graphs"):
+        models, mode, notes = build_graphs(flow, fp16=fp16, opset=opset, maf_sampling=maf_sampling, max_batch=max_batch)
     files = {"density": DENSITY_FILE, "sample": SAMPLE_FILE}
     with staged_folder(Path(out_dir), stale=STALE_ON_REEXPORT) as tmp:
         blobs: dict[str, bytes] = {}
         for name, model in models.items():
             _save_graph(model, tmp / files[name])
             blobs[name] = (tmp / files[name]).read_bytes()  # the exact bytes that are gated and hashed
-        res = _gate(flow, blobs, fp16, parity_batches)
+        with phase(f"export: parity gate in ONNX Runtime at batches {list(parity_batches)}"):
+            res = _gate(flow, blobs, fp16, parity_batches)
         if notes:
             res["notes"] = notes
         manifest = Manifest(

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from nfkd.errors import ExportError, NfkdError
+from nfkd.progress import phase
 
 __all__ = ["TensorRTUnavailable", "require_tensorrt", "build_engine", "TrtEngine", "build_engines", "main"]
 
@@ -120,7 +121,8 @@ def build_engine(
         data = timing_cache.read_bytes() if timing_cache.exists() else b""
         cache = config.create_timing_cache(data)
         config.set_timing_cache(cache, ignore_mismatch=False)
-    plan = builder.build_serialized_network(network, config)
+    with phase(f"tensorrt: building the {what} engine (minutes on a first build)"):
+        plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ExportError(f"TensorRT failed to build an engine for the {what} graph (see the TensorRT log above)")
     if timing_cache is not None:

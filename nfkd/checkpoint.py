@@ -62,11 +62,14 @@ def _no_room(exc: BaseException, path: Path) -> StorageError | None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
+    from export.file_modes import plain_mode
+
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, plain_mode())  # mkstemp's 0600 -> what open() gives under the umask, like every file we write
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

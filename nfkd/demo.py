@@ -158,6 +158,7 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
         log(f"  numba engine skipped: {exc}")
 
     x = np.ascontiguousarray(np.resize(data.test, (4096, data.dim)).astype(np.float32))
+    log(f"  throughput of {len(runners)} runners at batch 4096 ({', '.join(runners)})")
     tp = measure_throughput(runners, x)
     teacher_rate = tp["teacher (eager)"]["rows_per_s"]
     for v in tp.values():

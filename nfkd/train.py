@@ -331,10 +331,9 @@ class Trainer:
     def _progress_bar(self):
         if not (self.cfg.progress and self.rank == 0):
             return None
-        from tqdm.auto import tqdm
+        from .progress import bar  # off when stderr is not a TTY (or NFKD_PROGRESS=0)
 
-        return tqdm(total=self.cfg.steps, initial=self.step, desc=self.kd.method if self.teacher else "train",
-                    dynamic_ncols=True, leave=False, disable=None)  # None: off when not a TTY
+        return bar(total=self.cfg.steps, initial=self.step, desc=self.kd.method if self.teacher else "train")
 
     def _train_step(self, model: torch.nn.Module) -> dict[str, Any] | None:
         """One optimizer step; None (and no update) when the loss or the gradient is not finite."""

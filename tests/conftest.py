@@ -11,10 +11,43 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Progress bars and phase lines (nfkd.progress) stay off in tests even under `pytest -s`;
+# tests/test_progress.py turns them on where it checks them. NFKD_PROGRESS=1 in the shell wins.
+os.environ.setdefault("NFKD_PROGRESS", "0")
+
 # Keep CI on 2 cores predictable.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+# --- two tiers: the quick developer loop and CI ------------------------------------------------------
+# `python -m pytest -q` deselects tests marked `slow` (end-to-end runs: the demo, fresh-process CLI
+# round trips, real servers, exports of every architecture) so the loop stays a few minutes;
+# `--slow` runs both tiers, as .ci/run and README's test command do. Tests named by node id
+# (`pytest tests/test_demo.py::test_x`) run whatever their tier.
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="also run the tests marked slow (CI runs both tiers; the default is the quick loop)")
+
+
+def _runs_slow(config: pytest.Config) -> bool:
+    return config.getoption("--slow") or any("::" in str(a) for a in config.args)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return "tiers: quick + slow" if _runs_slow(config) else "tiers: quick only (tests marked slow deselected; --slow runs them)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _runs_slow(config):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..flows import Flow, Glow, build_flow
+from ..progress import phase
 from ..train import TrainData
 from .objective import finite_rows
 
@@ -88,8 +89,9 @@ def teacher_sample_data(teacher: Flow, n_train: int, n_val: int, seed: int = 0, 
     was = teacher.training
     teacher.eval()
     gen = torch.Generator().manual_seed(seed)
-    train, d1 = _draw(teacher, n_train, gen, temperature, chunk)
-    val, d2 = _draw(teacher, n_val, gen, temperature, chunk)
+    with phase(f"data-free: drawing {n_train:,} + {n_val:,} teacher samples"):
+        train, d1 = _draw(teacher, n_train, gen, temperature, chunk)
+        val, d2 = _draw(teacher, n_val, gen, temperature, chunk)
     teacher.train(was)
     n_levels = None
     if isinstance(teacher, Glow):

@@ -33,6 +33,7 @@ from ..errors import InputError
 from ..flows import Flow, Glow
 from ..flows.base import standard_normal_logpdf
 from ..flows.layers import BatchNormFlow
+from ..progress import phase
 from .align import Aligner, rotate_channels
 from .pairing import canonical_latents, canonical_taps, flow_noise, pair_taps
 
@@ -310,7 +311,8 @@ class StudentObjective(nn.Module):
         teacher = self.teacher
         if self.kd.teacher_pool > 0:
             if self._pool is None:
-                self._pool = self._fill_pool(self.kd.teacher_pool, like)
+                with phase(f"distill: drawing a pool of {self.kd.teacher_pool:,} teacher samples"):
+                    self._pool = self._fill_pool(self.kd.teacher_pool, like)
             idx = torch.randint(0, len(self._pool), (n,), generator=self._pool_gen)
             return self._pool[idx.to(self._pool.device)]
         if noise is None:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..flows import Flow
+from ..progress import phase
 from .objective import KDConfig, sample_distance
 
 __all__ = ["PARALLEL_METHODS", "PARALLEL_WEIGHTS", "ParallelObjective", "build_objective", "default_weights",
@@ -112,7 +113,8 @@ class ParallelObjective(nn.Module):
         if self.kd.teacher_pool <= 0:
             return sample_distance(self.teacher, self.student, [z * self.kd.temperature for z in noise], self.kd)
         if self._pool is None:
-            self._pool = self._fill_pool(self.kd.teacher_pool, noise[0])
+            with phase(f"distill: drawing a pool of {self.kd.teacher_pool:,} teacher samples"):
+                self._pool = self._fill_pool(self.kd.teacher_pool, noise[0])
         pool_noise, pool_x = self._pool
         idx = torch.randint(0, len(pool_x), (n,), generator=self._pool_gen).to(pool_x.device)
         return sample_distance(self.teacher, self.student, [pool_noise[idx]], self.kd, teacher_x=pool_x[idx])

@@ -120,9 +120,12 @@ def write_bundle(out_dir: str | os.PathLike, density: str | os.PathLike, sampler
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_pair_bundle(out))):
         raise InputError(f"{out} exists and is not an empty folder or a pair bundle; choose another -o")
+    from export.file_modes import set_plain_mode
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        set_plain_mode(tmp)  # mkdtemp's 0700 -> what mkdir gives under the umask (export.file_modes)
         files = {}
         for role, src, sha in (("density", density, density_sha256), ("sampler", sampler, sampler_sha256)):
             dst = tmp / FILE_NAMES[role]

@@ -62,6 +62,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError, NfkdError
+from ..progress import bar
 
 __all__ = [
     "DEFAULT_INCEPTION_SHA256", "FID_EXTRA", "INCEPTION_SIZE", "FeatureStats", "InceptionFeatures",
@@ -246,19 +247,10 @@ class InceptionFeatures:
     def __call__(self, images: Tensor | np.ndarray, n_levels: int = 256, desc: str = "inception") -> np.ndarray:
         x = levels_to_uint8(images, n_levels)
         out = []
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(x), desc=desc, unit="img", leave=False)
-        try:
+        with bar(total=len(x), desc=desc, unit="img", enable=self.progress) as shown:  # on a terminal only
             for i in range(0, len(x), self.batch_size):
                 out.append(self._features(x[i : i + self.batch_size]))
-                if bar is not None:
-                    bar.update(min(self.batch_size, len(x) - i))
-        finally:
-            if bar is not None:
-                bar.close()
+                shown.update(min(self.batch_size, len(x) - i))
         feats = np.concatenate(out)
         if not np.isfinite(feats).all():
             raise InputError(f"{self.path}: Inception features contain NaN or Inf")
@@ -288,8 +280,11 @@ class FeatureStats:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"mu": self.mu, "sigma": self.sigma, "n": np.int64(self.n)}
         arrays.update({f"meta_{k}": np.str_(str(v)) for k, v in meta.items()})
+        from export.file_modes import plain_mode
+
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, plain_mode())  # mkstemp's 0600 -> the mode open() gives (export.file_modes)
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
             os.replace(tmp, path)

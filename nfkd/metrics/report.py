@@ -9,6 +9,7 @@ import torch
 from ..data.images import ImageSplits
 from ..errors import InputError
 from ..flows import Flow
+from ..progress import phase
 from .fid import DEFAULT_PREPROCESSING, FeatureStats, InceptionFeatures, fid_from_stats, reference_stats
 from .sampling import DEFAULT_ALPHAS, interpolation_images, sample_images
 
@@ -51,17 +52,7 @@ def image_metrics(
 
     (``interpolation_fid`` only with ``interpolation=True``).
     """
-    if not isinstance(data, ImageSplits):
-        name = getattr(data, "name", type(data).__name__)
-        raise InputError(f"FID and interpolation need image data; dataset {name!r} is tabular")
-    if len(flow.event_shape) != 3:
-        raise InputError(f"FID needs an image flow; {flow.arch} models vectors of shape {flow.event_shape}")
-    if tuple(flow.event_shape) != tuple(data.shape):
-        raise InputError(f"the flow models images {tuple(flow.event_shape)}, but {data.name} has {tuple(data.shape)}")
-    if int(fid_n) < 2:
-        raise InputError(f"FID needs at least 2 samples, got {fid_n}")
-    if split not in ("train", "val", "test"):
-        raise InputError(f"split must be train, val or test, got {split!r}")
+    _check_inputs(flow, data, fid_n, split)
     part = getattr(data, split)
     n_levels = int(part.n_levels)
     flow = flow.to(device).eval()
@@ -75,17 +66,41 @@ def image_metrics(
         "inception": ext.describe(),
     }
     for t in temperatures:
-        g = torch.Generator().manual_seed(seed)  # the same unit noise at every temperature
-        images, bad = sample_images(flow, int(fid_n), float(t), n_levels, generator=g, return_nonfinite=True)
-        stats = FeatureStats.from_features(ext(images, n_levels, desc=f"inception T={float(t):g}"))
-        out["fid"][_temperature_key(t)] = {**fid_from_stats(stats, ref), "nonfinite": bad}
+        out["fid"][_temperature_key(t)] = _temperature_fid(flow, ext, ref, int(fid_n), float(t), n_levels, seed)
     if interpolation:
-        g = torch.Generator().manual_seed(seed + 1)
-        images, info = interpolation_images(
-            flow, part.images, int(fid_n), n_levels, alphas, generator=g, return_info=True
-        )
-        stats = FeatureStats.from_features(ext(images, n_levels, desc="inception interpolation"))
-        out["interpolation_fid"] = {
-            **fid_from_stats(stats, ref), **info, "split": split, "formula": INTERPOLATION_FORMULA,
-        }
+        out["interpolation_fid"] = _interpolation_fid(flow, ext, ref, part.images, int(fid_n), n_levels, alphas,
+                                                      seed, split)
     return out
+
+
+def _check_inputs(flow: Flow, data: Any, fid_n: int, split: str) -> None:
+    """One clear error for tabular data, a vector flow, mismatched shapes, too few samples or a bad split."""
+    if not isinstance(data, ImageSplits):
+        name = getattr(data, "name", type(data).__name__)
+        raise InputError(f"FID and interpolation need image data; dataset {name!r} is tabular")
+    if len(flow.event_shape) != 3:
+        raise InputError(f"FID needs an image flow; {flow.arch} models vectors of shape {flow.event_shape}")
+    if tuple(flow.event_shape) != tuple(data.shape):
+        raise InputError(f"the flow models images {tuple(flow.event_shape)}, but {data.name} has {tuple(data.shape)}")
+    if int(fid_n) < 2:
+        raise InputError(f"FID needs at least 2 samples, got {fid_n}")
+    if split not in ("train", "val", "test"):
+        raise InputError(f"split must be train, val or test, got {split!r}")
+
+
+def _temperature_fid(flow: Flow, ext: InceptionFeatures, ref: FeatureStats, n: int, t: float, n_levels: int,
+                     seed: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)  # the same unit noise at every temperature
+    with phase(f"fid: sampling {n} images at T={t:g}"):
+        images, bad = sample_images(flow, n, t, n_levels, generator=g, return_nonfinite=True)
+    stats = FeatureStats.from_features(ext(images, n_levels, desc=f"inception T={t:g}"))
+    return {**fid_from_stats(stats, ref), "nonfinite": bad}
+
+
+def _interpolation_fid(flow: Flow, ext: InceptionFeatures, ref: FeatureStats, images: Any, n: int, n_levels: int,
+                       alphas: Sequence[float], seed: int, split: str) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed + 1)
+    with phase(f"fid: decoding {n} eq.-16 interpolants"):
+        decoded, info = interpolation_images(flow, images, n, n_levels, alphas, generator=g, return_info=True)
+    stats = FeatureStats.from_features(ext(decoded, n_levels, desc="inception interpolation"))
+    return {**fid_from_stats(stats, ref), **info, "split": split, "formula": INTERPOLATION_FORMULA}

@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..flows import Flow
 from ..inference.registry import BACKENDS, status
 from ..inference.runner import draw_noise
+from ..progress import bar
 from .machine import cpu_info
 
 __all__ = ["DEFAULT_BATCHES", "OPS", "measure_tradeoff", "float64_test_ll", "agreement"]
@@ -201,7 +202,7 @@ def measure_tradeoff(models: Mapping[str, Flow | str | Path], data: Any, backend
                 rows.append(row)
         tasks = _tasks(rows, runners, test, batches, seed, max_call_s, round_s, log)
         for r in range(rounds):
-            for task in tasks:
+            for task in bar(tasks, desc=f"tradeoff: round {r + 1}/{rounds}", unit="timing"):
                 for _ in range(task["calls"]):
                     task["times"].append(_timed(task["fn"]))
             log(f"tradeoff: round {r + 1}/{rounds} done")
@@ -228,7 +229,7 @@ def _tasks(rows: list[dict[str, Any]], runners: dict, test: np.ndarray, batches:
            max_call_s: float, round_s: float, log: Callable[[str], Any]) -> list[dict[str, Any]]:
     """One timed call per (pair, op, batch), warmed up (compilation, allocation) and sized by its first timing."""
     tasks = []
-    for row in rows:
+    for row in bar(rows, desc="tradeoff: warm-up", unit="pair"):  # compilation can take seconds per pair
         runner = runners.get((row["model"], row["backend"]))
         if runner is None:
             continue
