@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -25,6 +26,7 @@ class _PoolFeatures(nn.Module):
         return F.adaptive_avg_pool2d(x, 4).flatten(1)
 
 
+@pytest.mark.slow
 def test_demo_quick_writes_full_report(tmp_path):
     out = tmp_path / "demo"
     inception = tmp_path / "pool.pt"

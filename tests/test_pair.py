@@ -294,6 +294,7 @@ def test_serve_cli_refuses_half_a_pair(files, bundle, capsys):
 # --------------------------------------------------------------------------------------------
 # ONNX export of a bundle
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_onnx_export_of_a_bundle_is_gated_and_routes(bundle, files, wine, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from export.manifest import Manifest

@@ -591,6 +591,7 @@ def test_admission_keeps_headroom_for_small_requests():
 # --------------------------------------------------------------------------------------------
 # The CLI: python -m nfkd serve, JSON logs, SIGTERM drains in-flight requests, exit 0
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_serves_and_drains_on_sigterm(runtime):
     _, folder = student()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -310,6 +310,7 @@ def test_to_onnx_matches_score_samples_in_onnxruntime(tmp_path):
     np.testing.assert_allclose(lp, est.score_samples(X), rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_readme_example_runs(tmp_path, monkeypatch):
     text = (REPO / "README.md").read_text()
     block = re.search(r"## scikit-learn estimators\n.*?```python\n(.+?)\n```", text, flags=re.S).group(1)

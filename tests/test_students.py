@@ -140,6 +140,7 @@ def test_distill_iaf_default_is_the_share_recipe(tmp_path, capsys):
     assert "--init-from" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_convert_builds_a_teacher_sized_iaf(tmp_path, capsys):
     from nfkd.__main__ import main
 
@@ -160,6 +161,7 @@ def test_convert_builds_a_teacher_sized_iaf(tmp_path, capsys):
     assert "needs a maf teacher" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_failing_method_is_a_failed_row_and_the_experiment_goes_on(tmp_path, monkeypatch):
     import nfkd.experiment as experiment
     from nfkd.train import TrainConfig
@@ -195,6 +197,7 @@ def test_warm_start_summary_restates_the_official_protocols_gain():
     assert "official protocol" in table and "| +1.100 ± 0.000 | 9 % |" in table  # 0.1 of the 1.1 is left
 
 
+@pytest.mark.slow
 def test_flowdensity_distills_a_one_pass_sampler_by_the_recipe():
     from sklearn.datasets import load_wine
 

@@ -108,6 +108,7 @@ def cli():
         proc.wait(60)
 
 
+@pytest.mark.slow
 @needs_wheel
 def test_log_prob_and_seeded_samples_equal_eager_float64(cli):
     _, info, client = cli
@@ -125,6 +126,7 @@ def test_log_prob_and_seeded_samples_equal_eager_float64(cli):
     assert output(client.post("/v2/models/student_sample/infer", json=sample_body(4)), "x").shape == (4, DIM)
 
 
+@pytest.mark.slow
 @needs_wheel
 def test_concurrent_requests_are_merged_by_the_dynamic_batcher(cli):
     _, info, client = cli
@@ -163,6 +165,7 @@ BAD = [  # (model, body, status, message fragment); the last two are Triton 2.51
 ]
 
 
+@pytest.mark.slow
 @needs_wheel
 @pytest.mark.parametrize("model, body, status, message", BAD, ids=[
     "wrong-shape", "wrong-dtype", "oversized", "nan", "beyond-float32", "missing-input", "n-too-large", "n-zero",
@@ -178,6 +181,7 @@ def test_bad_requests_get_one_clear_error_and_the_server_stays_ready(cli, model,
     assert output(client.post("/v2/models/student_density/infer", json=infer_body(x)), "log_prob").shape == (2, 1)
 
 
+@pytest.mark.slow
 @needs_wheel
 def test_nan_in_a_merged_batch_fails_only_its_own_request(cli):
     """A NaN request merged with good ones: only it fails (per-request errors inside one model call)."""
@@ -197,6 +201,7 @@ def test_nan_in_a_merged_batch_fails_only_its_own_request(cli):
     assert "rows [1]" in answers[3].json()["error"]
 
 
+@pytest.mark.slow
 @needs_wheel
 def test_model_config_has_instances_limits_and_batcher(cli):
     _, _, client = cli
@@ -209,6 +214,7 @@ def test_model_config_has_instances_limits_and_batcher(cli):
     assert client.get("/v2/models/student_sample/config").json()["max_batch_size"] == 0
 
 
+@pytest.mark.slow
 @needs_wheel
 def test_sigterm_stops_cleanly_with_no_orphan_processes(cli):
     proc, info, client = cli
@@ -226,6 +232,7 @@ def test_sigterm_stops_cleanly_with_no_orphan_processes(cli):
         httpx.get(f"{info['url']}/v2/health/live", timeout=2)
 
 
+@pytest.mark.slow
 @needs_wheel
 def test_exported_repository_is_loaded_by_the_real_server(tmp_path):
     """export.triton_model_repository: the Python-backend variant is served end to end; the ONNX Runtime variant's

@@ -189,6 +189,8 @@ def test_csv_trains_distills_and_exports_in_three_commands(tmp_path):
     run("-m", "export.onnx", "student/model.pt", "-o", "onnx")
     again = json.loads(run("-m", "nfkd", "evaluate", "teacher/model.pt").stdout)  # the file named in the metadata
     assert again["n"] == 30 and again["log_likelihood"] == pytest.approx(report["test"]["log_likelihood"], abs=1e-5)
+    assert [(f["sha256"], f["matches_training"]) for f in again["data_files"]] == [
+        (hashlib.sha256((tmp_path / "mydata.csv").read_bytes()).hexdigest(), True)]
     assert {p.name for p in (tmp_path / "onnx").iterdir()} >= {"density.onnx", "sample.onnx", "manifest.json"}
 
     from nfkd.checkpoint import load_checkpoint
