@@ -35,6 +35,7 @@ def test_table_without_no_kd_students_has_no_paired_columns():
     assert "`fkl`" in table
 
 
+@pytest.mark.slow
 def test_tiny_experiment_end_to_end(tmp_path):
     cfg = TrainConfig(steps=15, batch_size=32, eval_every=5, progress=False, warmup=2)
     res = run_experiment("wine", "glow1d", 2, tmp_path, teacher_cfg=cfg, student_cfg=cfg, methods=["none", "lkd"],
@@ -46,6 +47,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert markdown_table(res) == table
 
 
+@pytest.mark.slow
 def test_warm_start_students_continue_the_base_student(tmp_path):
     cfg = TrainConfig(steps=12, batch_size=32, eval_every=4, progress=False, warmup=2)
     res = run_experiment("wine", "glow1d", 1, tmp_path, teacher_cfg=cfg, student_cfg=cfg, methods=["none", "lkd"],

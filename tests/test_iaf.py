@@ -270,6 +270,7 @@ def test_energy_distance_matches_scipy_and_separates():
     assert abs(same) < 0.02 < energy_distance(torch.randn(400, 3, generator=g), torch.randn(400, 3, generator=g) + 0.5)
 
 
+@pytest.mark.slow
 def test_experiment_has_an_iaf_student_row_and_sample_quality(tmp_path):
     from nfkd.experiment import check_methods, markdown_table, run_experiment
     from nfkd.train import TrainConfig

@@ -142,6 +142,7 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4, msg=k)
 
 
+@pytest.mark.slow
 def test_cli_train_distill_evaluate(tmp_path):
     common = ["--data", "wine", "--steps", "20", "--batch-size", "32", "--eval-every", "10", "--no-progress",
               "--threads", "1"]
