@@ -42,6 +42,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -564,10 +565,23 @@ def report(args: argparse.Namespace, ctx: dict[str, Any], readiness_s: float, wa
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="nfkd-serve-load-"))
+    try:
+        out = measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Export (cached in ``work``), start the server, run the mix for ``--duration``, stop it, report."""
     from export.cache import ensure_export
     from export.runtime import load
 
-    work = Path(tempfile.mkdtemp(prefix="nfkd-serve-load-"))
     checkpoint = args.checkpoint or work / "student.pt"
     if args.checkpoint is None:
         make_student(checkpoint, args.dim)
@@ -590,11 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_server(proc)
     records = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.startswith("{")]
-    text = json.dumps(report(args, ctx, readiness_s, wall, stats, vm, records), indent=1)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    return 0
+    return {**report(args, ctx, readiness_s, wall, stats, vm, records), "served_backend": rec.get("backend")}
+
 
 if __name__ == "__main__":
     sys.exit(main())
