@@ -392,7 +392,7 @@ def prepare(meta: dict[str, Any], runtime, seed: int, api: Api) -> dict[str, Any
 
 def _chunked_sample(runtime, n: int, t: float, seed: int) -> np.ndarray:
     """runtime.sample(n, t, seed) for n above the runtime's max batch: the same noise, decoded in pieces."""
-    from nfkd.serving.backends import draw_noise
+    from nfkd.inference import draw_noise
 
     noise = draw_noise(runtime.noise_shapes, n, seed)
     step = runtime.max_batch
