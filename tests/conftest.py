@@ -23,7 +23,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 # --- two tiers: the quick developer loop and CI ------------------------------------------------------
 # `python -m pytest -q` deselects tests marked `slow` (end-to-end runs: the demo, fresh-process CLI
-# round trips, real servers, exports of every architecture) so the loop stays a few minutes;
+# round trips, experiments, the real Triton server, real-Inception FID, full AOT compiles);
 # `--slow` runs both tiers, as .ci/run and README's test command do. Tests named by node id
 # (`pytest tests/test_demo.py::test_x`) run whatever their tier.
 

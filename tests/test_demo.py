@@ -87,6 +87,7 @@ def test_demo_quick_writes_full_report(tmp_path):
     assert f"Distillation method: **{best}**" in report and f"Distillation method: **{best_img}**" in report
 
 
+@pytest.mark.slow
 def test_demo_rejects_wrong_data_kinds_before_training(tmp_path):
     for args, message in ((["--image-data", "wine"], "must be an image dataset"),
                           (["--data", "digits_images"], "must be a table"),

@@ -176,6 +176,7 @@ def test_teacher_pool_is_drawn_from_and_overflow_is_dropped():
     assert obj._clean(bad).shape == (1, 3)
 
 
+@pytest.mark.slow
 def test_cli_distill_with_the_new_options(tmp_path):
     import subprocess
     import sys

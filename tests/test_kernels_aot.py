@@ -31,6 +31,7 @@ def _aot(*args: str, timeout: float) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 @needs_triton
 def test_largest_configuration_of_every_kernel_compiles_and_fits_both_targets(tmp_path):
     """The CI gate: per kernel and target, the largest record (where shared memory binds first) in its

