@@ -75,7 +75,37 @@ class Flow(nn.Module):
     (torch.Size([4]), torch.Size([5, 3]))
     """
 
-    arch: str = "flow"
+    # --- what the rest of nfkd knows about an architecture (read these, never compare ``arch``) ---
+    arch: str = "flow"  #: the name in ``nfkd.flows.ARCHITECTURES`` (and in checkpoints)
+    tabular: bool = True  #: event [D] with a fixed input normalization; False: images [C, H, W] in [-0.5, 0.5]
+    depth_key: str = "steps"  #: the config key that counts flow steps (what a smaller student has fewer of)
+    one_pass_density: bool = True  #: log_prob is one pass per block (False: IAF's D sequential passes)
+    one_pass_sampling: bool = True  #: sample is one pass per block (False: MAF's D sequential passes)
+    #: teacher architectures (besides its own) a student of this architecture is distilled from
+    student_of: tuple[str, ...] = ()
+    #: named size presets: {preset: {"teacher": config with "arch", "student": config with "arch"}}
+    presets: dict[str, dict[str, dict]] = {}
+    default_preset: str | None = None  #: the preset used when none is named (None: the class defaults)
+    #: fold: the input normalization joins the first FlowStep's affine (only where x itself is not needed)
+    fold_normalize_into_first_step: bool = False
+
+    @classmethod
+    def sequential_direction(cls) -> str | None:
+        """'density' or 'sample': the direction that costs D sequential passes per block (None: neither)."""
+        return "density" if not cls.one_pass_density else "sample" if not cls.one_pass_sampling else None
+
+    @classmethod
+    def preset_beside(cls, preset: str | None) -> str | None:
+        """The preset of a student of this architecture under a teacher's preset (default: the same name)."""
+        return preset
+
+    def affine_positions(self, affine: nn.Module) -> int:
+        """How many positions a folded per-channel affine acts on (its log-det counts once per position)."""
+        return 1
+
+    def constant_prior_logdet(self) -> Tensor:
+        """The x-independent log-det of a learned prior folded into the bijection (float64; 0: none)."""
+        return torch.zeros((), dtype=torch.float64)
 
     def __init__(self, **config) -> None:
         super().__init__()

@@ -31,6 +31,22 @@ class IAF(ChainFlow):
     """
 
     arch = "iaf"
+    depth_key = "blocks"
+    one_pass_density = False
+    student_of = ("maf",)
+    presets = {  # the MAF presets' teachers with an IAF student of the MAF student's size
+        "iaf-paper": {"teacher": {"arch": "maf", "blocks": 6, "hidden": 32, "n_hidden": 2},
+                      "student": {"arch": "iaf", "blocks": 3, "hidden": 32, "n_hidden": 2}},
+        "iaf-cpu": {"teacher": {"arch": "maf", "blocks": 6, "hidden": 64, "n_hidden": 2},
+                    "student": {"arch": "iaf", "blocks": 2, "hidden": 16, "n_hidden": 2}},
+    }
+    default_preset = "iaf-cpu"
+    _BESIDE = {"maf-paper": "iaf-paper", "maf-cpu": "iaf-cpu"}
+
+    @classmethod
+    def preset_beside(cls, preset: str | None) -> str | None:
+        """The IAF student beside a MAF preset's students (same size as its MAF student)."""
+        return cls._BESIDE.get(preset, preset)
 
     def __init__(
         self,

@@ -61,6 +61,15 @@ class MAF(ChainFlow):
     """
 
     arch = "maf"
+    depth_key = "blocks"
+    one_pass_sampling = False
+    presets = {
+        "maf-paper": {"teacher": {"arch": "maf", "blocks": 6, "hidden": 32, "n_hidden": 2},
+                      "student": {"arch": "maf", "blocks": 3, "hidden": 32, "n_hidden": 2}},
+        "maf-cpu": {"teacher": {"arch": "maf", "blocks": 6, "hidden": 64, "n_hidden": 2},
+                    "student": {"arch": "maf", "blocks": 2, "hidden": 16, "n_hidden": 2}},
+    }
+    default_preset = "maf-cpu"
 
     def __init__(
         self,
