@@ -14,7 +14,7 @@ from .maf import MAF
 __all__ = [
     "ARCHITECTURES", "Flow", "FlowOutput", "InverseOutput", "Glow", "Glow1D", "IAF", "MAF",
     "bits_per_dim", "build_flow", "initialize_actnorm", "register_architecture", "standard_normal_logpdf",
-    "flow_class",
+    "flow_class", "architectures",
 ]
 
 ARCHITECTURES: dict[str, type[Flow]] = {"glow": Glow, "glow1d": Glow1D, "maf": MAF, "iaf": IAF}
@@ -42,6 +42,13 @@ def flow_class(arch: str) -> type[Flow]:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[arch]
+
+
+def architectures(tabular: bool | None = None, teacher: bool | None = None) -> list[str]:
+    """Registered names, optionally only tabular (or image) ones, or only those that train as teachers
+    (a student-only architecture, such as IAF, names its teachers in ``student_of``): CLI choices."""
+    return [name for name, cls in ARCHITECTURES.items()
+            if (tabular is None or cls.tabular == tabular) and (teacher is None or (not cls.student_of) == teacher)]
 
 
 def build_flow(arch: str, **config) -> Flow:

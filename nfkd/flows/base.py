@@ -83,6 +83,9 @@ class Flow(nn.Module):
     one_pass_sampling: bool = True  #: sample is one pass per block (False: MAF's D sequential passes)
     #: teacher architectures (besides its own) a student of this architecture is distilled from
     student_of: tuple[str, ...] = ()
+    #: ``sample_and_log_prob`` gives log q of its own samples in the same one pass (what reverse KL needs)
+    samples_with_density: bool = False
+    min_dim: int = 1  #: the fewest features a tabular flow of this class models
     #: named size presets: {preset: {"teacher": config with "arch", "student": config with "arch"}}
     presets: dict[str, dict[str, dict]] = {}
     default_preset: str | None = None  #: the preset used when none is named (None: the class defaults)
@@ -93,6 +96,11 @@ class Flow(nn.Module):
     def sequential_direction(cls) -> str | None:
         """'density' or 'sample': the direction that costs D sequential passes per block (None: neither)."""
         return "density" if not cls.one_pass_density else "sample" if not cls.one_pass_sampling else None
+
+    @classmethod
+    def for_event(cls, event_shape: Sequence[int], n_levels: int = 256, **config) -> Flow:
+        """A flow of this class shaped for data of ``event_shape`` ([D] for tables; images override)."""
+        return cls(dim=int(event_shape[0]), **config)
 
     @classmethod
     def preset_beside(cls, preset: str | None) -> str | None:

@@ -86,6 +86,11 @@ class Glow(Flow):
         self.top_mean = nn.Parameter(torch.zeros(c, h, w))
         self.top_logs = nn.Parameter(torch.zeros(c, h, w))
 
+    @classmethod
+    def for_event(cls, event_shape: Sequence[int], n_levels: int = 256, **config) -> Glow:
+        """A Glow for images of ``event_shape`` [C, H, W] quantized to ``n_levels`` levels."""
+        return cls(in_shape=list(event_shape), n_levels_data=int(n_levels), **config)
+
     @property
     def event_shape(self) -> tuple[int, ...]:
         return self._in_shape
@@ -172,6 +177,7 @@ class Glow1D(ChainFlow):
                        "student": {"arch": "glow1d", "steps": 2, "hidden": 16}},
     }
     default_preset = "glow1d-cpu"
+    min_dim = 2  # its couplings split the features in two halves
     fold_normalize_into_first_step = True  # nothing reads x itself before the first step's affine
 
     def __init__(self, dim: int, steps: int = 5, hidden: int = 32, additive: bool = False, depth: int = 2) -> None:

@@ -34,6 +34,7 @@ class IAF(ChainFlow):
     depth_key = "blocks"
     one_pass_density = False
     student_of = ("maf",)
+    samples_with_density = True
     presets = {  # the MAF presets' teachers with an IAF student of the MAF student's size
         "iaf-paper": {"teacher": {"arch": "maf", "blocks": 6, "hidden": 32, "n_hidden": 2},
                       "student": {"arch": "iaf", "blocks": 3, "hidden": 32, "n_hidden": 2}},

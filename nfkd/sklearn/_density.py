@@ -17,11 +17,27 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..cli.checks import SEED_MAX
 from ..errors import InputError
+from ..flows import architectures, flow_class
 from ..inference import draw_noise
 from ..train import TrainConfig
 from ._fit import EXACT, Scorer, build, flow_from_bytes, flow_to_bytes, train
 
 __all__ = ["FlowDensity"]
+
+
+class _TabularArchitectures(StrOptions):
+    """``StrOptions`` over the registered tabular architectures, read when checked (a registered flow counts)."""
+
+    def __init__(self) -> None:
+        super().__init__(set(architectures(tabular=True)))
+
+    @property
+    def options(self) -> set[str]:
+        return set(architectures(tabular=True))
+
+    @options.setter
+    def options(self, value: set[str]) -> None:  # StrOptions.__init__ assigns; the registry stays the source
+        pass
 
 _FLOW_BYTES = "_flow_checkpoint"  # what a pickle carries instead of the torch module
 
@@ -113,7 +129,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "arch": [StrOptions({"glow1d", "maf", "iaf"})],
+        "arch": [_TabularArchitectures()],
         "preset": [str, None],
         "role": [StrOptions({"teacher", "student"})],
         "flow_config": [dict, None],
@@ -245,10 +261,14 @@ class FlowDensity(DensityMixin, BaseEstimator):
 
         check_is_fitted(self)
         student_arch = self.arch if arch is None else arch
-        if student_arch not in ("glow1d", "maf", "iaf"):
-            raise InputError(f"arch must be 'glow1d', 'maf', 'iaf' or None, got {arch!r}")
-        if student_arch != self.arch and student_arch != "iaf":
-            raise InputError(f"a {self.arch} flow distils into a {self.arch} or an iaf student, not {student_arch}")
+        tabular = architectures(tabular=True)
+        if student_arch not in tabular:
+            raise InputError(f"arch must be one of {tabular} or None, got {arch!r}")
+        # another architecture only where it trains on samples alone (the share recipe: no taps to pair)
+        by_share = [a for a in tabular if not flow_class(a).one_pass_density]
+        if student_arch != self.arch and student_arch not in by_share:
+            raise InputError(f"a {self.arch} flow distils into a {' or '.join([self.arch, *by_share])} student, "
+                             f"not {student_arch}")
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
             raise InputError(f"steps must be a positive integer or None, got {steps!r}")
         if student is not None and not isinstance(student, dict):
@@ -263,7 +283,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
             from ..defaults import DATA_FREE, recommend
 
             method = DATA_FREE.method if data_free else recommend(student_arch, len(X)).method
-        if student_arch == "iaf" and method in ("iaf", "none"):  # the share recipe; "none" (data-free too): share 0
+        if not flow_class(student_arch).one_pass_density and method in ("iaf", "none"):  # the share recipe; "none"
+            # (data-free too): share 0
             share = 0.0 if data_free or method == "none" else None
             kd = share_config(len(X), share, seed=seed)
             name = describe_share(len(X), share)
