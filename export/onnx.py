@@ -43,7 +43,7 @@ from torch import Tensor, nn
 import nfkd
 from nfkd.checkpoint import load_checkpoint
 from nfkd.errors import ExportError, NfkdError
-from nfkd.flows import Flow
+from nfkd.flows import ARCHITECTURES, Flow
 from nfkd.flows.base import LOG_2PI
 from nfkd.flows.layers import MADE
 from nfkd.fold import fold
@@ -63,8 +63,6 @@ MAF_SAMPLING_CHOICES = ("auto", "loop", "unrolled")
 # What 'auto' resolves to, from the ORT CPU measurements in export/README.md (loop was faster at
 # batch 1 and 4096 for D=8 and D=63, and exports in seconds where unrolled D=63 takes minutes).
 MAF_SAMPLING_AUTO = "loop"
-#: Architectures with a sequential direction: MAF's sampling graph, IAF's density graph.
-SEQUENTIAL_ARCHS = ("maf", "iaf")
 GRAPHS = ("density", "sample")
 # Engines and caches that an older export may have left; stale once the graphs change.
 STALE_ON_REEXPORT = ("density.plan", "sample.plan")
@@ -209,10 +207,11 @@ def _opset_of(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _resolve_maf_sampling(arch: str, maf_sampling: str) -> str | None:
+def _resolve_maf_sampling(flow: Flow, maf_sampling: str) -> str | None:
+    """The form of the flow's sequential direction (MAF sampling, IAF density); None for a flow without one."""
     if maf_sampling not in MAF_SAMPLING_CHOICES:
         raise ExportError(f"maf_sampling must be one of {MAF_SAMPLING_CHOICES}, got {maf_sampling!r}")
-    if arch not in SEQUENTIAL_ARCHS:
+    if flow.sequential_direction() is None:
         return None
     return MAF_SAMPLING_AUTO if maf_sampling == "auto" else maf_sampling
 
@@ -223,16 +222,15 @@ def build_graphs(
 ) -> tuple[dict[str, onnx.ModelProto], str | None, list[str]]:
     """Trace fold(flow) into the density and sample ONNX models (``which``: both, or one for a pair export).
 
-    Returns (models, maf mode used, notes)."""
+    Returns (models, the sequential direction's form in the graphs built (None: they have none), notes)."""
     flow = flow.eval()
     folded = fold(flow, torch.float16 if fp16 else torch.float32)
-    mode = _resolve_maf_sampling(flow.arch, maf_sampling)
+    mode = _resolve_maf_sampling(flow, maf_sampling)
+    sequential = flow.sequential_direction()
     notes: list[str] = []
     ex_b = 3  # example batch (not 0/1, which torch.export would specialize)
     batch = torch.export.Dim("B", min=1, max=max(2, int(max_batch)))
     x = torch.zeros(ex_b, *flow.event_shape)
-    density_mode = mode if flow.arch == "iaf" else None
-    sample_mode = mode if flow.arch == "maf" else None
 
     def density_graph(m: str | None) -> onnx.ModelProto:
         return _to_onnx(DensityGraph(folded, flow.dim, m), (x,), {"x": {0: batch}}, ["x"], ["log_prob", "latent"],
@@ -247,9 +245,10 @@ def build_graphs(
         return _to_onnx(SampleGraph(folded, m), args, dyn, [*names, "temperature"], ["x"], opset, "sample")
 
     graphs = {}
-    for what, build, m in (("density", density_graph, density_mode), ("sample", sample_graph, sample_mode)):
+    for what, build in (("density", density_graph), ("sample", sample_graph)):
         if what not in which:
             continue
+        m = mode if what == sequential else None
         try:
             graphs[what] = build(m)
         except ExportError as exc:
@@ -261,7 +260,7 @@ def build_graphs(
     for m in graphs.values():
         m.metadata_props.add(key="nfkd.arch", value=flow.arch)
         m.metadata_props.add(key="nfkd.version", value=nfkd.__version__)
-    return graphs, mode, notes
+    return graphs, mode if sequential in which else None, notes
 
 
 def ort_runners(density_bytes: bytes, sample_bytes: bytes, n_levels: int, threads: int | None = None):
@@ -412,8 +411,9 @@ def _batches(text: str) -> list[int]:
 def _sequential_note(manifest: Manifest) -> str:
     if not manifest.maf_sampling:
         return ""
-    what = "IAF density" if manifest.arch == "iaf" else "MAF sampling"
-    return f", {what} {manifest.maf_sampling}"
+    cls = ARCHITECTURES.get(manifest.arch)
+    direction = cls.sequential_direction() if cls is not None else None
+    return f", {manifest.arch.upper()} {direction or 'sequential direction'} {manifest.maf_sampling}"
 
 
 def summary(manifest: Manifest, out_dir: Path) -> str:

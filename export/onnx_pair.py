@@ -103,7 +103,7 @@ def export_pair_onnx(
         models[graph] = built[graph]
         notes += [f"{graph} graph: {x}" for x in n]
     density, sampler = flows["density"], flows["sampler"]
-    sequential = modes["density"] if density.arch == "iaf" else modes["sample"] if sampler.arch == "maf" else None
+    sequential = modes["density"] or modes["sample"]  # a sequential direction exported (None for MAF + IAF)
     files = {"density": DENSITY_FILE, "sample": SAMPLE_FILE}
     n_levels = len(sampler.noise_shapes(1))
     with staged_folder(Path(out_dir), stale=STALE_ON_REEXPORT) as tmp:
