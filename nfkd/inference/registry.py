@@ -117,7 +117,8 @@ BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
     BackendSpec("onnxruntime", "export.backends:load_onnxruntime", "ONNX Runtime over the exported graphs",
                 _probe_onnxruntime),
     BackendSpec("tensorrt", "export.backends:load_tensorrt", "TensorRT engines built by export.trt", _probe_tensorrt),
-    BackendSpec("triton", "kernels.backend:load_triton", "fused Triton kernels over the folded form", _probe_triton),
+    BackendSpec("triton", "kernels.backend:load_triton", "fused Triton kernels over the folded form", _probe_triton,
+                archs=("glow", "glow1d", "maf", "iaf")),
     BackendSpec("numba", "kernels.cpu_backend:load_cpu_engine", "fused numba CPU kernels over the folded form "
                 "(Glow-1D, MAF, IAF)", _probe_numba, archs=("glow1d", "maf", "iaf")),
 )}
