@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from nfkd.errors import InputError
+from nfkd.flows import Glow1D
 from nfkd.flows.base import LOG_2PI
 from nfkd.flows.layers import FixedAffine, made_degrees
 from nfkd.inference.runner import Runner
@@ -191,7 +192,7 @@ def _solve_rows(folded) -> np.ndarray:
     """
     d, blocks = folded.dim, list(folded.blocks)
     rows = np.tile(np.arange(d, dtype=np.int64), (len(blocks), 1))
-    if folded.arch == "iaf":
+    if not folded.one_pass_density:  # IAF
         for k in range(1, len(blocks)):
             rows[k] = blocks[k - 1].perm.perm.cpu().numpy()
     return rows
@@ -251,8 +252,8 @@ class NumbaRunner(Runner):
 
         self._eng = eng
         self._numba = numba
-        self.arch = folded.arch
-        self.packed = pack_glow1d(folded) if self.arch == "glow1d" else pack_maf(folded)
+        self.arch, self.kind = folded.arch, type(folded)
+        self.packed = pack_glow1d(folded) if isinstance(folded, Glow1D) else pack_maf(folded)
         self.nthreads = min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
         self._dim = self.meta.dim
         self._local = threading.local()
@@ -270,7 +271,7 @@ class NumbaRunner(Runner):
 
         dp, hp = pk["dp"], pk["hp"]
         s = {"h": z(dp), "h2": z(dp), "t1": z(hp), "t2": z(hp), "ld": z(1)}
-        if self.arch == "glow1d":
+        if issubclass(self.kind, Glow1D):
             s.update(sh=z(pk["op"]), ls=z(pk["op"]))
         else:  # MAF and IAF: mo for the full MADE pass, pre / mu / al for the triangular solve
             s.update(mo=z(pk["op"]), mu=z(1), al=z(1), pre=z(hp))
@@ -280,13 +281,13 @@ class NumbaRunner(Runner):
         """(log_prob kernel, its trailing arguments, sample kernel, its trailing arguments): bound once,
         so a call passes a prepared tuple (no dict lookups on the batch-1 path)."""
         pk, eng = self.packed, self._eng
-        if self.arch == "glow1d":
+        if issubclass(self.kind, Glow1D):
             return (eng.glow1d_log_prob_par if par else eng.glow1d_log_prob,
                     (pk["w"], pk["offs"], pk["meta"], pk["const"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"],
                      s["ls"], s["ld"]),
                     eng.glow1d_sample_par if par else eng.glow1d_sample,
                     (pk["w"], pk["offs"], pk["meta"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"]))
-        if self.arch == "iaf":  # density: the triangular solve; sampling: one full MADE pass per block
+        if not self.kind.one_pass_density:  # IAF density: the triangular solve; sampling: one full MADE pass per block
             return (eng.iaf_log_prob_par if par else eng.iaf_log_prob,
                     (pk["w"], pk["offs"], pk["iperms"], pk["nj"], pk["meta"], pk["const"], pk["clamp"], s["h"],
                      s["h2"], s["pre"], s["t1"], s["t2"], s["mu"], s["al"], s["ld"]),

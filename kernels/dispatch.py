@@ -144,7 +144,7 @@ def _is_flow(model) -> bool:
 def _kernel_supported(folded, op: str) -> bool:
     if folded.dtype != torch.float32:
         return False
-    if folded.arch == "glow":
+    if not folded.tabular:  # images: the Glow step kernels
         from .glow_step import supports
 
         return supports(folded)
@@ -175,7 +175,7 @@ def fast_log_prob(model, x: Tensor, *, validate: bool = True) -> Tensor:
     folded, use_k = _resolve(model, x.device, "log_prob")
     with torch.no_grad():
         if use_k:
-            if folded.arch == "glow":
+            if not folded.tabular:
                 from .glow_step import glow_log_prob_triton
 
                 return glow_log_prob_triton(folded, x)
@@ -201,7 +201,7 @@ def fast_sample(model, noise: Tensor | Sequence[Tensor] | None = None, temperatu
     folded, use_k = _resolve(model, noise[0].device, "sample")
     with torch.no_grad():
         if use_k:
-            if folded.arch == "glow":
+            if not folded.tabular:
                 from .glow_step import glow_sample_triton
 
                 return glow_sample_triton(folded, noise, temperature)

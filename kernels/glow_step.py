@@ -65,6 +65,7 @@ _env.select_mode()
 import triton  # noqa: E402  (after _env)
 import triton.language as tl  # noqa: E402
 
+from nfkd.flows import Glow  # noqa: E402
 from nfkd.flows.base import LOG_2PI  # noqa: E402
 
 from ._device import mm as _mm  # noqa: E402
@@ -270,7 +271,7 @@ def _launch_cfg(kernel, CA: int, CB: int, use_dot: bool | None, device: torch.de
 
 def supports(folded) -> bool:
     """Whether every level's step kernels have a checked configuration on the flow's device."""
-    if getattr(folded, "arch", "") != "glow" or not all(len(steps) > 0 for steps in folded.levels):
+    if not isinstance(folded, Glow) or not all(len(steps) > 0 for steps in folded.levels):
         return False
     dev = _configs.device_arch(folded.top_logs.device)
     for lv in pack(folded).levels:
@@ -439,7 +440,7 @@ def pack(folded, use_dot: bool | None = None) -> _GlowPack:
 def _check_folded(folded, t: Tensor) -> None:
     from nfkd.fold import is_folded
 
-    if getattr(folded, "arch", "") != "glow" or not is_folded(folded):
+    if not isinstance(folded, Glow) or not is_folded(folded):
         raise ValueError("expected a folded Glow (nfkd.fold.fold(glow))")
     if folded.dtype != torch.float32:
         raise ValueError("the Glow kernels run float32: fold(flow, torch.float32)")

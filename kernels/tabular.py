@@ -46,6 +46,7 @@ _env.select_mode()
 import triton  # noqa: E402  (after _env: the interpreter switch must precede @triton.jit)
 import triton.language as tl  # noqa: E402
 
+from nfkd.flows import IAF, MAF, Glow1D  # noqa: E402
 from nfkd.flows.base import LOG_2PI  # noqa: E402
 
 from . import layout  # noqa: E402
@@ -385,12 +386,12 @@ def supports(folded, ops: Sequence[str] = ("log_prob", "sample")) -> bool:
     arch = getattr(folded, "arch", "")
     if not is_folded(folded):
         return False
-    if arch == "glow1d":
+    if isinstance(folded, Glow1D):
         d = folded.event_shape[0]
         ok = all(len(_coupling_layers(s)) == 3 for s in folded.steps)
         hidden = _coupling_layers(folded.steps[0])[0][0].shape[0]
         device = folded.steps[0].mix.weight.device
-    elif arch in ("maf", "iaf"):  # an IAF block packs like a MAF block (its MADE runs the other way)
+    elif isinstance(folded, (MAF, IAF)):  # an IAF block packs like a MAF block (its MADE runs the other way)
         d = folded.event_shape[0]
         b0 = folded.blocks[0]
         ok = all(len(_made_layers(b)) >= 2 and b.made.activation == b0.made.activation for b in folded.blocks)
@@ -452,7 +453,7 @@ def _pack_glow1d(folded) -> Packed:
             _put(buf, base + o["W2C"], wc, HP, DP)
             _put(buf, base + o["B2C"], bc, 1, DP)
     dev = folded.steps[0].mix.weight.device
-    return Packed(arch="glow1d", buf=buf.float().to(dev), D=D, DP=DP, HP=HP, H=H, CA=ca, n=K,
+    return Packed(arch="glow1d", kind=type(folded), buf=buf.float().to(dev), D=D, DP=DP, HP=HP, H=H, CA=ca, n=K,
                   additive=bool(c0.additive))
 
 
@@ -513,7 +514,7 @@ def _pack_maf(folded) -> Packed:
     gidx = torch.zeros(DP, dtype=torch.int32)
     gidx[:D] = torch.argsort(q).to(torch.int32)
     dev = folded.normalize.loc.device
-    return Packed(arch=folded.arch, buf=buf.float().to(dev), gidx=gidx.to(dev), D=D, DP=DP, HP=HP, H=H, NH=NH, n=K, qs=qs,
+    return Packed(arch=folded.arch, kind=type(folded), buf=buf.float().to(dev), gidx=gidx.to(dev), D=D, DP=DP, HP=HP, H=H, NH=NH, n=K, qs=qs,
                   tanh=b0.made.activation == "tanh")
 
 
@@ -523,11 +524,11 @@ def pack(folded) -> Packed:
     hit = _PACK_CACHE.get(folded)
     if hit is not None and hit[0] == key:
         return hit[1]
-    op = "sample" if getattr(folded, "arch", "") == "iaf" else "log_prob"  # IAF: a sampling kernel only
+    op = "log_prob" if getattr(folded, "one_pass_density", True) else "sample"  # IAF: a sampling kernel only
     if not supports(folded, (op,)):  # structure and dims; each launcher also checks its op's record
         raise ValueError(f"tabular kernels do not support this {getattr(folded, 'arch', '?')} flow")
     with torch.no_grad():
-        p = _pack_glow1d(folded) if folded.arch == "glow1d" else _pack_maf(folded)
+        p = _pack_glow1d(folded) if isinstance(folded, Glow1D) else _pack_maf(folded)
     _PACK_CACHE[folded] = (key, p)
     return p
 
@@ -544,7 +545,7 @@ def unpack(p: Packed) -> dict:
     The pack/unpack round-trip test compares this with the folded module."""
     buf = p.buf.detach().cpu()
     D, DP, HP, H = p.D, p.DP, p.HP, p.H
-    if p.arch == "glow1d":
+    if issubclass(p.kind, Glow1D):
         o = layout.offsets(layout.glow1d_step_fields(DP, HP))
         hdr = layout.glow1d_header_size(DP)
         ca, steps = p.CA, []
@@ -614,10 +615,10 @@ def tabular_log_prob(folded, x: Tensor, *, out: Tensor | None = None, block_b: i
                      num_warps: int | None = None, use_dot: bool = True, precision: str | None = None) -> Tensor:
     """log p(x) [B] of a folded Glow-1D or MAF in one launch (float32)."""
     p = pack(folded)
-    if p.arch == "iaf":
+    if not p.kind.one_pass_density:
         raise ValueError("no Triton density kernel for an IAF (its density is D sequential passes per block); "
                          "use folded.log_prob (kernels.fast_log_prob does)")
-    kernel = _glow1d_log_prob_kernel if p.arch == "glow1d" else _maf_log_prob_kernel
+    kernel = _glow1d_log_prob_kernel if issubclass(p.kind, Glow1D) else _maf_log_prob_kernel
     _check_device(kernel, x, p)
     if x.dim() != 2 or x.shape[1] != p.D:
         raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, {p.D})")
@@ -628,7 +629,7 @@ def tabular_log_prob(folded, x: Tensor, *, out: Tensor | None = None, block_b: i
     block_b, num_warps, stages = _launch_cfg(p, kernel, "log_prob", x.device, block_b, num_warps)
     prec = precision or DOT_PRECISION
     grid = (triton.cdiv(B, block_b),)
-    if p.arch == "glow1d":
+    if issubclass(p.kind, Glow1D):
         kernel[grid](x, out, p.buf, B, p.D, p.CA, p.n, x.stride(0), x.stride(1),
                      ADDITIVE=p.additive, DP=p.DP, HP=p.HP, BLOCK_B=block_b, USE_DOT=use_dot, PREC=prec,
                      num_warps=num_warps, num_stages=stages)
@@ -662,7 +663,7 @@ def _sample(folded, noise, temperature, out, block_b, num_warps, use_dot, precis
     block_b, num_warps, stages = _launch_cfg(p, kernel, "sample", z.device, block_b, num_warps)
     prec = precision or DOT_PRECISION
     grid = (triton.cdiv(B, block_b),)
-    if arch == "glow1d":
+    if issubclass(p.kind, Glow1D):
         kernel[grid](z, out, p.buf, B, p.D, p.CA, p.n, t, z.stride(0), z.stride(1), out.stride(0), out.stride(1),
                      ADDITIVE=p.additive, DP=p.DP, HP=p.HP, BLOCK_B=block_b, USE_DOT=use_dot, PREC=prec,
                      num_warps=num_warps, num_stages=stages)
