@@ -194,7 +194,7 @@ def run_case(benchmark, registry, request):
             "arch": case.arch, "role": case.role, "backend": case.backend, "dim": case.dim,
             "batch": case.batch, "params": int(params), "direction": case.direction,
             "preset": settings.presets[case.arch] if case.backend not in suite.PEERS else f"{case.backend} ({settings.presets['maf']} size)",
-            "shape": "x".join(map(str, suite.IMAGE_SHAPE)) if case.arch == "glow" else str(case.dim),
+            "shape": "x".join(map(str, suite.IMAGE_SHAPE)) if suite.is_image(case.arch) else str(case.dim),
             "device": settings.device, "threads": settings.threads, "mode": settings.mode,
             "first_call_s": plan.first_call_s, "rounds_planned": plan.rounds, "iterations": plan.iterations,
         })

@@ -34,6 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 DENSITY_BACKENDS = ("numba", "onnxruntime", "openvino", "compile", "folded", "eager", "zuko", "nflows")
 SAMPLE_BACKENDS = ("numba", "onnxruntime", "folded", "eager", "zuko", "nflows")
 LATENCY_BACKENDS = ("numba", "onnxruntime", "folded", "eager")
+TABLE_ARCHS = ("glow1d", "maf")  # the tables' rows (the IAF has its own section: --only iaf)
 
 
 def _round_robin(fns: dict, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     say()
     say("| arch | D | backend | CPU ms | wall ms | useful GFLOP/s | % of 1-thread peak | numba speed-up (CPU) | (wall) |")
     say("|---|---|---|---|---|---|---|---|---|")
-    for arch in ("glow1d", "maf"):
+    for arch in TABLE_ARCHS:
         for dim in dims:
             fns, flops, notes = callables("density", arch, dim, a.batch, chosen)
             wall, cpu = _round_robin(fns, a.rounds)
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     say()
     say("| model | backend | p50 | p99 |")
     say("|---|---|---|---|")
-    for arch in ("glow1d", "maf"):
+    for arch in TABLE_ARCHS:
         dim = 6
         _, xn = reg.inputs(arch, dim, 1)
         for b in LATENCY_BACKENDS:

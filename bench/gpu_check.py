@@ -236,7 +236,7 @@ class Ctx:
     def lp_kernel(self, folded, x, **kw):
         if not self.k:
             return folded.log_prob(x)
-        if folded.arch == "glow":
+        if not folded.tabular:
             from kernels.glow_step import glow_log_prob_triton
 
             return glow_log_prob_triton(folded, x, **kw)
@@ -247,7 +247,7 @@ class Ctx:
     def sample_kernel(self, folded, noise, t, **kw):
         if not self.k:
             return folded.sample(noise[0].shape[0], t, noise=list(noise))
-        if folded.arch == "glow":
+        if not folded.tabular:
             from kernels.glow_step import glow_sample_triton
 
             return glow_sample_triton(folded, noise, t, **kw)
@@ -280,7 +280,7 @@ class Ctx:
         from kernels.testing import glow_flow, tabular_flow
         from nfkd.fold import fold
 
-        if kind == "glow":
+        if kind != "tab":
             flow = glow_flow(**spec[1], seed=1)
         else:
             arch, dim, opts = spec
@@ -290,7 +290,7 @@ class Ctx:
 
     @staticmethod
     def name(kind, spec) -> str:
-        if kind == "glow":
+        if kind != "tab":
             return spec[0] + "-" + "x".join(map(str, spec[1]["in_shape"]))
         arch, dim, opts = spec
         return f"{arch}-D{dim}-H{opts.get('hidden')}" + ("-add" if opts.get("additive") else "") + (
@@ -422,12 +422,12 @@ class Ctx:
             row["copy_GB/s"] = bw
             rows.append(row)
             # sampling (MAF: D sequential passes per block: compute bound, smaller batch)
-            Bs = 32 if self.dry else (8192 if spec[0] == "maf" else 65536)
+            Bs = 32 if self.dry else (65536 if f32.one_pass_sampling else 8192)
             z = torch.randn(Bs, D, device=self.dev)
             row = {"model": self.name("tab", spec), "op": "sample", "B": Bs}
             row["flow_ms"] = self.bench(lambda: flow32.inverse([z]).x, max_iters=20)
             row["folded_ms"] = self.bench(lambda: f32.sample(len(z), 1.0, noise=[z]), max_iters=20)
-            if spec[0] != "maf":  # compiling D x blocks unrolled MADE passes takes minutes
+            if f32.one_pass_sampling:  # compiling D x blocks unrolled MADE passes takes minutes
                 row["compile_ms"], row["compile_s"] = self._timed_compile(self._compiled(f32.sample, row["model"]),
                                                                           [z], 1.0)
             row["triton_ms"] = self.bench(lambda: self.sample_kernel(f32, [z], 1.0), max_iters=50)
@@ -538,7 +538,7 @@ class Ctx:
                                 return
                             if prec == "tf32x3" and (nw, bb) != (8, 32):
                                 continue
-                            if op == "sample" and (spec[0] != "maf" or bb == 128):
+                            if op == "sample" and (f32.one_pass_sampling or bb == 128):
                                 continue
                             try:
                                 if op == "log_prob":

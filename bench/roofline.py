@@ -107,7 +107,7 @@ def model_flops(flow: nn.Module, batch: int, direction: str) -> int:
         raise ValueError("direction must be 'density' or 'sample'")
     folded = flow if is_folded(flow) else fold(flow, torch.float64)
     per_row = 0
-    if folded.arch == "glow":
+    if not folded.tabular:
         c, h, w = folded.event_shape
         for lvl, steps in enumerate(folded.levels):
             c, h, w = c * 4, h // 2, w // 2

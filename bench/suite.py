@@ -45,6 +45,14 @@ IMAGE_SHAPE = (3, 32, 32)
 DEFAULT_PRESETS = {"glow1d": "glow1d-paper", "maf": "maf-paper", "glow": "glow-cpu"}
 GPU_IMAGE_PRESET = "glow-cifar10-paper"
 TABULAR_PERTURB, IMAGE_PERTURB = 0.05, 0.01  # keep random flows well conditioned (finite samples)
+PEER_ARCH = "maf"  # what the peers (nflows, zuko) implement: their rows are MAF rows
+
+
+def is_image(arch: str) -> bool:
+    """Image flows bench at IMAGE_SHAPE, tabular ones at each D: the flow class says (``Flow.tabular``)."""
+    from nfkd.flows import flow_class
+
+    return not flow_class(arch).tabular
 
 
 class Unavailable(Exception):
@@ -84,10 +92,10 @@ class Settings:
     cache: Path = field(default_factory=default_cache)
 
     def dims_for(self, arch: str) -> tuple[int, ...]:
-        return (math.prod(IMAGE_SHAPE),) if arch == "glow" else self.dims
+        return (math.prod(IMAGE_SHAPE),) if is_image(arch) else self.dims
 
     def batches_for(self, arch: str) -> tuple[int, ...]:
-        return self.image_batches if arch == "glow" else self.batches
+        return self.image_batches if is_image(arch) else self.batches
 
     def compiles(self, arch: str, dim: int) -> bool:
         spec = self.compile_models.strip().lower()
@@ -146,7 +154,7 @@ def cases(settings: Settings, direction: str) -> list[Case]:
         for dim in settings.dims_for(arch):
             for batch in settings.batches_for(arch):
                 for backend in settings.backends:
-                    if backend in PEERS and arch != "maf":
+                    if backend in PEERS and arch != PEER_ARCH:
                         continue
                     if backend in TABULAR_ONLY and arch not in TABULAR:
                         continue
@@ -176,7 +184,7 @@ def model_config(settings: Settings, arch: str, role: str, dim: int) -> dict[str
 
     cfg = resolve(arch, role, settings.presets[arch])
     cfg.pop("arch")
-    if arch == "glow":
+    if is_image(arch):
         cfg["in_shape"] = list(IMAGE_SHAPE)
     else:
         cfg["dim"] = dim
@@ -184,7 +192,7 @@ def model_config(settings: Settings, arch: str, role: str, dim: int) -> dict[str
 
 
 def model_name(settings: Settings, arch: str, role: str, dim: int) -> str:
-    shape = "x".join(map(str, IMAGE_SHAPE)) if arch == "glow" else f"d{dim}"
+    shape = "x".join(map(str, IMAGE_SHAPE)) if is_image(arch) else f"d{dim}"
     return f"{settings.presets[arch]}-{role}-{shape}"
 
 
@@ -198,10 +206,10 @@ def build_nfkd(settings: Settings, arch: str, role: str, dim: int):
     cfg = model_config(settings, arch, role, dim)
     torch.manual_seed(stable_seed(arch, role, dim, settings.presets[arch]))
     flow = build_flow(arch, **cfg)
-    if arch != "glow":
+    if not is_image(arch):
         g = torch.Generator().manual_seed(stable_seed("data", arch, dim))
         flow.normalize.set(2 * torch.randn(dim, generator=g), torch.rand(dim, generator=g) + 0.5)
-    scale = IMAGE_PERTURB if arch == "glow" else TABULAR_PERTURB
+    scale = IMAGE_PERTURB if is_image(arch) else TABULAR_PERTURB
     return perturb(flow, scale, stable_seed("perturb", arch, role, dim)).float().eval()
 
 
@@ -321,7 +329,7 @@ class Registry:
             import torch
 
             g = torch.Generator().manual_seed(stable_seed("x", arch, dim, batch))
-            if arch == "glow":
+            if is_image(arch):
                 x = torch.rand(batch, *IMAGE_SHAPE, generator=g) - 0.5
             else:
                 norm = self.flow_cpu(arch, "teacher", dim).normalize
@@ -374,7 +382,7 @@ class Registry:
     # --- peers --------------------------------------------------------------------------------
     def peer(self, name: str, role: str, dim: int):
         def build():
-            cfg = model_config(self.s, "maf", role, dim)
+            cfg = model_config(self.s, PEER_ARCH, role, dim)
             return build_peer(name, dim, cfg["blocks"], cfg["hidden"], cfg["n_hidden"]).to(self.s.device)
 
         return self._memo(("peer", name, role, dim), build)
@@ -465,7 +473,7 @@ class Registry:
         """FLOPs of this call without a MADE's masked multiply-adds (``bench.roofline.useful_flops``)."""
         from .roofline import useful_flops
 
-        arch = "maf" if c.backend in PEERS else c.arch
+        arch = PEER_ARCH if c.backend in PEERS else c.arch
         return self._memo(("useful_flops", arch, c.role, c.dim, c.batch, c.direction),
                           lambda: useful_flops(self.flow_cpu(arch, c.role, c.dim), c.batch, c.direction))
 
