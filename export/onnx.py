@@ -53,8 +53,8 @@ from .artifacts import staged_folder
 from .check import check_tensorrt_compat
 from .manifest import Manifest, sha256_bytes
 
-__all__ = ["DensityGraph", "SampleGraph", "build_graphs", "ort_runners", "export_onnx", "default_out_dir",
-    "summary", "main"]
+__all__ = ["DensityGraph", "SampleGraph", "build_graphs", "checked_batches", "provenance", "ort_runners",
+    "export_onnx", "default_out_dir", "summary", "main"]
 
 DENSITY_FILE = "density.onnx"
 SAMPLE_FILE = "sample.onnx"
@@ -346,6 +346,26 @@ def _graph_entries(flow: Flow, models: dict[str, onnx.ModelProto], blobs: dict[s
     return graphs
 
 
+def checked_batches(max_batch: int, parity_batches: Sequence[int] | None) -> list[int]:
+    """The parity gate's batch sizes (default: ``parity.DEFAULT_BATCHES`` capped at ``max_batch``), checked."""
+    if max_batch < 1:
+        raise ExportError(f"max_batch must be positive, got {max_batch}")
+    if parity_batches is None:  # the default set, capped at what the graphs are exported for
+        parity_batches = sorted({min(b, max_batch) for b in parity.DEFAULT_BATCHES})
+    if any(b < 1 or b > max_batch for b in parity_batches):
+        raise ExportError(f"parity batches {list(parity_batches)} must lie in [1, max_batch={max_batch}]")
+    return list(parity_batches)
+
+
+def provenance(fp16: bool) -> dict[str, Any]:
+    """The manifest fields every export shares: the tolerance it was gated at, versions, time."""
+    return dict(
+        tolerance={**parity.tolerance_for(fp16), "definition": parity.TOLERANCE_DEFINITION,
+                   "precision": "float16 graph, float32 inputs/outputs" if fp16 else "float32"},
+        versions=_versions(), created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
 def export_onnx(
     checkpoint_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -363,12 +383,7 @@ def export_onnx(
     """
     ckpt = load_checkpoint(checkpoint_path)
     flow = ckpt.flow.eval()
-    if max_batch < 1:
-        raise ExportError(f"max_batch must be positive, got {max_batch}")
-    if parity_batches is None:  # the default set, capped at what the graphs are exported for
-        parity_batches = sorted({min(b, max_batch) for b in parity.DEFAULT_BATCHES})
-    if any(b < 1 or b > max_batch for b in parity_batches):
-        raise ExportError(f"parity batches {list(parity_batches)} must lie in [1, max_batch={max_batch}]")
+    parity_batches = checked_batches(max_batch, parity_batches)
     models, mode, notes = build_graphs(flow, fp16=fp16, opset=opset, maf_sampling=maf_sampling, max_batch=max_batch)
     files = {"density": DENSITY_FILE, "sample": SAMPLE_FILE}
     with staged_folder(Path(out_dir), stale=STALE_ON_REEXPORT) as tmp:
@@ -385,9 +400,7 @@ def export_onnx(
             dim=int(flow.dim), max_batch=int(max_batch), opset=_opset_of(models["density"]), fp16=bool(fp16),
             maf_sampling=mode, graphs=_graph_entries(flow, models, blobs),
             source={"checkpoint": Path(checkpoint_path).name, "sha256": ckpt.sha256}, parity=res,
-            tolerance={**parity.tolerance_for(fp16), "definition": parity.TOLERANCE_DEFINITION,
-                       "precision": "float16 graph, float32 inputs/outputs" if fp16 else "float32"},
-            versions=_versions(), created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **provenance(fp16),
         )
         manifest.save(tmp)
     return manifest
