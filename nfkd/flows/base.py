@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..validation import check_batch
 
-__all__ = ["FlowOutput", "InverseOutput", "standard_normal_logpdf", "check_finite_input", "Flow",
+__all__ = ["FlowOutput", "InverseOutput", "standard_normal_logpdf", "check_finite_input", "preset_pair", "Flow",
     "ChainFlow"]
 
 LOG_2PI = math.log(2 * math.pi)
@@ -57,6 +57,11 @@ def check_finite_input(x: Tensor, event_shape: Sequence[int], what: str = "x", f
         raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__} (torch.as_tensor(x) converts "
                          f"a numpy array; nfkd.inference.load(flow) accepts numpy directly)")
     return check_batch(x, event_shape, what, float32=float32)
+
+
+def preset_pair(arch: str, teacher: dict, student: dict, student_arch: str | None = None) -> dict[str, dict]:
+    """One ``Flow.presets`` entry: the teacher's and the student's configs (the student's arch defaults to ``arch``)."""
+    return {"teacher": {"arch": arch, **teacher}, "student": {"arch": student_arch or arch, **student}}
 
 
 class Flow(nn.Module):

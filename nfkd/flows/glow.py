@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import ChainFlow, Flow, FlowOutput, InverseOutput
+from .base import ChainFlow, Flow, FlowOutput, InverseOutput, preset_pair
 from .layers import FixedAffine, FlowStep, ZeroConv2d, squeeze2d, unsqueeze2d
 
 __all__ = ["SplitPrior", "Glow", "bits_per_dim", "Glow1D"]
@@ -44,12 +44,9 @@ class Glow(Flow):
     arch = "glow"
     tabular = False
     presets = {  # the official CIFAR-10 config; CelebA-64 one level more (nfkd.presets says why)
-        "glow-cifar10-paper": {"teacher": {"arch": "glow", "levels": 3, "steps": 32, "hidden": 512},
-                               "student": {"arch": "glow", "levels": 3, "steps": 8, "hidden": 512}},
-        "glow-celeba-paper": {"teacher": {"arch": "glow", "levels": 4, "steps": 32, "hidden": 512},
-                              "student": {"arch": "glow", "levels": 4, "steps": 8, "hidden": 512}},
-        "glow-cpu": {"teacher": {"arch": "glow", "levels": 3, "steps": 4, "hidden": 64},
-                     "student": {"arch": "glow", "levels": 3, "steps": 2, "hidden": 32}},
+        "glow-cifar10-paper": preset_pair("glow", dict(levels=3, steps=32, hidden=512), dict(levels=3, steps=8, hidden=512)),
+        "glow-celeba-paper": preset_pair("glow", dict(levels=4, steps=32, hidden=512), dict(levels=4, steps=8, hidden=512)),
+        "glow-cpu": preset_pair("glow", dict(levels=3, steps=4, hidden=64), dict(levels=3, steps=2, hidden=32)),
     }
     default_preset = "glow-cpu"
 
@@ -169,12 +166,9 @@ class Glow1D(ChainFlow):
 
     arch = "glow1d"
     presets = {  # the paper's Table 2 sizes (glow1d-paper), the official code's config, and a CPU size
-        "glow1d-paper": {"teacher": {"arch": "glow1d", "steps": 5, "hidden": 64, "depth": 5},
-                         "student": {"arch": "glow1d", "steps": 3, "hidden": 32, "depth": 5}},
-        "glow1d-official": {"teacher": {"arch": "glow1d", "steps": 5, "hidden": 32, "depth": 5},
-                            "student": {"arch": "glow1d", "steps": 3, "hidden": 16, "depth": 5}},
-        "glow1d-cpu": {"teacher": {"arch": "glow1d", "steps": 8, "hidden": 64},
-                       "student": {"arch": "glow1d", "steps": 2, "hidden": 16}},
+        "glow1d-paper": preset_pair("glow1d", dict(steps=5, hidden=64, depth=5), dict(steps=3, hidden=32, depth=5)),
+        "glow1d-official": preset_pair("glow1d", dict(steps=5, hidden=32, depth=5), dict(steps=3, hidden=16, depth=5)),
+        "glow1d-cpu": preset_pair("glow1d", dict(steps=8, hidden=64), dict(steps=2, hidden=16)),
     }
     default_preset = "glow1d-cpu"
     min_dim = 2  # its couplings split the features in two halves
