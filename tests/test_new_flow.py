@@ -1,7 +1,8 @@
 """A new flow type is one class plus one line (issue #26, item 4).
 
 ``CouplingFlow`` below is defined only here: a tabular flow of elementwise-affine and affine-coupling
-layers. Registered with the one line ``register_architecture(CouplingFlow)``, it must go through
+layers. Registered with the one line ``register_architecture(CouplingFlow)`` (and, because it brings a
+layer type of its own that folds, one line in ``nfkd.fold.FOLD_RULES``), it must go through
 ``train`` (CLI) -> ``distill`` (CLI, the student counted by its ``depth_key``) -> ``fold`` -> every CPU
 backend that claims to run it -> ONNX export with the parity gate, with no other change anywhere:
 every log_prob is compared with the float64 eager flow (the reference), not with a recorded value.
@@ -18,7 +19,7 @@ from nfkd.__main__ import main
 from nfkd.flows import ARCHITECTURES, architectures, register_architecture
 from nfkd.flows.base import ChainFlow
 from nfkd.flows.layers import AffineCoupling, FixedAffine, Permutation
-from nfkd.fold import fold, is_folded
+from nfkd.fold import FOLD_RULES, fold, is_folded
 from nfkd.inference.registry import BACKENDS, status
 
 ARCH = "coupling_test"
@@ -39,6 +40,14 @@ class ElementwiseAffine(nn.Module):
 
     def inverse(self, y: Tensor) -> Tensor:
         return (y - self.bias) * torch.exp(-self.log_scale)
+
+
+def fold_elementwise(m: ElementwiseAffine) -> FixedAffine:
+    """Its fold rule: x * exp(s) + b is FixedAffine's (x - loc) / scale with scale = exp(-s), loc = -b exp(-s)."""
+    scale = torch.exp(-m.log_scale.detach().double())
+    out = FixedAffine(scale.numel()).double()
+    out.set(-m.bias.detach().double() * scale, scale)
+    return out
 
 
 class CouplingBlock(nn.Module):
@@ -83,10 +92,12 @@ class CouplingFlow(ChainFlow):
 @pytest.fixture
 def registered():
     register_architecture(CouplingFlow)  # the one line a new flow needs
+    FOLD_RULES[ElementwiseAffine] = fold_elementwise  # the one line a new foldable layer type needs
     try:
         yield CouplingFlow
     finally:
         ARCHITECTURES.pop(ARCH, None)
+        FOLD_RULES.pop(ElementwiseAffine, None)
 
 
 def _reference(flow: nfkd.Flow, x: np.ndarray) -> np.ndarray:
@@ -125,10 +136,13 @@ def test_a_registered_flow_trains_distils_folds_runs_and_exports(registered, tmp
 
     x = np.random.default_rng(0).normal(size=(64, teacher.dim)).astype(np.float32) * 0.5
     want = _reference(teacher, x)
-    # fold: the generic fold rules (the coupling's +2 into its last bias) give the same density
+    # fold: its own rule (elementwise affine -> FixedAffine) and the shared ones (the coupling's +2 into its last
+    # bias) give the same density
     folded = fold(teacher, torch.float64)
     assert is_folded(folded) and folded.normalize is not None  # its normalization is not folded away
     assert all(m.scale_offset == 0 for m in folded.modules() if isinstance(m, AffineCoupling))
+    assert not any(isinstance(m, ElementwiseAffine) for m in folded.modules())
+    assert all(isinstance(b.affine, FixedAffine) for b in folded.blocks)
     np.testing.assert_allclose(folded.log_prob(torch.as_tensor(x, dtype=torch.float64)).numpy(), want,
                                rtol=1e-10, atol=1e-10)
 
