@@ -277,8 +277,8 @@ class Ctx:
                 ("glow_additive", dict(in_shape=(3, 32, 32), levels=3, steps=4, hidden=64, additive=True))]
 
     def build(self, kind, spec):
-        from kernels.testing import glow_flow, tabular_flow
         from nfkd.fold import fold
+        from tests.kernel_helpers import glow_flow, tabular_flow
 
         if kind == "glow":
             flow = glow_flow(**spec[1], seed=1)
@@ -308,7 +308,7 @@ class Ctx:
                          "device-to-device copy (read + write)")
 
     def correctness(self) -> None:
-        from kernels.testing import max_rel_err, max_scaled_err
+        from tests.kernel_helpers import max_rel_err, max_scaled_err
 
         torch = self.torch
         rows = []
