@@ -14,6 +14,7 @@ on CPU tensors (how the tests check them without a GPU).
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -61,22 +62,18 @@ def _bind(folded, ops: list[str]) -> tuple[Callable, Callable]:
         with torch.no_grad():
             return folded.sample(noise[0].shape[0], temperature, noise=noise)
 
-    lp, dec = torch_log_prob, torch_decode
     if not ops:
-        return lp, dec
+        return torch_log_prob, torch_decode
     if folded.arch == "glow":
         from .glow_step import glow_log_prob_triton, glow_sample_triton, pack
 
         gp = pack(folded)
-        return (lambda x: glow_log_prob_triton(gp, x)), (lambda noise, t: glow_sample_triton(gp, noise, t))
+        return partial(glow_log_prob_triton, gp), partial(glow_sample_triton, gp)
     from . import tabular
 
     p = tabular.pack(folded)
-    if "log_prob" in ops:
-        lp = lambda x: tabular.tabular_log_prob(p, x)  # noqa: E731
-    if "sample" in ops:
-        dec = lambda noise, t: tabular.tabular_sample(p, noise[0], t)  # noqa: E731
-    return lp, dec
+    return (partial(tabular.tabular_log_prob, p) if "log_prob" in ops else torch_log_prob,
+            partial(tabular.SAMPLERS[p.arch], p) if "sample" in ops else torch_decode)
 
 
 class TritonRunner(Runner):

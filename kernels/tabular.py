@@ -51,7 +51,7 @@ from . import layout  # noqa: E402
 from ._device import mm as _mm  # noqa: E402
 from .configs import DOT_PRECISION  # noqa: E402  fp32 exact; "tf32x3" is the tensor-core alternative (bench)
 
-__all__ = ["Packed", "tabular_log_prob", "maf_sample", "iaf_sample", "glow1d_sample", "tabular_sample", "pack", "unpack",
+__all__ = ["Packed", "SAMPLERS", "tabular_log_prob", "maf_sample", "iaf_sample", "glow1d_sample", "tabular_sample", "pack", "unpack",
            "supports"]
 
 # the widest padded dims with a checked launch configuration (kernels/configs.py); wider: PyTorch
@@ -683,7 +683,10 @@ def glow1d_sample(p: Packed, noise: Tensor | Sequence[Tensor], temperature: floa
     return _sample(p, noise, temperature, out, block_b, num_warps, use_dot, precision, "glow1d")
 
 
+#: The sampling launcher of each packed architecture (the triton Runner binds one at load).
+SAMPLERS = {"glow1d": glow1d_sample, "maf": maf_sample, "iaf": iaf_sample}
+
+
 def tabular_sample(p: Packed, noise, temperature=1.0, **kw) -> Tensor:
     """The sampling kernel of a packed Glow-1D, MAF or IAF."""
-    fn = {"maf": maf_sample, "iaf": iaf_sample}.get(p.arch, glow1d_sample)
-    return fn(p, noise, temperature, **kw)
+    return SAMPLERS[p.arch](p, noise, temperature, **kw)
