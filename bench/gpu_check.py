@@ -492,13 +492,12 @@ class Ctx:
         torch = self.torch
         rows = []
         B = 2 if self.dry else 256
-        c, h, w = spec[1]["in_shape"]
-        for lvl, steps in enumerate(f32.levels):
-            if lvl > 0:
-                c = c // 2  # the previous level kept c // 2 channels at its split
-            c, h, w = c * 4, h // 2, w // 2
-            ca, cb = c // 2, c - c // 2
-            st = steps[min(1, len(steps) - 1)]
+        pk = self.packed(f32)  # the step matrices as the triton Runner packs them
+        for lvl, (steps, lv) in enumerate(zip(f32.levels, pk.levels)):
+            c, ca, h, w = lv["C"], lv["CA"], lv["H"], lv["W"]
+            cb = c - ca
+            k = min(1, len(steps) - 1)
+            st = steps[k]
             nh = cb * (1 if st.coupling.additive else 2)
             for lay in ("nhwc", "nchw"):
                 mf = G.LAYOUTS[lay]
@@ -506,9 +505,7 @@ class Ctx:
                 xb = torch.randn(B, cb, h, w, device=self.dev).contiguous(memory_format=mf)
                 hn = torch.randn(B, nh, h, w, device=self.dev).contiguous(memory_format=mf)
                 oa, ob = torch.empty_like(xa), torch.empty_like(xb)
-                cap, ud = G._half_pad(ca, None)
-                cbp, _ = G._half_pad(cb, ud)
-                wp = G.pack_affine(st.weight, st.bias, ca, cap, cbp)
+                wp = lv["packs"][k][0]
                 ld = torch.zeros(B, 64, device=self.dev)
                 geo = dict(C=c, CA=ca, Hq=h, Wq=w)
                 kw = {"block_p": 16} if self.dry else {}

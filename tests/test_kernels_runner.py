@@ -137,15 +137,22 @@ def test_gpu_check_cpu_parts():
     assert lines[0] == "== t" and lines[1].split() == ["a", "b", "c"] and "1.23e-05" in lines[3] and "nan" in lines[4]
 
 
-def test_gpu_check_dry_run(tmp_path):
-    """The GPU script's whole flow on tiny CPU sizes through the PyTorch path (it cannot rot)."""
+@pytest.mark.parametrize("interpret", [False, pytest.param(True, marks=needs_triton)], ids=["pytorch", "kernels"])
+def test_gpu_check_dry_run(tmp_path, interpret):
+    """The GPU script's whole flow on tiny CPU sizes (it cannot rot): through the PyTorch path, and
+    through the kernels in the interpreter (packed once per model, as the triton Runner does)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OUT=str(tmp_path))
     env.pop("TRITON_INTERPRET", None)
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run",
+                        *(["--interpret"] if interpret else [])], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert not data["failures"]
+    assert not data["failures"] and data["info"]["kernels"] is interpret
     assert {"copy", "correctness", "speed"} <= set(data["sections"])
     assert all(row["ok"] for row in data["sections"]["correctness"])
+    if interpret:  # the fused step kernels of every Glow level were timed alone
+        assert any(row["op"] == "step_fwd" for row in data["sections"]["speed"])
     assert "ALL OK" in r.stdout
