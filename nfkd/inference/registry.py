@@ -21,8 +21,8 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["BackendSpec", "BackendStatus", "BACKENDS", "NAMES", "backends", "status", "ranking", "register",
-           "unregister", "canonical", "spec", "names", "has_module", "cuda_devices"]
+__all__ = ["BackendSpec", "BackendStatus", "BACKENDS", "INPUTS", "NAMES", "backends", "status", "loader", "ranking",
+           "register", "unregister", "canonical", "spec", "names", "has_module", "cuda_devices"]
 
 #: What a backend may be given: a Flow object, a checkpoint file, an export folder (manifest.json).
 INPUTS = ("flow", "checkpoint", "export")
