@@ -244,7 +244,7 @@ class NumbaRunner(Runner):
     def __init__(self, folded, meta, threads: int | None) -> None:
         import numba
 
-        meta = dataclasses.replace(meta, extra={**meta.extra, "numba_threads": 0, "tile_rows": 0})
+        meta = dataclasses.replace(meta, extra={**meta.extra, "numba_threads": 0, "tile_rows": 0, "vector_lanes": 0})
         super().__init__(meta, "cpu", threads)
 
         from . import cpu_engine as eng
@@ -260,6 +260,8 @@ class NumbaRunner(Runner):
         self._par_bound = None  # the parallel entry points' binding, [threads, ...] scratch (under the lock)
         self.meta.extra["numba_threads"] = self.nthreads
         self.meta.extra["tile_rows"] = eng.TILE
+        self.meta.extra["vector_lanes"] = eng.LANES  # float32 lanes of the micro-kernel (16: AVX-512, 8: AVX2)
+        self.meta.extra["vector_lanes_why"] = eng.LANES_WHY
 
     # --- scratch ------------------------------------------------------------------------------
     def _scratch(self, lead: tuple[int, ...]) -> dict[str, np.ndarray]:
