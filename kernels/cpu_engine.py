@@ -84,6 +84,7 @@ LANES, LANES_WHY = choose_lanes()
 # numba's cache is keyed on the source and the CPU, not on LANES: cache only the host's own width, so a
 # forced width (tests) compiles afresh and never reads, or leaves behind, kernels of the other width.
 _CACHE = LANES == choose_lanes(env="")[0]
+STEP = 2 * LANES  # rows of one micro-kernel block; a tile's rows are padded to a multiple of it (zeros)
 
 
 def pad4(n: int) -> int:
@@ -298,40 +299,16 @@ def _block2(X, xi, n_in, W, wi, ldw, c0, c1, c2, c3, Y, yi, relu):
     _vstore(Y, yi + 3 * TILE + LANES, a31)
 
 
-@nb.njit(inline="always", **_JIT)
-def _block1(X, xi, n_in, W, wi, ldw, c0, c1, c2, c3, Y, yi, relu):
-    """4 features x 1 vector of rows (a tile's last ``LANES`` rows when they are not a whole block)."""
-    a0 = c0
-    a1 = c1
-    a2 = c2
-    a3 = c3
-    for _i in range(n_in):
-        x0 = _vload(X, xi)
-        a0 = _vfma(_vsplat(_sload(W, wi)), x0, a0)
-        a1 = _vfma(_vsplat(_sload(W, wi + 1)), x0, a1)
-        a2 = _vfma(_vsplat(_sload(W, wi + 2)), x0, a2)
-        a3 = _vfma(_vsplat(_sload(W, wi + 3)), x0, a3)
-        xi += TILE
-        wi += ldw
-    if relu:
-        a0, a1, a2, a3 = _vrelu(a0), _vrelu(a1), _vrelu(a2), _vrelu(a3)
-    _vstore(Y, yi, a0)
-    _vstore(Y, yi + TILE, a1)
-    _vstore(Y, yi + 2 * TILE, a2)
-    _vstore(Y, yi + 3 * TILE, a3)
-
-
 @nb.njit(**_JIT)
 def _dense(X, xo, nin, W, wo, ldw, nout, B, bo, Y, yo, rows, relu, kin, ko):
     """Y[f, :rows] = act(sum_i W[i, f] X[i, :rows] + B[f]) for f < nout (feature-major, row stride TILE).
 
-    ``W`` is stored [in, out] with row stride ``ldw``; ``nout`` a multiple of 4, ``rows`` of ``LANES``.
+    ``W`` is stored [in, out] with row stride ``ldw``; ``nout`` a multiple of 4, ``rows`` of ``STEP``.
     A block of 4 features x 2 vectors of rows keeps 8 accumulators in registers through the reduction
     (``_block2``): per input, two vector loads of X and four broadcast weights feed 8 FMAs. ``ko >= 0``:
     feature group g (4 outputs) reads only the first ``kin[ko + g]`` inputs (a MADE's masks in degree
     order are a staircase; the rest are structural zeros); ``ko < 0``: all ``nin``.
     """
-    full = rows // (2 * LANES) * (2 * LANES)
     for f in range(0, nout, 4):
         n_in = nin if ko < 0 else min(nin, kin[ko + f // 4])
         c0 = _vsplat(_sload(B, bo + f))
@@ -339,10 +316,8 @@ def _dense(X, xo, nin, W, wo, ldw, nout, B, bo, Y, yo, rows, relu, kin, ko):
         c2 = _vsplat(_sload(B, bo + f + 2))
         c3 = _vsplat(_sload(B, bo + f + 3))
         y0 = yo + f * TILE
-        for r in range(0, full, 2 * LANES):
+        for r in range(0, rows, 2 * LANES):
             _block2(X, xo + r, n_in, W, wo + f, ldw, c0, c1, c2, c3, Y, y0 + r, relu)
-        if full < rows:  # the last LANES rows
-            _block1(X, xo + full, n_in, W, wo + f, ldw, c0, c1, c2, c3, Y, y0 + full, relu)
 
 
 @nb.njit(inline="always", **_JIT)
@@ -425,7 +400,7 @@ def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, ls, ld)
     D, DP, CA, CB, steps, additive, OP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
                                           meta[G_ADD], meta[G_OP])
     cb4 = OP // 2
-    rows = (n + LANES - 1) // LANES * LANES
+    rows = (n + STEP - 1) // STEP * STEP
     for r in range(rows):
         ld[r] = _ZERO
     _to_tile(x, r0, n, rows, h, D, w, -1, -1, _ONE)
@@ -457,7 +432,7 @@ def _g1d_sample_tile(z, r0, n, temperature, out, w, offs, meta, h, h2, t1, t2, s
     D, DP, CA, CB, steps, additive, OP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
                                           meta[G_ADD], meta[G_OP])
     cb4 = OP // 2
-    rows = (n + LANES - 1) // LANES * LANES
+    rows = (n + STEP - 1) // STEP * STEP
     _to_tile(z, r0, n, rows, h, D, w, -1, -1, temperature)
     for kk in range(steps):
         k = steps - 1 - kk
@@ -638,7 +613,7 @@ def _made_solve(src, dst, drow, ld, w, offs, k, nj, meta, clamp, pre, t1, t2, mu
 @nb.njit(**_JIT)
 def _maf_lp_tile(x, r0, n, out, w, offs, iperms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld):
     D, DP, blocks, nhid = meta[M_D], meta[M_DP], meta[M_BLOCKS], meta[M_NHID]
-    rows = (n + LANES - 1) // LANES * LANES
+    rows = (n + STEP - 1) // STEP * STEP
     for r in range(rows):
         ld[r] = _ZERO
     _to_tile(x, r0, n, rows, h, D, w, offs[blocks, 0], offs[blocks, 1], _ONE)
@@ -655,7 +630,7 @@ def _maf_lp_tile(x, r0, n, out, w, offs, iperms, kin, meta, const, clamp, h, h2,
 def _maf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, nj, meta, clamp, u, xs, pre, t1, t2, mu,
                      al):
     D, blocks, nhid = meta[M_D], meta[M_BLOCKS], meta[M_NHID]
-    rows = (n + LANES - 1) // LANES * LANES
+    rows = (n + STEP - 1) // STEP * STEP
     o = 2 * nhid
     _to_tile(z, r0, n, rows, xs, D, w, -1, -1, temperature)
     for kk in range(blocks):
@@ -730,7 +705,7 @@ def _to_tile_perm(x, r0, n, rows, h, D, src, t):
 @nb.njit(**_JIT)
 def _iaf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, kin, meta, clamp, h, h2, t1, t2, mo):
     D, DP, blocks = meta[M_D], meta[M_DP], meta[M_BLOCKS]
-    rows = (n + LANES - 1) // LANES * LANES
+    rows = (n + STEP - 1) // STEP * STEP
     _to_tile_perm(z, r0, n, rows, h, D, iperms[blocks - 1], temperature)  # the last block's inverse permutation
     for kk in range(blocks):
         k = blocks - 1 - kk
@@ -743,7 +718,7 @@ def _iaf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, kin, me
 @nb.njit(**_JIT)
 def _iaf_lp_tile(x, r0, n, out, w, offs, iperms, nj, meta, const, clamp, h, h2, pre, t1, t2, mu, al, ld):
     D, blocks = meta[M_D], meta[M_BLOCKS]
-    rows = (n + LANES - 1) // LANES * LANES
+    rows = (n + STEP - 1) // STEP * STEP
     for r in range(rows):
         ld[r] = _ZERO
     _to_tile(x, r0, n, rows, h, D, w, offs[blocks, 0], offs[blocks, 1], _ONE)
