@@ -11,7 +11,12 @@
   the door must not copy, convert or check twice);
 - IAF student sampling (one MADE pass per block) against zuko's MAF sampling and the MAF student's
   numba sampling, D = 63, batch 4096 (``--only iaf --only door``: these two sections alone);
-- batch-1 ``log_prob`` latency p50 / p99 through ``Runner.log_prob`` (what a service calls).
+- batch-1 ``log_prob`` latency p50 / p99 through ``Runner.log_prob`` (what a service calls);
+- issue #29's second pass (``bench.engine_scaling``): scaling with batch, D and threads (each row named
+  overhead / compute / memory from its numbers), the paper's own tabular Glow code (``bench.paper_glow``)
+  against nfkd's Glow-1D of the same size, and the engine at 8 and at 16 float32 lanes.
+
+``--only SECTION`` (repeatable) runs a subset: iaf, door, density, sampling, latency, scaling, paper, lanes.
 
 Backends of one group are timed round-robin (A, B, C, A, B, C, ...) so that the load of a shared
 machine hits them alike; the median per backend is reported. Every nfkd backend goes through
