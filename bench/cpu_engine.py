@@ -1,6 +1,6 @@
 """The CPU engine's numbers (issue #14), one run, side by side: ``python -m bench.cpu_engine [-o FILE.md]``.
 
-- student ``log_prob``, batch 4096, paper-sized Glow-1D and MAF at D = 6, 21, 63 on every CPU
+- student ``log_prob``, batch 4096, paper-sized Glow-1D and MAF at D = 6, 8, 21, 43, 63 on every CPU
   technique (numba engine, ONNX Runtime with ORT_ENABLE_ALL, torch.compile, folded and eager
   PyTorch) and the peers (zuko / nflows MAF of the same size), with achieved GFLOP/s and % of the
   single-thread float32 matmul peak measured in the same run (``bench.roofline``); GFLOP/s count the
