@@ -191,11 +191,20 @@ _JIT = dict(fastmath=True, cache=_CACHE, nogil=True, error_model="numpy")
 # ---------------------------------------------------------------------------------------------
 # scalar math that vectorizes (float32 polynomials; no libm calls in the hot loops)
 # ---------------------------------------------------------------------------------------------
+@nb.njit(inline="always", **_JIT)
+def _horner(x, c):
+    """c[0] x^(n-1) + ... + c[n-1] (coefficients highest degree first; a constant tuple: LLVM unrolls it)."""
+    s = c[0]
+    for i in range(1, len(c)):
+        s = c[i] + x * s
+    return s
+
+
 _LOG2E = F32(1.4426950408889634)
 _LN2_HI = F32(0.693359375)
 _LN2_LO = F32(-2.12194440e-4)
 _EXP_LO, _EXP_HI = F32(-87.0), F32(88.0)
-_C2, _C3, _C4, _C5, _C6, _C7 = (F32(1 / 2), F32(1 / 6), F32(1 / 24), F32(1 / 120), F32(1 / 720), F32(1 / 5040))
+_EXP_SERIES = (F32(1 / 5040), F32(1 / 720), F32(1 / 120), F32(1 / 24), F32(1 / 6), F32(1 / 2), _ONE, _ONE)  # e^r, r^7 first
 
 
 @nb.njit(inline="always", **_JIT)
@@ -204,7 +213,7 @@ def _exp(x):
     x = min(max(x, _EXP_LO), _EXP_HI)
     k = np.floor(x * _LOG2E + _HALF)
     r = (x - k * _LN2_HI) - k * _LN2_LO
-    p = _ONE + r * (_ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
+    p = _horner(r, _EXP_SERIES)
     return p * _pow2i(np.int32(k))
 
 
@@ -212,19 +221,14 @@ _L3, _L5, _L7, _L9, _L11, _L13, _L15, _L17 = (F32(1 / 3), F32(1 / 5), F32(1 / 7)
                                               F32(1 / 13), F32(1 / 15), F32(1 / 17))
 
 
+_LOG1P_SERIES = (_L17, _L15, _L13, _L11, _L9, _L7, _L5, _L3, _ONE)
+
+
 @nb.njit(inline="always", **_JIT)
 def _log1p_unit(e):
     """log(1 + e) for e in [0, 1]: 2 atanh(t), t = e / (2 + e) <= 1/3 (series to t^17: < 1e-8)."""
     t = e / (_TWO + e)
-    t2 = t * t
-    s = _L15 + t2 * _L17
-    s = _L13 + t2 * s
-    s = _L11 + t2 * s
-    s = _L9 + t2 * s
-    s = _L7 + t2 * s
-    s = _L5 + t2 * s
-    s = _L3 + t2 * s
-    return _TWO * t * (_ONE + t2 * s)
+    return _TWO * t * _horner(t * t, _LOG1P_SERIES)
 
 
 # tanh as a rational minimax fit x P(x^2) / Q(x^2) on |x| <= 7.905 (the float32 coefficients of Eigen's
@@ -238,21 +242,16 @@ _TB0, _TB2, _TB4, _TB6 = F32(4.89352518554385e-03), F32(2.26843463243900e-03), F
     F32(1.19825839466702e-06)
 
 
+_TANH_P = (_TA13, _TA11, _TA9, _TA7, _TA5, _TA3, _TA1)
+_TANH_Q = (_TB6, _TB4, _TB2, _TB0)
+
+
 @nb.njit(inline="always", **_JIT)
 def _tanh(y):
     """tanh in float32 (rational approximation above; vectorizes: no branch, no libm call)."""
     x = min(max(y, -_TANH_CLAMP), _TANH_CLAMP)
     x2 = x * x
-    p = _TA11 + x2 * _TA13
-    p = _TA9 + x2 * p
-    p = _TA7 + x2 * p
-    p = _TA5 + x2 * p
-    p = _TA3 + x2 * p
-    p = _TA1 + x2 * p
-    q = _TB4 + x2 * _TB6
-    q = _TB2 + x2 * q
-    q = _TB0 + x2 * q
-    return x * p / q
+    return x * _horner(x2, _TANH_P) / _horner(x2, _TANH_Q)
 
 
 # ---------------------------------------------------------------------------------------------
