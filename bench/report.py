@@ -24,15 +24,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from nfkd.inference.registry import BACKENDS as _REGISTRY
+
 STATS = ("median", "min", "mean")
-BACKEND_ORDER = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "numba", "nflows", "zuko")
-BACKEND_LABEL = {
-    "eager": "eager PyTorch", "folded": "folded PyTorch", "compile": "torch.compile", "onnxruntime": "ONNX Runtime",
-    "tensorrt": "TensorRT", "triton": "Triton kernels", "numba": "numba engine", "nflows": "nflows", "zuko": "zuko",
-}
-ARCH_LABEL = {"glow1d": "Glow-1D", "maf": "MAF", "glow": "Glow (images)"}
-DIRECTION_LABEL = {"density": "density: time to compute the log-likelihood of a batch", "sample": "sampling: time to draw a batch"}
 PEERS = ("nflows", "zuko")
+BACKEND_ORDER = (*_REGISTRY, *PEERS)  # nfkd's backends in the registry's order, then the outside references
+BACKEND_LABEL = {**{name: spec.title for name, spec in _REGISTRY.items()}, **{p: p for p in PEERS}}
+ARCH_LABEL = {"glow1d": "Glow-1D", "maf": "MAF", "glow": "Glow (images)"}  # also the order of the sections
+DIRECTION_LABEL = {"density": "density: time to compute the log-likelihood of a batch", "sample": "sampling: time to draw a batch"}
+
+
+def _tabular(arch: str) -> bool:
+    """Whether rows of ``arch`` model tables (D features) or images (a shape): the flow class says."""
+    from nfkd.flows import ARCHITECTURES
+
+    cls = ARCHITECTURES.get(arch)
+    return cls is None or cls.tabular
+
+
+def _tabular_archs() -> list[str]:
+    return [a for a in ARCH_LABEL if _tabular(a)]
 
 
 @dataclass
@@ -119,7 +130,7 @@ def derive(rows: list[Row], stat: str = "median") -> list[Row]:
 def sort_key(r: Row) -> tuple:
     return (
         ("density", "sample").index(r.direction) if r.direction in ("density", "sample") else 9,
-        ("glow1d", "maf", "glow").index(r.arch) if r.arch in ("glow1d", "maf", "glow") else 9,
+        list(ARCH_LABEL).index(r.arch) if r.arch in ARCH_LABEL else 9,
         r.dim, r.batch, BACKEND_ORDER.index(r.backend) if r.backend in BACKEND_ORDER else 99,
         0 if r.role == "teacher" else 1,
     )
@@ -233,14 +244,14 @@ def table2_section(rows: list[Row]) -> str:
     out = []
     idx = _index(rows)
     for direction in ("density", "sample"):
-        for arch in ("glow1d", "maf", "glow"):
+        for arch in ARCH_LABEL:
             sub = [r for r in rows if r.direction == direction and r.arch == arch]
             if not sub:
                 continue
             backends = _backends(sub)
             cols = [(b, role) for b in backends for role in ("teacher", "student")
                     if any(r.backend == b and r.role == role for r in sub)]
-            head = ["D" if arch != "glow" else "shape", "batch", "params T / S (k)"]
+            head = ["D" if _tabular(arch) else "shape", "batch", "params T / S (k)"]
             head += [f"{'T' if role == 'teacher' else 'S'} {BACKEND_LABEL.get(b, b)}" for b, role in cols]
             body = []
             for dim, batch in sorted({(r.dim, r.batch) for r in sub}):
@@ -261,7 +272,7 @@ def table2_section(rows: list[Row]) -> str:
             out.append(f"### {ARCH_LABEL.get(arch, arch)}, {DIRECTION_LABEL[direction]}\n\n"
                        "Time per batch in ms (speed-up over the eager teacher). T = teacher, S = student"
                        + ("; nflows / zuko: the same MAF built with those libraries (teacher and student sizes)."
-                          if arch == "maf" and any(b in PEERS for b in backends) else ".")
+                          if any(b in PEERS for b in backends) else ".")
                        + "\n\n" + table(head, body))
     return "\n\n".join(out)
 
@@ -275,12 +286,12 @@ def headline_section(rows: list[Row]) -> str:
 def _ort_vs_teacher(rows: list[Row], idx: dict) -> list[str]:
     """ONNX Runtime student vs eager teacher, tabular density at the largest common batch <= 4096."""
     parts: list[str] = []
-    dens = [r for r in rows if r.direction == "density" and r.arch in ("glow1d", "maf")]
+    dens = [r for r in rows if r.direction == "density" and _tabular(r.arch)]
     batches = sorted({r.batch for r in dens})
     if dens and any(r.backend == "onnxruntime" and r.role == "student" for r in dens):
         hb = 4096 if 4096 in batches else max(batches)
         body, gains = [], []
-        for arch in ("glow1d", "maf"):
+        for arch in _tabular_archs():
             for dim in sorted({r.dim for r in dens if r.arch == arch}):
                 t = idx.get(("density", arch, dim, hb, "teacher", "eager"))
                 s = idx.get(("density", arch, dim, hb, "student", "onnxruntime"))
@@ -310,7 +321,7 @@ def _engine(rows: list[Row], idx: dict) -> list[str]:
     hb = 4096 if any(r.batch == 4096 for r in eng) else max(r.batch for r in eng)
     body, vs_ort, vs_zuko = [], [], []
     for direction in ("density", "sample"):
-        for arch in ("glow1d", "maf"):
+        for arch in _tabular_archs():
             for dim in sorted({r.dim for r in eng if r.arch == arch}):
                 n = idx.get((direction, arch, dim, hb, "student", "numba"))
                 if n is None:
@@ -340,7 +351,7 @@ def _student_vs_teacher(rows: list[Row], idx: dict) -> list[str]:
     parts: list[str] = []
     body = []
     for direction in ("density", "sample"):
-        for arch in ("glow1d", "maf", "glow"):
+        for arch in ARCH_LABEL:
             sub = [r for r in rows if r.direction == direction and r.arch == arch]
             for b in _backends(sub):
                 if b in PEERS:
@@ -359,13 +370,14 @@ def _student_vs_teacher(rows: list[Row], idx: dict) -> list[str]:
                 if any_val:
                     body.append((cells, arch))
     if body:
-        for arch_group in (("glow1d", "maf"), ("glow",)):
+        for tabular in (True, False):
+            arch_group = [a for a in ARCH_LABEL if _tabular(a) == tabular]
             sel = [c for c, a in body if a in arch_group]
             if not sel:
                 continue
             bs = sorted({r.batch for r in rows if r.arch in arch_group})
             parts.append(
-                f"### Student vs teacher at equal backend ({'tabular' if 'maf' in arch_group else 'images'})\n\n"
+                f"### Student vs teacher at equal backend ({'tabular' if tabular else 'images'})\n\n"
                 "Teacher time / student time on the same backend, geometric mean over dimensions.\n\n"
                 + table(["direction", "arch", "backend", *[f"batch {b}" for b in bs]], sel)
             )
@@ -422,7 +434,7 @@ def _fmt_roof(r: Row) -> str:
 def full_section(rows: list[Row]) -> str:
     out = []
     for direction in ("density", "sample"):
-        for arch in ("glow1d", "maf", "glow"):
+        for arch in ARCH_LABEL:
             sub = sorted((r for r in rows if r.direction == direction and r.arch == arch), key=sort_key)
             if not sub:
                 continue
@@ -430,7 +442,7 @@ def full_section(rows: list[Row]) -> str:
                      fmt_ms(r.stats.get("min", math.nan)), fmt_rate(r.samples_per_s),
                      fmt_x(r.speedup, r.speedup_other_run), _fmt_roof(r), f"{r.rounds}x{r.iterations}"] for r in sub]
             out.append(f"### {ARCH_LABEL.get(arch, arch)}, {direction}\n\n" + table(
-                ["D" if arch != "glow" else "shape", "batch", "role", "backend", "params (k)", "ms (mean ± std)", "min ms",
+                ["D" if _tabular(arch) else "shape", "batch", "role", "backend", "params (k)", "ms (mean ± std)", "min ms",
                  "samples/s", "speed-up", "GFLOP/s (% peak)", "rounds x iter"], body))
     return "\n\n".join(out)
 
@@ -459,7 +471,7 @@ def plot(rows: list[Row], out_dir: Path, stem: str) -> list[Path]:
     colors = dict(zip(BACKEND_ORDER, ("#000000", "#1f77b4", "#9467bd", "#d62728", "#ff7f0e", "#2ca02c", "#7f7f7f", "#bcbd22")))
     files = []
     for direction in ("density", "sample"):
-        for arch in ("glow1d", "maf", "glow"):
+        for arch in ARCH_LABEL:
             sub = [r for r in rows if r.direction == direction and r.arch == arch]
             if not sub:
                 continue
@@ -478,7 +490,7 @@ def plot(rows: list[Row], out_dir: Path, stem: str) -> list[Path]:
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
                 shape = next(r.shape for r in sub if r.dim == dim)
-                ax.set_title(f"D={shape}" if arch != "glow" else shape, fontsize=9)
+                ax.set_title(f"D={shape}" if _tabular(arch) else shape, fontsize=9)
                 ax.set_xlabel("batch", fontsize=8)
                 ax.tick_params(labelsize=7)
                 ax.grid(True, which="major", alpha=0.3)

@@ -40,6 +40,7 @@ from nfkd.progress import phase
 from nfkd.sklearn import FlowDensity, FlowOutlierDetector
 
 SEED = 0
+TEACHER_ARCHS = ("glow1d", "maf")  # the tabular teachers the report compares
 
 
 def magic_with_labels(root: Path) -> dict[str, np.ndarray]:
@@ -135,7 +136,7 @@ def _show(row: dict) -> None:
 def likelihood_rows(args: argparse.Namespace, X: np.ndarray, Xt: np.ndarray) -> tuple[list[dict], dict]:
     """1. Held-out log-likelihood rows (teachers, their students, tuned GMM / KDE) and the GMM / KDE grid picks."""
     rows, best = [], {}
-    for arch in ("glow1d", "maf"):
+    for arch in TEACHER_ARCHS:
         t0 = time.perf_counter()
         with phase(f"sklearn_magic: fitting the {arch} teacher ({args.steps} steps at most)"):
             teacher = FlowDensity(arch=arch, steps=args.steps, random_state=SEED).fit(X)
@@ -165,7 +166,7 @@ def likelihood_rows(args: argparse.Namespace, X: np.ndarray, Xt: np.ndarray) -> 
 def flow_auc_rows(args: argparse.Namespace, gam: np.ndarray, Xt: np.ndarray, y: np.ndarray) -> list[dict]:
     """2. ROC-AUC of FlowOutlierDetector teachers and students fitted on gammas (hadrons = 1 in ``y``)."""
     auc = []
-    for arch in () if args.flows_only else ("glow1d", "maf"):
+    for arch in () if args.flows_only else TEACHER_ARCHS:
         t0 = time.perf_counter()
         with phase(f"sklearn_magic: fitting the {arch} outlier detector"):
             det = FlowOutlierDetector(arch=arch, steps=args.steps, random_state=SEED).fit(gam)

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 import nfkd
 from nfkd.checkpoint import load_checkpoint
 from nfkd.errors import ExportError, NfkdError
-from nfkd.flows import Flow
+from nfkd.flows import ARCHITECTURES, Flow
 from nfkd.flows.base import LOG_2PI
 from nfkd.flows.layers import MADE
 from nfkd.fold import fold
@@ -54,8 +54,8 @@ from .artifacts import staged_folder
 from .check import check_tensorrt_compat
 from .manifest import Manifest, sha256_bytes
 
-__all__ = ["DensityGraph", "SampleGraph", "build_graphs", "ort_runners", "export_onnx", "default_out_dir",
-    "summary", "main"]
+__all__ = ["DensityGraph", "SampleGraph", "build_graphs", "checked_batches", "provenance", "ort_runners",
+    "export_onnx", "default_out_dir", "summary", "main"]
 
 DENSITY_FILE = "density.onnx"
 SAMPLE_FILE = "sample.onnx"
@@ -64,8 +64,6 @@ MAF_SAMPLING_CHOICES = ("auto", "loop", "unrolled")
 # What 'auto' resolves to, from the ORT CPU measurements in export/README.md (loop was faster at
 # batch 1 and 4096 for D=8 and D=63, and exports in seconds where unrolled D=63 takes minutes).
 MAF_SAMPLING_AUTO = "loop"
-#: Architectures with a sequential direction: MAF's sampling graph, IAF's density graph.
-SEQUENTIAL_ARCHS = ("maf", "iaf")
 GRAPHS = ("density", "sample")
 # Engines and caches that an older export may have left; stale once the graphs change.
 STALE_ON_REEXPORT = ("density.plan", "sample.plan")
@@ -210,10 +208,11 @@ def _opset_of(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _resolve_maf_sampling(arch: str, maf_sampling: str) -> str | None:
+def _resolve_maf_sampling(flow: Flow, maf_sampling: str) -> str | None:
+    """The form of the flow's sequential direction (MAF sampling, IAF density); None for a flow without one."""
     if maf_sampling not in MAF_SAMPLING_CHOICES:
         raise ExportError(f"maf_sampling must be one of {MAF_SAMPLING_CHOICES}, got {maf_sampling!r}")
-    if arch not in SEQUENTIAL_ARCHS:
+    if flow.sequential_direction() is None:
         return None
     return MAF_SAMPLING_AUTO if maf_sampling == "auto" else maf_sampling
 
@@ -224,16 +223,15 @@ def build_graphs(
 ) -> tuple[dict[str, onnx.ModelProto], str | None, list[str]]:
     """Trace fold(flow) into the density and sample ONNX models (``which``: both, or one for a pair export).
 
-    Returns (models, maf mode used, notes)."""
+    Returns (models, the sequential direction's form in the graphs built (None: they have none), notes)."""
     flow = flow.eval()
     folded = fold(flow, torch.float16 if fp16 else torch.float32)
-    mode = _resolve_maf_sampling(flow.arch, maf_sampling)
+    mode = _resolve_maf_sampling(flow, maf_sampling)
+    sequential = flow.sequential_direction()
     notes: list[str] = []
     ex_b = 3  # example batch (not 0/1, which torch.export would specialize)
     batch = torch.export.Dim("B", min=1, max=max(2, int(max_batch)))
     x = torch.zeros(ex_b, *flow.event_shape)
-    density_mode = mode if flow.arch == "iaf" else None
-    sample_mode = mode if flow.arch == "maf" else None
 
     def density_graph(m: str | None) -> onnx.ModelProto:
         return _to_onnx(DensityGraph(folded, flow.dim, m), (x,), {"x": {0: batch}}, ["x"], ["log_prob", "latent"],
@@ -248,9 +246,10 @@ def build_graphs(
         return _to_onnx(SampleGraph(folded, m), args, dyn, [*names, "temperature"], ["x"], opset, "sample")
 
     graphs = {}
-    for what, build, m in (("density", density_graph, density_mode), ("sample", sample_graph, sample_mode)):
+    for what, build in (("density", density_graph), ("sample", sample_graph)):
         if what not in which:
             continue
+        m = mode if what == sequential else None
         try:
             graphs[what] = build(m)
         except ExportError as exc:
@@ -262,7 +261,7 @@ def build_graphs(
     for m in graphs.values():
         m.metadata_props.add(key="nfkd.arch", value=flow.arch)
         m.metadata_props.add(key="nfkd.version", value=nfkd.__version__)
-    return graphs, mode, notes
+    return graphs, mode if sequential in which else None, notes
 
 
 def ort_runners(density_bytes: bytes, sample_bytes: bytes, n_levels: int, threads: int | None = None):
@@ -348,6 +347,26 @@ def _graph_entries(flow: Flow, models: dict[str, onnx.ModelProto], blobs: dict[s
     return graphs
 
 
+def checked_batches(max_batch: int, parity_batches: Sequence[int] | None) -> list[int]:
+    """The parity gate's batch sizes (default: ``parity.DEFAULT_BATCHES`` capped at ``max_batch``), checked."""
+    if max_batch < 1:
+        raise ExportError(f"max_batch must be positive, got {max_batch}")
+    if parity_batches is None:  # the default set, capped at what the graphs are exported for
+        parity_batches = sorted({min(b, max_batch) for b in parity.DEFAULT_BATCHES})
+    if any(b < 1 or b > max_batch for b in parity_batches):
+        raise ExportError(f"parity batches {list(parity_batches)} must lie in [1, max_batch={max_batch}]")
+    return list(parity_batches)
+
+
+def provenance(fp16: bool) -> dict[str, Any]:
+    """The manifest fields every export shares: the tolerance it was gated at, versions, time."""
+    return dict(
+        tolerance={**parity.tolerance_for(fp16), "definition": parity.TOLERANCE_DEFINITION,
+                   "precision": "float16 graph, float32 inputs/outputs" if fp16 else "float32"},
+        versions=_versions(), created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
 def export_onnx(
     checkpoint_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -365,12 +384,7 @@ def export_onnx(
     """
     ckpt = load_checkpoint(checkpoint_path)
     flow = ckpt.flow.eval()
-    if max_batch < 1:
-        raise ExportError(f"max_batch must be positive, got {max_batch}")
-    if parity_batches is None:  # the default set, capped at what the graphs are exported for
-        parity_batches = sorted({min(b, max_batch) for b in parity.DEFAULT_BATCHES})
-    if any(b < 1 or b > max_batch for b in parity_batches):
-        raise ExportError(f"parity batches {list(parity_batches)} must lie in [1, max_batch={max_batch}]")
+    parity_batches = checked_batches(max_batch, parity_batches)
     with phase(f"export: tracing the {flow.arch} density and sampling graphs"):
         models, mode, notes = build_graphs(flow, fp16=fp16, opset=opset, maf_sampling=maf_sampling, max_batch=max_batch)
     files = {"density": DENSITY_FILE, "sample": SAMPLE_FILE}
@@ -389,9 +403,7 @@ def export_onnx(
             dim=int(flow.dim), max_batch=int(max_batch), opset=_opset_of(models["density"]), fp16=bool(fp16),
             maf_sampling=mode, graphs=_graph_entries(flow, models, blobs),
             source={"checkpoint": Path(checkpoint_path).name, "sha256": ckpt.sha256}, parity=res,
-            tolerance={**parity.tolerance_for(fp16), "definition": parity.TOLERANCE_DEFINITION,
-                       "precision": "float16 graph, float32 inputs/outputs" if fp16 else "float32"},
-            versions=_versions(), created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **provenance(fp16),
         )
         manifest.save(tmp)
     return manifest
@@ -415,8 +427,9 @@ def _batches(text: str) -> list[int]:
 def _sequential_note(manifest: Manifest) -> str:
     if not manifest.maf_sampling:
         return ""
-    what = "IAF density" if manifest.arch == "iaf" else "MAF sampling"
-    return f", {what} {manifest.maf_sampling}"
+    cls = ARCHITECTURES.get(manifest.arch)
+    direction = cls.sequential_direction() if cls is not None else None
+    return f", {manifest.arch.upper()} {direction or 'sequential direction'} {manifest.maf_sampling}"
 
 
 def summary(manifest: Manifest, out_dir: Path) -> str:

@@ -11,7 +11,6 @@ whose ``source["pair"]`` carries both hashes and the bundle's faithfulness recor
 """
 from __future__ import annotations
 
-import datetime as _dt
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,9 +32,10 @@ from .onnx import (
     _latent_layout,
     _opset_of,
     _save_graph,
-    _versions,
     build_graphs,
+    checked_batches,
     ort_runners,
+    provenance,
 )
 
 __all__ = ["export_pair_onnx", "pair_summary"]
@@ -72,6 +72,42 @@ def _merged_parity(res: dict[str, dict[str, Any]], roles: dict[str, str]) -> dic
     return out
 
 
+def _pair_graphs(flows: dict[str, Any], fp16: bool, opset: int | None, maf_sampling: str,
+                 max_batch: int) -> tuple[dict[str, Any], str | None, list[str]]:
+    """Each graph traced from its own model: (models, the sequential direction's form if one is exported, notes)."""
+    models, modes, notes = {}, {}, []
+    for graph, role in GRAPH_ROLE.items():
+        built, modes[graph], n = build_graphs(flows[role], fp16=fp16, opset=opset, maf_sampling=maf_sampling,
+                                              max_batch=max_batch, which=(graph,))
+        models[graph] = built[graph]
+        notes += [f"{graph} graph: {x}" for x in n]
+    return models, modes["density"] or modes["sample"], notes  # neither for a MAF density + IAF sampler
+
+
+def _pair_manifest(b: Any, flows: dict[str, Any], models: dict[str, Any], blobs: dict[str, bytes],
+                   merged: dict[str, Any], sequential: str | None, fp16: bool, max_batch: int) -> Manifest:
+    """The single-model manifest layout, with each graph's source checkpoint and the bundle's record."""
+    ck = b.checkpoints
+    density, sampler = flows["density"], flows["sampler"]
+    graphs = {}
+    for graph, role in GRAPH_ROLE.items():
+        entry = _graph_entries(flows[role], {graph: models[graph]}, blobs)[graph]
+        entry["source"] = {"role": role, "checkpoint": b.record["files"][role]["file"], "sha256": ck[role].sha256,
+                           "arch": flows[role].arch}
+        graphs[graph] = entry
+    sides = {role: {"checkpoint": b.record["files"][role]["file"], "sha256": ck[role].sha256,
+                    "arch": flows[role].arch, "config": dict(ck[role].config)} for role in GRAPH_ROLE.values()}
+    return Manifest(
+        arch=PAIR_ARCH, config={role: {"arch": s["arch"], "config": s["config"]} for role, s in sides.items()},
+        event_shape=list(density.event_shape), noise_shapes=[list(s[1:]) for s in sampler.noise_shapes(1)],
+        latent_layout=_latent_layout(density), dim=int(density.dim), max_batch=int(max_batch),
+        opset=_opset_of(models["density"]), fp16=bool(fp16), maf_sampling=sequential, graphs=graphs,
+        source={"checkpoint": b.folder.name, "sha256": b.record["pair_sha256"],
+                "pair": {**sides, "faithfulness": b.record.get("faithfulness")}},
+        parity=merged, **provenance(fp16),
+    )
+
+
 def export_pair_onnx(
     bundle: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -83,29 +119,15 @@ def export_pair_onnx(
     parity_batches: Sequence[int] | None = None,
 ) -> Manifest:
     """Export a pair bundle to ``out_dir/{density,sample}.onnx`` + ``manifest.json``, each graph parity-gated."""
-    from nfkd.errors import ExportError
-
     b = read_bundle(bundle)  # file names and hashes checked
     ck = b.checkpoints
     flows = {role: c.flow.eval() for role, c in ck.items()}
     check_compatible(*(ModelSource(ModelMeta.of_flow(c.flow, c.sha256), flow=c.flow, metadata=dict(c.metadata))
                        for c in (ck["density"], ck["sampler"])))
-    if max_batch < 1:
-        raise ExportError(f"max_batch must be positive, got {max_batch}")
-    if parity_batches is None:
-        parity_batches = sorted({min(v, max_batch) for v in parity.DEFAULT_BATCHES})
-    if any(v < 1 or v > max_batch for v in parity_batches):
-        raise ExportError(f"parity batches {list(parity_batches)} must lie in [1, max_batch={max_batch}]")
-    models, modes, notes = {}, {}, []
-    for graph, role in GRAPH_ROLE.items():
-        built, modes[graph], n = build_graphs(flows[role], fp16=fp16, opset=opset, maf_sampling=maf_sampling,
-                                              max_batch=max_batch, which=(graph,))
-        models[graph] = built[graph]
-        notes += [f"{graph} graph: {x}" for x in n]
-    density, sampler = flows["density"], flows["sampler"]
-    sequential = modes["density"] if density.arch == "iaf" else modes["sample"] if sampler.arch == "maf" else None
+    parity_batches = checked_batches(max_batch, parity_batches)
+    models, sequential, notes = _pair_graphs(flows, fp16, opset, maf_sampling, max_batch)
     files = {"density": DENSITY_FILE, "sample": SAMPLE_FILE}
-    n_levels = len(sampler.noise_shapes(1))
+    n_levels = len(flows["sampler"].noise_shapes(1))
     with staged_folder(Path(out_dir), stale=STALE_ON_REEXPORT) as tmp:
         blobs = {}
         for graph, model in models.items():
@@ -117,26 +139,7 @@ def export_pair_onnx(
         merged = _merged_parity(res, roles)
         if notes:
             merged["notes"] = notes
-        graphs = {}
-        for graph, role in GRAPH_ROLE.items():
-            entry = _graph_entries(flows[role], {graph: models[graph]}, blobs)[graph]
-            entry["source"] = {"role": role, "checkpoint": b.record["files"][role]["file"], "sha256": ck[role].sha256,
-                               "arch": flows[role].arch}
-            graphs[graph] = entry
-        sides = {role: {"checkpoint": b.record["files"][role]["file"], "sha256": ck[role].sha256,
-                        "arch": flows[role].arch, "config": dict(ck[role].config)} for role in GRAPH_ROLE.values()}
-        manifest = Manifest(
-            arch=PAIR_ARCH, config={role: {"arch": s["arch"], "config": s["config"]} for role, s in sides.items()},
-            event_shape=list(density.event_shape), noise_shapes=[list(s[1:]) for s in sampler.noise_shapes(1)],
-            latent_layout=_latent_layout(density), dim=int(density.dim), max_batch=int(max_batch),
-            opset=_opset_of(models["density"]), fp16=bool(fp16), maf_sampling=sequential, graphs=graphs,
-            source={"checkpoint": b.folder.name, "sha256": b.record["pair_sha256"],
-                    "pair": {**sides, "faithfulness": b.record.get("faithfulness")}},
-            parity=merged,
-            tolerance={**parity.tolerance_for(fp16), "definition": parity.TOLERANCE_DEFINITION,
-                       "precision": "float16 graph, float32 inputs/outputs" if fp16 else "float32"},
-            versions=_versions(), created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        )
+        manifest = _pair_manifest(b, flows, models, blobs, merged, sequential, fp16, max_batch)
         manifest.save(tmp)
     return manifest
 

@@ -204,7 +204,10 @@ def _graphs_for(checkpoint_path, out_dir: Path, ckpt, *, max_batch: int, opset: 
     from .onnx import export_onnx
 
     manifest = reusable_export(out_dir, ckpt.sha256)
-    wanted = None if maf_sampling == "auto" or ckpt.arch not in ("maf", "iaf") else maf_sampling
+    from nfkd.flows import flow_class
+
+    sequential = flow_class(ckpt.arch).sequential_direction() is not None  # MAF sampling, IAF density
+    wanted = None if maf_sampling == "auto" or not sequential else maf_sampling
     if (
         manifest is None
         or manifest.max_batch < max_batch

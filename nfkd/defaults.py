@@ -74,8 +74,10 @@ def recommend(arch: str, n_train: int | None, protocol: str = "equal-budget") ->
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     rows = [d for d in DEFAULTS if d.arch == arch and d.size in (size_of(n_train), "any")]
-    if not rows:
-        raise KeyError(f"no default distillation recipe for a {arch!r} student")
+    if not rows:  # an architecture nobody has measured yet (a newly registered flow): plain maximum likelihood
+        return Default(arch, "any", "equal-budget", "none", "not measured for this architecture",
+                       "no recipe has been measured for it: maximum likelihood, the baseline every method is "
+                       "compared against")
     return next((d for d in rows if d.protocol == protocol), next(d for d in rows if d.protocol == "equal-budget"))
 
 
@@ -99,7 +101,9 @@ def describe_defaults() -> str:
         lines.append(f"  {arch:<9} {d.size:<5} {d.protocol:<12} {d.method:<12} {d.measured}")
         lines.append(f"  {'':<41}why: {d.why}")
     lines.append("inference backend, backend='auto' (the first installed of, from inference/ranking.json):")
-    for device, archs in (("cpu", ("glow1d", "maf", "iaf", "glow")), ("cuda", ("glow1d", "maf", "iaf", "glow"))):
-        for arch in archs:
+    from .flows import ARCHITECTURES
+
+    for device in ("cpu", "cuda"):
+        for arch in ARCHITECTURES:
             lines.append(f"  {device:<5} {arch:<7} {', '.join(backend_order(device, arch))}")
     return "\n".join(lines)

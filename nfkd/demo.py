@@ -26,6 +26,7 @@ from .demo_images import render_image_section, run_image_demo
 from .distill.variants import demo_recipe, get_variant
 from .errors import InputError
 from .experiment import LABELS, train_family
+from .flows import MAF, architectures, flow_class
 from .inference.timing import interleaved_medians
 from .pipeline import evaluate, get_data
 from .train import TrainConfig
@@ -111,8 +112,8 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
     if protocol not in ("equal-budget", "warm-start"):
         raise InputError(f"protocol must be 'equal-budget' or 'warm-start', got {protocol!r}")
     # A MAF teacher also gets the parallel-sampling IAF student (one MADE pass per block to sample).
-    methods = list(dict.fromkeys(["none", "skd", method,
-                                  *(["iaf"] if arch == "maf" and protocol == "equal-budget" else [])]))
+    methods = list(dict.fromkeys(["none", "skd", method, *(["iaf"] if get_variant("iaf").applies_to(arch)
+                                                           and protocol == "equal-budget" else [])]))
     out.mkdir(parents=True, exist_ok=True)
     runs = out / "runs"
     data = get_data(data_name, seed=seed)
@@ -185,11 +186,12 @@ def run_demo(out: Path, data_name: str = "breast_cancer", arch: str = "glow1d", 
     if deploy:
         from .demo_deploy import run_deploy_demo
 
-        extra = {} if arch == "maf" else {f"{arch} teacher": runs / "teacher" / "model.pt",
-                                          f"{arch} student ({best_by_val})": runs / best_by_val.replace(":", "_") / "model.pt"}
+        own = flow_class(arch) is MAF  # the deployment part trains a MAF family of its own
+        extra = {} if own else {f"{arch} teacher": runs / "teacher" / "model.pt",
+                                f"{arch} student ({best_by_val})": runs / best_by_val.replace(":", "_") / "model.pt"}
         report["deploy"] = run_deploy_demo(out, data, teacher_steps, student_steps, seed, log=log, extra_models=extra,
                                            rounds=deploy_rounds,
-                                           teacher="MAF teacher" if arch == "maf" else f"{arch} teacher")
+                                           teacher="MAF teacher" if own else f"{arch} teacher")
         _write_report(out, report)
     if image_data:
         report["images"] = run_image_demo(out, image_data, *image_steps, seed=seed, fid_n=fid_n, log=log,
@@ -256,7 +258,7 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out")
     parser.add_argument("--data", default="breast_cancer")
-    parser.add_argument("--arch", default="glow1d", choices=["glow1d", "maf"])
+    parser.add_argument("--arch", default="glow1d", choices=architectures(tabular=True, teacher=True))
     parser.add_argument("--teacher-steps", type=int, default=2000)
     parser.add_argument("--student-steps", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)

@@ -28,6 +28,7 @@ from .distill.datafree import default_sample_counts, student_like_teacher, teach
 from .distill.recipe import teacher_sized_config
 from .distill.variants import PAPER_VARIANTS, VARIANTS, describe_variants, get_variant
 from .errors import InputError
+from .flows import architectures, flow_class
 from .metrics.tabular import sample_quality
 from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
 from .presets import resolve, student_preset
@@ -147,7 +148,9 @@ def check_methods(arch: str, methods: list[str], protocol: str = "equal-budget")
     for m in methods:
         v = get_variant(m)
         if not v.applies_to(arch):
-            raise InputError(f"method {m!r} trains an {v.student_arch} student, which needs a maf teacher (--arch maf)")
+            need = " or ".join(flow_class(v.student_arch).student_of)
+            raise InputError(f"method {m!r} trains an {v.student_arch} student, which needs a {need} teacher "
+                             f"(--arch {need})")
         if v.fresh_only and protocol == "warm-start":
             what = f"an {v.student_arch} student" if v.student_arch else "a fresh student (data-free or teacher-sized)"
             raise InputError(f"method {m!r} trains {what}, which cannot continue the {arch} base student: use "
@@ -313,7 +316,7 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="dataset name (required unless only listing methods)")
     parser.add_argument("--data-root", default=None)
-    parser.add_argument("--arch", default=None, choices=["glow", "glow1d", "maf"],
+    parser.add_argument("--arch", default=None, choices=architectures(teacher=True),
                         help="the teacher's architecture (maf: the iaf methods add IAF students)")
     parser.add_argument("--preset", default=None)
     parser.add_argument("--seeds", type=int, default=3)

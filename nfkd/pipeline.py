@@ -13,10 +13,10 @@ from .data.images import ImageSplits
 from .data.splits import TabularSplits
 from .data.user_files import UserTableSplits
 from .errors import InputError
-from .flows import Flow, bits_per_dim, build_flow
+from .flows import Flow, architectures, bits_per_dim, flow_class
 from .train import TrainData
 
-__all__ = ["get_data", "flow_for", "train_data", "data_metadata", "split_array", "evaluate"]
+__all__ = ["get_data", "shaped_flow", "flow_for", "train_data", "data_metadata", "split_array", "evaluate"]
 
 Dataset = TabularSplits | ImageSplits
 
@@ -26,20 +26,32 @@ def get_data(name: str, root: str | Path | None = None, seed: int = 0, **kw: Any
     return load_dataset(name, root=root, seed=seed, **kw)
 
 
-def flow_for(data: Dataset, config: dict[str, Any]) -> Flow:
-    """Build a flow shaped for the data; tabular flows get the training split's normalization."""
+def shaped_flow(config: dict[str, Any], event_shape: tuple[int, ...], tabular: bool, n_levels: int = 256,
+                normalization: tuple[Any, Any] | None = None) -> Flow:
+    """A flow of ``config`` (with 'arch') for data of ``event_shape``; tables get ``normalization`` (loc, scale).
+
+    One clear error when the architecture is of the other kind (``Flow.tabular``): what pipeline's
+    datasets and data-free students (``nfkd.distill.datafree``) share.
+    """
     cfg = dict(config)
     arch = cfg.pop("arch")
-    if isinstance(data, ImageSplits):
-        if arch != "glow":
-            raise InputError(f"{arch} is tabular; use --arch glow for image data")
-        flow = build_flow(arch, in_shape=list(data.shape), n_levels_data=int(data.train.n_levels), **cfg)
-    else:
-        if arch == "glow":
-            raise InputError("glow is for images; use --arch glow1d or maf for tables")
-        flow = build_flow(arch, dim=data.dim, **cfg)
-        flow.normalize.set(torch.from_numpy(data.mean), torch.from_numpy(np.maximum(data.std, 1e-12)))
+    cls = flow_class(arch)
+    if cls.tabular != tabular:
+        fits = " or ".join(architectures(tabular=tabular, teacher=True))
+        raise InputError(f"{arch} is {'tabular' if cls.tabular else 'for images'}; use --arch {fits} for "
+                         f"{'tables' if tabular else 'image data'}")
+    flow = cls.for_event(event_shape, n_levels, **cfg)
+    if normalization is not None:
+        flow.normalize.set(*normalization)
     return flow
+
+
+def flow_for(data: Dataset, config: dict[str, Any]) -> Flow:
+    """Build a flow shaped for the data; tabular flows get the training split's normalization."""
+    if isinstance(data, ImageSplits):
+        return shaped_flow(config, tuple(data.shape), False, int(data.train.n_levels))
+    norm = (torch.from_numpy(data.mean), torch.from_numpy(np.maximum(data.std, 1e-12)))
+    return shaped_flow(config, (data.dim,), True, normalization=norm)
 
 
 def train_data(data: Dataset) -> TrainData:

@@ -5,86 +5,68 @@ Paper (Walton et al., Tables 3 and 5): tabular Glow L=1 with teacher hidden 64 /
 the paper's Table 2 sizes at D = 6 (student 13.8k, teacher 86.7k parameters, counting the
 strictly triangular LU entries only; ``effective_parameters``). The official code's own config
 (teacher K=5 h=32, student K=3 h=16, same depth) is ``glow1d-official``. MAF teacher K=6 / student K=3,
-hidden 32 (``iaf-paper``: the same MAF teacher with an IAF student of the MAF student's size); CIFAR-10 Glow teacher K=32 / student K=8, hidden 512, L=3 (the official config).
+hidden 32 (``iaf-paper``: the same MAF teacher with an IAF student of the MAF student's size); CIFAR-10
+Glow teacher K=32 / student K=8, hidden 512, L=3 (the official config).
 For CelebA-64 we keep K and hidden and use L=4 (64 = 4 x the 16-pixel CIFAR top after 3 levels
 ... halved once more), a choice of ours: the paper does not fix it in the text we follow.
+
+The tables hang off the flow classes (``Glow1D.presets``, ``MAF.presets`` ...): a registered
+architecture brings its own, and ``PRESETS`` reads them all.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
 __all__ = ["student_preset", "resolve", "effective_parameters", "parameter_table"]
 
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # name -> {"teacher": config, "student": config}; "dim"/"in_shape" come from the data.
-    "glow1d-paper": {
-        "teacher": {"arch": "glow1d", "steps": 5, "hidden": 64, "depth": 5},
-        "student": {"arch": "glow1d", "steps": 3, "hidden": 32, "depth": 5},
-    },
-    "glow1d-official": {
-        "teacher": {"arch": "glow1d", "steps": 5, "hidden": 32, "depth": 5},
-        "student": {"arch": "glow1d", "steps": 3, "hidden": 16, "depth": 5},
-    },
-    "maf-paper": {
-        "teacher": {"arch": "maf", "blocks": 6, "hidden": 32, "n_hidden": 2},
-        "student": {"arch": "maf", "blocks": 3, "hidden": 32, "n_hidden": 2},
-    },
-    # IAF student (parallel sampling) of the paper's MAF teacher: the maf-paper student's size.
-    "iaf-paper": {
-        "teacher": {"arch": "maf", "blocks": 6, "hidden": 32, "n_hidden": 2},
-        "student": {"arch": "iaf", "blocks": 3, "hidden": 32, "n_hidden": 2},
-    },
-    "glow-cifar10-paper": {
-        "teacher": {"arch": "glow", "levels": 3, "steps": 32, "hidden": 512},
-        "student": {"arch": "glow", "levels": 3, "steps": 8, "hidden": 512},
-    },
-    "glow-celeba-paper": {
-        "teacher": {"arch": "glow", "levels": 4, "steps": 32, "hidden": 512},
-        "student": {"arch": "glow", "levels": 4, "steps": 8, "hidden": 512},
-    },
-    # Same shapes, sized for 2 CPU cores.
-    "glow1d-cpu": {
-        "teacher": {"arch": "glow1d", "steps": 8, "hidden": 64},
-        "student": {"arch": "glow1d", "steps": 2, "hidden": 16},
-    },
-    "maf-cpu": {
-        "teacher": {"arch": "maf", "blocks": 6, "hidden": 64, "n_hidden": 2},
-        "student": {"arch": "maf", "blocks": 2, "hidden": 16, "n_hidden": 2},
-    },
-    "iaf-cpu": {
-        "teacher": {"arch": "maf", "blocks": 6, "hidden": 64, "n_hidden": 2},
-        "student": {"arch": "iaf", "blocks": 2, "hidden": 16, "n_hidden": 2},
-    },
-    "glow-cpu": {
-        "teacher": {"arch": "glow", "levels": 3, "steps": 4, "hidden": 64},
-        "student": {"arch": "glow", "levels": 3, "steps": 2, "hidden": 32},
-    },
-}
 
-DEFAULT_PRESET = {"glow1d": "glow1d-cpu", "maf": "maf-cpu", "iaf": "iaf-cpu", "glow": "glow-cpu"}
+class _Presets(Mapping):
+    """Every registered architecture's ``presets`` (class attribute), read live: a registered flow's show up."""
+
+    def _table(self) -> dict[str, dict[str, dict[str, Any]]]:
+        from .flows import ARCHITECTURES
+
+        return {name: p for cls in ARCHITECTURES.values() for name, p in cls.presets.items()}
+
+    def __getitem__(self, name: str) -> dict[str, dict[str, Any]]:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
 
 
-#: The IAF student that sits beside a MAF preset's students (same size as its MAF student).
-IAF_OF_MAF = {"maf-paper": "iaf-paper", "maf-cpu": "iaf-cpu"}
+#: name -> {"teacher": config, "student": config} ("dim"/"in_shape" come from the data); on the flow classes.
+PRESETS: Mapping[str, dict[str, dict[str, Any]]] = _Presets()
 
 
 def student_preset(preset: str | None, student_arch: str) -> str | None:
     """The preset of a student of ``student_arch`` under a teacher preset (an IAF beside a MAF preset)."""
-    return IAF_OF_MAF.get(preset, preset) if student_arch == "iaf" else preset
+    from .flows import flow_class
+
+    return flow_class(student_arch).preset_beside(preset)
 
 
 def resolve(arch: str, role: str, preset: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config (with 'arch') for a role ('teacher' or 'student') of a preset."""
-    name = preset or DEFAULT_PRESET.get(arch)
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    from .flows import flow_class
+
     if role not in ("teacher", "student"):
         raise ValueError("role must be 'teacher' or 'student'")
-    cfg = dict(PRESETS[name][role])
-    if cfg["arch"] != arch:
-        raise ValueError(f"preset {name!r} is for {cfg['arch']}, not {arch}")
+    name = preset or flow_class(arch).default_preset
+    if name is None:  # an architecture without presets: its class defaults
+        cfg: dict[str, Any] = {"arch": arch}
+    elif name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    else:
+        cfg = dict(PRESETS[name][role])
+        if cfg["arch"] != arch:
+            raise ValueError(f"preset {name!r} is for {cfg['arch']}, not {arch}")
     cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return cfg
 
@@ -111,9 +93,9 @@ def effective_parameters(flow: torch.nn.Module) -> int:
 
 def parameter_table(names: list[str] | None = None, dims: tuple[int, ...] = PAPER_DIMS) -> str:
     """Teacher and student sizes of tabular presets at each D (effective / stored parameters)."""
-    from .flows import build_flow
+    from .flows import build_flow, flow_class
 
-    names = names or [n for n, p in PRESETS.items() if p["teacher"]["arch"] != "glow"]
+    names = names or [n for n, p in PRESETS.items() if flow_class(p["teacher"]["arch"]).tabular]
     lines = ["| preset | D | student params | teacher params |", "|---|---:|---:|---:|"]
     for name in names:
         for d in dims:

@@ -32,7 +32,7 @@ from ..distill.recipe import (
 )
 from ..distill.variants import get_variant
 from ..errors import InputError
-from ..flows import Flow
+from ..flows import ARCHITECTURES, Flow, architectures, flow_class
 from ..pipeline import data_metadata, evaluate, flow_for, get_data, train_data
 from ..presets import resolve
 from ..train import train_flow
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nfkd distill", description="Train a student from a teacher.")
     _common(parser, data_required=False)
     parser.add_argument("--teacher", required=True, help="teacher checkpoint (.pt)")
-    parser.add_argument("--arch", default=None, choices=["glow", "glow1d", "maf", "iaf"],
+    parser.add_argument("--arch", default=None, choices=architectures(),
                         help="student architecture (default: the teacher's); iaf: a one-pass sampler of a MAF "
                              "teacher, trained by maximum likelihood (+ teacher samples by the share rule)")
     parser.add_argument("--method", default=None, choices=METHODS,
@@ -142,7 +142,7 @@ _KD_FLAGS = {"distance": "latent_distance", "sample_distance": "sample_distance"
 def _table_config(args: argparse.Namespace, arch: str, n_train: int) -> tuple[KDConfig, str]:
     """No --method: the table's variant, with the KD flags the user set on top."""
     d = default_recipe(arch, n_train, args.data_free, warm_start=args.init_from is not None)
-    if d.method == "iaf" or (arch == "iaf" and d.method == "none"):  # the share recipe
+    if d.method == "iaf" or (not flow_class(arch).one_pass_density and d.method == "none"):  # the share recipe
         kd = share_config(n_train, 0.0 if d.method == "none" else None, seed=args.seed,
                           pool=args.teacher_pool or TEACHER_POOL, temperature=args.temperature)
         what = describe_share(n_train, 0.0 if d.method == "none" else None)
@@ -264,13 +264,14 @@ def main_convert(argv: list[str]) -> int:
         description="A teacher-sized one-pass sampler (IAF) of a MAF teacher, trained by maximum likelihood on the "
                     "teacher's samples (and the data, mixed by the share rule, when --data is given).")
     parser.add_argument("teacher", help="the MAF teacher checkpoint (.pt)")
-    parser.add_argument("--to", default="iaf", choices=["iaf"], help="target architecture")
+    parser.add_argument("--to", default="iaf", choices=[a for a, c in ARCHITECTURES.items() if c.student_of],
+                        help="target architecture")
     _common(parser, data_required=False)
     _kd_flags(parser)
     parser.set_defaults(steps=3000)
     args = parser.parse_args(argv)
     args.data_free = args.data_free or args.data is None
-    for name, default in (("method", None), ("arch", "iaf"), ("init_from", None), ("lambda_nll", None),
+    for name, default in (("method", None), ("arch", args.to), ("init_from", None), ("lambda_nll", None),
                           ("lambda_kd", None), ("lambda_skd", None), ("distance", "l1"), ("sample_distance", "l1"),
                           ("kd_scale", KDConfig.kd_scale), ("align", False), ("align_every", KDConfig.align_every),
                           ("init_from_teacher", False)):
@@ -285,6 +286,6 @@ def main_convert(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     teacher = load(args.teacher, map_location=args.device)
     config = teacher_sized_config(teacher, args.to)
-    return run_distill(args, teacher, "iaf", config, {"converted_from": os.path.abspath(args.teacher),
+    return run_distill(args, teacher, args.to, config, {"converted_from": os.path.abspath(args.teacher),
                                                       "size": "teacher"})
 

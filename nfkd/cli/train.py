@@ -9,6 +9,7 @@ import sys
 import torch
 
 from ..errors import InputError
+from ..flows import ARCHITECTURES, architectures, flow_class
 from ..pipeline import data_metadata, evaluate, flow_for, get_data, train_data
 from ..presets import PRESETS, resolve
 from ..train import TrainConfig, train_flow
@@ -51,8 +52,7 @@ def _train_config(args) -> TrainConfig:
 
 
 def _overrides(args, arch: str) -> dict:
-    key = "blocks" if arch in ("maf", "iaf") else "steps"
-    return {key: args.steps_arch, "hidden": args.hidden}
+    return {flow_class(arch).depth_key: args.steps_arch, "hidden": args.hidden}
 
 
 #: What an IAF student trains with: maximum likelihood (with teacher samples: fkl), or the parallel methods.
@@ -61,19 +61,21 @@ IAF_METHODS = ("none", "fkl", "rkl", "skd", "rkl+skd")
 
 def check_student_arch(arch: str, teacher_arch: str, method: str) -> None:
     """Which student architectures a teacher can be distilled into, with which methods (one clear error)."""
-    if arch == "iaf":
-        if teacher_arch != "maf":
-            raise InputError(f"an iaf student is distilled from a maf teacher; this teacher is {teacher_arch}")
-        if method not in IAF_METHODS:
-            raise InputError(f"--arch iaf trains with --method {'|'.join(IAF_METHODS)}, not {method!r} "
-                             "(default: maximum likelihood with the teacher-sample share rule; rkl/skd are "
-                             "fine-tunes)")
-    elif arch != teacher_arch:
-        raise InputError(f"a {teacher_arch} teacher distils into a {teacher_arch} student (or --arch iaf from "
-                         f"a maf teacher), not {arch}")
-    elif method in ("rkl", "rkl+skd"):
+    cls = flow_class(arch)
+    if arch != teacher_arch and teacher_arch not in cls.student_of:
+        others = [a for a, c in ARCHITECTURES.items() if teacher_arch in c.student_of]
+        also = f" (or --arch {' / '.join(others)})" if others else ""
+        raise InputError(f"a {teacher_arch} teacher distils into a {teacher_arch} student{also}, not {arch}"
+                         + (f"; an {arch} student is distilled from a {' or '.join(cls.student_of)} teacher"
+                            if cls.student_of else ""))
+    if not cls.one_pass_density and method not in IAF_METHODS:
+        raise InputError(f"--arch {arch} trains with --method {'|'.join(IAF_METHODS)}, not {method!r} "
+                         "(default: maximum likelihood with the teacher-sample share rule; rkl/skd are "
+                         "fine-tunes)")
+    if method in ("rkl", "rkl+skd") and not cls.samples_with_density:
+        fits = [a for a, c in ARCHITECTURES.items() if c.samples_with_density]
         raise InputError(f"--method {method} needs a student that knows its density on its own samples in one "
-                         f"pass: use --arch iaf (with a maf teacher)")
+                         f"pass: use --arch {' / '.join(fits)} (with a teacher it is a student of)")
 
 
 def _maybe_init_distributed() -> None:
@@ -95,7 +97,7 @@ def _report(result, flow, data, args) -> None:
 def main_train(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m nfkd train", description="Train a teacher or a plain student.")
     _common(parser)
-    parser.add_argument("--arch", required=True, choices=["glow", "glow1d", "maf", "iaf"],
+    parser.add_argument("--arch", required=True, choices=architectures(),
                         help="iaf: a parallel-sampling student (its density costs D passes per block)")
     parser.add_argument("--role", default="teacher", choices=["teacher", "student"])
     args = parser.parse_args(argv)

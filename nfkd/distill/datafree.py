@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ..flows import Flow, Glow, build_flow
+from ..flows import Flow
 from ..progress import phase
 from ..train import TrainData
 from .objective import finite_rows
@@ -46,7 +46,7 @@ class TeacherSamples:
 
 def default_sample_counts(teacher: Flow, steps: int, batch_size: int) -> tuple[int, int]:
     """(train, validation) sample counts: one fresh sample per training row seen, capped; val 10 %."""
-    cap = MAX_IMAGE_SAMPLES if isinstance(teacher, Glow) else MAX_TABLE_SAMPLES
+    cap = MAX_TABLE_SAMPLES if teacher.tabular else MAX_IMAGE_SAMPLES
     n_train = int(min(cap, max(10_000, steps * batch_size)))
     n_val = int(min(20_000, max(1_000, n_train // 10)))
     return n_train, n_val
@@ -94,7 +94,7 @@ def teacher_sample_data(teacher: Flow, n_train: int, n_val: int, seed: int = 0, 
         val, d2 = _draw(teacher, n_val, gen, temperature, chunk)
     teacher.train(was)
     n_levels = None
-    if isinstance(teacher, Glow):
+    if not teacher.tabular:
         n_levels = int(teacher.config.get("n_levels_data", 256))
         train, val = _quantize(train, n_levels), _quantize(val, n_levels)
     return TeacherSamples(TrainData(train, val, n_levels), n_train, n_val, d1 + d2, float(temperature), seed)
@@ -102,15 +102,10 @@ def teacher_sample_data(teacher: Flow, n_train: int, n_val: int, seed: int = 0, 
 
 def student_like_teacher(teacher: Flow, config: dict[str, Any]) -> Flow:
     """A student shaped for the teacher's inputs (and, for tables, its data normalization), no data needed."""
-    cfg = dict(config)
-    arch = cfg.pop("arch")
-    if isinstance(teacher, Glow):
-        if arch != "glow":
-            raise InputError(f"an image teacher distils into a glow student, not {arch}")
-        return build_flow(arch, in_shape=list(teacher.event_shape),
-                          n_levels_data=int(teacher.config.get("n_levels_data", 256)), **cfg)
-    if arch == "glow":
-        raise InputError(f"a {teacher.arch} teacher models tables; glow is for images")
-    flow = build_flow(arch, dim=teacher.dim, **cfg)
-    flow.normalize.set(teacher.normalize.loc.detach().cpu(), teacher.normalize.scale.detach().cpu())
-    return flow
+    from ..pipeline import shaped_flow
+
+    norm = None
+    if teacher.tabular:
+        norm = (teacher.normalize.loc.detach().cpu(), teacher.normalize.scale.detach().cpu())
+    return shaped_flow(config, tuple(teacher.event_shape), teacher.tabular,
+                       int(teacher.config.get("n_levels_data", 256)), norm)

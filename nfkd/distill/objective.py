@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..flows import Flow, Glow
+from ..flows import Flow
 from ..flows.base import standard_normal_logpdf
 from ..flows.layers import BatchNormFlow
 from ..progress import phase
@@ -322,7 +322,7 @@ class StudentObjective(nn.Module):
 
     def _clean(self, x: Tensor) -> Tensor:
         x = x[finite_rows(x, self.kd.overflow_threshold)]
-        return x.clamp(-0.5, 0.5) if isinstance(self.teacher, Glow) else x
+        return x if self.teacher.tabular else x.clamp(-0.5, 0.5)
 
     def _fill_pool(self, size: int, like: Tensor) -> Tensor:
         teacher, chunks, have = self.teacher, [], 0

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..flows import Flow
+from ..flows import Flow, flow_class
 from ..progress import phase
 from .objective import KDConfig, sample_distance
 
@@ -35,14 +35,14 @@ PARALLEL_WEIGHTS: dict[str, tuple[float, float, float]] = {
 
 def is_parallel(student: Flow, kd: KDConfig) -> bool:
     """Whether this student / method pair trains through the sampling direction only."""
-    return kd.method in ("rkl", "rkl+skd") or (student.arch == "iaf" and kd.method == "skd")
+    return kd.method in ("rkl", "rkl+skd") or (not student.one_pass_density and kd.method == "skd")
 
 
 def default_weights(method: str, student_arch: str) -> tuple[float, float, float]:
     """(λ0, λ1, λ2) of a method for a student architecture (what ``--lambda-*`` overrides)."""
     from .objective import PAPER_WEIGHTS
 
-    if student_arch == "iaf" and method in PARALLEL_WEIGHTS:
+    if not flow_class(student_arch).one_pass_density and method in PARALLEL_WEIGHTS:
         return PARALLEL_WEIGHTS[method]
     return PAPER_WEIGHTS[method]
 

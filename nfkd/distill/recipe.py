@@ -15,10 +15,12 @@ never the default: alone they collapse (mode seeking) or over-constrain a small 
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
 from ..errors import InputError
+from ..flows import ARCHITECTURES
 from .objective import KDConfig
 
 __all__ = ["SMALL_DATA_ROWS", "TEACHER_POOL", "default_teacher_share", "share_config", "check_share",
@@ -64,10 +66,14 @@ def describe_share(n_train: int, share: float | None) -> str:
 
 
 def teacher_sized_config(teacher: Any, to: str) -> dict[str, Any]:
-    """The config of a ``to`` flow of the teacher's size (blocks, widths, depth, permutations)."""
-    if to != "iaf":
-        raise InputError(f"convert --to {to!r}: only iaf (a one-pass sampler of a MAF teacher) is supported")
-    if teacher.arch != "maf":
-        raise InputError(f"convert --to iaf needs a maf teacher; this checkpoint is a {teacher.arch}")
-    keys = ("blocks", "hidden", "n_hidden", "activation", "permutation", "seed")
-    return {"arch": "iaf", **{k: teacher.config[k] for k in keys if k in teacher.config}}
+    """The config of a ``to`` flow of the teacher's size: every option of ``to``'s constructor the teacher
+    has too (blocks, widths, depth, permutations), for a ``to`` that names the teacher in ``student_of``."""
+    targets = [a for a, c in ARCHITECTURES.items() if c.student_of]
+    if to not in targets:
+        raise InputError(f"convert --to {to!r}: the targets are {targets} (students of another architecture)")
+    cls = ARCHITECTURES[to]
+    if teacher.arch not in cls.student_of:
+        raise InputError(f"convert --to {to} needs a {' or '.join(cls.student_of)} teacher; this checkpoint is a "
+                         f"{teacher.arch}")
+    keys = [k for k in inspect.signature(cls).parameters if k != "dim"]
+    return {"arch": to, **{k: teacher.config[k] for k in keys if k in teacher.config}}

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import InputError
+from ..flows import flow_class
 from .objective import KDConfig
 from .recipe import share_config
 
@@ -29,7 +30,7 @@ class Variant:
 
     def applies_to(self, arch: str) -> bool:
         """Whether a teacher of this architecture can be distilled with this recipe."""
-        return self.student_arch is None or (self.student_arch == "iaf" and arch == "maf")
+        return self.student_arch is None or arch in flow_class(self.student_arch).student_of
 
     @property
     def fresh_only(self) -> bool:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..validation import check_batch
 
-__all__ = ["FlowOutput", "InverseOutput", "standard_normal_logpdf", "check_finite_input", "Flow",
+__all__ = ["FlowOutput", "InverseOutput", "standard_normal_logpdf", "check_finite_input", "preset_pair", "Flow",
     "ChainFlow"]
 
 LOG_2PI = math.log(2 * math.pi)
@@ -59,6 +59,11 @@ def check_finite_input(x: Tensor, event_shape: Sequence[int], what: str = "x", f
     return check_batch(x, event_shape, what, float32=float32)
 
 
+def preset_pair(arch: str, teacher: dict, student: dict, student_arch: str | None = None) -> dict[str, dict]:
+    """One ``Flow.presets`` entry: the teacher's and the student's configs (the student's arch defaults to ``arch``)."""
+    return {"teacher": {"arch": arch, **teacher}, "student": {"arch": student_arch or arch, **student}}
+
+
 class Flow(nn.Module):
     """Base class: subclasses implement ``forward``, ``inverse``, ``noise_shapes``, ``tap_names``.
 
@@ -75,7 +80,45 @@ class Flow(nn.Module):
     (torch.Size([4]), torch.Size([5, 3]))
     """
 
-    arch: str = "flow"
+    # --- what the rest of nfkd knows about an architecture (read these, never compare ``arch``) ---
+    arch: str = "flow"  #: the name in ``nfkd.flows.ARCHITECTURES`` (and in checkpoints)
+    tabular: bool = True  #: event [D] with a fixed input normalization; False: images [C, H, W] in [-0.5, 0.5]
+    depth_key: str = "steps"  #: the config key that counts flow steps (what a smaller student has fewer of)
+    one_pass_density: bool = True  #: log_prob is one pass per block (False: IAF's D sequential passes)
+    one_pass_sampling: bool = True  #: sample is one pass per block (False: MAF's D sequential passes)
+    #: teacher architectures (besides its own) a student of this architecture is distilled from
+    student_of: tuple[str, ...] = ()
+    #: ``sample_and_log_prob`` gives log q of its own samples in the same one pass (what reverse KL needs)
+    samples_with_density: bool = False
+    min_dim: int = 1  #: the fewest features a tabular flow of this class models
+    #: named size presets: {preset: {"teacher": config with "arch", "student": config with "arch"}}
+    presets: dict[str, dict[str, dict]] = {}
+    default_preset: str | None = None  #: the preset used when none is named (None: the class defaults)
+    #: fold: the input normalization joins the first FlowStep's affine (only where x itself is not needed)
+    fold_normalize_into_first_step: bool = False
+
+    @classmethod
+    def sequential_direction(cls) -> str | None:
+        """'density' or 'sample': the direction that costs D sequential passes per block (None: neither)."""
+        return "density" if not cls.one_pass_density else "sample" if not cls.one_pass_sampling else None
+
+    @classmethod
+    def for_event(cls, event_shape: Sequence[int], n_levels: int = 256, **config) -> Flow:
+        """A flow of this class shaped for data of ``event_shape`` ([D] for tables; images override)."""
+        return cls(dim=int(event_shape[0]), **config)
+
+    @classmethod
+    def preset_beside(cls, preset: str | None) -> str | None:
+        """The preset of a student of this architecture under a teacher's preset (default: the same name)."""
+        return preset
+
+    def affine_positions(self, affine: nn.Module) -> int:
+        """How many positions a folded per-channel affine acts on (its log-det counts once per position)."""
+        return 1
+
+    def constant_prior_logdet(self) -> Tensor:
+        """The x-independent log-det of a learned prior folded into the bijection (float64; 0: none)."""
+        return torch.zeros((), dtype=torch.float64)
 
     def __init__(self, **config) -> None:
         super().__init__()

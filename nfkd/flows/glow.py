@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import ChainFlow, Flow, FlowOutput, InverseOutput
+from .base import ChainFlow, Flow, FlowOutput, InverseOutput, preset_pair
 from .layers import FixedAffine, FlowStep, ZeroConv2d, squeeze2d, unsqueeze2d
 
 __all__ = ["SplitPrior", "Glow", "bits_per_dim", "Glow1D"]
@@ -42,6 +42,13 @@ class Glow(Flow):
     """
 
     arch = "glow"
+    tabular = False
+    presets = {  # the official CIFAR-10 config; CelebA-64 one level more (nfkd.presets says why)
+        "glow-cifar10-paper": preset_pair("glow", dict(levels=3, steps=32, hidden=512), dict(levels=3, steps=8, hidden=512)),
+        "glow-celeba-paper": preset_pair("glow", dict(levels=4, steps=32, hidden=512), dict(levels=4, steps=8, hidden=512)),
+        "glow-cpu": preset_pair("glow", dict(levels=3, steps=4, hidden=64), dict(levels=3, steps=2, hidden=32)),
+    }
+    default_preset = "glow-cpu"
 
     def __init__(
         self,
@@ -76,6 +83,11 @@ class Glow(Flow):
         self.top_mean = nn.Parameter(torch.zeros(c, h, w))
         self.top_logs = nn.Parameter(torch.zeros(c, h, w))
 
+    @classmethod
+    def for_event(cls, event_shape: Sequence[int], n_levels: int = 256, **config) -> Glow:
+        """A Glow for images of ``event_shape`` [C, H, W] quantized to ``n_levels`` levels."""
+        return cls(in_shape=list(event_shape), n_levels_data=int(n_levels), **config)
+
     @property
     def event_shape(self) -> tuple[int, ...]:
         return self._in_shape
@@ -85,6 +97,19 @@ class Glow(Flow):
 
     def tap_names(self) -> list[str]:
         return [f"level{i}.end" for i in range(len(self.levels))]
+
+    def affine_positions(self, affine: nn.Module) -> int:
+        """A step's 1x1 mixing acts on every pixel of its level: h * w positions."""
+        c, h, w = self.event_shape
+        for steps in self.levels:
+            h, w = h // 2, w // 2
+            if any(step.mix is affine for step in steps):
+                return h * w
+        raise ValueError("affine is not part of this Glow")
+
+    def constant_prior_logdet(self) -> Tensor:
+        """The top prior's standardization: − sum(top_logs)."""
+        return -self.top_logs.detach().to(torch.float64).sum()
 
     def forward(self, x: Tensor, taps: bool = False) -> FlowOutput:
         logdet = x.new_zeros(x.shape[0])
@@ -140,6 +165,14 @@ class Glow1D(ChainFlow):
     """
 
     arch = "glow1d"
+    presets = {  # the paper's Table 2 sizes (glow1d-paper), the official code's config, and a CPU size
+        "glow1d-paper": preset_pair("glow1d", dict(steps=5, hidden=64, depth=5), dict(steps=3, hidden=32, depth=5)),
+        "glow1d-official": preset_pair("glow1d", dict(steps=5, hidden=32, depth=5), dict(steps=3, hidden=16, depth=5)),
+        "glow1d-cpu": preset_pair("glow1d", dict(steps=8, hidden=64), dict(steps=2, hidden=16)),
+    }
+    default_preset = "glow1d-cpu"
+    min_dim = 2  # its couplings split the features in two halves
+    fold_normalize_into_first_step = True  # nothing reads x itself before the first step's affine
 
     def __init__(self, dim: int, steps: int = 5, hidden: int = 32, additive: bool = False, depth: int = 2) -> None:
         config = dict(dim=dim, steps=steps, hidden=hidden, additive=additive)

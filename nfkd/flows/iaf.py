@@ -10,16 +10,16 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import ChainFlow, standard_normal_logpdf
-from .layers import FixedAffine, InverseMADE
-from .maf import MAFBlock, block_permutations
+from .base import preset_pair, standard_normal_logpdf
+from .layers import InverseMADE
+from .maf import MADEChain
 
 __all__ = ["IAF"]
 
 
-class IAF(ChainFlow):
+class IAF(MADEChain):
     """IAF on the shared protocol: ``forward`` (x -> z) is sequential, ``inverse`` (z -> x) one pass per block.
 
     >>> import torch
@@ -31,6 +31,22 @@ class IAF(ChainFlow):
     """
 
     arch = "iaf"
+    one_pass_density = False
+    student_of = ("maf",)
+    samples_with_density = True
+    presets = {  # the MAF presets' teachers with an IAF student of the MAF student's size
+        "iaf-paper": preset_pair("maf", dict(blocks=6, hidden=32, n_hidden=2), dict(blocks=3, hidden=32, n_hidden=2),
+                                 "iaf"),
+        "iaf-cpu": preset_pair("maf", dict(blocks=6, hidden=64, n_hidden=2), dict(blocks=2, hidden=16, n_hidden=2),
+                               "iaf"),
+    }
+    default_preset = "iaf-cpu"
+    _BESIDE = {"maf-paper": "iaf-paper", "maf-cpu": "iaf-cpu"}
+
+    @classmethod
+    def preset_beside(cls, preset: str | None) -> str | None:
+        """The IAF student beside a MAF preset's students (same size as its MAF student)."""
+        return cls._BESIDE.get(preset, preset)
 
     def __init__(
         self,
@@ -44,15 +60,7 @@ class IAF(ChainFlow):
     ) -> None:
         super().__init__(dim=dim, blocks=blocks, hidden=hidden, n_hidden=n_hidden, activation=activation,
                          permutation=permutation, seed=seed)
-        self._dim = dim
-        self.normalize = FixedAffine(dim)
-        self.blocks = nn.ModuleList(
-            [MAFBlock(dim, hidden, n_hidden, activation, False, p, made=InverseMADE)
-             for p in block_permutations(dim, blocks, activation, permutation, seed)]
-        )
-
-    def chain(self) -> nn.ModuleList:
-        return self.blocks
+        self._build(dim, blocks, hidden, n_hidden, activation, False, permutation, seed, InverseMADE)
 
     def sample_and_log_prob(self, noise: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Samples x = inverse(noise) and their exact log q(x) from the same single pass per block.

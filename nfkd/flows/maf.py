@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import ChainFlow
+from .base import ChainFlow, preset_pair
 from .layers import MADE, BatchNormFlow, FixedAffine, Permutation
 
-__all__ = ["MAFBlock", "block_permutations", "MAF"]
+__all__ = ["MAFBlock", "block_permutations", "MADEChain", "MAF"]
 
 
 class MAFBlock(nn.Module):
@@ -49,7 +49,25 @@ def block_permutations(dim: int, blocks: int, activation: str, permutation: str,
     ]
 
 
-class MAF(ChainFlow):
+class MADEChain(ChainFlow):
+    """MAF and IAF: a fixed input normalization, then blocks of [MADE (either way round), batch-norm, permutation]."""
+
+    depth_key = "blocks"
+
+    def _build(self, dim: int, blocks: int, hidden: int, n_hidden: int, activation: str, batch_norm: bool,
+               permutation: str, seed: int, made: type[MADE]) -> None:
+        self._dim = dim
+        self.normalize = FixedAffine(dim)
+        self.blocks = nn.ModuleList(
+            [MAFBlock(dim, hidden, n_hidden, activation, batch_norm, p, made=made)
+             for p in block_permutations(dim, blocks, activation, permutation, seed)]
+        )
+
+    def chain(self) -> nn.ModuleList:
+        return self.blocks
+
+
+class MAF(MADEChain):
     """Masked Autoregressive Flow: density in one pass per block, sampling in D passes per block.
 
     >>> import torch
@@ -61,6 +79,12 @@ class MAF(ChainFlow):
     """
 
     arch = "maf"
+    one_pass_sampling = False
+    presets = {
+        "maf-paper": preset_pair("maf", dict(blocks=6, hidden=32, n_hidden=2), dict(blocks=3, hidden=32, n_hidden=2)),
+        "maf-cpu": preset_pair("maf", dict(blocks=6, hidden=64, n_hidden=2), dict(blocks=2, hidden=16, n_hidden=2)),
+    }
+    default_preset = "maf-cpu"
 
     def __init__(
         self,
@@ -75,12 +99,4 @@ class MAF(ChainFlow):
     ) -> None:
         super().__init__(dim=dim, blocks=blocks, hidden=hidden, n_hidden=n_hidden, activation=activation,
                          batch_norm=batch_norm, permutation=permutation, seed=seed)
-        self._dim = dim
-        self.normalize = FixedAffine(dim)
-        self.blocks = nn.ModuleList(
-            [MAFBlock(dim, hidden, n_hidden, activation, batch_norm, p)
-             for p in block_permutations(dim, blocks, activation, permutation, seed)]
-        )
-
-    def chain(self) -> nn.ModuleList:
-        return self.blocks
+        self._build(dim, blocks, hidden, n_hidden, activation, batch_norm, permutation, seed, MADE)

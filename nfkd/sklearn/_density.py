@@ -17,11 +17,43 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..cli.checks import SEED_MAX
 from ..errors import InputError
+from ..flows import architectures, flow_class
 from ..inference import draw_noise
 from ..train import TrainConfig
 from ._fit import EXACT, Scorer, build, flow_from_bytes, flow_to_bytes, train
 
 __all__ = ["FlowDensity"]
+
+
+def _student_recipe(student_arch: str, method: str | None, n_rows: int, data_free: bool,
+                    seed: int) -> tuple[str, str, Any]:
+    """(variant, its description, KDConfig): the defaults table's row when ``method`` is None."""
+    from ..distill.recipe import describe_share, share_config
+    from ..distill.variants import get_variant
+
+    if method is None:
+        from ..defaults import DATA_FREE, recommend
+
+        method = DATA_FREE.method if data_free else recommend(student_arch, n_rows).method
+    if not flow_class(student_arch).one_pass_density and method in ("iaf", "none"):  # the share recipe ("none",
+        share = 0.0 if data_free or method == "none" else None                    # data-free too: share 0)
+        return method, describe_share(n_rows, share), share_config(n_rows, share, seed=seed)
+    return method, method, get_variant(method).config(n_train=n_rows, seed=seed)
+
+
+class _TabularArchitectures(StrOptions):
+    """``StrOptions`` over the registered tabular architectures, read when checked (a registered flow counts)."""
+
+    def __init__(self) -> None:
+        super().__init__(set(architectures(tabular=True)))
+
+    @property
+    def options(self) -> set[str]:
+        return set(architectures(tabular=True))
+
+    @options.setter
+    def options(self, value: set[str]) -> None:  # StrOptions.__init__ assigns; the registry stays the source
+        pass
 
 _FLOW_BYTES = "_flow_checkpoint"  # what a pickle carries instead of the torch module
 
@@ -113,7 +145,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "arch": [StrOptions({"glow1d", "maf", "iaf"})],
+        "arch": [_TabularArchitectures()],
         "preset": [str, None],
         "role": [StrOptions({"teacher", "student"})],
         "flow_config": [dict, None],
@@ -225,6 +257,20 @@ class FlowDensity(DensityMixin, BaseEstimator):
         return self._scorer.log_prob(X, self.backend, self.device)
 
     # --- distillation and export -------------------------------------------------------------
+    def _student_arch(self, arch: str | None) -> str:
+        """The student's architecture: this one, or one that trains on samples alone (the share recipe)."""
+        student_arch = self.arch if arch is None else arch
+        tabular = architectures(tabular=True)
+        if student_arch not in tabular:
+            raise InputError(f"arch must be one of {tabular} or None, got {arch!r}")
+        # another architecture only where no taps need pairing: its density costs D passes, so it learns from
+        # samples by maximum likelihood (the share recipe)
+        by_share = [a for a in tabular if not flow_class(a).one_pass_density]
+        if student_arch != self.arch and student_arch not in by_share:
+            raise InputError(f"a {self.arch} flow distils into a {' or '.join([self.arch, *by_share])} student, "
+                             f"not {student_arch}")
+        return student_arch
+
     def distill(self, X=None, *, method: str | None = None, student: dict | None = None, steps: int | None = None,
                 random_state=None, arch: str | None = None):
         """A fitted student (same estimator class, ``role="student"``) distilled from this flow.
@@ -240,15 +286,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
         steps : training steps (default: this estimator's ``steps``).
         arch : the student's architecture (default: this estimator's); ``"iaf"`` gives a one-pass sampler.
         """
-        from ..distill.recipe import describe_share, share_config
-        from ..distill.variants import get_variant
-
         check_is_fitted(self)
-        student_arch = self.arch if arch is None else arch
-        if student_arch not in ("glow1d", "maf", "iaf"):
-            raise InputError(f"arch must be 'glow1d', 'maf', 'iaf' or None, got {arch!r}")
-        if student_arch != self.arch and student_arch != "iaf":
-            raise InputError(f"a {self.arch} flow distils into a {self.arch} or an iaf student, not {student_arch}")
+        student_arch = self._student_arch(arch)
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
             raise InputError(f"steps must be a positive integer or None, got {steps!r}")
         if student is not None and not isinstance(student, dict):
@@ -259,17 +298,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
             X = self.sample(self.n_train_samples_, random_state=seed)
         else:
             X = self._validate(X, reset=False)
-        if method is None:
-            from ..defaults import DATA_FREE, recommend
-
-            method = DATA_FREE.method if data_free else recommend(student_arch, len(X)).method
-        if student_arch == "iaf" and method in ("iaf", "none"):  # the share recipe; "none" (data-free too): share 0
-            share = 0.0 if data_free or method == "none" else None
-            kd = share_config(len(X), share, seed=seed)
-            name = describe_share(len(X), share)
-        else:
-            name = method
-            kd = get_variant(name).config(n_train=len(X), seed=seed)
+        method, name, kd = _student_recipe(student_arch, method, len(X), data_free, seed)
         from ..presets import student_preset
 
         preset = self.preset if student_arch == self.arch else student_preset(self.preset, student_arch)

@@ -19,8 +19,8 @@ from ..checkpoint import load as load_checkpoint_file
 from ..checkpoint import save as save_checkpoint_file
 from ..distill import KDConfig
 from ..errors import InputError
-from ..flows import Flow, build_flow
-from ..presets import DEFAULT_PRESET, PRESETS, resolve
+from ..flows import Flow, architectures, build_flow, flow_class
+from ..presets import PRESETS, resolve
 from ..train import TrainConfig, TrainData, Trainer, TrainResult
 
 __all__ = ["EXACT", "FitOutcome", "Scorer", "build", "flow_from_bytes", "flow_to_bytes", "train"]
@@ -30,19 +30,21 @@ EXACT = "exact"
 _CHUNK = 65536
 
 
-def _arch_available(arch: str) -> None:
-    """'iaf' plugs in when nfkd.flows has it; until then one clear error, not a KeyError deep down."""
-    from .. import flows
+def _flow_class(arch: str) -> type[Flow]:
+    """A registered tabular architecture's class, or one clear error (not a KeyError deep down)."""
+    tabular = architectures(tabular=True)
+    if arch not in tabular:
+        raise InputError(f"arch={arch!r} is not a tabular architecture of nfkd.flows; use one of {tabular}")
+    return flow_class(arch)
 
-    if arch == "iaf" and (getattr(flows, "IAF", None) is None or "iaf" not in flows.ARCHITECTURES):
-        raise InputError("arch='iaf' is not available in this version of nfkd (nfkd.flows has no IAF); "
-                         "use arch='glow1d' or arch='maf'")
 
-
-def _role_for(arch: str, role: str) -> str:
-    """IAF presets pair a MAF teacher with an IAF student: an IAF fitted on data by maximum
-    likelihood (exact, D sequential passes per block) uses the preset's IAF, whatever the role."""
-    return "student" if arch == "iaf" else role
+def _role_for(arch: str, role: str, preset: str | None) -> str:
+    """A preset whose ``role`` is another architecture (an IAF preset pairs a MAF teacher with an IAF student):
+    a flow of ``arch`` fitted on data by maximum likelihood uses the preset's ``arch`` role, whatever ``role``."""
+    name = preset or flow_class(arch).default_preset
+    if name in PRESETS and PRESETS[name][role]["arch"] != arch:
+        return next((r for r, cfg in PRESETS[name].items() if cfg["arch"] == arch), role)
+    return role
 
 
 def build(arch: str, preset: str | None, role: str, overrides: dict[str, Any] | None, dim: int,
@@ -52,14 +54,13 @@ def build(arch: str, preset: str | None, role: str, overrides: dict[str, Any] | 
     The normalization is the flow's own ``FixedAffine`` (with its log-Jacobian), so log-densities,
     samples and exports are in the user's units.
     """
-    _arch_available(arch)
-    if arch == "glow1d" and dim < 2:
-        raise InputError(f"arch='glow1d' couples halves of the features and needs at least 2, got n_features = {dim}; "
-                         "use arch='maf' for a single feature")
-    if preset is None and arch not in DEFAULT_PRESET:
-        raise InputError(f"no default preset for arch={arch!r}; pass preset= one of {sorted(PRESETS)}")
+    cls = _flow_class(arch)
+    if dim < cls.min_dim:
+        fits = [a for a in architectures(tabular=True) if flow_class(a).min_dim <= dim]
+        hint = f"; use arch={fits[0]!r} for {dim}" if fits else ""
+        raise InputError(f"arch={arch!r} needs at least {cls.min_dim} features, got n_features = {dim}{hint}")
     try:
-        cfg = resolve(arch, _role_for(arch, role), preset, overrides)
+        cfg = resolve(arch, _role_for(arch, role, preset), preset, overrides)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     cfg.pop("arch")

@@ -1,4 +1,4 @@
-"""Helpers shared by the kernel tests and ``bench/gpu_check.py`` (no triton import here).
+"""Models and error measures shared by the kernel tests and ``bench/gpu_check.py`` (no triton import here).
 
 Models use fixed seeds (well-conditioned, non-identity weights, so failures reproduce); inputs
 are fresh random draws each run with their seed reported in assertion messages.
@@ -11,7 +11,7 @@ import random
 
 import torch
 
-from nfkd.flows import IAF, MAF, Glow, Glow1D
+from nfkd.flows import Glow, Glow1D, flow_class
 
 __all__ = ["kernel_module", "fresh_seed", "randomize", "tabular_flow", "glow_flow", "max_rel_err",
     "max_scaled_err"]
@@ -50,16 +50,12 @@ def randomize(flow: torch.nn.Module, scale: float, seed: int) -> torch.nn.Module
 def tabular_flow(arch: str, dim: int, seed: int = 0, **kw) -> torch.nn.Module:
     """A float64 Glow-1D / MAF with data normalization and random non-identity weights (eval)."""
     g = torch.Generator().manual_seed(seed + 1000)
-    if arch == "glow1d":
-        flow = Glow1D(dim, steps=kw.pop("steps", 3), hidden=kw.pop("hidden", 16), **kw)
-    elif arch == "iaf":
-        flow = IAF(dim, blocks=kw.pop("blocks", 3), hidden=kw.pop("hidden", 16), **kw)
-    else:
-        flow = MAF(dim, blocks=kw.pop("blocks", 3), hidden=kw.pop("hidden", 16), **kw)
+    cls = flow_class(arch)
+    flow = cls(dim, **{cls.depth_key: kw.pop(cls.depth_key, 3), "hidden": kw.pop("hidden", 16), **kw})
     flow = flow.double()
     flow.normalize.set(torch.randn(dim, generator=g, dtype=torch.float64),
                        torch.rand(dim, generator=g, dtype=torch.float64) + 0.5)
-    return randomize(flow, 0.1 if arch in ("maf", "iaf") else 0.05, seed).eval()
+    return randomize(flow, 0.05 if isinstance(flow, Glow1D) else 0.1, seed).eval()
 
 
 def glow_flow(in_shape=(3, 12, 12), levels=2, steps=2, hidden=8, additive=False, seed=0) -> torch.nn.Module:
