@@ -246,7 +246,7 @@ class Ctx:
 
     def sample_kernel(self, folded, noise, t, **kw):
         if not self.k:
-            return folded.sample(noise[0].shape[0], t, noise=list(noise))
+            return folded.sample(noise[0].shape[0], temperature=t, noise=list(noise))
         if folded.arch == "glow":
             from kernels.glow_step import glow_sample_triton
 
@@ -326,7 +326,7 @@ class Ctx:
                      * torch.randn(B, D, generator=g, dtype=torch.float64)).to(self.dev)
                 z = torch.randn(B, D, generator=g, dtype=torch.float64).to(self.dev)
                 ref_lp = f64.log_prob(x)
-                ref_s = f64.sample(len(z), 0.8, noise=[z])
+                ref_s = f64.sample(len(z), temperature=0.8, noise=[z])
                 for prec in precs:
                     kw = {"precision": prec} if prec else {}
                     lp = self.lp_kernel(f32, x.float(), **kw)
@@ -349,7 +349,7 @@ class Ctx:
                 g = torch.Generator(device="cpu").manual_seed(B)
                 x = (torch.rand(B, *flow.event_shape, generator=g, dtype=torch.float64) - 0.5).to(self.dev)
                 noise = [torch.randn(s, generator=g, dtype=torch.float64).to(self.dev) for s in flow.noise_shapes(B)]
-                ref_lp, ref_s = f64.log_prob(x), f64.sample(B, 0.7, noise=noise)
+                ref_lp, ref_s = f64.log_prob(x), f64.sample(B, temperature=0.7, noise=noise)
                 for lay in layouts:
                     kw = {"layout": lay} if lay else {}
                     if self.dry and self.k:
@@ -426,7 +426,7 @@ class Ctx:
             z = torch.randn(Bs, D, device=self.dev)
             row = {"model": self.name("tab", spec), "op": "sample", "B": Bs}
             row["flow_ms"] = self.bench(lambda: flow32.inverse([z]).x, max_iters=20)
-            row["folded_ms"] = self.bench(lambda: f32.sample(len(z), 1.0, noise=[z]), max_iters=20)
+            row["folded_ms"] = self.bench(lambda: f32.sample(len(z), temperature=1.0, noise=[z]), max_iters=20)
             if spec[0] != "maf":  # compiling D x blocks unrolled MADE passes takes minutes
                 row["compile_ms"], row["compile_s"] = self._timed_compile(self._compiled(f32.sample, row["model"]),
                                                                           [z], 1.0)
@@ -458,7 +458,7 @@ class Ctx:
                         row[key] = self.bench(lambda: self.lp_kernel(f32, x, **k2), max_iters=50)
                 else:
                     row["flow_ms"] = self.bench(lambda: flow32.inverse(noise).x, max_iters=50)
-                    row["folded_ms"] = self.bench(lambda: f32.sample(B, 1.0, noise=noise), max_iters=50)
+                    row["folded_ms"] = self.bench(lambda: f32.sample(B, temperature=1.0, noise=noise), max_iters=50)
                     row["compile_ms"], row["compile_s"] = self._timed_compile(
                         self._compiled(f32.sample, row["model"]), noise, 1.0)
                     for lay in (["nhwc", "nchw"] if self.k else ["torch"]):

@@ -367,7 +367,7 @@ def prepare(meta: dict[str, Any], runtime, seed: int, api: Api) -> dict[str, Any
     for n in (8, 64, 512):
         for t in (0.7, 1.0):
             for s in (1, 2):
-                specs.append(((n, t, s, n == 512), np.asarray(runtime.sample(n, t, seed=s), np.float64)))
+                specs.append(((n, t, s, n == 512), np.asarray(runtime.sample(n, temperature=t, seed=s), np.float64)))
     # .npy answers: decoding 65536 rows of JSON would stall this client's own event loop for ~1 s
     big = [(spec, _chunked_sample(runtime, *spec[:3]).astype(np.float64))
            for spec in ((max_n, 0.8, 11, True), (max_n, 1.0, 12, True))]
@@ -387,7 +387,7 @@ def prepare(meta: dict[str, Any], runtime, seed: int, api: Api) -> dict[str, Any
 
 def _chunked_sample(runtime, n: int, t: float, seed: int) -> np.ndarray:
     """runtime.sample(n, t, seed) for n above the runtime's max batch: the same noise, decoded in pieces."""
-    from nfkd.serving.backends import draw_noise
+    from nfkd.noise import draw_noise
 
     noise = draw_noise(runtime.noise_shapes, n, seed)
     step = runtime.max_batch

@@ -194,7 +194,7 @@ def fast_sample(model, noise: Tensor | Sequence[Tensor] | None = None, temperatu
     if noise is None:
         if not _is_flow(model) or n is None:
             raise ValueError("pass noise, or a Flow and n")
-        noise = model.sample_noise(n, 1.0, generator)
+        noise = model.sample_noise(n, temperature=1.0, generator=generator)
     elif _is_flow(model):
         noise = model.check_noise(noise)
     noise = [noise] if isinstance(noise, Tensor) else list(noise)
@@ -209,4 +209,4 @@ def fast_sample(model, noise: Tensor | Sequence[Tensor] | None = None, temperatu
 
             return tabular_sample(folded, noise[0], temperature)
         dt = folded.dtype
-        return folded.sample(noise[0].shape[0], temperature, noise=[z.to(dt) for z in noise])
+        return folded.sample(noise[0].shape[0], temperature=temperature, noise=[z.to(dt) for z in noise])

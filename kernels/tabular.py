@@ -709,4 +709,4 @@ def reference_log_prob(folded, x: Tensor) -> Tensor:
 def reference_sample(folded, noise, temperature=1.0) -> Tensor:
     noise = [noise] if isinstance(noise, Tensor) else list(noise)
     with torch.no_grad():
-        return folded.sample(noise[0].shape[0], temperature, noise=noise)
+        return folded.sample(noise[0].shape[0], temperature=temperature, noise=noise)

@@ -75,7 +75,7 @@ def test_backend_matches_eager_float64(arch, backend, cache_dir):
         # the same seed is the same unit noise on every backend
         noise = inference.draw_noise(runner.noise_shapes, n, seed=10 + n)
         with torch.no_grad():
-            xs_ref = ref.sample(n, 0.8, noise=[torch.from_numpy(z).double() for z in noise])
+            xs_ref = ref.sample(n, temperature=0.8, noise=[torch.from_numpy(z).double() for z in noise])
         xs = runner.sample(n, temperature=0.8, seed=10 + n).double()
         bound = TOL["sample_abs"] + TOL["sample_rel"] * xs_ref.abs()
         assert ((xs - xs_ref).abs() <= bound).all(), f"{backend} sample err {(xs - xs_ref).abs().max():.3g}"

@@ -94,7 +94,7 @@ def test_kernel_and_pytorch_paths_agree(arch):
     noise = [torch.randn(s, generator=g, dtype=torch.float64).to(DEV) for s in flow.noise_shapes(x.shape[0])]
     with torch.no_grad():
         ref_lp = flow.log_prob(x)
-        ref_s = flow.sample(x.shape[0], 0.75, noise=noise)
+        ref_s = flow.sample(x.shape[0], temperature=0.75, noise=noise)
     with kernels.use_kernels(False):
         lp_t = kernels.fast_log_prob(flow, x)
         s_t = kernels.fast_sample(flow, noise, 0.75)

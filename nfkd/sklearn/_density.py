@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..cli.checks import SEED_MAX
 from ..errors import InputError
-from ..inference import draw_noise
+from ..noise import draw_noise
 from ..train import TrainConfig
 from ._fit import EXACT, Scorer, build, flow_from_bytes, flow_to_bytes, train
 
@@ -288,22 +288,30 @@ class FlowDensity(DensityMixin, BaseEstimator):
         return est
 
     def to_onnx(self, path, **options):
-        """Export the fitted flow (``export.onnx.export_onnx``, parity-gated) to the folder ``path``.
+        """Export the fitted flow (parity-gated) to the folder ``path``, through ``nfkd.inference``.
 
         Writes ``density.onnx`` (float32 ``x`` in the units of X -> ``log_prob`` in nats; the
         standardization is inside the graph), ``sample.onnx`` and ``manifest.json``; returns the
-        folder. ``options`` go to ``export_onnx`` (``fp16``, ``opset``, ``maf_sampling``, ...).
+        folder. Without ``options`` this is ``inference.load(..., backend="onnxruntime",
+        export_dir=path)`` (the registry's loader exports and checks it). ``options`` (``fp16``,
+        ``opset``, ``maf_sampling``, ...) go to ``export.onnx.export_onnx``, which ``inference.load``
+        cannot pass on yet.
         """
         import tempfile
 
+        from .. import inference
+
         check_is_fitted(self)
-        try:
-            from export.onnx import export_onnx
-        except ImportError as exc:  # pragma: no cover - export/ ships with nfkd
-            raise InputError(f"ONNX export needs the export package of nfkd and onnx ({exc})") from None
         with tempfile.TemporaryDirectory(prefix="nfkd-sklearn-") as tmp:
             ckpt = Path(tmp) / "model.pt"
             ckpt.write_bytes(flow_to_bytes(self.flow_, self._metadata()))
+            if not options:
+                inference.load(ckpt, backend="onnxruntime", device="cpu", export_dir=path)
+                return Path(path)
+            try:  # export options: not an inference.load option (nfkd/inference OPTIONS), so export is asked
+                from export.onnx import export_onnx
+            except ImportError as exc:  # pragma: no cover - export/ ships with nfkd
+                raise InputError(f"ONNX export needs the export package of nfkd and onnx ({exc})") from None
             export_onnx(ckpt, path, **options)
         return Path(path)
 
