@@ -14,7 +14,10 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["draw_noise", "sample_shape"]
+__all__ = ["SampleCount", "draw_noise", "sample_shape"]
+
+#: What ``sample``'s ``n`` takes: a count, a torch.distributions sample shape, or None (see each ``sample``).
+SampleCount = int | Sequence[int] | torch.Size | None
 
 
 def draw_noise(noise_shapes: Sequence[Sequence[int]], n: int, seed: int | None) -> list[np.ndarray]:

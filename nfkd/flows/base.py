@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..noise import draw_noise, sample_shape
+from ..noise import SampleCount, draw_noise, sample_shape
 from ..validation import check_batch, check_seed
 
 __all__ = ["FlowOutput", "InverseOutput", "standard_normal_logpdf", "check_finite_input", "Flow",
@@ -171,15 +171,8 @@ class Flow(nn.Module):
                 raise InputError(f"noise[{i}] contains NaN or Inf")
         return noise
 
-    def sample(
-        self,
-        n: int | Sequence[int] | torch.Size | None = None,
-        *,
-        temperature: float = 1.0,
-        seed: int | None = None,
-        noise: Sequence[Tensor] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def sample(self, n: SampleCount = None, *, temperature: float = 1.0, seed: int | None = None,
+               noise: Sequence[Tensor] | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Draw samples at a temperature, or decode the given per-level (unit) noise; no autograd graph.
 
         The signature of every ``sample`` in nfkd (Runners too); ``seed`` draws the noise exactly as the
@@ -193,15 +186,8 @@ class Flow(nn.Module):
         with torch.no_grad():
             return self.rsample(n, temperature=temperature, seed=seed, noise=noise, generator=generator)
 
-    def rsample(
-        self,
-        n: int | Sequence[int] | torch.Size | None = None,
-        *,
-        temperature: float = 1.0,
-        seed: int | None = None,
-        noise: Sequence[Tensor] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def rsample(self, n: SampleCount = None, *, temperature: float = 1.0, seed: int | None = None,
+                noise: Sequence[Tensor] | None = None, generator: torch.Generator | None = None) -> Tensor:
         """``sample`` with the reparameterized graph kept (gradients reach the parameters)."""
         shape = sample_shape(() if n is None and noise is None else n)
         if noise is None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..noise import draw_noise, sample_shape
+from ..noise import SampleCount, draw_noise, sample_shape
 from ..validation import check_batch, check_count, check_seed, check_temperature
 
 __all__ = ["ModelMeta", "Runner", "draw_noise", "sample_shape"]
@@ -102,7 +102,7 @@ class Runner:
             _refuse_nan(out)
         return self._to_numpy(out) if as_numpy else self._to_torch(out)
 
-    def sample(self, n: int | Sequence[int] | None = None, *, temperature: float = 1.0, seed: int | None = None,
+    def sample(self, n: SampleCount = None, *, temperature: float = 1.0, seed: int | None = None,
                noise: Sequence[Any] | Any | None = None) -> torch.Tensor:
         """n samples at a temperature; noise from ``default_rng(seed)`` (``draw_noise``), or decode the given unit noise.
 
