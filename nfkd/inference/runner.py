@@ -123,8 +123,7 @@ class Runner:
             noise = self._check_noise(noise)
             as_numpy = isinstance(noise[0], np.ndarray)
             if count is not None and check_count(count, "n") != noise[0].shape[0]:
-                raise InputError(f"n = {n} asks for {count} samples but the noise has {noise[0].shape[0]} rows; "
-                                 "pass one or the other")
+                raise InputError(f"n = {n} but the noise has {noise[0].shape[0]} rows; pass one or the other")
         native = [self._to_native(z) for z in noise]
         out = self._in_chunks(lambda rows: self._decode([z[rows] for z in native], temperature), len(native[0]))
         if shape is not None:
