@@ -19,7 +19,7 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["check_batch", "check_count", "check_temperature", "check_seed", "dims_text", "show_value", "FLOAT32_MAX",
+__all__ = ["check_batch", "check_count", "check_noise", "check_temperature", "check_seed", "dims_text", "show_value", "FLOAT32_MAX",
            "LimitError", "MAX_SEED", "MAX_TEMPERATURE"]
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -153,6 +153,22 @@ def check_batch(
                          "this backend computes in float32, where they would be Inf: rescale the features "
                          "(or score with the float64 flow: flow.double().log_prob)")
     return x
+
+
+def check_noise(noise: Any, noise_shapes: Sequence[Sequence[int]], max_batch: int | None = None,
+                float32: bool = False, limit: str | None = None) -> list:
+    """Unit noise to decode: one [batch, *shape] array or tensor per level (a lone array: one level), each as
+    ``check_batch`` wants it, the same batch on every level. Flows and Runners check given noise here."""
+    if isinstance(noise, (np.ndarray, torch.Tensor)):
+        noise = [noise]
+    noise = list(noise) if isinstance(noise, (list, tuple)) else [noise]
+    if len(noise) != len(noise_shapes):
+        raise InputError(f"expected {len(noise_shapes)} noise arrays (one per level), got {len(noise)}")
+    arrays = [check_batch(z, s, f"noise[{i}]", max_batch, float32=float32, limit=limit)
+              for i, (z, s) in enumerate(zip(noise, noise_shapes))]
+    if len({a.shape[0] for a in arrays}) != 1:
+        raise InputError(f"noise arrays have different batch sizes {[a.shape[0] for a in arrays]}")
+    return arrays
 
 
 def check_count(n: Any, what: str = "n", max_count: int | None = None, limit: str | None = None) -> int:

@@ -179,21 +179,29 @@ def test_sample_rows_count_against_the_queue_limit(ort_backend):
         assert c.get("/stats").json()["queue"]["rejected_overloaded"] == 2
 
 
+def _small_behind_the_gate(srv, c, gated: GatedRunner, path: str, body: dict, small: np.ndarray) -> tuple[dict, dict]:
+    """POST ``body`` to ``path``; once its first model call is held at the gate, queue a small /log_prob behind
+    it, then release: (the first answer's box, the small one's)."""
+    t, box = _in_thread(httpx.post, srv.url + path, json=body, timeout=TIMEOUT)
+    t2 = None
+    try:
+        assert gated.entered.wait(30)  # the first chunk is in the model thread
+        t2, box2 = _in_thread(c.post, "/log_prob", json={"x": small.tolist()})
+        _wait(lambda: c.get("/stats").json()["model"]["pending_calls"] >= 1, "the small log_prob call to be queued")
+    finally:
+        gated.release.set()
+        t.join(30)
+        if t2 is not None:
+            t2.join(30)
+    return box, box2
+
+
 def test_large_samples_are_split_and_log_prob_runs_between_chunks(ort_backend):
     gated = GatedRunner(ort_backend)
     with gated_server(gated, ServeConfig(max_batch=16, max_sample_n=64)) as srv, \
             httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
-        t, box = _in_thread(httpx.post, srv.url + "/sample", json={"n": 64, "temperature": 0.8, "seed": 7},
-                            timeout=TIMEOUT)
         x = rows(np.random.default_rng(1), 2)
-        try:
-            assert gated.entered.wait(30)  # the first chunk is in the model thread
-            t2, box2 = _in_thread(c.post, "/log_prob", json={"x": x.tolist()})
-            _wait(lambda: c.get("/stats").json()["model"]["pending_calls"] >= 1, "the log_prob call to be queued")
-        finally:
-            gated.release.set()
-            t.join(30)
-            t2.join(30)
+        box, box2 = _small_behind_the_gate(srv, c, gated, "/sample", {"n": 64, "temperature": 0.8, "seed": 7}, x)
     assert box["value"].status_code == 200 and box2["value"].status_code == 200
     kinds = [k for k, _ in gated.calls]
     assert all(n <= 16 for k, n in gated.calls if k == "sample") and kinds.count("sample") == 4, gated.calls
@@ -210,15 +218,7 @@ def test_large_log_prob_requests_are_chunked_and_small_ones_run_between(ort_back
     small = rows(np.random.default_rng(4), 2)
     with gated_server(gated, ServeConfig(max_batch=16, max_request_rows=64)) as srv, \
             httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
-        t, box = _in_thread(httpx.post, srv.url + "/log_prob", json={"x": big.tolist()}, timeout=TIMEOUT)
-        try:
-            assert gated.entered.wait(30)  # the first 16-row chunk is in the model thread
-            t2, box2 = _in_thread(c.post, "/log_prob", json={"x": small.tolist()})
-            _wait(lambda: c.get("/stats").json()["model"]["pending_calls"] >= 1, "the small call to be queued")
-        finally:
-            gated.release.set()
-            t.join(30)
-            t2.join(30)
+        box, box2 = _small_behind_the_gate(srv, c, gated, "/log_prob", {"x": big.tolist()}, small)
     assert [n for _, n in gated.calls] == [16, 2, 16, 16, 16], gated.calls
     np.testing.assert_allclose(box["value"].json()["log_prob"], ort_backend.log_prob(big), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(box2["value"].json()["log_prob"], ort_backend.log_prob(small), rtol=1e-6, atol=1e-6)

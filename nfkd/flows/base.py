@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..noise import SampleCount, draw_noise, sample_shape
-from ..validation import check_batch, check_seed
+from ..validation import check_batch, check_noise, check_seed
 
 __all__ = ["FlowOutput", "InverseOutput", "standard_normal_logpdf", "check_finite_input", "Flow",
     "ChainFlow"]
@@ -156,20 +156,8 @@ class Flow(nn.Module):
         ]
 
     def check_noise(self, noise: Sequence[Tensor] | Tensor) -> list[Tensor]:
-        if isinstance(noise, Tensor):
-            noise = [noise]
-        noise = list(noise)
-        if not noise:
-            raise InputError("noise is empty")
-        expected = self.noise_shapes(noise[0].shape[0])
-        if len(noise) != len(expected):
-            raise InputError(f"expected {len(expected)} noise tensors (one per level), got {len(noise)}")
-        for i, (z, s) in enumerate(zip(noise, expected)):
-            if tuple(z.shape) != tuple(s):
-                raise InputError(f"noise[{i}] has shape {tuple(z.shape)}; expected {tuple(s)}")
-            if not bool(torch.isfinite(z).all()):
-                raise InputError(f"noise[{i}] contains NaN or Inf")
-        return noise
+        """Given unit noise, checked as every Runner checks it (``nfkd.validation.check_noise``)."""
+        return check_noise(noise, [s[1:] for s in self.noise_shapes(1)])
 
     def sample(self, n: SampleCount = None, *, temperature: float = 1.0, seed: int | None = None,
                noise: Sequence[Tensor] | None = None, generator: torch.Generator | None = None) -> Tensor:

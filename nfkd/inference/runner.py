@@ -16,7 +16,7 @@ import torch
 
 from ..errors import InputError
 from ..noise import SampleCount, draw_noise, sample_shape
-from ..validation import check_batch, check_count, check_seed, check_temperature
+from ..validation import check_batch, check_count, check_noise, check_seed, check_temperature
 
 __all__ = ["ModelMeta", "Runner", "draw_noise", "sample_shape"]
 
@@ -164,15 +164,7 @@ class Runner:
         raise NotImplementedError
 
     def _check_noise(self, noise: Sequence[Any] | Any) -> list:
-        if isinstance(noise, (np.ndarray, torch.Tensor)):
-            noise = [noise]
-        noise = list(noise)
-        if len(noise) != len(self.noise_shapes):
-            raise InputError(f"expected {len(self.noise_shapes)} noise arrays (one per level), got {len(noise)}")
-        arrays = [check_batch(z, s, f"noise[{i}]", self._request_limit, float32=True) for i, (z, s) in enumerate(zip(noise, self.noise_shapes))]
-        if len({a.shape[0] for a in arrays}) != 1:
-            raise InputError(f"noise arrays have different batch sizes {[a.shape[0] for a in arrays]}")
-        return arrays
+        return check_noise(noise, self.noise_shapes, self._request_limit, float32=True)
 
     def pin_threads(self) -> None:
         """torch's intra-op thread count is per calling thread (OpenMP): set it where the call runs."""
