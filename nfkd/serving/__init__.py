@@ -17,7 +17,7 @@ Modules, one job each:
 - ``routes``: the endpoints (an ``APIRouter``); ``http_errors``: error answers; ``access_log``: request log;
 - ``http_app``: ``create_app``, wiring the above;
 - ``http_server``: uvicorn with read deadlines (slow-loris), a background-thread server for tests;
-- ``jsonlog``: JSON-lines logging; ``bench``: loopback throughput benchmark.
+- ``jsonlog``: JSON-lines logging; ``triton_*``: the Triton Inference Server engine (``--engine triton``).
 
 The command line is ``nfkd.cli.serve`` (``python -m nfkd serve``). See docs/serving.md.
 
