@@ -15,10 +15,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..cli.checks import SEED_MAX
 from ..errors import InputError
 from ..noise import draw_noise
 from ..train import TrainConfig
+from ..validation import MAX_SEED
 from ._fit import EXACT, Scorer, build, flow_from_bytes, flow_to_bytes, train
 
 __all__ = ["FlowDensity"]
@@ -37,7 +37,7 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) row indices: a seeded shuffle, at least one row on each side."""
     if n < 2:
         raise InputError(f"n_samples = {n}: a flow needs at least 2 samples (one to train, one to validate)")
-    perm = np.random.RandomState(seed % (SEED_MAX + 1)).permutation(n)
+    perm = np.random.RandomState(seed % (MAX_SEED + 1)).permutation(n)
     n_val = min(n - 1, max(1, int(round(fraction * n))))
     return perm[n_val:], perm[:n_val]
 
@@ -161,7 +161,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         return TrainConfig(
             steps=steps, batch_size=int(self.batch_size), lr=float(self.lr), warmup=max(1, min(100, steps // 10)),
             eval_every=max(1, steps // 20), patience=int(self.n_iter_no_change), checkpoint_every=steps + 1,
-            snapshot_every=25, seed=seed % (SEED_MAX + 1), device=self.device, progress=bool(self.verbose),
+            snapshot_every=25, seed=seed % (MAX_SEED + 1), device=self.device, progress=bool(self.verbose),
         )
 
     def _fit_rows(self, X: np.ndarray, loc: np.ndarray, scale: np.ndarray, seed: int, teacher=None, kd=None,
