@@ -215,7 +215,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         scikit-learn's ``sample(n_samples, random_state)`` convention (as ``KernelDensity``), the one
         exception to nfkd's ``sample(n, *, temperature, seed, noise)``. The noise comes from
         ``nfkd.noise.draw_noise`` as in ``nfkd.inference``: the same integer ``random_state`` gives the
-        same rows on every backend (and as ``flow_.sample(n, seed=random_state)``, up to units).
+        same rows on every backend.
         """
         check_is_fitted(self)
         if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
