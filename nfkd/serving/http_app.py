@@ -44,8 +44,8 @@ def create_app(runner: Runner, config: ServeConfig | None = None) -> FastAPI:
         try:
             yield
         finally:
+            drained = await service.close()  # finishes every queued model call, the warm-up's too
             await warm
-            drained = await service.close()
             log.info("drained and stopped", extra={"drained_requests": drained, "stats": service.stats.to_dict()})
 
     app = FastAPI(title="nfkd density service", version=nfkd.__version__, lifespan=lifespan,
