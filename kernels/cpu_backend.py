@@ -22,12 +22,20 @@ import torch
 from nfkd.errors import InputError
 from nfkd.flows.base import LOG_2PI
 from nfkd.flows.layers import FixedAffine, made_degrees
+from nfkd.inference import registry
 from nfkd.inference.runner import Runner
 
-__all__ = ["NumbaRunner", "load_cpu_engine", "pack_glow1d", "pack_maf"]
+__all__ = ["NumbaRunner", "load_cpu_engine", "pack_glow1d", "pack_maf", "probe_numba"]
 
 F32 = np.float32
 ENGINE_ARCHS = ("glow1d", "maf", "iaf")  # nfkd.inference.registry lists the same (it must not import numba)
+
+
+def probe_numba() -> tuple[bool, str, tuple[str, ...]]:
+    """The numba backend's probe (the registry imports this module without numba: cpu_engine is lazy)."""
+    if not registry.has_module("numba"):
+        return False, "numba is not installed (pip install 'nfkd[cpu]')", ()
+    return True, "fused CPU kernels (numba) over the folded form: Glow-1D, MAF and IAF", ("cpu",)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -409,11 +409,12 @@ def test_backend_loading_errors(tmp_path):
 
 
 def test_backend_choices_are_the_registry_and_its_aliases():
-    from nfkd.inference.registry import BACKENDS
-    from nfkd.serving.loading import ALIASES, BACKEND_CHOICES, backend_name
+    from nfkd.inference import registry
+    from nfkd.serving.loading import BACKEND_CHOICES, backend_name
 
-    assert set(BACKEND_CHOICES) == {"auto", *BACKENDS, *ALIASES} and ALIASES.get("torch") == "eager"
-    assert all(backend_name(a) in BACKENDS for a in ALIASES) and backend_name("numba") == "numba"
+    aliases = {a: s.name for s in registry.BACKENDS.values() for a in s.aliases}
+    assert set(BACKEND_CHOICES) == {"auto", *registry.BACKENDS, *aliases} and aliases.get("torch") == "eager"
+    assert backend_name("torch") == "eager" and backend_name("numba") == "numba" and backend_name(None) is None
 
 
 def test_on_the_fly_export_is_cached_and_verified(tmp_path, monkeypatch):

@@ -8,8 +8,9 @@
     load_pair_model("maf.pt", "iaf.pt")          # the same without a bundle
 
 The service takes the Runner as it is (``create_app(runner)``): no adapter. This module only adds
-what the command line needs before ``nfkd.inference.load``: the backend choices (the registry's
-names, its aliases and ``auto``) and one clear error for a MODEL path or option that cannot work.
+what the command line needs before ``nfkd.inference.load``: the backend choices (``auto``, the
+registry's names and aliases, read live from ``nfkd.inference.registry``) and one clear error for a
+MODEL path or option that cannot work.
 A cached export is never trusted on its own word: reusing one re-runs a small parity check
 against the checkpoint (``export.cache.verify_export``); a failing cache is rebuilt.
 """
@@ -19,20 +20,12 @@ import os
 from pathlib import Path
 
 from nfkd.errors import InputError
-from nfkd.inference import Runner
-from nfkd.inference.registry import BACKENDS as REGISTRY
+from nfkd.inference import Runner, registry
 
-__all__ = ["ALIASES", "BACKEND_CHOICES", "backend_name", "load_model", "load_pair_model"]
+__all__ = ["BACKEND_CHOICES", "backend_name", "load_model", "load_pair_model"]
 
-
-def _aliases() -> dict[str, str]:
-    """Other names of registry backends: ``BackendSpec.aliases`` where the registry has them."""
-    found = {alias: spec.name for spec in REGISTRY.values() for alias in getattr(spec, "aliases", ())}
-    return found or {"torch": "eager"}  # the service's historical name of the eager flow, until the registry has it
-
-
-ALIASES = _aliases()
-BACKEND_CHOICES = ("auto", *REGISTRY, *ALIASES)
+#: 'auto', every registered backend and its aliases ("torch" is eager): a live view of the registry.
+BACKEND_CHOICES = registry.NAMES
 
 
 def backend_name(backend: str | None, what: str = "backend") -> str | None:
@@ -40,8 +33,8 @@ def backend_name(backend: str | None, what: str = "backend") -> str | None:
     if backend is None:
         return None
     if backend not in BACKEND_CHOICES:
-        raise InputError(f"{what} must be one of {BACKEND_CHOICES}, got {backend!r}")
-    return ALIASES.get(backend, backend)
+        raise InputError(f"{what} must be one of {tuple(BACKEND_CHOICES)}, got {backend!r}")
+    return registry.canonical(backend)
 
 
 def _side_options(density_backend: str | None, sampler_backend: str | None) -> dict[str, str]:
@@ -70,7 +63,7 @@ def load_model(model: str | os.PathLike, backend: str = "auto", threads: int | N
     sides = _side_options(density_backend, sampler_backend)
     if sides and not pair:
         raise InputError(f"--density-backend / --sampler-backend apply to a pair; {path} is one model: use --backend")
-    if path.is_dir() and not pair and name not in ("auto", "onnxruntime", "tensorrt"):
+    if path.is_dir() and not pair and name != "auto" and not registry.spec(name).accepts("export"):
         raise InputError(f"backend {backend!r} runs the PyTorch flow and needs the checkpoint file (.pt), not the "
                          f"export folder {path}")
     return inference.load(path, backend=name, device=device, threads=threads, cache_dir=cache_dir, **sides)
