@@ -48,7 +48,7 @@ def gap_cell(res: dict[str, Any], name: str) -> str:
     if name in ("teacher", "none") or gap is None or d is None:
         return ""
     share = gap_share(Estimate(-d.mean if "bpd" in res[name] else d.mean, d.se2, d.n), gap)
-    return "gap within noise" if share is None else f"{100 * share:.0f} %"
+    return "gap within noise" if share is None else f"{round(100 * share):d} %"
 
 
 def gap_note(res: dict[str, Any]) -> str:
@@ -57,19 +57,19 @@ def gap_note(res: dict[str, Any]) -> str:
         return ""
     if within_noise(gap):
         return (f"The teacher–no-KD gap ({fmt_diff(gap)}) is within its noise, so no share of it is given.")
-    return (f"Gap closed = (student − no-KD) / (teacher − no-KD), the teacher–no-KD gap being {fmt_diff(gap)} "
-            "(paired, 2 SE).")
+    return (f"Gap closed = (student − no-KD) / (teacher − no-KD), the teacher's lead over the no-KD student being "
+            f"{fmt_diff(gap)} {'bits/dim' if 'bpd' in res['teacher'] else 'nats'} (paired, 2 SE).")
 
 
 def selection_lines(res: dict[str, Any], labels: dict[str, str]) -> list[str]:
-    """'- Teacher: kept step 600 of 2000 — validation NLL rose after step 600 ...' per trained model."""
-    out = []
+    """A heading, then '- Teacher: kept step 600 of 2000 — validation NLL rose after step 600 ...' per trained model."""
+    out = ["Kept weights (each run keeps the step with its best trimmed validation NLL):", ""]
     for name, v in res.items():
         s = v.get("selection")
         if s:
             out.append(f"- {labels.get(name, name)}: kept step {s['best_step']} of {s['steps']} run "
                        f"({s['planned_steps']} planned) — {s['why']}")
-    return out
+    return out + [""] if len(out) > 2 else []
 
 
 def headline_lines(res: dict[str, Any], labels: dict[str, str], truth: str | None = None) -> list[str]:

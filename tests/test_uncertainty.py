@@ -50,6 +50,7 @@ def test_paired_diff_matches_scipy_paired_t():
 def test_within_noise_and_gap_share():
     assert within_noise(Estimate(0.1, 0.2, 50)) and not within_noise(Estimate(-0.3, 0.2, 50))
     assert within_noise(Estimate(5.0, math.nan, 1))  # no SE: nothing can be claimed
+    assert within_noise(paired_diff([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]))  # identical models: 0 ± 0
     assert gap_share(Estimate(1.0, 0.1, 9), Estimate(4.0, 0.5, 9)) == 0.25
     assert gap_share(Estimate(1.0, 0.1, 9), Estimate(0.4, 0.5, 9)) is None
     assert fmt_diff(Estimate(0.1, 0.2, 50)) == "+0.100 ± 0.200 (within noise)"

@@ -58,8 +58,8 @@ def paired_diff(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray
 
 
 def within_noise(e: Estimate) -> bool:
-    """|mean| < 2 SE, or no SE at all (nothing can be claimed)."""
-    return not (math.isfinite(e.se2) and math.isfinite(e.mean) and abs(e.mean) >= e.se2)
+    """|mean| < 2 SE, a zero difference (two identical models), or no SE at all (nothing can be claimed)."""
+    return not (math.isfinite(e.se2) and math.isfinite(e.mean) and e.mean != 0 and abs(e.mean) >= e.se2)
 
 
 def gap_share(part: Estimate, gap: Estimate) -> float | None:
