@@ -297,16 +297,17 @@ def _results_lines(r: dict[str, Any]) -> list[str]:
 
 def _throughput_lines(r: dict[str, Any]) -> list[str]:
     m = r.get("machine", {})
-    where = (f"{m.get('cpu', '?')} ({m.get('isa', '?')}), {r['threads']} threads; "
+    th = f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}"
+    where = (f"{m.get('cpu', '?')} ({m.get('isa', '?')}), {th}; "
              + load_note(m.get("load_start"), m.get("load_end"), m.get("logical_cpus"), r["threads"]))
-    lines = [f"## Density throughput, batch 4096, {r['threads']} threads", "",
+    lines = [f"## Density throughput, batch 4096, {th}", "",
              f"Median [Q1–Q3] of single calls, interleaved round by round; {where}.", "",
              "| backend | ms / batch, median [IQR] | rows / s | vs eager teacher |", "|---|---:|---:|---:|"]
     for name, v in r["throughput_batch4096"].items():
         lines.append(f"| {name} | {fmt_spread_ms(v)} | {v['rows_per_s']:,.0f} | {v['speedup_vs_eager_teacher']:.2f}x |")
     lines += _ranking_note(r["throughput_batch4096"])
     if r.get("sampling_batch4096"):
-        lines += ["", f"## Sampling time, batch 4096, {r['threads']} threads, eager (median [IQR], interleaved)", "",
+        lines += ["", f"## Sampling time, batch 4096, {th}, eager (median [IQR], interleaved)", "",
                   "| model | ms / batch, median [IQR] | samples / s |", "|---|---:|---:|"]
         for name, v in r["sampling_batch4096"].items():
             lines.append(f"| {LABELS[name]} | {fmt_spread_ms(v)} | {v['rows_per_s']:,.0f} |")
