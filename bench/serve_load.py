@@ -3,6 +3,10 @@
     python -m bench.serve_load                       # a small Glow-1D student, 60 s, 200 small clients
     python -m bench.serve_load --checkpoint student.pt --duration 60 --clients 200 --json out.json
     python -m bench.serve_load --engine triton --instances 2   # the same mix against a real Triton server
+    python -m bench.serve_load --no-hostile --think-s 0 --clients 64 [--no-batching]   # closed loop
+
+The one load tester of ``nfkd serve`` (the former ``nfkd.serving.bench`` closed-loop tool is the last
+line: 64 clients always in flight, micro-batching on or off).
 
 ``--engine triton`` speaks KServe v2 (``bench.serve_api``): JSON, and the binary tensor extension
 where the built-in client uses ``.npy``; ``/v2/health/ready`` is the health probe. Oversized bodies
@@ -38,6 +42,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -387,7 +392,7 @@ def prepare(meta: dict[str, Any], runtime, seed: int, api: Api) -> dict[str, Any
 
 def _chunked_sample(runtime, n: int, t: float, seed: int) -> np.ndarray:
     """runtime.sample(n, t, seed) for n above the runtime's max batch: the same noise, decoded in pieces."""
-    from nfkd.serving.backends import draw_noise
+    from nfkd.inference import draw_noise
 
     noise = draw_noise(runtime.noise_shapes, n, seed)
     step = runtime.max_batch
@@ -428,14 +433,15 @@ def _server_latency(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: {"n": len(v), "p50": pct(v, 50), "p99": pct(v, 99), "max": pct(v, 100)} for k, v in groups.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.serve_load", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=None, help="default: a small Glow-1D student (dim 8)")
     ap.add_argument("--dim", type=int, default=8)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--clients", type=int, default=200, help="small /log_prob clients")
-    ap.add_argument("--think-s", type=float, default=0.5, help="mean pause of a small client between requests")
+    ap.add_argument("--think-s", type=float, default=0.5, help="mean pause of a small client between requests "
+                    "(0: a closed loop, every client sends its next request as soon as it has the answer)")
     ap.add_argument("--slowloris", type=int, default=50, help="slow-loris connections held open at once")
     ap.add_argument("--slow-readers", type=int, default=50, help="clients asking for the largest JSON /sample "
                     "answer and never reading it")
@@ -445,64 +451,93 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="model threads (per instance with --engine triton)")
     ap.add_argument("--engine", choices=("builtin", "triton"), default="builtin")
     ap.add_argument("--instances", type=int, default=1, help="--engine triton: model instances")
+    ap.add_argument("--backend", default="auto", help="the server's --backend (torch / eager: the checkpoint is "
+                    "served, else its export folder)")
+    ap.add_argument("--no-batching", action="store_true",
+                    help="--engine builtin: one model call per request (micro-batching's baseline)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-hostile", action="store_true",
                     help="only the small, sample and healthz clients (the baseline of the same machine)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.no_batching and args.engine != "builtin":
+        ap.error("--no-batching is a built-in service option (Triton: --max-wait-ms 0 / a config without "
+                 "dynamic_batching)")
+    return args
 
-    from export.runtime import load
 
-    work = Path(tempfile.mkdtemp(prefix="nfkd-serve-load-"))
-    model = args.checkpoint or work / "student.pt"
-    if args.checkpoint is None:
-        make_student(model, args.dim)
-    from export.cache import ensure_export
-
-    model = ensure_export(model, work / "cache")  # serve the folder: the server's memory is serving alone
-    runtime = load(model, intra_op_threads=1)  # the reference every answer is checked against
-    max_sample_n = min(args.max_request_rows, int(runtime.max_batch))  # the built-in service's default, both engines
+def server_args(args: argparse.Namespace, max_sample_n: int) -> list[str]:
+    """The ``nfkd serve`` options both engines share, and each engine's own."""
     extra = ["--threads", str(args.threads), "--max-request-rows", str(args.max_request_rows),
-             "--max-sample-n", str(max_sample_n), "--log-level", "info", "--engine", args.engine]
-    extra += ["--instances", str(args.instances)] if args.engine == "triton" else \
-        ["--header-timeout", str(args.header_timeout)]
-    t_start = time.perf_counter()
-    proc, rec, log_path = start_server(model, work, extra)
-    readiness_s = time.perf_counter() - t_start  # process start -> listening and ready (model loaded)
-    host, port = (rec["host"], rec["port"]) if args.engine == "builtin" else rec["url"].rsplit("/", 1)[-1].split(":")
-    port = int(port)
+             "--max-sample-n", str(max_sample_n), "--log-level", "info", "--engine", args.engine,
+             "--backend", args.backend]
+    if args.engine == "triton":
+        return extra + ["--instances", str(args.instances)]
+    return extra + ["--header-timeout", str(args.header_timeout)] + (["--no-batching"] if args.no_batching else [])
+
+
+def engine_api(args: argparse.Namespace, rec: dict[str, Any], proc: subprocess.Popen, runtime,
+               max_sample_n: int) -> tuple[str, int, dict[str, Any], Api, int]:
+    """(host, port, the server's limits as /metadata gives them, the wire protocol, the pid whose memory counts)."""
+    if args.engine == "builtin":
+        host, port = rec["host"], int(rec["port"])
+        return host, port, asyncio.run(get_json(host, port, "/metadata")), BuiltinApi(), proc.pid
+    host, port = rec["url"].rsplit("/", 1)[-1].split(":")
+    dim = int(np.prod(runtime.event_shape))
+    meta = {"arch": runtime.meta.arch, "dim": dim, "config": {}, "max_request_rows": args.max_request_rows,
+            "max_sample_n": max_sample_n, "threads": args.threads, "instances": args.instances,
+            "max_body_bytes": args.max_request_rows * dim * 32 + 64 * 1024}
+    return host, int(port), meta, TritonApi(rec["models"]), int(rec["pid"])
+
+
+def server_stats(engine: str, host: str, port: int, rec: dict[str, Any]) -> dict[str, Any]:
+    if engine == "builtin":
+        return asyncio.run(get_json(host, port, "/stats"))
+    return {"triton": {m: asyncio.run(get_json(host, port, f"/v2/models/{m}/stats"))["model_stats"][0]
+                       for m in rec["models"].values()}}
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
     try:
-        if args.engine == "builtin":
-            meta, api, pid = asyncio.run(get_json(host, port, "/metadata")), BuiltinApi(), proc.pid
-        else:
-            meta = {"arch": runtime.meta.arch, "dim": int(np.prod(
-                runtime.event_shape)), "config": {}, "max_request_rows": args.max_request_rows,
-                "max_sample_n": max_sample_n, "threads": args.threads, "instances": args.instances,
-                "max_body_bytes": args.max_request_rows * int(np.prod(runtime.event_shape)) * 32 + 64 * 1024}
-            api, pid = TritonApi(rec["models"]), int(rec["pid"])
-        ctx = {"host": host, "port": port, "meta": meta, "tally": Tally(), "think_s": args.think_s, "api": api,
-               "pid": pid, "rss_kb": [], "slow_readers": args.slow_readers, "uploads": args.uploads,
-               **prepare(meta, runtime, args.seed, api)}
-        wall = asyncio.run(run(ctx, args.duration, args.clients, args.slowloris, args.seed, not args.no_hostile))
-        if args.engine == "builtin":
-            stats = asyncio.run(get_json(host, port, "/stats"))
-        else:
-            stats = {"triton": {m: asyncio.run(get_json(host, port, f"/v2/models/{m}/stats"))["model_stats"][0]
-                                for m in rec["models"].values()}}
-        with open(f"/proc/{pid}/status") as f:
-            vm = {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.startswith(("VmHWM", "VmRSS"))}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    t: Tally = ctx["tally"]
-    records = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.startswith("{")]
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def class_rows(t: Tally) -> dict[str, Any]:
+    """Per client class: statuses, lost, unexpected, rows checked / mismatched, client-side latency."""
     classes = sorted(set(t.status) | set(t.latency) | set(t.lost))
-    out = {
+    return {cls: {
+        "requests": sum(v for k, v in t.status[cls].items() if k.isdigit()),
+        "status": dict(t.status[cls]), "lost": t.lost[cls], "errors": len(t.errors.get(cls + "_count", [])),
+        "error_examples": t.errors.get(cls, []),
+        "checked_rows": t.checked_rows[cls], "mismatched_rows": t.mismatched_rows[cls],
+        "latency_ms": {"p50": pct(t.latency[cls], 50), "p99": pct(t.latency[cls], 99), "max": pct(t.latency[cls], 100)},
+    } for cls in classes}
+
+
+def server_memory(rss_kb: list[int], vm: dict[str, int]) -> dict[str, float | None]:
+    return {"rss_at_start": round(rss_kb[0] / 1024, 1) if rss_kb else None,
+            "rss_peak_sampled": round(max(rss_kb) / 1024, 1) if rss_kb else None,
+            "vm_hwm": round(vm.get("VmHWM", 0) / 1024, 1), "rss_at_end": round(vm.get("VmRSS", 0) / 1024, 1)}
+
+
+def log_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    return {"tracebacks": sum("exc" in r for r in records),
+            "errors": sum(r.get("level") == "error" for r in records),
+            "client_aborted": sum(r.get("msg") == "client aborted" for r in records),
+            "slow_clients_dropped": sum(r.get("msg") == "slow client dropped" for r in records),
+            "slow_readers_dropped": sum(r.get("msg") == "slow reader dropped" for r in records)}
+
+
+def report(args: argparse.Namespace, ctx: dict[str, Any], readiness_s: float, wall: float, stats: dict[str, Any],
+           vm: dict[str, int], records: list[dict[str, Any]]) -> dict[str, Any]:
+    t: Tally = ctx["tally"]
+    meta = ctx["meta"]
+    return {
         "engine": args.engine, "instances": args.instances if args.engine == "triton" else None,
-        "readiness_s": round(readiness_s, 2),
+        "backend": args.backend, "batching": not args.no_batching, "readiness_s": round(readiness_s, 2),
         "duration_s": round(wall, 1), "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
         "model": {"arch": meta["arch"], "dim": meta["dim"], "config": meta["config"]},
         "server": {k: meta[k] for k in ("max_request_rows", "max_sample_n", "max_body_bytes", "max_queue_rows",
@@ -511,40 +546,65 @@ def main(argv: list[str] | None = None) -> int:
         "hostile": not args.no_hostile,
         "clients": {"small": args.clients, "think_s": args.think_s, "sample": 4, "big_sample": 3, "burst": 14,
                     "hostile": 4, "slowloris": args.slowloris, "healthz": 1},
-        "classes": {cls: {
-            "requests": sum(v for k, v in t.status[cls].items() if k.isdigit()),
-            "status": dict(t.status[cls]), "lost": t.lost[cls], "errors": len(t.errors.get(cls + "_count", [])),
-            "error_examples": t.errors.get(cls, []),
-            "checked_rows": t.checked_rows[cls], "mismatched_rows": t.mismatched_rows[cls],
-            "latency_ms": {"p50": pct(t.latency[cls], 50), "p99": pct(t.latency[cls], 99),
-                           "max": pct(t.latency[cls], 100)},
-        } for cls in classes},
+        "classes": class_rows(t),
         "slowloris": {"dropped": len(t.dropped), "held_to_end": t.status["slowloris"]["held_to_end"],
                       "seconds_to_drop_p50": round(float(np.median(t.dropped)), 2) if t.dropped else None},
         "totals": {"lost": sum(t.lost.values()), "mismatched_rows": sum(t.mismatched_rows.values()),
                    "checked_rows": sum(t.checked_rows.values()),
                    "errors": sum(len(v) for k, v in t.errors.items() if k.endswith("_count"))},
         "server_stats": {k: stats[k] for k in ("http_by_status", "queue", "log_prob", "sample", "model", "memory",
-                                               "triton")
-                         if k in stats},
+                                               "triton") if k in stats},
         "throughput_rows_per_s": round(sum(t.checked_rows.values()) / wall, 1),
         "small_requests_per_s": round(sum(v for k, v in t.status["small"].items() if k == "200") / wall, 1),
-        "server_memory_mb": {"rss_at_start": round(ctx["rss_kb"][0] / 1024, 1) if ctx["rss_kb"] else None,
-                             "rss_peak_sampled": round(max(ctx["rss_kb"]) / 1024, 1) if ctx["rss_kb"] else None,
-                             "vm_hwm": round(vm.get("VmHWM", 0) / 1024, 1), "rss_at_end": round(vm.get("VmRSS", 0) / 1024, 1)},
+        "server_memory_mb": server_memory(ctx["rss_kb"], vm),
         "slow_readers": {"sent": t.status["slow_reader"]["sent"], "clients": args.slow_readers},
         "server_side_latency_ms": _server_latency(records),
-        "server_log": {"tracebacks": sum("exc" in r for r in records),
-                       "errors": sum(r.get("level") == "error" for r in records),
-                       "client_aborted": sum(r.get("msg") == "client aborted" for r in records),
-                       "slow_clients_dropped": sum(r.get("msg") == "slow client dropped" for r in records),
-                       "slow_readers_dropped": sum(r.get("msg") == "slow reader dropped" for r in records)},
+        "server_log": log_counts(records),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="nfkd-serve-load-"))
+    try:
+        out = measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(out, indent=1)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
     return 0
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Export (cached in ``work``), start the server, run the mix for ``--duration``, stop it, report."""
+    from export.cache import ensure_export
+    from export.runtime import load
+
+    checkpoint = args.checkpoint or work / "student.pt"
+    if args.checkpoint is None:
+        make_student(checkpoint, args.dim)
+    folder = ensure_export(checkpoint, work / "cache")
+    model = checkpoint if args.backend in ("torch", "eager") else folder  # a folder: the server's memory is serving alone
+    runtime = load(folder, intra_op_threads=1)  # the reference every answer is checked against
+    max_sample_n = min(args.max_request_rows, int(runtime.max_batch))  # the built-in service's default, both engines
+    t_start = time.perf_counter()
+    proc, rec, log_path = start_server(model, work, server_args(args, max_sample_n))
+    readiness_s = time.perf_counter() - t_start  # process start -> listening and ready (model loaded)
+    try:
+        host, port, meta, api, pid = engine_api(args, rec, proc, runtime, max_sample_n)
+        ctx = {"host": host, "port": port, "meta": meta, "tally": Tally(), "think_s": args.think_s, "api": api,
+               "pid": pid, "rss_kb": [], "slow_readers": args.slow_readers, "uploads": args.uploads,
+               **prepare(meta, runtime, args.seed, api)}
+        wall = asyncio.run(run(ctx, args.duration, args.clients, args.slowloris, args.seed, not args.no_hostile))
+        stats = server_stats(args.engine, host, port, rec)
+        with open(f"/proc/{pid}/status") as f:
+            vm = {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.startswith(("VmHWM", "VmRSS"))}
+    finally:
+        stop_server(proc)
+    records = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.startswith("{")]
+    return {**report(args, ctx, readiness_s, wall, stats, vm, records), "served_backend": rec.get("backend")}
 
 
 if __name__ == "__main__":

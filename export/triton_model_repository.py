@@ -145,23 +145,33 @@ def parse_pbtxt(text: str) -> dict[str, Any]:
     Repeated fields (``input [ {..}, {..} ]``, ``dims: [ 1, 2 ]``, or the same field name twice)
     become lists; messages become dicts; strings are unquoted; numbers become int / float; bare
     identifiers (enums, true/false) stay strings / bools.
+
+    Why our own parser: the tests read back what was written and compare it with the ONNX graphs. The
+    real server checks the text's syntax and field names (tests/test_triton_engine.py), but with no
+    onnxruntime / tensorrt backend in the CPU wheel it cannot check these configs against the graphs.
     """
-    toks = _tokens(text)
-    pos = 0
+    return _PbtxtParser(_tokens(text)).message(None)
 
-    def peek() -> str | None:
-        return toks[pos] if pos < len(toks) else None
 
-    def take(expected: str | None = None) -> str:
-        nonlocal pos
-        if pos >= len(toks):
+class _PbtxtParser:
+    """Recursive descent over the tokens of ``_tokens``: message := (name [':'] value [',' | ';'])*."""
+
+    def __init__(self, toks: list[str]) -> None:
+        self.toks, self.pos = toks, 0
+
+    def peek(self) -> str | None:
+        return self.toks[self.pos] if self.pos < len(self.toks) else None
+
+    def take(self, expected: str | None = None) -> str:
+        if self.pos >= len(self.toks):
             raise ValueError("config.pbtxt: unexpected end of text")
-        tok = toks[pos]
+        tok = self.toks[self.pos]
         if expected is not None and tok != expected:
             raise ValueError(f"config.pbtxt: expected {expected!r}, got {tok!r}")
-        pos += 1
+        self.pos += 1
         return tok
 
+    @staticmethod
     def scalar(tok: str) -> Any:
         if tok.startswith('"'):
             return json.loads(tok)
@@ -173,45 +183,43 @@ def parse_pbtxt(text: str) -> dict[str, Any]:
             return float(tok)
         return tok
 
-    def value() -> Any:
-        tok = peek()
+    def value(self) -> Any:
+        tok = self.peek()
         if tok == "{":
-            take("{")
-            return message("}")
-        if tok == "[":
-            take("[")
-            items = []
-            while peek() != "]":
-                items.append(value())
-                if peek() == ",":
-                    take(",")
-            take("]")
-            return items
-        return scalar(take())
+            self.take("{")
+            return self.message("}")
+        if tok != "[":
+            return self.scalar(self.take())
+        self.take("[")
+        items = []
+        while self.peek() != "]":
+            items.append(self.value())
+            if self.peek() == ",":
+                self.take(",")
+        self.take("]")
+        return items
 
-    def message(end: str | None) -> dict[str, Any]:
+    def message(self, end: str | None) -> dict[str, Any]:
         msg: dict[str, Any] = {}
-        while peek() != end:
-            if peek() is None:
+        while self.peek() != end:
+            if self.peek() is None:
                 raise ValueError("config.pbtxt: unexpected end of text (missing '}')")
-            key = take()
+            key = self.take()
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"config.pbtxt: expected a field name, got {key!r}")
-            if peek() == ":":
-                take(":")
-            v = value()
+            if self.peek() == ":":
+                self.take(":")
+            v = self.value()
             if key in msg:  # repeated field written twice
                 prev = msg[key]
                 msg[key] = (prev if isinstance(prev, list) else [prev]) + (v if isinstance(v, list) else [v])
             else:
                 msg[key] = v
-            if peek() in (",", ";"):
-                take()
+            if self.peek() in (",", ";"):
+                self.take()
         if end is not None:
-            take(end)
+            self.take(end)
         return msg
-
-    return message(None)
 
 
 # --------------------------------------------------------------------------------------------

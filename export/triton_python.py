@@ -100,7 +100,7 @@ def write_python_repository(
     ``copy_model``: copy the export folder / checkpoint into each model (a self-contained repository for
     shared storage); else the models name ``model`` by its absolute path (``nfkd serve --engine triton``).
     """
-    from .triton_model_repository import model_name, to_pbtxt
+    from .triton_model_repository import model_name
 
     if min(instances, max_request_rows, max_batch) < 1 or queue_delay_us < 0 or (threads is not None and threads < 1):
         raise InputError("instances, threads, max_request_rows and max_batch must be >= 1, queue_delay_us >= 0")
@@ -119,25 +119,31 @@ def write_python_repository(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for kind, cfg in configs.items():
-        final = out / cfg["name"]
-        with staged_folder(final, replace_whole=True) as tmp:
-            (tmp / "1").mkdir()
-            (tmp / "1" / "model.py").write_text(MODEL_PY)
-            if copy_model:
-                target = tmp / "1" / ("model" if src.is_dir() else "model" + src.suffix)
-                if src.is_dir():
-                    shutil.copytree(src, target, ignore=shutil.ignore_patterns("*.plan"))
-                else:
-                    shutil.copy2(src, target)
-                where = str(Path("1") / target.name)
-            else:
-                where = str(src.resolve())
-            cfg["parameters"].append({"key": "nfkd_model", "value": {"string_value": where}})
-            (tmp / "config.pbtxt").write_text("# Written by nfkd (export.triton_python): Python backend, KIND_CPU\n"
-                                              + to_pbtxt(cfg) + "\n")
-        paths[kind] = str(final)
+    paths = {kind: str(_install_model(out, cfg, src, copy_model)) for kind, cfg in configs.items()}
     return {"models": {k: c["name"] for k, c in configs.items()}, "paths": paths, "platform": "python",
             "max_batch_size": max_request_rows, "preferred_batch_size": [max_batch], "instance_kind": "KIND_CPU",
             "configs": configs}
+
+
+def _install_model(out: Path, cfg: dict[str, Any], src: Path, copy_model: bool) -> Path:
+    """One model folder (config.pbtxt, 1/model.py, and the model copied or named by path), staged and
+    installed whole; adds the ``nfkd_model`` parameter to ``cfg``."""
+    from .triton_model_repository import to_pbtxt
+
+    final = out / cfg["name"]
+    with staged_folder(final, replace_whole=True) as tmp:
+        (tmp / "1").mkdir()
+        (tmp / "1" / "model.py").write_text(MODEL_PY)
+        if copy_model:
+            target = tmp / "1" / ("model" if src.is_dir() else "model" + src.suffix)
+            if src.is_dir():
+                shutil.copytree(src, target, ignore=shutil.ignore_patterns("*.plan"))
+            else:
+                shutil.copy2(src, target)
+            where = str(Path("1") / target.name)
+        else:
+            where = str(src.resolve())
+        cfg["parameters"].append({"key": "nfkd_model", "value": {"string_value": where}})
+        (tmp / "config.pbtxt").write_text("# Written by nfkd (export.triton_python): Python backend, KIND_CPU\n"
+                                          + to_pbtxt(cfg) + "\n")
+    return final

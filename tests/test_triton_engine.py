@@ -77,6 +77,62 @@ def group_alive(pgid: int) -> bool:
         return False
 
 
+# --- KServe v2 over gRPC, without grpcio-tools or tritonclient (tritonclient pins protobuf<7) ---------------
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+GRPC_READY = "/inference.GRPCInferenceService/ServerReady"
+
+
+def kserve_grpc_messages() -> dict[str, type]:
+    """The KServe v2 messages these tests send and read, as protobuf classes built at run time from the field
+    names and numbers of ``protobuf/grpc_service.proto`` (triton-inference-server/common); fields the tests
+    do not use (parameter maps) are left out: they stay unknown fields, skipped on parsing."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    F = descriptor_pb2.FieldDescriptorProto
+    one, many = F.LABEL_OPTIONAL, F.LABEL_REPEATED
+
+    def message(name: str, *fields: tuple) -> descriptor_pb2.DescriptorProto:
+        m = descriptor_pb2.DescriptorProto(name=name)
+        for fname, number, ftype, label, *type_name in fields:
+            m.field.add(name=fname, number=number, type=ftype, label=label, **({"type_name": type_name[0]}
+                                                                                 if type_name else {}))
+        return m
+
+    contents = (".inference.InferTensorContents",)
+    tensor = [("name", 1, F.TYPE_STRING, one), ("datatype", 2, F.TYPE_STRING, one), ("shape", 3, F.TYPE_INT64, many),
+              ("contents", 5, F.TYPE_MESSAGE, one, *contents)]
+    head = [("model_name", 1, F.TYPE_STRING, one), ("model_version", 2, F.TYPE_STRING, one), ("id", 3, F.TYPE_STRING, one)]
+    request = message("ModelInferRequest", *head,
+                      ("inputs", 5, F.TYPE_MESSAGE, many, ".inference.ModelInferRequest.InferInputTensor"),
+                      ("outputs", 6, F.TYPE_MESSAGE, many, ".inference.ModelInferRequest.InferRequestedOutputTensor"),
+                      ("raw_input_contents", 7, F.TYPE_BYTES, many))
+    request.nested_type.extend([message("InferInputTensor", *tensor),
+                                message("InferRequestedOutputTensor", ("name", 1, F.TYPE_STRING, one))])
+    response = message("ModelInferResponse", *head,
+                       ("outputs", 5, F.TYPE_MESSAGE, many, ".inference.ModelInferResponse.InferOutputTensor"),
+                       ("raw_output_contents", 6, F.TYPE_BYTES, many))
+    response.nested_type.append(message("InferOutputTensor", *tensor))
+    proto = descriptor_pb2.FileDescriptorProto(name="nfkd_tests/kserve_v2_subset.proto", package="inference",
+                                               syntax="proto3")
+    proto.message_type.extend([
+        message("ServerReadyRequest"), message("ServerReadyResponse", ("ready", 1, F.TYPE_BOOL, one)),
+        message("InferTensorContents", ("int64_contents", 3, F.TYPE_INT64, many),
+                ("fp32_contents", 6, F.TYPE_FLOAT, many)),
+        request, response])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return {m.name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"inference.{m.name}"))
+            for m in proto.message_type}
+
+
+def grpc_tensor(response, name: str) -> np.ndarray:
+    """An output of a ModelInferResponse: Triton sends every output in ``raw_output_contents``, in order."""
+    i = [o.name for o in response.outputs].index(name)
+    out = response.outputs[i]
+    assert out.datatype == "FP32"
+    return np.frombuffer(response.raw_output_contents[i], np.float32).reshape(tuple(out.shape)).astype(np.float64)
+
+
 @pytest.fixture(scope="module")
 def cli():
     """``python -m nfkd serve student.pt --engine triton`` as a user runs it; its "listening" log line."""
@@ -197,6 +253,62 @@ def test_nan_in_a_merged_batch_fails_only_its_own_request(cli):
     assert "rows [1]" in answers[3].json()["error"]
 
 
+@pytest.fixture(scope="module")
+def grpc_client(cli):
+    """(ModelInfer, ServerReady, messages) on the server's gRPC port, from its "listening" line."""
+    grpc = pytest.importorskip("grpc", reason="grpcio is not installed (the dev extra has it)")
+    _, info, _ = cli
+    msgs = kserve_grpc_messages()
+    with grpc.insecure_channel(info["grpc"]) as channel:
+        infer = channel.unary_unary(GRPC_INFER, request_serializer=msgs["ModelInferRequest"].SerializeToString,
+                                    response_deserializer=msgs["ModelInferResponse"].FromString)
+        ready = channel.unary_unary(GRPC_READY, request_serializer=msgs["ServerReadyRequest"].SerializeToString,
+                                    response_deserializer=msgs["ServerReadyResponse"].FromString)
+        yield infer, ready, msgs
+
+
+@needs_wheel
+def test_grpc_model_infer_equals_eager_float64(grpc_client):
+    """KServe v2 gRPC: raw tensor bytes in (density), typed contents in (sample), raw bytes out; the same values
+    as the eager float64 flow at the export gate's tolerance, and the same seeded samples as over HTTP."""
+    infer, ready, msgs = grpc_client
+    Request = msgs["ModelInferRequest"]
+    assert ready(msgs["ServerReadyRequest"](), timeout=30).ready
+    x = rows(np.random.default_rng(21), 33)
+    req = Request(model_name="student_density", inputs=[Request.InferInputTensor(
+        name="x", datatype="FP32", shape=list(x.shape))], raw_input_contents=[x.tobytes()])
+    lp = grpc_tensor(infer(req, timeout=60), "log_prob")
+    req = Request(model_name="student_sample", inputs=[
+        Request.InferInputTensor(name="n", datatype="INT64", shape=[1], contents={"int64_contents": [7]}),
+        Request.InferInputTensor(name="temperature", datatype="FP32", shape=[1], contents={"fp32_contents": [0.6]}),
+        Request.InferInputTensor(name="seed", datatype="INT64", shape=[1], contents={"int64_contents": [13]})])
+    xs = grpc_tensor(infer(req, timeout=60), "x")
+    assert lp.shape == (33, 1) and xs.shape == (7, DIM)
+    lp_ref, xs_ref = eager(x, draw_noise([(DIM,)], 7, 13), np.float32(0.6).item())
+    assert_gate(lp[:, 0], lp_ref, xs, xs_ref)
+
+
+@needs_wheel
+@pytest.mark.parametrize("x, message", [
+    (np.array([[0, 1, np.nan, 0, 0]], np.float32), "x contains NaN or Inf"),
+    (np.zeros((2, DIM + 1), np.float32), "unexpected shape for input 'x'"),
+    (np.zeros((MAX_ROWS + 1, DIM), np.float32), f"batch-size must be <= {MAX_ROWS}"),
+], ids=["nan", "wrong-shape", "oversized"])
+def test_grpc_bad_request_is_invalid_argument(grpc_client, x, message):
+    """The model's own check (NaN) and Triton's (shape, row limit): INVALID_ARGUMENT, HTTP's 400 over gRPC."""
+    import grpc
+
+    infer, ready, msgs = grpc_client
+    Request = msgs["ModelInferRequest"]
+    req = Request(model_name="student_density", inputs=[Request.InferInputTensor(
+        name="x", datatype="FP32", shape=list(x.shape))], raw_input_contents=[x.tobytes()])
+    with pytest.raises(grpc.RpcError) as err:
+        infer(req, timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert message in err.value.details(), err.value.details()
+    assert ready(msgs["ServerReadyRequest"](), timeout=30).ready
+
+
 @needs_wheel
 def test_model_config_has_instances_limits_and_batcher(cli):
     _, _, client = cli
@@ -226,37 +338,73 @@ def test_sigterm_stops_cleanly_with_no_orphan_processes(cli):
         httpx.get(f"{info['url']}/v2/health/live", timeout=2)
 
 
-@needs_wheel
-def test_exported_repository_is_loaded_by_the_real_server(tmp_path):
-    """export.triton_model_repository: the Python-backend variant is served end to end; the ONNX Runtime variant's
-    config is accepted, and the model stops at the missing backend (the CPU wheel ships the Python one only)."""
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One real server on a repository holding: export.triton_model_repository's Python-backend variant (ONNX
+    Runtime runner), the same variant with the numba runner (written from the checkpoint), the ONNX Runtime
+    variant, and a copy of that one with a misspelt field."""
+    if not HAVE_WHEEL:
+        pytest.skip("nvidia-pytriton is not installed: pip install --no-deps nvidia-pytriton==0.7.0")
+    from export.triton_python import write_python_repository
     from nfkd.serving.triton_binary import TritonServer
 
-    _, folder = student()
-    repo = tmp_path / "repo"
+    ckpt, folder = student()
+    repo = tmp_path_factory.mktemp("exported") / "repo"
     assert repository_main([str(folder), "-o", str(repo), "--platform", "python", "--cpu", "--threads", "1",
-                               "--max-batch", "128"]) == 0
+                            "--max-batch", "128"]) == 0
+    write_python_repository(ckpt, repo, (DIM,), "nb", backend="numba", threads=1, max_request_rows=128,
+                            max_batch=128, cache_dir=CACHE)
     assert repository_main([str(folder), "-o", str(repo), "--platform", "onnx", "--cpu", "--name", "ort"]) == 0
     broken = repo / "broken_density"  # the same config with one typo: the server's own parser must refuse it
     shutil.copytree(repo / "ort_density", broken)
     text = (broken / "config.pbtxt").read_text().replace('name: "ort_density"', 'name: "broken_density"')
     (broken / "config.pbtxt").write_text(text.replace("max_batch_size:", "max_batch_sise:"))
-    with TritonServer(repo, strict=False) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
-        name = student()[0].stem
-        x = rows(np.random.default_rng(11), 16)
-        lp = output(client.post(f"/v2/models/{name}_density/infer", json=infer_body(x)), "log_prob")
-        xs = output(client.post(f"/v2/models/{name}_sample/infer", json=sample_body(5, 0.8, 2)), "x")
-        lp_ref, xs_ref = eager(x, draw_noise([(DIM,)], 5, 2), np.float32(0.8).item())
-        assert_gate(lp[:, 0], lp_ref, xs, xs_ref)
-        index = {m["name"]: m for m in client.post("/v2/repository/index", json={}).json()}
-        for model in ("ort_density", "ort_sample"):
-            assert index[model]["state"] == "UNAVAILABLE"
-            assert "onnxruntime" in index[model]["reason"], index[model]
-        assert client.get("/v2/models/ort_density/ready").status_code == 400
-        assert "state" not in index["broken_density"]  # refused while parsing its config: no version was created
-        assert "max_batch_sise" in srv.log_path.read_text()
+    srv = TritonServer(repo, strict=False).start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as client:
+            yield srv, client
+    finally:
         pgid = srv.proc.pid
-    assert not group_alive(pgid)
+        srv.stop()
+        assert not group_alive(pgid)
+
+
+def served_equal_eager(client: httpx.Client, name: str) -> None:
+    x = rows(np.random.default_rng(11), 16)
+    lp = output(client.post(f"/v2/models/{name}_density/infer", json=infer_body(x)), "log_prob")
+    xs = output(client.post(f"/v2/models/{name}_sample/infer", json=sample_body(5, 0.8, 2)), "x")
+    lp_ref, xs_ref = eager(x, draw_noise([(DIM,)], 5, 2), np.float32(0.8).item())
+    assert_gate(lp[:, 0], lp_ref, xs, xs_ref)
+
+
+@needs_wheel
+def test_exported_python_repository_is_served_by_the_real_server(exported):
+    """export.triton_model_repository --platform python: served end to end, equal to the eager float64 flow."""
+    srv, client = exported
+    served_equal_eager(client, student()[0].stem)
+    assert "backend='onnxruntime'" in srv.log_path.read_text()
+
+
+@needs_wheel
+def test_numba_runner_inside_triton_equals_eager_float64(exported):
+    """The numba runner (kernels compiled in the stub process at warm-up) behind Triton: the same values."""
+    srv, client = exported
+    served_equal_eager(client, "nb")
+    assert "backend='numba'" in srv.log_path.read_text()
+
+
+@needs_wheel
+def test_onnx_variant_is_accepted_and_stops_at_the_missing_backend(exported):
+    """The ONNX Runtime variant's config is accepted, and the model stops at the missing backend (the CPU wheel
+    ships the Python one only); a misspelt field is refused by the server's own config parser."""
+    srv, client = exported
+    index = {m["name"]: m for m in client.post("/v2/repository/index", json={}).json()}
+    for model in ("ort_density", "ort_sample"):
+        assert index[model]["state"] == "UNAVAILABLE"
+        assert "onnxruntime" in index[model]["reason"], index[model]
+    assert client.get("/v2/models/ort_density/ready").status_code == 400
+    assert "state" not in index["broken_density"]  # refused while parsing its config: no version was created
+    assert "max_batch_sise" in srv.log_path.read_text()
 
 
 def test_missing_wheel_is_one_clear_line(monkeypatch):
