@@ -67,7 +67,7 @@ def test_demo_quick_writes_full_report(tmp_path):
                                                          abs=1e-6)
             assert cells[3].startswith(f"{v['vs_none']['mean']:+.3f} ± {v['vs_none']['se2']:.3f}"), row
         if name not in ("teacher", "none"):
-            share = f"{100 * v['vs_none']['mean'] / gap['mean']:.0f} %" if abs(gap["mean"]) >= gap["se2"] else None
+            share = f"{round(100 * v['vs_none']['mean'] / gap['mean']):d} %" if abs(gap["mean"]) >= gap["se2"] else None
             assert cells[4] == (share or "gap within noise"), row
     for name, v in res["throughput_batch4096"].items():
         assert v["q1_s"] <= v["median_s"] <= v["q3_s"]
