@@ -39,7 +39,7 @@ def pytest_addoption(parser):
     g.addoption("--bench-batches", default=None, help="tabular batch sizes, comma list")
     g.addoption("--bench-image-batches", default=None, help="image batch sizes, comma list")
     g.addoption("--bench-roles", default=None, help="teacher,student")
-    g.addoption("--bench-backends", default=None, help="comma list of " + ",".join(suite.BACKENDS))
+    g.addoption("--bench-backends", default=None, help="comma list of " + ",".join(suite.all_backends()))
     g.addoption("--bench-export-roles", default=None, help="roles exported for onnxruntime/tensorrt")
     g.addoption("--bench-compile-models", default=None,
                 help="where torch.compile runs: all | none | comma list of ARCH or ARCH:DIM (e.g. maf:63,glow1d)")
@@ -91,7 +91,7 @@ def _settings(config) -> suite.Settings:
     if opt("--bench-cache"):
         kw["cache"] = Path(opt("--bench-cache"))
     s = replace(s, **kw)
-    bad = [b for b in s.backends if b not in suite.BACKENDS] + [a for a in s.archs if a not in suite.ARCHS]
+    bad = [b for b in s.backend_list if b not in suite.all_backends()] + [a for a in s.archs if a not in suite.ARCHS]
     bad += [r for r in s.roles + s.export_roles if r not in suite.ROLES]
     if bad:
         raise pytest.UsageError(f"unknown backend / arch / role: {bad}")
@@ -123,7 +123,7 @@ def pytest_report_header(config):
     if s is None:
         return None
     return (f"nfkd bench: mode={s.mode} device={s.device} threads={s.threads} OMP_WAIT_POLICY="
-            f"{os.environ.get('OMP_WAIT_POLICY', '')} backends={','.join(s.backends)} cache={s.cache}")
+            f"{os.environ.get('OMP_WAIT_POLICY', '')} backends={','.join(s.backend_list)} cache={s.cache}")
 
 
 def pytest_generate_tests(metafunc):
@@ -169,6 +169,7 @@ def run_case(benchmark, registry, request):
 
     def run(case: suite.Case):
         benchmark.group = case.group
+        compiles = suite.compiles_per_model(case.backend)
         predicted = registry.predict(case)
         if predicted is not None and predicted > settings.max_call_s:
             pytest.skip(f"predicted {predicted:.1f} s per call (linear in batch from the previous batch) "
@@ -179,14 +180,14 @@ def run_case(benchmark, registry, request):
         except suite.Unavailable as exc:
             pytest.skip(str(exc))
         try:
-            plan = suite.plan_rounds(settings, fn, compiles=case.backend == "compile")  # warm-up (compiles torch.compile on its first call)
+            plan = suite.plan_rounds(settings, fn, compiles=compiles)  # warm-up (e.g. torch.compile compiles on its first call)
         except suite.Unavailable as exc:
             pytest.skip(str(exc))
         except Exception as exc:
-            if case.backend == "compile":  # e.g. no C++ compiler for inductor: not a failure of the suite
-                pytest.skip(f"torch.compile failed here: {suite._first_line(exc)}")
+            if compiles:  # e.g. no C++ compiler for inductor: not a failure of the suite
+                pytest.skip(f"{case.backend} failed to compile here: {suite._first_line(exc)}")
             raise
-        if case.backend == "compile":
+        if compiles:
             registry.compile_seconds.setdefault(f"{case.direction} {case.arch} d={case.dim} {case.role}",
                                                 plan.first_call_s)
         deviation = registry.deviation(case, fn)

@@ -1,6 +1,6 @@
 """The CPU engine's numbers (issue #14), one run, side by side: ``python -m bench.cpu_engine [-o FILE.md]``.
 
-- student ``log_prob``, batch 4096, paper-sized Glow-1D and MAF at D = 6, 21, 63 on every CPU
+- student ``log_prob``, batch 4096, paper-sized Glow-1D and MAF at D = 6, 8, 21, 43, 63 on every CPU
   technique (numba engine, ONNX Runtime with ORT_ENABLE_ALL, torch.compile, folded and eager
   PyTorch) and the peers (zuko / nflows MAF of the same size), with achieved GFLOP/s and % of the
   single-thread float32 matmul peak measured in the same run (``bench.roofline``); GFLOP/s count the
@@ -11,7 +11,12 @@
   the door must not copy, convert or check twice);
 - IAF student sampling (one MADE pass per block) against zuko's MAF sampling and the MAF student's
   numba sampling, D = 63, batch 4096 (``--only iaf --only door``: these two sections alone);
-- batch-1 ``log_prob`` latency p50 / p99 through ``Runner.log_prob`` (what a service calls).
+- batch-1 ``log_prob`` latency p50 / p99 through ``Runner.log_prob`` (what a service calls);
+- issue #29's second pass (``bench.engine_scaling``): scaling with batch, D and threads (each row named
+  overhead / compute / memory from its numbers), the paper's own tabular Glow code (``bench.paper_glow``)
+  against nfkd's Glow-1D of the same size, and the engine at 8 and at 16 float32 lanes.
+
+``--only SECTION`` (repeatable) runs a subset: iaf, door, density, sampling, latency, scaling, paper, lanes.
 
 Backends of one group are timed round-robin (A, B, C, A, B, C, ...) so that the load of a shared
 machine hits them alike; the median per backend is reported. Every nfkd backend goes through
@@ -88,7 +93,7 @@ def _latency(fn, calls: int) -> tuple[float, float]:
 
 
 def cpu_line() -> str:
-    """The CPU model and the widest float32 vector the host has (the engine's micro-kernels use 8 lanes)."""
+    """The CPU model and the widest float32 vector the host has (``kernels.cpu_engine.LANES``: what the engine uses)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -105,21 +110,11 @@ def cpu_line() -> str:
 
 
 def _paper_student(preset: str, dim: int):
-    """The paper-sized student of ``preset`` (random weights off the identity init; speed does not depend on
-    training) with a non-trivial input normalization, as in ``bench.iaf``."""
-    import torch
+    """The paper-sized student of ``preset`` (``bench.iaf``'s models: random weights off the identity init, a
+    non-trivial input normalization; speed does not depend on training)."""
+    from bench.iaf import paper_model
 
-    from nfkd.flows import build_flow
-    from nfkd.presets import PRESETS
-    from nfkd.testing import perturb
-
-    cfg = dict(PRESETS[preset]["student"])
-    arch = cfg.pop("arch")
-    torch.manual_seed(dim)
-    flow = build_flow(arch, dim=dim, **cfg)
-    g = torch.Generator().manual_seed(dim + 1)
-    flow.normalize.set(2 * torch.randn(dim, generator=g), torch.rand(dim, generator=g) + 0.5)
-    return perturb(flow, 0.1, dim + 2).float().eval()
+    return paper_model(preset, "student", dim)
 
 
 def _sample_error(flow, runner, batch: int) -> float:
@@ -201,73 +196,30 @@ def door_cost(say, dims: tuple[int, ...], batch: int, rounds: int) -> None:
     say()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.cpu_engine", description=__doc__.split("\n")[0])
-    p.add_argument("-o", "--out", default=None, help="write the tables (markdown) here as well")
-    p.add_argument("--dims", default="6,21,63")
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--sample-dim", type=int, default=43)
-    p.add_argument("--sample-rounds", type=int, default=3)
-    p.add_argument("--latency-calls", type=int, default=2000)
-    p.add_argument("--backends", default=",".join(DENSITY_BACKENDS), help="density backends (comma list)")
-    p.add_argument("--iaf-dim", type=int, default=63)
-    p.add_argument("--iaf-rounds", type=int, default=15)
-    p.add_argument("--only", choices=("iaf", "door"), action="append", default=[],
-                   help="run only these sections (repeatable): IAF sampling, torch-vs-numpy cost at the door")
-    a = p.parse_args(argv)
+def _callables(reg, direction: str, arch: str, dim: int, batch: int, names) -> tuple[dict, dict, dict]:
+    """{backend: call}, {backend: useful FLOPs}, {backend: note} for one case; a failing backend is noted, not fatal."""
+    from bench.suite import Case, Unavailable
 
-    import torch
+    fns, flops, notes = {}, {}, {}
+    for b in names:
+        c = Case(direction, arch, dim, batch, "student", b)
+        try:
+            fn = _openvino_density(reg, arch, dim, batch) if b == "openvino" else reg.runner(c)
+            dev = reg.deviation(c, fn)
+            if dev is not None and not dev <= 1.0:
+                notes[b] = f"deviation {dev:.2g} x tolerance"
+            fns[b] = fn
+            flops[b] = reg.useful_flops(replace(c, backend="onnxruntime") if b == "openvino" else c)
+        except Unavailable as exc:
+            notes[b] = f"unavailable: {exc}"
+        except Exception as exc:  # a backend failing here is reported, not fatal
+            notes[b] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+    return fns, flops, notes
 
-    torch.set_num_threads(1)
-    from bench.roofline import copy_bandwidth_gbs, matmul_peak_gflops
-    from bench.suite import Case, Registry, Settings, Unavailable
 
-    s = Settings(mode="cpu-engine", device="cpu", threads=1)
-    reg = Registry(s)
-    dims = [int(d) for d in a.dims.split(",")]
-    chosen = [b for b in a.backends.split(",") if b]
-    lines: list[str] = []
-
-    def say(line: str = "") -> None:
-        print(line, flush=True)
-        lines.append(line)
-
-    peak = matmul_peak_gflops(1)
-    bw = copy_bandwidth_gbs(1)
-    load0 = os.getloadavg()[0]
-    say(f"Single-thread float32 matmul peak (1024^3, best of 20): **{peak:.1f} GFLOP/s**; copy bandwidth 1 thread "
-        f"{bw:.1f} GB/s; load average at start {load0:.1f}; torch {torch.__version__}, threads 1 everywhere.")
-    say(cpu_line() + "; engine micro-kernels: 8 lanes.")
-    say()
-    if a.only:
-        if "iaf" in a.only:
-            iaf_sampling(say, a.iaf_dim, a.batch, a.iaf_rounds)
-        if "door" in a.only:
-            door_cost(say, (6, 63), a.batch, a.iaf_rounds)
-        return _finish(say, lines, a.out)
-    iaf_sampling(say, a.iaf_dim, a.batch, a.iaf_rounds)
-    door_cost(say, (6, 63), a.batch, a.iaf_rounds)
-
-    def callables(direction: str, arch: str, dim: int, batch: int, names) -> tuple[dict, dict, dict]:
-        fns, flops, notes = {}, {}, {}
-        for b in names:
-            c = Case(direction, arch, dim, batch, "student", b)
-            try:
-                fn = _openvino_density(reg, arch, dim, batch) if b == "openvino" else reg.runner(c)
-                dev = reg.deviation(c, fn)
-                if dev is not None and not dev <= 1.0:
-                    notes[b] = f"deviation {dev:.2g} x tolerance"
-                fns[b] = fn
-                flops[b] = reg.useful_flops(replace(c, backend="onnxruntime") if b == "openvino" else c)
-            except Unavailable as exc:
-                notes[b] = f"unavailable: {exc}"
-            except Exception as exc:  # a backend failing here is reported, not fatal
-                notes[b] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
-        return fns, flops, notes
-
-    # --- density ------------------------------------------------------------------------------
-    say(f"### Student log_prob, batch {a.batch}, 1 thread (median of {a.rounds} round-robin rounds)")
+def density_table(say, reg, dims: list[int], batch: int, rounds: int, chosen: list[str], peak: float) -> None:
+    """Student log_prob on every chosen backend, per arch and D, round-robin, with % of the peak."""
+    say(f"### Student log_prob, batch {batch}, 1 thread (median of {rounds} round-robin rounds)")
     say()
     say("CPU ms: CPU time of the calling thread (load-robust; GFLOP/s and % of peak from it); wall ms: elapsed.")
     say()
@@ -275,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     say("|---|---|---|---|---|---|---|---|---|")
     for arch in ("glow1d", "maf"):
         for dim in dims:
-            fns, flops, notes = callables("density", arch, dim, a.batch, chosen)
-            wall, cpu = _round_robin(fns, a.rounds)
+            fns, flops, notes = _callables(reg, "density", arch, dim, batch, chosen)
+            wall, cpu = _round_robin(fns, rounds)
             for b in chosen:
                 if b not in cpu:
                     say(f"| {arch} | {dim} | {b} | - | - | - | - | {notes.get(b, '')} | |")
@@ -288,14 +240,16 @@ def main(argv: list[str] | None = None) -> int:
                     f"{100 * gf / peak:.0f} % | {sp} |" + (f" {notes[b]}" if b in notes else ""))
     say()
 
-    # --- sampling -----------------------------------------------------------------------------
-    say(f"### MAF student sampling, D = {a.sample_dim}, batch {a.batch}, 1 thread (median of {a.sample_rounds} rounds; "
+
+def sampling_table(say, reg, dim: int, batch: int, rounds: int) -> None:
+    """MAF student sampling on every sampling backend, round-robin."""
+    say(f"### MAF student sampling, D = {dim}, batch {batch}, 1 thread (median of {rounds} rounds; "
         "noise drawing included)")
     say()
     say("| backend | CPU ms | wall ms | useful GFLOP/s (D MADE passes counted, CPU time) | numba speed-up (CPU) | (wall) |")
     say("|---|---|---|---|---|---|")
-    fns, flops, notes = callables("sample", "maf", a.sample_dim, a.batch, SAMPLE_BACKENDS)
-    wall, cpu = _round_robin(fns, a.sample_rounds)
+    fns, flops, notes = _callables(reg, "sample", "maf", dim, batch, SAMPLE_BACKENDS)
+    wall, cpu = _round_robin(fns, rounds)
     for b in SAMPLE_BACKENDS:
         if b not in cpu:
             say(f"| {b} | - | - | - | {notes.get(b, '')} | |")
@@ -304,8 +258,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{cpu[b] / cpu['numba']:.2f}x | {wall[b] / wall['numba']:.2f}x |")
     say()
 
-    # --- batch-1 latency ------------------------------------------------------------------------
-    say(f"### Batch-1 log_prob latency through Runner.log_prob (numpy float32 in; {a.latency_calls} calls), µs")
+
+def latency_table(say, reg, calls: int) -> None:
+    """Batch-1 log_prob p50 / p99 through Runner.log_prob (what a service calls)."""
+    from bench.suite import Unavailable
+
+    say(f"### Batch-1 log_prob latency through Runner.log_prob (numpy float32 in; {calls} calls), µs")
     say()
     say("| model | backend | p50 | p99 |")
     say("|---|---|---|---|")
@@ -318,10 +276,79 @@ def main(argv: list[str] | None = None) -> int:
             except Unavailable as exc:
                 say(f"| {arch} D={dim} student | {b} | - | {exc} |")
                 continue
-            p50, p99 = _latency(lambda r=r, xn=xn: r.log_prob(xn), a.latency_calls)
+            p50, p99 = _latency(lambda r=r, xn=xn: r.log_prob(xn), calls)
             say(f"| {arch} D={dim} student | {b} | {p50:.1f} | {p99:.1f} |")
     say()
+
+
+SECTIONS = ("iaf", "door", "density", "sampling", "latency", "scaling", "paper", "lanes")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.cpu_engine", description=__doc__.split("\n")[0])
+    p.add_argument("-o", "--out", default=None, help="write the tables (markdown) here as well")
+    p.add_argument("--dims", default="6,8,21,43,63")
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--sample-dim", type=int, default=43)
+    p.add_argument("--sample-rounds", type=int, default=3)
+    p.add_argument("--latency-calls", type=int, default=2000)
+    p.add_argument("--backends", default=",".join(DENSITY_BACKENDS), help="density backends (comma list)")
+    p.add_argument("--iaf-dim", type=int, default=63)
+    p.add_argument("--iaf-rounds", type=int, default=15)
+    p.add_argument("--only", choices=SECTIONS, action="append", default=[],
+                   help="run only these sections (repeatable; default: all)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from bench.roofline import copy_bandwidth_gbs, matmul_peak_gflops
+    from bench.suite import Registry, Settings
+
+    from .engine_scaling import lanes_table, paper_peer_table, scaling_table
+
+    reg = Registry(Settings(mode="cpu-engine", device="cpu", threads=1))
+    dims = [int(d) for d in a.dims.split(",")]
+    lines: list[str] = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    peak = matmul_peak_gflops(1)
+    bw = copy_bandwidth_gbs(1)
+    say(f"Single-thread float32 matmul peak (1024^3, best of 20): **{peak:.1f} GFLOP/s**; copy bandwidth 1 thread "
+        f"{bw:.1f} GB/s; load average at start {os.getloadavg()[0]:.1f}; torch {torch.__version__}, threads 1 "
+        "everywhere.")
+    say(cpu_line() + f"; engine micro-kernels: {_engine_lanes()} lanes.")
+    say()
+    run = set(a.only or SECTIONS)
+    steps = {
+        "iaf": lambda: iaf_sampling(say, a.iaf_dim, a.batch, a.iaf_rounds),
+        "door": lambda: door_cost(say, (6, 63), a.batch, a.iaf_rounds),
+        "density": lambda: density_table(say, reg, dims, a.batch, a.rounds, [b for b in a.backends.split(",") if b],
+                                         peak),
+        "sampling": lambda: sampling_table(say, reg, a.sample_dim, a.batch, a.sample_rounds),
+        "latency": lambda: latency_table(say, reg, a.latency_calls),
+        "scaling": lambda: scaling_table(say, peak, bw),
+        "paper": lambda: paper_peer_table(say, dims, a.batch, a.rounds, peak),
+        "lanes": lambda: lanes_table(say),
+    }
+    for name in SECTIONS:
+        if name in run:
+            steps[name]()
     return _finish(say, lines, a.out)
+
+
+def _engine_lanes() -> int:
+    from kernels.cpu_engine import LANES
+
+    return LANES
 
 
 def _finish(say, lines: list[str], out: str | None) -> int:

@@ -199,6 +199,7 @@ class Ctx:
         self.args, self.dev, self.budget, self.rep, self.k = args, dev, budget, rep, use_kernels
         self.dry = args.dry_run
         self.copy_gbs = None
+        self._packs: dict[int, tuple] = {}
 
     # ---- timing
     def sync(self) -> None:
@@ -233,16 +234,27 @@ class Ctx:
         return statistics.median(times)
 
     # ---- implementations
+    def packed(self, folded):
+        """The kernels' packed form of a folded flow, packed once (as the triton Runner does at load)."""
+        hit = self._packs.get(id(folded))
+        if hit is None:
+            if folded.arch == "glow":
+                from kernels.glow_step import pack
+            else:
+                from kernels.tabular import pack
+            hit = self._packs[id(folded)] = (folded, pack(folded))  # the folded module kept alive with its id
+        return hit[1]
+
     def lp_kernel(self, folded, x, **kw):
         if not self.k:
             return folded.log_prob(x)
         if folded.arch == "glow":
             from kernels.glow_step import glow_log_prob_triton
 
-            return glow_log_prob_triton(folded, x, **kw)
+            return glow_log_prob_triton(self.packed(folded), x, **kw)
         from kernels.tabular import tabular_log_prob
 
-        return tabular_log_prob(folded, x, **kw)
+        return tabular_log_prob(self.packed(folded), x, **kw)
 
     def sample_kernel(self, folded, noise, t, **kw):
         if not self.k:
@@ -250,10 +262,10 @@ class Ctx:
         if folded.arch == "glow":
             from kernels.glow_step import glow_sample_triton
 
-            return glow_sample_triton(folded, noise, t, **kw)
+            return glow_sample_triton(self.packed(folded), noise, t, **kw)
         from kernels.tabular import tabular_sample
 
-        return tabular_sample(folded, noise[0], t, **kw)
+        return tabular_sample(self.packed(folded), noise[0], t, **kw)
 
     # ---- models
     def tabular_cases(self):
@@ -277,8 +289,8 @@ class Ctx:
                 ("glow_additive", dict(in_shape=(3, 32, 32), levels=3, steps=4, hidden=64, additive=True))]
 
     def build(self, kind, spec):
-        from kernels.testing import glow_flow, tabular_flow
         from nfkd.fold import fold
+        from tests.kernel_helpers import glow_flow, tabular_flow
 
         if kind == "glow":
             flow = glow_flow(**spec[1], seed=1)
@@ -308,7 +320,7 @@ class Ctx:
                          "device-to-device copy (read + write)")
 
     def correctness(self) -> None:
-        from kernels.testing import max_rel_err, max_scaled_err
+        from tests.kernel_helpers import max_rel_err, max_scaled_err
 
         torch = self.torch
         rows = []
@@ -394,87 +406,84 @@ class Ctx:
         ctime = time.perf_counter() - t0
         return self.bench(lambda: cf(*a)), ctime
 
-    def speed(self) -> None:
-        torch = self.torch
-        rows = []
-        bw = self.copy_gbs
-        for spec in self.tabular_cases():
-            if self.budget.left() < 45:
-                self.rep.skip(f"speed {self.name('tab', spec)} (budget)")
-                continue
-            flow, _, f32 = self.build("tab", spec)
-            flow32 = flow.float()
-            D = spec[1]
-            B = 64 if self.dry else 65536
-            x = torch.randn(B, D, device=self.dev)
-            wbytes = 0
-            if self.k:
-                from kernels.tabular import pack
+    SPEED_COLUMNS = ["model", "op", "B", "flow_ms", "folded_ms", "compile_ms", "compile_s", "triton_ms",
+                     "triton_nhwc_ms", "triton_nchw_ms", "triton_GB/s", "copy_GB/s"]
 
-                wbytes = pack(f32).buf.numel() * 4
-            io = B * D * 4 + B * 4 + wbytes
-            row = {"model": self.name("tab", spec), "op": "log_prob", "B": B}
-            row["flow_ms"] = self.bench(lambda: flow32.log_prob_unchecked(x))
-            row["folded_ms"] = self.bench(lambda: f32.log_prob(x))
-            row["compile_ms"], row["compile_s"] = self._timed_compile(self._compiled(f32.log_prob, row["model"]), x)
-            row["triton_ms"] = self.bench(lambda: self.lp_kernel(f32, x))
-            row["triton_GB/s"] = io / (row["triton_ms"] * 1e-3) / 1e9
-            row["copy_GB/s"] = bw
-            rows.append(row)
-            # sampling (MAF: D sequential passes per block: compute bound, smaller batch)
-            Bs = 32 if self.dry else (8192 if spec[0] == "maf" else 65536)
-            z = torch.randn(Bs, D, device=self.dev)
-            row = {"model": self.name("tab", spec), "op": "sample", "B": Bs}
-            row["flow_ms"] = self.bench(lambda: flow32.inverse([z]).x, max_iters=20)
-            row["folded_ms"] = self.bench(lambda: f32.sample(len(z), 1.0, noise=[z]), max_iters=20)
-            if spec[0] != "maf":  # compiling D x blocks unrolled MADE passes takes minutes
-                row["compile_ms"], row["compile_s"] = self._timed_compile(self._compiled(f32.sample, row["model"]),
-                                                                          [z], 1.0)
-            row["triton_ms"] = self.bench(lambda: self.sample_kernel(f32, [z], 1.0), max_iters=50)
-            row["triton_GB/s"] = (2 * Bs * D * 4 + wbytes) / (row["triton_ms"] * 1e-3) / 1e9
-            row["copy_GB/s"] = bw
-            rows.append(row)
-            self.rep.section("speed_partial", rows)
-        for spec in self.glow_cases():
-            if self.budget.left() < 45:
-                self.rep.skip(f"speed {self.name('glow', spec)} (budget)")
-                continue
-            flow, _, f32 = self.build("glow", spec)
-            flow32 = flow.float()
-            B = 2 if self.dry else 64
-            x = torch.rand(B, *flow.event_shape, device=self.dev) - 0.5
-            noise = [torch.randn(s, device=self.dev) for s in flow.noise_shapes(B)]
-            kw = {"block_p": 16} if (self.dry and self.k) else {}
-            for op in ("log_prob", "sample"):
-                row = {"model": self.name("glow", spec), "op": op, "B": B}
-                if op == "log_prob":
-                    row["flow_ms"] = self.bench(lambda: flow32.log_prob_unchecked(x), max_iters=50)
-                    row["folded_ms"] = self.bench(lambda: f32.log_prob(x), max_iters=50)
-                    row["compile_ms"], row["compile_s"] = self._timed_compile(
-                        self._compiled(f32.log_prob, row["model"]), x)
-                    for lay in (["nhwc", "nchw"] if self.k else ["torch"]):
-                        k2 = dict(kw, layout=lay) if self.k else {}
-                        key = f"triton_{lay}_ms" if self.k else "triton_ms"
-                        row[key] = self.bench(lambda: self.lp_kernel(f32, x, **k2), max_iters=50)
-                else:
-                    row["flow_ms"] = self.bench(lambda: flow32.inverse(noise).x, max_iters=50)
-                    row["folded_ms"] = self.bench(lambda: f32.sample(B, 1.0, noise=noise), max_iters=50)
-                    row["compile_ms"], row["compile_s"] = self._timed_compile(
-                        self._compiled(f32.sample, row["model"]), noise, 1.0)
-                    for lay in (["nhwc", "nchw"] if self.k else ["torch"]):
-                        k2 = dict(kw, layout=lay) if self.k else {}
-                        key = f"triton_{lay}_ms" if self.k else "triton_ms"
-                        row[key] = self.bench(lambda: self.sample_kernel(f32, noise, 1.0, **k2), max_iters=50)
-                row["copy_GB/s"] = bw
-                rows.append(row)
-            if self.k:
-                rows.extend(self._glow_step_micro(f32, spec))
-            self.rep.section("speed_partial", rows)
-        cols = ["model", "op", "B", "flow_ms", "folded_ms", "compile_ms", "compile_s", "triton_ms",
-                "triton_nhwc_ms", "triton_nchw_ms", "triton_GB/s", "copy_GB/s"]
+    def speed(self) -> None:
+        rows: list[dict] = []
+        for kind, cases, measure in (("tab", self.tabular_cases(), self._speed_tabular),
+                                     ("glow", self.glow_cases(), self._speed_glow)):
+            for spec in cases:
+                if self.budget.left() < 45:
+                    self.rep.skip(f"speed {self.name(kind, spec)} (budget)")
+                    continue
+                rows.extend(measure(spec))
+                self.rep.section("speed_partial", rows)
         self.rep.data["sections"].pop("speed_partial", None)
-        self.rep.section("speed", rows, cols, "median ms (flow = unfolded eager, folded = fold() eager, "
-                                              "compile = torch.compile(folded)); GB/s = compulsory bytes / time")
+        self.rep.section("speed", rows, self.SPEED_COLUMNS, "median ms (flow = unfolded eager, folded = fold() eager, "
+                         "compile = torch.compile(folded)); GB/s = compulsory bytes / time")
+
+    def _speed_tabular(self, spec) -> list[dict]:
+        """log p and sampling of one Glow-1D / MAF: eager, folded, torch.compile, the kernel (+ its GB/s)."""
+        torch = self.torch
+        flow, _, f32 = self.build("tab", spec)
+        flow32 = flow.float()
+        D = spec[1]
+        B = 64 if self.dry else 65536
+        x = torch.randn(B, D, device=self.dev)
+        wbytes = self.packed(f32).buf.numel() * 4 if self.k else 0
+        io = B * D * 4 + B * 4 + wbytes
+        lp = {"model": self.name("tab", spec), "op": "log_prob", "B": B}
+        lp["flow_ms"] = self.bench(lambda: flow32.log_prob_unchecked(x))
+        lp["folded_ms"] = self.bench(lambda: f32.log_prob(x))
+        lp["compile_ms"], lp["compile_s"] = self._timed_compile(self._compiled(f32.log_prob, lp["model"]), x)
+        lp["triton_ms"] = self.bench(lambda: self.lp_kernel(f32, x))
+        lp["triton_GB/s"] = io / (lp["triton_ms"] * 1e-3) / 1e9
+        lp["copy_GB/s"] = self.copy_gbs
+        # sampling (MAF: D sequential passes per block: compute bound, smaller batch)
+        Bs = 32 if self.dry else (8192 if spec[0] == "maf" else 65536)
+        z = torch.randn(Bs, D, device=self.dev)
+        sa = {"model": self.name("tab", spec), "op": "sample", "B": Bs}
+        sa["flow_ms"] = self.bench(lambda: flow32.inverse([z]).x, max_iters=20)
+        sa["folded_ms"] = self.bench(lambda: f32.sample(len(z), 1.0, noise=[z]), max_iters=20)
+        if spec[0] != "maf":  # compiling D x blocks unrolled MADE passes takes minutes
+            decode = lambda noise, t: f32.sample(len(noise[0]), t, noise=noise)  # noqa: E731
+            sa["compile_ms"], sa["compile_s"] = self._timed_compile(self._compiled(decode, sa["model"]), [z], 1.0)
+        sa["triton_ms"] = self.bench(lambda: self.sample_kernel(f32, [z], 1.0), max_iters=50)
+        sa["triton_GB/s"] = (2 * Bs * D * 4 + wbytes) / (sa["triton_ms"] * 1e-3) / 1e9
+        sa["copy_GB/s"] = self.copy_gbs
+        return [lp, sa]
+
+    def _speed_glow(self, spec) -> list[dict]:
+        """log p and sampling of one image Glow: eager, folded, torch.compile, the kernels in both layouts."""
+        torch = self.torch
+        flow, _, f32 = self.build("glow", spec)
+        flow32 = flow.float()
+        B = 2 if self.dry else 64
+        x = torch.rand(B, *flow.event_shape, device=self.dev) - 0.5
+        noise = [torch.randn(s, device=self.dev) for s in flow.noise_shapes(B)]
+        kw = {"block_p": 16} if (self.dry and self.k) else {}
+        layouts = ["nhwc", "nchw"] if self.k else ["torch"]
+        calls = {  # op: (eager flow, folded module's call, the kernel's call, their inputs)
+            "log_prob": (lambda: flow32.log_prob_unchecked(x), f32.log_prob, self.lp_kernel, (x,)),
+            "sample": (lambda: flow32.inverse(noise).x, lambda *a: f32.sample(B, *a[1:], noise=a[0]),
+                       self.sample_kernel, (noise, 1.0)),
+        }
+        rows = []
+        for op, (eager, folded, kernel, inp) in calls.items():
+            row = {"model": self.name("glow", spec), "op": op, "B": B}
+            row["flow_ms"] = self.bench(eager, max_iters=50)
+            row["folded_ms"] = self.bench(lambda: folded(*inp), max_iters=50)
+            row["compile_ms"], row["compile_s"] = self._timed_compile(self._compiled(folded, row["model"]), *inp)
+            for lay in layouts:
+                k2 = dict(kw, layout=lay) if self.k else {}
+                key = f"triton_{lay}_ms" if self.k else "triton_ms"
+                row[key] = self.bench(lambda: kernel(f32, *inp, **k2), max_iters=50)
+            row["copy_GB/s"] = self.copy_gbs
+            rows.append(row)
+        if self.k:
+            rows.extend(self._glow_step_micro(f32, spec))
+        return rows
 
     def _glow_step_micro(self, f32, spec) -> list[dict]:
         """One fused step kernel alone (forward: epilogue + next affine; inverse) at each level."""
@@ -483,13 +492,12 @@ class Ctx:
         torch = self.torch
         rows = []
         B = 2 if self.dry else 256
-        c, h, w = spec[1]["in_shape"]
-        for lvl, steps in enumerate(f32.levels):
-            if lvl > 0:
-                c = c // 2  # the previous level kept c // 2 channels at its split
-            c, h, w = c * 4, h // 2, w // 2
-            ca, cb = c // 2, c - c // 2
-            st = steps[min(1, len(steps) - 1)]
+        pk = self.packed(f32)  # the step matrices as the triton Runner packs them
+        for lvl, (steps, lv) in enumerate(zip(f32.levels, pk.levels)):
+            c, ca, h, w = lv["C"], lv["CA"], lv["H"], lv["W"]
+            cb = c - ca
+            k = min(1, len(steps) - 1)
+            st = steps[k]
             nh = cb * (1 if st.coupling.additive else 2)
             for lay in ("nhwc", "nchw"):
                 mf = G.LAYOUTS[lay]
@@ -497,9 +505,7 @@ class Ctx:
                 xb = torch.randn(B, cb, h, w, device=self.dev).contiguous(memory_format=mf)
                 hn = torch.randn(B, nh, h, w, device=self.dev).contiguous(memory_format=mf)
                 oa, ob = torch.empty_like(xa), torch.empty_like(xb)
-                cap, ud = G._half_pad(ca, None)
-                cbp, _ = G._half_pad(cb, ud)
-                wp = G.pack_affine(st.weight, st.bias, ca, cap, cbp)
+                wp = lv["packs"][k][0]
                 ld = torch.zeros(B, 64, device=self.dev)
                 geo = dict(C=c, CA=ca, Hq=h, Wq=w)
                 kw = {"block_p": 16} if self.dry else {}

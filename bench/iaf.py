@@ -35,7 +35,7 @@ TEACHER_EAGER = "MAF teacher (maf-paper), eager"
 ZUKO = "zuko MAF (MAF student's size), eager"
 
 
-def _model(preset: str, role: str, dim: int) -> Any:
+def paper_model(preset: str, role: str, dim: int) -> Any:
     cfg = dict(PRESETS[preset][role])
     arch = cfg.pop("arch")
     torch.manual_seed(dim)
@@ -47,9 +47,9 @@ def _model(preset: str, role: str, dim: int) -> Any:
 
 def candidates(dim: int, batch: int, threads: int, direction: str) -> tuple[dict[str, Callable[[], Any]], list[str]]:
     """{row name: call} for one direction at one D, and notes on what was left out."""
-    flows = {"IAF student (iaf-paper)": _model("iaf-paper", "student", dim),
-             "MAF student (maf-paper)": _model("maf-paper", "student", dim),
-             "MAF teacher (maf-paper)": _model("maf-paper", "teacher", dim)}
+    flows = {"IAF student (iaf-paper)": paper_model("iaf-paper", "student", dim),
+             "MAF student (maf-paper)": paper_model("maf-paper", "student", dim),
+             "MAF teacher (maf-paper)": paper_model("maf-paper", "teacher", dim)}
     fns: dict[str, Callable[[], Any]] = {}
     with torch.no_grad():
         x = flows["MAF student (maf-paper)"].sample(batch, generator=torch.Generator().manual_seed(0)).numpy()

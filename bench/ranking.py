@@ -18,14 +18,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "nfkd" / "inference" / "ranking.json"
-NFKD_BACKENDS = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "numba")
+
+
+def nfkd_backends() -> tuple[str, ...]:
+    """The backends that can be ranked: every one in the registry (read when asked)."""
+    from nfkd.inference.registry import BACKENDS
+
+    return tuple(BACKENDS)
 
 
 def rank(rows: list[dict[str, str]]) -> dict[str, list[str]]:
     """{arch: [backend fastest first]} over the rows where every compared backend ran."""
     times: dict[str, dict[tuple, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    ranked = nfkd_backends()
     for r in rows:
-        if r.get("role", "student") == "student" and r["backend"] in NFKD_BACKENDS:
+        if r.get("role", "student") == "student" and r["backend"] in ranked:
             times[r["arch"]][(r["direction"], r["dim"], r["batch"])][r["backend"]] = float(r["median_s"])
     out = {}
     for arch, cases in sorted(times.items()):
@@ -54,11 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     data = {
         "source": source,
         "rule": "geometric mean of the student's median time over batch sizes, dims and both directions",
-        "ranking": {
-            "cpu": cpu,
-            # No GPU run recorded yet: kernels and engines first by design, to be replaced by a measurement.
-            "cuda": {"default": ["tensorrt", "triton", "onnxruntime", "compile", "folded", "eager"]},
-        },
+        # No GPU run recorded yet: the recorded CUDA order (kernels and engines first) is kept as it is.
+        "ranking": {"cpu": cpu, "cuda": old.get("ranking", {}).get("cuda", {})},
+        **({"notes": old["notes"]} if "notes" in old else {}),
     }
     OUT.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}: {json.dumps(data['ranking'])}")

@@ -24,17 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from nfkd.inference.registry import BACKENDS as _REGISTRY
 from nfkd.metrics.uncertainty import is_loaded
 
 STATS = ("median", "min", "mean")
-BACKEND_ORDER = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "numba", "nflows", "zuko")
-BACKEND_LABEL = {
-    "eager": "eager PyTorch", "folded": "folded PyTorch", "compile": "torch.compile", "onnxruntime": "ONNX Runtime",
-    "tensorrt": "TensorRT", "triton": "Triton kernels", "numba": "numba engine", "nflows": "nflows", "zuko": "zuko",
-}
+PEERS = ("nflows", "zuko")
+BACKEND_ORDER = (*_REGISTRY, *PEERS)  # nfkd's backends in the registry's order, then the outside references
+BACKEND_LABEL = {**{name: spec.title for name, spec in _REGISTRY.items()}, **{p: p for p in PEERS}}
 ARCH_LABEL = {"glow1d": "Glow-1D", "maf": "MAF", "glow": "Glow (images)"}
 DIRECTION_LABEL = {"density": "density: time to compute the log-likelihood of a batch", "sample": "sampling: time to draw a batch"}
-PEERS = ("nflows", "zuko")
 
 
 @dataclass

@@ -2,10 +2,10 @@
 
 Kept apart from ``conftest.py`` so that it can be imported (and unit-tested) without pytest.
 
-Backends (``BACKENDS``), all measured through the API a user calls:
+Backends (``all_backends()``), all measured through the API a user calls:
 
-- nfkd's own (``eager``, ``folded``, ``compile``, ``onnxruntime``, ``tensorrt``, ``triton``, ``numba``):
-  ``nfkd.inference.load(checkpoint, backend=...)`` then ``runner.log_prob(x)`` /
+- nfkd's own (``nfkd_backends()``: every backend of ``nfkd.inference.registry``, so a new one is
+  measured without a change here): ``nfkd.inference.load(checkpoint, backend=...)`` then ``runner.log_prob(x)`` /
   ``runner.sample(n, seed=0)`` -- the one door, so the suite measures exactly what users run
   (exports are parity-gated and cached by checkpoint hash under ``--bench-cache``);
 - ``nflows`` / ``zuko``: the same MAF (D, blocks, hidden, n_hidden, reversed orders) built with
@@ -29,15 +29,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-BACKENDS = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "numba", "nflows", "zuko")
-NFKD_BACKENDS = ("eager", "folded", "compile", "onnxruntime", "tensorrt", "triton", "numba")
 PEERS = ("nflows", "zuko")
-EXPORTED = ("onnxruntime", "tensorrt")
-NUMPY_NATIVE = ("onnxruntime", "tensorrt", "numba")  # fed numpy arrays (numpy in, numpy out: no conversion)
-TABULAR_ONLY = ("numba",)  # nfkd backends that run Glow-1D and MAF only
 ROLES = ("teacher", "student")
 DIRECTIONS = ("density", "sample")
-TABULAR = ("glow1d", "maf")
 ARCHS = ("glow1d", "maf", "glow")
 PAPER_DIMS = (6, 8, 21, 43, 63)  # the paper's five tabular datasets (power, gas, hepmass, miniboone, bsds300)
 IMAGE_SHAPE = (3, 32, 32)
@@ -49,6 +43,40 @@ TABULAR_PERTURB, IMAGE_PERTURB = 0.05, 0.01  # keep random flows well conditione
 
 class Unavailable(Exception):
     """A backend / model that cannot run here; the test is skipped with this message."""
+
+
+# ---------------------------------------------------------------------------------------- backends
+def _registry() -> dict:
+    from nfkd.inference.registry import BACKENDS
+
+    return BACKENDS
+
+
+def nfkd_backends() -> tuple[str, ...]:
+    """nfkd's backends, read from the registry when asked (a backend registered later is included)."""
+    return tuple(_registry())
+
+
+def all_backends() -> tuple[str, ...]:
+    return (*nfkd_backends(), *PEERS)
+
+
+def default_backends(full: bool) -> tuple[str, ...]:
+    """Quick runs leave out backends that compile every model on first call (minutes of warm-up)."""
+    return tuple(b for b in all_backends() if full or b in PEERS or not _registry()[b].compiles_per_model)
+
+
+def compiles_per_model(backend: str) -> bool:
+    spec = _registry().get(backend)
+    return bool(spec and spec.compiles_per_model)
+
+
+def __getattr__(name: str):  # the old constants, live
+    if name == "BACKENDS":
+        return all_backends()
+    if name == "NFKD_BACKENDS":
+        return nfkd_backends()
+    raise AttributeError(name)
 
 
 # ---------------------------------------------------------------------------------------- settings
@@ -70,7 +98,7 @@ class Settings:
     batches: tuple[int, ...] = (1, 256)
     image_batches: tuple[int, ...] = (1,)
     roles: tuple[str, ...] = ROLES
-    backends: tuple[str, ...] = tuple(b for b in BACKENDS if b != "compile")
+    backends: tuple[str, ...] | None = None  # None: default_backends(mode == "full"), read when used
     export_roles: tuple[str, ...] = ("student",)  # roles exported for onnxruntime / tensorrt
     compile_models: str = "none"  # "all" | "none" | comma list of "arch" or "arch:dim"
     presets: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PRESETS))
@@ -82,6 +110,10 @@ class Settings:
     long_rounds: int = 1
     max_call_s: float = math.inf  # skip a case predicted (from the smaller batch) to take longer
     cache: Path = field(default_factory=default_cache)
+
+    @property
+    def backend_list(self) -> tuple[str, ...]:
+        return self.backends if self.backends is not None else default_backends(self.mode == "full")
 
     def dims_for(self, arch: str) -> tuple[int, ...]:
         return (math.prod(IMAGE_SHAPE),) if arch == "glow" else self.dims
@@ -102,7 +134,7 @@ class Settings:
 QUICK = Settings()
 FULL = Settings(
     mode="full", dims=PAPER_DIMS, batches=(1, 256, 4096, 65536), image_batches=(1, 32, 256),
-    backends=BACKENDS, export_roles=ROLES, compile_models="all", budget_s=1.0, min_rounds=3,
+    export_roles=ROLES, compile_models="all", budget_s=1.0, min_rounds=3,
     max_rounds=50, round_target_s=0.005, long_call_s=1.0, long_rounds=2,
 )
 
@@ -142,18 +174,18 @@ def cases(settings: Settings, direction: str) -> list[Case]:
     """Every case of one direction, ordered so that each (arch, dim, batch) group runs consecutively
     (all roles and backends back to back: their ratios are measured under the same load)."""
     out = []
+    specs = _registry()
     for arch in settings.archs:
         for dim in settings.dims_for(arch):
             for batch in settings.batches_for(arch):
-                for backend in settings.backends:
-                    if backend in PEERS and arch != "maf":
+                for backend in settings.backend_list:
+                    spec = specs.get(backend)
+                    if (backend in PEERS and arch != "maf") or (spec is not None and not spec.runs(arch)):
                         continue
-                    if backend in TABULAR_ONLY and arch not in TABULAR:
-                        continue
-                    if backend == "compile" and not settings.compiles(arch, dim):
+                    if spec is not None and spec.compiles_per_model and not settings.compiles(arch, dim):
                         continue
                     for role in settings.roles:
-                        if backend in EXPORTED and role not in settings.export_roles:
+                        if spec is not None and spec.runs_exports and role not in settings.export_roles:
                             continue
                         out.append(Case(direction, arch, dim, batch, role, backend))
     return out
@@ -365,7 +397,7 @@ class Registry:
                                         cache_dir=self.s.cache / "exports")
             except NfkdError as exc:
                 raise Unavailable(f"{backend}: {_first_line(exc)}") from None
-            if backend in EXPORTED:
+            if _registry()[backend].runs_exports:
                 self.export_seconds[f"{model_name(self.s, arch, role, dim)} ({backend})"] = time.perf_counter() - t
             return runner
 
@@ -388,9 +420,9 @@ class Registry:
     def _density(self, c: Case) -> Callable[[], Any]:
         x, xn = self.inputs(c.arch, c.dim, c.batch)
         b = c.backend
-        if b in NFKD_BACKENDS:
+        if b in _registry():
             r = self.nfkd(b, c.arch, c.role, c.dim)
-            inp = xn if b in NUMPY_NATIVE else x
+            inp = xn if _registry()[b].native == "numpy" else x  # numpy in, numpy out: no conversion timed
             return lambda: r.log_prob(inp)
         if b == "nflows":
             p = self.peer(b, c.role, c.dim)
@@ -402,7 +434,7 @@ class Registry:
 
     def _sample(self, c: Case) -> Callable[[], Any]:
         n, b = c.batch, c.backend
-        if b in NFKD_BACKENDS:
+        if b in _registry():
             r = self.nfkd(b, c.arch, c.role, c.dim)
             return lambda: r.sample(n, 1.0, seed=0)
         if b == "nflows":
@@ -565,6 +597,7 @@ def machine_info(settings: Settings) -> dict[str, Any]:
 
 
 __all__ = [
-    "BACKENDS", "Case", "FULL", "QUICK", "Plan", "Registry", "Settings", "Unavailable", "cases", "group_name",
+    "Case", "FULL", "QUICK", "Plan", "Registry", "Settings", "Unavailable", "all_backends", "cases",
+    "compiles_per_model", "default_backends", "group_name", "nfkd_backends",
     "machine_info", "plan_rounds", "replace",
 ]

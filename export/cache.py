@@ -59,8 +59,7 @@ def verify_export(folder: Path, checkpoint: Path, backend: str = "onnxruntime", 
     from . import runtime as rt_mod
 
     flow = load_checkpoint(checkpoint).flow.eval()
-    threads = None if backend == "tensorrt" else 1
-    runtime = rt_mod.load(folder, backend=backend, device=device, intra_op_threads=threads)
+    runtime = rt_mod.load(folder, backend=backend, device=device, intra_op_threads=1)  # engines take no thread count
     res = parity.check_parity(flow, runtime.density, runtime.decode, batches=RECHECK_BATCHES,
                               runtime=f"{backend} (re-check of a reused export)")
     return {"passed": bool(res["passed"]), "batches": list(RECHECK_BATCHES),

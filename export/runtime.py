@@ -1,5 +1,9 @@
 """Run an export folder: the ``onnxruntime`` and ``tensorrt`` backends of ``nfkd.inference``.
 
+Each backend's probe, loader and Runner live here together (``probe_onnxruntime`` /
+``load_onnxruntime`` / ``OrtFlow``; ``probe_tensorrt`` / ``load_tensorrt`` / ``TrtFlow``); the
+registry (``nfkd/inference/registry.py``) names them and imports this module only when asked.
+
 ``nfkd.inference.load("student-export/", backend="onnxruntime")`` is the usual door; this module's
 ``load`` opens a folder directly (same ``Runner`` surface: ``log_prob``, ``sample``, ``info``).
 
@@ -24,17 +28,41 @@ from typing import Any, Sequence
 import numpy as np
 
 from nfkd.errors import ExportError, InputError
+from nfkd.inference import registry
 from nfkd.inference.runner import ModelMeta, Runner
 from nfkd.validation import check_batch
 
 from .artifacts import read_verified
+from .cache import ensure_verified_export, export_flow
 from .graph_checks import check_graph
 from .manifest import Manifest
 
-__all__ = ["BACKENDS", "DEVICES", "ExportedFlow", "OrtFlow", "TrtFlow", "load"]
+__all__ = ["DEVICES", "ExportedFlow", "OrtFlow", "TrtFlow", "load", "load_onnxruntime", "load_tensorrt",
+           "probe_onnxruntime", "probe_tensorrt"]
 
-BACKENDS = ("onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
+
+
+def probe_onnxruntime() -> tuple[bool, str, tuple[str, ...]]:
+    if not registry.has_module("onnxruntime"):
+        return False, "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu)", ()
+    devs = ["cpu"]
+    try:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers() and "cuda" in registry.cuda_devices():
+            devs.append("cuda")
+    except Exception as exc:  # a broken install: say so
+        return False, f"onnxruntime cannot be imported: {exc}", ()
+    return True, "ONNX Runtime (exported, parity-gated graphs)", tuple(devs)
+
+
+def probe_tensorrt() -> tuple[bool, str, tuple[str, ...]]:
+    if not registry.has_module("tensorrt"):
+        return False, "TensorRT is not installed (the gpu extra: pip install 'nfkd[gpu]', on a CUDA machine)", ()
+    if "cuda" not in registry.cuda_devices():
+        return False, "TensorRT needs a CUDA GPU; none is visible", ()
+    return True, "TensorRT engines (export.trt)", ("cuda",)
 
 
 class ExportedFlow(Runner):
@@ -43,9 +71,11 @@ class ExportedFlow(Runner):
     native = "numpy"
     #: The graphs/engines take at most max_batch rows a call; larger requests are split (as every backend accepts them).
     splits_batches = True
+    #: True: runs the TensorRT engines of the folder (their own fp16 flag and parity record), not its ONNX graphs.
+    runs_engines = False
 
     def __init__(self, folder: Path, manifest: Manifest, device: str, threads: int | None = None) -> None:
-        trt, engines = self.backend == "tensorrt", manifest.engines or {}
+        trt, engines = self.runs_engines, manifest.engines or {}
         meta = ModelMeta(
             arch=manifest.arch, config=dict(manifest.config),
             event_shape=tuple(int(v) for v in manifest.event_shape),
@@ -70,7 +100,10 @@ class ExportedFlow(Runner):
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def decode(self, noise: Sequence[Any], temperature: float = 1.0) -> np.ndarray:
-        """Samples (numpy) from given unit noise (one array per level, shapes [B, *noise_shapes[l]])."""
+        """Samples (numpy) from given unit noise (one array per level, shapes [B, *noise_shapes[l]]).
+
+        Engine-level call for the export checks (``export.parity`` / ``export.cache`` compare the
+        graphs with the flow through it); users sample through ``Runner.sample``."""
         return self._to_numpy(self.sample(noise=noise, temperature=temperature))
 
     def _log_prob(self, x: np.ndarray) -> np.ndarray:
@@ -154,6 +187,7 @@ class TrtFlow(ExportedFlow):
     """TensorRT engines (``density.plan`` / ``sample.plan`` written by ``python -m export.trt``)."""
 
     backend = "tensorrt"
+    runs_engines = True
 
     def __init__(self, folder: Path, manifest: Manifest, device: str) -> None:
         super().__init__(folder, manifest, device)
@@ -178,24 +212,62 @@ class TrtFlow(ExportedFlow):
         return self.engines["sample"].run(feeds)["x"]
 
 
+_RUNNERS: dict[str, type[ExportedFlow]] = {cls.backend: cls for cls in (OrtFlow, TrtFlow)}
+
+
 def load(
     path: str | os.PathLike,
     backend: str = "onnxruntime",
     device: str | None = None,
     intra_op_threads: int | None = None,
 ) -> ExportedFlow:
-    """Load an export folder (with manifest.json). device defaults to 'cpu' (onnxruntime) or 'cuda' (tensorrt)."""
-    if backend not in BACKENDS:
-        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    device = device or ("cuda" if backend == "tensorrt" else "cpu")
+    """Load an export folder (with manifest.json). device defaults to the backend's first (onnxruntime: cpu)."""
+    if backend not in _RUNNERS:
+        raise InputError(f"backend must be one of {tuple(_RUNNERS)}, got {backend!r}")
+    native = registry.spec(backend).devices
+    device = device or native[0]
     if device not in DEVICES:
         raise InputError(f"device must be one of {DEVICES}, got {device!r}")
+    if device not in native:
+        where = "the GPU" if native == ("cuda",) else ", ".join(native)
+        raise InputError(f"the {backend} backend runs on {where}: use device={native[0]!r} "
+                         f"(or backend='onnxruntime' on CPU)")
     folder = Path(path)
     if folder.is_file():
         folder = folder.parent
     manifest = Manifest.load(folder)
-    if backend == "tensorrt":
-        if device != "cuda":
-            raise InputError("the TensorRT backend runs on the GPU: use device='cuda' (or backend='onnxruntime' on CPU)")
+    if _RUNNERS[backend].runs_engines:
         return TrtFlow(folder, manifest, device)
     return OrtFlow(folder, manifest, device, intra_op_threads)
+
+
+# --- nfkd.inference loaders: a checkpoint or Flow is exported (parity-gated) first --------------
+def _folder(source, options: dict[str, Any], engines: bool) -> tuple[Path, dict[str, Any] | None]:
+    """(export folder, parity re-check or None): the given folder, or one exported (parity-gated)
+    into ``export_dir`` / the cache and re-checked against the checkpoint when reused."""
+    cache_dir, export_dir = options.get("cache_dir"), options.get("export_dir")
+    if source.export_folder is not None:
+        return source.export_folder, None
+    if source.checkpoint is not None:
+        return ensure_verified_export(source.checkpoint, cache_dir, engines=engines, folder=export_dir)
+    return export_flow(source.flow, cache_dir, engines=engines, folder=export_dir)
+
+
+def _note_recheck(runner: ExportedFlow, recheck: dict[str, Any] | None) -> ExportedFlow:
+    parity = runner.meta.extra["export"]["parity"] = dict(runner.meta.extra["export"]["parity"])
+    parity["rechecked"] = recheck is not None
+    if recheck is not None:
+        parity["recheck"] = recheck
+    return runner
+
+
+def load_onnxruntime(source, device: str, threads: int | None, options: dict[str, Any]) -> ExportedFlow:
+    folder, recheck = _folder(source, options, engines=False)
+    return _note_recheck(load(folder, backend=OrtFlow.backend, device=device, intra_op_threads=threads), recheck)
+
+
+def load_tensorrt(source, device: str, threads: int | None, options: dict[str, Any]) -> ExportedFlow:
+    if not device.startswith("cuda"):
+        raise InputError("the TensorRT backend runs on the GPU: use device='cuda'")
+    folder, recheck = _folder(source, options, engines=True)
+    return _note_recheck(load(folder, backend=TrtFlow.backend, device="cuda"), recheck)

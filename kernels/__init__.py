@@ -1,8 +1,8 @@
-"""Triton inference kernels for folded flows (``nfkd.fold.fold`` output) and their dispatch.
+"""Triton and numba inference kernels for folded flows (``nfkd.fold.fold`` output).
 
-Importing this package does not import triton; the kernel modules (``kernels.tabular``,
-``kernels.glow_step``) are loaded on first use by ``kernels.dispatch``.
+Importing this package imports neither triton nor numba. The backends that run them are
+``kernels.backend`` (``triton``) and ``kernels.cpu_backend`` (``numba``), reached through
+``nfkd.inference.load(model, backend=...)``; each packs the model at load and owns its buffers.
 """
-from .dispatch import clear_cache, fast_log_prob, fast_sample, folded_for, kernels_enabled, use_kernels
 
-__all__ = ["use_kernels", "kernels_enabled", "fast_log_prob", "fast_sample", "folded_for", "clear_cache"]
+__all__: list[str] = []

@@ -24,8 +24,7 @@ import torch
 def select_mode() -> None:
     """Called by each kernel module before ``import triton`` / ``@triton.jit`` (idempotent).
 
-    Not run on import of this module: ``kernels.dispatch`` (imported by serving code on CPU
-    machines) must not change the process environment unless kernels are actually used.
+    Not run on import of this module: ``kernels.backend`` (whose probe runs on CPU machines) must not change the process environment unless kernels are actually used.
     """
     if "TRITON_INTERPRET" not in os.environ:
         try:
@@ -136,16 +135,3 @@ def next_pow2(n: int, minimum: int = 1) -> int:
     while p < n:
         p *= 2
     return max(p, minimum)
-
-
-def version_key(module: torch.nn.Module) -> tuple:
-    """Changes whenever a parameter/buffer is modified in place or replaced (cache invalidation).
-
-    ``Tensor._version`` is bumped by every in-place op (optimizer steps, ``copy_`` in
-    ``load_state_dict``, running-stat updates); ``data_ptr`` changes when a tensor is replaced or
-    moved (``.to(device)``, ``param.data = ...``).
-    """
-    items = []
-    for t in list(module.parameters()) + list(module.buffers()):
-        items.append((t.data_ptr(), t._version, t.dtype, t.device.type))
-    return tuple(items)

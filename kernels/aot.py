@@ -1,4 +1,4 @@
-"""Ahead-of-time compile check of every dispatchable kernel configuration, no GPU needed.
+"""Ahead-of-time compile check of every launchable kernel configuration, no GPU needed.
 
 ``python -m kernels.aot [--arch 80,90] [--json PATH] [--jobs N] [--kernel NAME] [--try SPEC]``
 
@@ -297,7 +297,7 @@ def _progress(done: int, total: int, rec: dict) -> None:
           f"{rec['seconds']:.1f} s", file=sys.stderr, flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kernels.aot", description=__doc__.split("\n")[0])
     p.add_argument("--arch", default=",".join(map(str, C.ARCHS)),
                    help=f"comma list of compute capabilities (default: all of {sorted(C.ARCHS)})")
@@ -312,44 +312,45 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "an hour on 2 cores")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--quiet", action="store_true", help="no per-variant progress lines on stderr")
-    a = p.parse_args(argv)
-    try:
-        archs = [int(x) for x in a.arch.split(",") if x.strip()]
-        pinned: dict[str, Any] = {}
-        if a.try_:
-            cfgs = []
-            for spec in a.try_:
-                cfg, pin = parse_try(spec)
-                cfgs.append(cfg)
-                pinned.update(pin)
-        else:
-            cfgs = list(C.CONFIGS)
-        bad = [k for k in a.kernel if k not in C.KERNELS]
-        if bad:
-            raise ValueError(f"--kernel {bad[0]}: not one of {sorted(C.KERNELS)}")
-        if a.kernel:
-            cfgs = [c for c in cfgs if c.kernel in a.kernel]
-        t0 = time.perf_counter()
-        keep = None
-        if a.representative:  # the largest record offered on each target, in its heaviest flag variant
-            chosen = {arch: largest_per_kernel(cfgs, arch) for arch in archs}
-            cfgs = list(dict.fromkeys(c for cs in chosen.values() for c in cs))
+    return p
 
-            def keep(cfg, arch, flags):
-                return cfg in chosen[arch] and flags == heaviest_flags(cfg.kernel)
 
-        rows, records = run_check(cfgs, archs, a.jobs, pinned, progress=None if a.quiet else _progress, keep=keep)
-    except ValueError as exc:
-        print(f"kernels.aot: {exc}", file=sys.stderr)
-        return 2
-    elapsed = time.perf_counter() - t0
+def _selection(a: argparse.Namespace, archs: list[int]) -> tuple[list, dict[str, Any], Any]:
+    """(configurations to check, constexprs pinned by --try, keep(cfg, arch, flags) or None); ValueError on bad input."""
+    pinned: dict[str, Any] = {}
+    if a.try_:
+        cfgs = []
+        for spec in a.try_:
+            cfg, pin = parse_try(spec)
+            cfgs.append(cfg)
+            pinned.update(pin)
+    else:
+        cfgs = list(C.CONFIGS)
+    bad = [k for k in a.kernel if k not in C.KERNELS]
+    if bad:
+        raise ValueError(f"--kernel {bad[0]}: not one of {sorted(C.KERNELS)}")
+    if a.kernel:
+        cfgs = [c for c in cfgs if c.kernel in a.kernel]
+    if not a.representative:
+        return cfgs, pinned, None
+    # the largest record offered on each target, in its heaviest flag variant
+    chosen = {arch: largest_per_kernel(cfgs, arch) for arch in archs}
+
+    def keep(cfg, arch, flags):
+        return cfg in chosen[arch] and flags == heaviest_flags(cfg.kernel)
+
+    return list(dict.fromkeys(c for cs in chosen.values() for c in cs)), pinned, keep
+
+
+def _report(a: argparse.Namespace, rows: list, records: list, n_cfgs: int, archs: list[int], elapsed: float) -> int:
+    """Print the table (and write --json); 1 when a configuration cannot run on its target."""
     from importlib.metadata import version
 
     tv = version("triton")
     print(format_table(rows, markdown=a.markdown))
     failed = [r for r in rows if not r.ok]
     n_var = sum(r.variants for r in rows)
-    print(f"\n{n_var} variants of {len(cfgs)} configurations x {len(archs)} targets checked with triton "
+    print(f"\n{n_var} variants of {n_cfgs} configurations x {len(archs)} targets checked with triton "
           f"{tv} in {elapsed:.0f} s (compile time summed over variants: "
           f"{sum(r.seconds for r in rows):.0f} s)")
     if a.json:
@@ -364,8 +365,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {r.kernel} {r.config} num_warps={r.num_warps} num_stages={r.num_stages} on {r.target}: "
                       f"{summary(prob)}")
         return 1
-    print("ALL OK: every dispatchable configuration compiles and fits its target")
+    print("ALL OK: every launchable configuration compiles and fits its target")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        archs = [int(x) for x in a.arch.split(",") if x.strip()]
+        cfgs, pinned, keep = _selection(a, archs)
+        t0 = time.perf_counter()
+        rows, records = run_check(cfgs, archs, a.jobs, pinned, progress=None if a.quiet else _progress, keep=keep)
+    except ValueError as exc:
+        print(f"kernels.aot: {exc}", file=sys.stderr)
+        return 2
+    return _report(a, rows, records, len(cfgs), archs, time.perf_counter() - t0)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The launch configurations of the Triton kernels: the ONE list the dispatcher picks from and
+"""The launch configurations of the Triton kernels: the ONE list the triton Runner picks from and
 ``python -m kernels.aot`` compiles for every target architecture (no triton import here).
 
 Why one list: a kernel can pass every interpreter test and still not compile for a GPU, or compile
@@ -6,7 +6,7 @@ and then fail to launch because its tile needs more shared memory than the GPU h
 launchers (``kernels.tabular``, ``kernels.glow_step``) therefore take block size, warps and
 pipeline stages only from ``CONFIGS``, look a record up by the kernel's shape constants (padded
 dims) and the device's compute capability, and treat "no record" as "not supported" (the
-dispatcher falls back to PyTorch).  ``python -m kernels.aot`` compiles every record in every flag
+triton Runner binds that direction to PyTorch at load).  ``python -m kernels.aot`` compiles every record in every flag
 combination in ``KERNELS`` for every target the record lists (default: all of ``ARCHS``) and
 fails when one does not
 compile or does not fit; CI runs it (``tests/test_kernels_aot.py``).
@@ -25,13 +25,13 @@ import torch
 __all__ = ["ARCHS", "CONFIGS", "KERNELS", "Config", "Kernel", "DOT_PRECISION", "device_arch", "lookup",
            "constexprs", "variants"]
 
-DOT_PRECISION = "ieee"  # tl.dot input precision of dispatched launches (fp32 exact; "tf32x3" = bench option)
+DOT_PRECISION = "ieee"  # tl.dot input precision of the Runner's launches (fp32 exact; "tf32x3" = bench option)
 
 # Compute capability -> the most shared memory one thread block may use (bytes; the opt-in maximum,
 # after the 1 KB CUDA reserves per block): A100 (sm_80) 163 KB, H100 (sm_90) 227 KB - NVIDIA's
 # Ampere / Hopper tuning guides ("Unified Shared Memory/L1/Texture Cache") and the CUDA C++
 # Programming Guide's per-compute-capability table.  sm_86 / sm_89 (99 KB) and newer GPUs are not
-# listed: the kernels are not checked for them, so the dispatcher uses PyTorch there.
+# listed: the kernels are not checked for them, so the triton Runner uses PyTorch there.
 ARCHS: dict[int, int] = {80: 163 * 1024, 90: 227 * 1024}
 
 

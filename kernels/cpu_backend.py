@@ -22,12 +22,20 @@ import torch
 from nfkd.errors import InputError
 from nfkd.flows.base import LOG_2PI
 from nfkd.flows.layers import FixedAffine, made_degrees
+from nfkd.inference import registry
 from nfkd.inference.runner import Runner
 
-__all__ = ["NumbaRunner", "load_cpu_engine", "pack_glow1d", "pack_maf"]
+__all__ = ["NumbaRunner", "load_cpu_engine", "pack_glow1d", "pack_maf", "probe_numba"]
 
 F32 = np.float32
 ENGINE_ARCHS = ("glow1d", "maf", "iaf")  # nfkd.inference.registry lists the same (it must not import numba)
+
+
+def probe_numba() -> tuple[bool, str, tuple[str, ...]]:
+    """The numba backend's probe (the registry imports this module without numba: cpu_engine is lazy)."""
+    if not registry.has_module("numba"):
+        return False, "numba is not installed (pip install 'nfkd[cpu]')", ()
+    return True, "fused CPU kernels (numba) over the folded form: Glow-1D, MAF and IAF", ("cpu",)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -74,18 +82,19 @@ def _linears(net: torch.nn.Module) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(_np(w), _np(b)) for w, b in linear_layers(net)]
 
 
+def _first_net(net: torch.nn.Module) -> tuple[int, int]:
+    """(hidden layers, hidden width) of a coupling net / MADE: every step or block of a flow shares them."""
+    layers = _linears(net)
+    return len(layers) - 1, layers[0][0].shape[0]
+
+
 def pack_glow1d(folded) -> dict[str, Any]:
     """Buffers of a folded Glow-1D (float64 fold) for ``cpu_engine.glow1d_*``."""
-    from nfkd.fold import constant_logdet
-
     from .cpu_engine import pad4
 
-    d = folded.dim
-    steps = list(folded.steps)
+    d, steps = folded.dim, list(folded.steps)
     c = steps[0].coupling
-    layers0 = _linears(c.net)
-    depth = len(layers0) - 1
-    hidden = layers0[0][0].shape[0]
+    depth, hidden = _first_net(c.net)
     ca, cb = c.c_a, c.c_b
     dp, hp, cb4 = pad4(d), pad4(hidden), pad4(cb)
     op = cb4 if c.additive else 2 * cb4  # the last layer's outputs: shift rows 0.., s rows cb4..
@@ -110,24 +119,24 @@ def pack_glow1d(folded) -> dict[str, Any]:
         offs[k, o] = p.matrix(wp, op)
         offs[k, o + 1] = p.vector(bp, op)
     meta = np.array([d, dp, ca, cb, hidden, hp, op, len(steps), depth, int(c.additive)], np.int64)
-    const = float(constant_logdet(folded)) - 0.5 * d * LOG_2PI
-    return {"w": p.buffer(), "offs": offs, "meta": meta, "const": F32(const), "dp": dp, "hp": hp, "op": op}
+    return {"w": p.buffer(), "offs": offs, "meta": meta, "const": _log_const(folded), "dp": dp, "hp": hp, "op": op}
+
+
+def _log_const(folded) -> np.float32:
+    """The log-density's constant: the folded flow's constant log-det less D log(2 pi) / 2."""
+    from nfkd.fold import constant_logdet
+
+    return F32(float(constant_logdet(folded)) - 0.5 * folded.dim * LOG_2PI)
 
 
 def pack_maf(folded) -> dict[str, Any]:
     """Buffers of a folded MAF or IAF (float64 fold) for ``cpu_engine.maf_*`` / ``iaf_*``; hidden units in
     MADE-degree order. An IAF's ``InverseMADE`` has the MADE's masks and degrees (only the direction of use
     differs), so the same layout and staircase serve it; it has no batch-norm (identity here)."""
-    from nfkd.fold import constant_logdet
-
     from .cpu_engine import pad4
 
-    d = folded.dim
-    blocks = list(folded.blocks)
-    made0 = blocks[0].made
-    layers0 = _linears(made0.net)
-    nhid = len(layers0) - 1
-    hidden = layers0[0][0].shape[0]
+    d, blocks = folded.dim, list(folded.blocks)
+    nhid, hidden = _first_net(blocks[0].made.net)
     dp, hp = pad4(d), pad4(hidden)
     op = 2 * dp  # mu_j in output column j, alpha_j in column dp + j
     deg = made_degrees(d, hidden, nhid)[1].numpy()
@@ -136,50 +145,54 @@ def pack_maf(folded) -> dict[str, Any]:
     # output j (input degree j + 1) reads hidden units of degree <= j: a prefix in degree order
     nj_row = np.array([int((sorted_deg <= j).sum()) for j in range(d)], np.int64)
     kin = _staircase(sorted_deg, d, nhid, hp, dp)
-    has_bn = any(b.bn is not None for b in blocks)
-    if has_bn and not all(isinstance(b.bn, FixedAffine) for b in blocks):
+    if any(b.bn is not None for b in blocks) and not all(isinstance(b.bn, FixedAffine) for b in blocks):
         raise InputError("the numba backend needs the folded MAF (batch-norm as a fixed affine)")
     p = _Packer()
-    o = 2 * nhid
-    offs = np.zeros((len(blocks) + 1, o + 8), np.int64)
-    iperms = np.zeros((len(blocks), d), np.int64)  # inverse permutations (both directions)
+    offs = np.zeros((len(blocks) + 1, 2 * nhid + 8), np.int64)
     for k, blk in enumerate(blocks):
-        layers = _linears(blk.made.net)
-        for li, (w, b) in enumerate(layers[:-1]):  # rows (outputs) in degree order; inputs too after layer 0
-            w = w[order] if li == 0 else w[order][:, order]
-            offs[k, 2 * li] = p.matrix(w, hp)
-            offs[k, 2 * li + 1] = p.vector(b[order], hp)
-        w, b = layers[-1]
-        w = w[:, order]
-        wp, bp = np.zeros((op, hidden)), np.zeros(op)
-        wp[:d], wp[dp: dp + d], bp[:d], bp[dp: dp + d] = w[:d], w[d:], b[:d], b[d:]
-        offs[k, o] = p.matrix(wp, op)
-        offs[k, o + 1] = p.vector(bp, op)
-        wot = np.zeros((2 * d, hp))
-        wot[:, :hidden] = w
-        offs[k, o + 2] = p.add(wot)
-        if blk.bn is not None:
-            loc, scale = _np(blk.bn.loc), _np(blk.bn.scale)
-        else:
-            loc, scale = np.zeros(d), np.ones(d)
-        offs[k, o + 3] = p.vector(loc, dp)
-        offs[k, o + 4] = p.vector(1.0 / scale, dp)
-        offs[k, o + 5] = p.vector(scale, dp)
-        fperm = blk.perm.perm.cpu().numpy()
-        offs[k, o + 6] = p.vector(loc[fperm], dp)
-        offs[k, o + 7] = p.vector(1.0 / scale[fperm], dp)
-        iperms[k] = blk.perm.inv_perm.cpu().numpy()
+        offs[k] = _pack_made_block(p, blk, order, d, dp, hp, nhid)
     norm = folded.normalize
     offs[len(blocks), 0] = p.vector(_np(norm.loc), dp)
     offs[len(blocks), 1] = p.vector(1.0 / _np(norm.scale), dp)
     offs[len(blocks), 2] = p.vector(_np(norm.scale), dp)
     _check_staircase(p, offs, kin, len(blocks), nhid, d, hidden, hp, op)
-    tanh = int(made0.activation == "tanh")
+    tanh = int(blocks[0].made.activation == "tanh")
     meta = np.array([d, dp, hidden, hp, len(blocks), nhid, tanh, op, kin.shape[1]], np.int64)
-    const = float(constant_logdet(folded)) - 0.5 * d * LOG_2PI
-    nj = np.tile(nj_row, (len(blocks), 1))
-    return {"w": p.buffer(), "offs": offs, "iperms": iperms, "drows": _solve_rows(folded), "nj": nj, "kin": kin.ravel(),
-            "meta": meta, "const": F32(const), "clamp": F32(made0.alpha_clamp), "dp": dp, "hp": hp, "op": op}
+    iperms = np.stack([blk.perm.inv_perm.cpu().numpy() for blk in blocks]).astype(np.int64)  # both directions
+    return {"w": p.buffer(), "offs": offs, "iperms": iperms, "drows": _solve_rows(folded),
+            "nj": np.tile(nj_row, (len(blocks), 1)), "kin": kin.ravel(), "meta": meta, "const": _log_const(folded),
+            "clamp": F32(blocks[0].made.alpha_clamp), "dp": dp, "hp": hp, "op": op}
+
+
+def _pack_made_block(p: _Packer, blk, order: np.ndarray, d: int, dp: int, hp: int, nhid: int) -> np.ndarray:
+    """One MAF / IAF block into ``p`` (layout: the ``offs`` comment in ``kernels/cpu_engine.py``); its offsets."""
+    o = 2 * nhid
+    offs = np.zeros(o + 8, np.int64)
+    layers = _linears(blk.made.net)
+    for li, (w, b) in enumerate(layers[:-1]):  # rows (outputs) in degree order; inputs too after layer 0
+        w = w[order] if li == 0 else w[order][:, order]
+        offs[2 * li] = p.matrix(w, hp)
+        offs[2 * li + 1] = p.vector(b[order], hp)
+    w, b = layers[-1]
+    w = w[:, order]
+    wp, bp = np.zeros((2 * dp, w.shape[1])), np.zeros(2 * dp)
+    wp[:d], wp[dp: dp + d], bp[:d], bp[dp: dp + d] = w[:d], w[d:], b[:d], b[d:]
+    offs[o] = p.matrix(wp, 2 * dp)
+    offs[o + 1] = p.vector(bp, 2 * dp)
+    wot = np.zeros((2 * d, hp))
+    wot[:, : w.shape[1]] = w
+    offs[o + 2] = p.add(wot)
+    if blk.bn is not None:
+        loc, scale = _np(blk.bn.loc), _np(blk.bn.scale)
+    else:
+        loc, scale = np.zeros(d), np.ones(d)
+    offs[o + 3] = p.vector(loc, dp)
+    offs[o + 4] = p.vector(1.0 / scale, dp)
+    offs[o + 5] = p.vector(scale, dp)
+    fperm = blk.perm.perm.cpu().numpy()
+    offs[o + 6] = p.vector(loc[fperm], dp)
+    offs[o + 7] = p.vector(1.0 / scale[fperm], dp)
+    return offs
 
 
 def _solve_rows(folded) -> np.ndarray:
@@ -244,7 +257,7 @@ class NumbaRunner(Runner):
     def __init__(self, folded, meta, threads: int | None) -> None:
         import numba
 
-        meta = dataclasses.replace(meta, extra={**meta.extra, "numba_threads": 0, "tile_rows": 0})
+        meta = dataclasses.replace(meta, extra={**meta.extra, "numba_threads": 0, "tile_rows": 0, "vector_lanes": 0})
         super().__init__(meta, "cpu", threads)
 
         from . import cpu_engine as eng
@@ -260,6 +273,8 @@ class NumbaRunner(Runner):
         self._par_bound = None  # the parallel entry points' binding, [threads, ...] scratch (under the lock)
         self.meta.extra["numba_threads"] = self.nthreads
         self.meta.extra["tile_rows"] = eng.TILE
+        self.meta.extra["vector_lanes"] = eng.LANES  # float32 lanes of the micro-kernel (16: AVX-512, 8: AVX2)
+        self.meta.extra["vector_lanes_why"] = eng.LANES_WHY
 
     # --- scratch ------------------------------------------------------------------------------
     def _scratch(self, lead: tuple[int, ...]) -> dict[str, np.ndarray]:

@@ -5,7 +5,8 @@ The reference is the folded flow's eager PyTorch code (``nfkd.fold.fold`` output
 else. Why it is fast where PyTorch is not (issue #14): a tile of ``TILE`` rows goes through the
 *whole* flow while its activations stay in L1/L2, and the tile is stored **feature-major**
 ([features, TILE], the rows of one feature contiguous). Every dense layer is an explicitly
-vectorized 4-feature x 16-row register-blocked micro-kernel (AVX2 ``<8 x float>`` FMAs, ``_dense``),
+vectorized 4-feature x 2-vector register-blocked micro-kernel (``<LANES x float>`` FMAs, ``_dense``;
+LANES = 16 on AVX-512, 8 on AVX2, chosen at import: ``choose_lanes``),
 so layers are padded to a multiple of 4 features, not of a vector width (a D = 6 MAF's 12 outputs
 cost 12, not 32), and every epilogue (bias, activation, coupling affine, sigmoid / log-sigmoid, MADE
 scale, log-det, permutation) is a loop over one feature's contiguous rows: it vectorizes with no
@@ -30,6 +31,8 @@ into ``wbuf``, ``meta`` the sizes (see the ``G_*`` / ``M_*`` indices).
 """
 from __future__ import annotations
 
+import os
+
 import numba as nb
 import numpy as np
 from llvmlite import ir
@@ -38,12 +41,12 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 __all__ = [
-    "TILE", "glow1d_log_prob", "glow1d_log_prob_par", "glow1d_sample", "glow1d_sample_par",
+    "LANES", "TILE", "choose_lanes", "glow1d_log_prob", "glow1d_log_prob_par", "glow1d_sample", "glow1d_sample_par",
     "iaf_log_prob", "iaf_log_prob_par", "iaf_sample", "iaf_sample_par",
     "maf_log_prob", "maf_log_prob_par", "maf_sample", "maf_sample_par", "pad4",
 ]
 
-TILE = 64  # rows per tile, both directions; a multiple of 16 (the micro-kernel's rows); chosen by measurement
+TILE = 64  # rows per tile, both directions; a multiple of 32 (the 16-lane micro-kernel's rows); chosen by measurement
 
 # meta indices, Glow-1D
 G_D, G_DP, G_CA, G_CB, G_H, G_HP, G_OP, G_STEPS, G_DEPTH, G_ADD = range(10)
@@ -55,6 +58,33 @@ _ZERO = F32(0.0)
 _ONE = F32(1.0)
 _HALF = F32(0.5)
 _TWO = F32(2.0)
+LANES_ENV = "NFKD_CPU_LANES"
+
+
+def choose_lanes(features: dict[str, bool] | None = None, env: str | None = None) -> tuple[int, str]:
+    """(float32 lanes of the micro-kernel's vectors, why): 16 on AVX-512, else 8; ``NFKD_CPU_LANES`` overrides.
+
+    ``features``: the host CPU's LLVM features (``llvmlite.binding.get_host_cpu_features``), the ones numba
+    compiles for. Forcing 16 lanes on an AVX2 host is exact, only slower (LLVM splits each vector in two);
+    forcing 8 on AVX-512 leaves half of each register unused. Tests force both widths."""
+    if features is None:
+        from llvmlite import binding
+
+        features = dict(binding.get_host_cpu_features())
+    native = 16 if features.get("avx512f") else 8
+    env = os.environ.get(LANES_ENV, "") if env is None else env
+    if env.strip() == "":
+        return native, "avx512f" if native == 16 else "no avx512f"
+    if env.strip() not in ("8", "16"):
+        raise ValueError(f"{LANES_ENV} must be 8 or 16, not {env!r}")
+    return int(env), f"{LANES_ENV}={env.strip()}"
+
+
+LANES, LANES_WHY = choose_lanes()
+# numba's cache is keyed on the source and the CPU, not on LANES: cache only the host's own width, so a
+# forced width (tests) compiles afresh and never reads, or leaves behind, kernels of the other width.
+_CACHE = LANES == choose_lanes(env="")[0]
+STEP = 2 * LANES  # rows of one micro-kernel block; a tile's rows are padded to a multiple of it (zeros)
 
 
 def pad4(n: int) -> int:
@@ -63,19 +93,19 @@ def pad4(n: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# <8 x float> values for the micro-kernel (LLVM vector type; mem2reg keeps them in registers)
+# <LANES x float> values for the micro-kernel (LLVM vector type; mem2reg keeps them in registers)
 # ---------------------------------------------------------------------------------------------
-class _F8(types.Type):
+class _FV(types.Type):
     def __init__(self) -> None:
-        super().__init__(name="F8")
+        super().__init__(name="FV")
 
 
-f8 = _F8()
-_VT = ir.VectorType(ir.FloatType(), 8)
+fv = _FV()
+_VT = ir.VectorType(ir.FloatType(), LANES)
 
 
-@register_model(_F8)
-class _F8Model(models.PrimitiveModel):
+@register_model(_FV)
+class _FVModel(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
         super().__init__(dmm, fe_type, _VT)
 
@@ -90,7 +120,7 @@ def _vload(typingctx, arr, idx):
     def codegen(context, builder, sig, args):
         return builder.load(_vptr(context, builder, sig.args[0], args[0], args[1]), align=4)
 
-    return f8(arr, types.intp), codegen
+    return fv(arr, types.intp), codegen
 
 
 @intrinsic
@@ -99,7 +129,7 @@ def _vstore(typingctx, arr, idx, v):
         builder.store(args[2], _vptr(context, builder, sig.args[0], args[0], args[1]), align=4)
         return context.get_dummy_value()
 
-    return types.none(arr, types.intp, f8), codegen
+    return types.none(arr, types.intp, fv), codegen
 
 
 @intrinsic
@@ -117,27 +147,27 @@ def _vsplat(typingctx, x):
     def codegen(context, builder, sig, args):
         v = builder.insert_element(ir.Constant(_VT, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0))
         return builder.shuffle_vector(v, ir.Constant(_VT, ir.Undefined),
-                                      ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+                                      ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
 
-    return f8(types.float32), codegen
+    return fv(types.float32), codegen
 
 
 @intrinsic
 def _vfma(typingctx, a, b, c):
     def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VT, [_VT, _VT, _VT]), "llvm.fma.v8f32")
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VT, [_VT, _VT, _VT]), f"llvm.fma.v{LANES}f32")
         return builder.call(fn, list(args))
 
-    return f8(f8, f8, f8), codegen
+    return fv(fv, fv, fv), codegen
 
 
 @intrinsic
 def _vrelu(typingctx, a):
     def codegen(context, builder, sig, args):
-        z = ir.Constant(_VT, [0.0] * 8)
+        z = ir.Constant(_VT, [0.0] * LANES)
         return builder.select(builder.fcmp_ordered(">", args[0], z), args[0], z)
 
-    return f8(f8), codegen
+    return fv(fv), codegen
 
 
 @intrinsic
@@ -155,17 +185,26 @@ def _pow2i(typingctx, k):
 _NO_KIN = np.zeros(1, np.int64)  # ``_dense(..., _NO_KIN, -1)``: every input row of W is used
 
 # error_model="numpy": no ZeroDivisionError branch on float division, which would block vectorization
-_JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
+_JIT = dict(fastmath=True, cache=_CACHE, nogil=True, error_model="numpy")
 
 
 # ---------------------------------------------------------------------------------------------
 # scalar math that vectorizes (float32 polynomials; no libm calls in the hot loops)
 # ---------------------------------------------------------------------------------------------
+@nb.njit(inline="always", **_JIT)
+def _horner(x, c):
+    """c[0] x^(n-1) + ... + c[n-1] (coefficients highest degree first; a constant tuple: LLVM unrolls it)."""
+    s = c[0]
+    for i in range(1, len(c)):
+        s = c[i] + x * s
+    return s
+
+
 _LOG2E = F32(1.4426950408889634)
 _LN2_HI = F32(0.693359375)
 _LN2_LO = F32(-2.12194440e-4)
 _EXP_LO, _EXP_HI = F32(-87.0), F32(88.0)
-_C2, _C3, _C4, _C5, _C6, _C7 = (F32(1 / 2), F32(1 / 6), F32(1 / 24), F32(1 / 120), F32(1 / 720), F32(1 / 5040))
+_EXP_SERIES = (F32(1 / 5040), F32(1 / 720), F32(1 / 120), F32(1 / 24), F32(1 / 6), F32(1 / 2), _ONE, _ONE)  # e^r, r^7 first
 
 
 @nb.njit(inline="always", **_JIT)
@@ -174,7 +213,7 @@ def _exp(x):
     x = min(max(x, _EXP_LO), _EXP_HI)
     k = np.floor(x * _LOG2E + _HALF)
     r = (x - k * _LN2_HI) - k * _LN2_LO
-    p = _ONE + r * (_ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
+    p = _horner(r, _EXP_SERIES)
     return p * _pow2i(np.int32(k))
 
 
@@ -182,19 +221,14 @@ _L3, _L5, _L7, _L9, _L11, _L13, _L15, _L17 = (F32(1 / 3), F32(1 / 5), F32(1 / 7)
                                               F32(1 / 13), F32(1 / 15), F32(1 / 17))
 
 
+_LOG1P_SERIES = (_L17, _L15, _L13, _L11, _L9, _L7, _L5, _L3, _ONE)
+
+
 @nb.njit(inline="always", **_JIT)
 def _log1p_unit(e):
     """log(1 + e) for e in [0, 1]: 2 atanh(t), t = e / (2 + e) <= 1/3 (series to t^17: < 1e-8)."""
     t = e / (_TWO + e)
-    t2 = t * t
-    s = _L15 + t2 * _L17
-    s = _L13 + t2 * s
-    s = _L11 + t2 * s
-    s = _L9 + t2 * s
-    s = _L7 + t2 * s
-    s = _L5 + t2 * s
-    s = _L3 + t2 * s
-    return _TWO * t * (_ONE + t2 * s)
+    return _TWO * t * _horner(t * t, _LOG1P_SERIES)
 
 
 # tanh as a rational minimax fit x P(x^2) / Q(x^2) on |x| <= 7.905 (the float32 coefficients of Eigen's
@@ -208,37 +242,72 @@ _TB0, _TB2, _TB4, _TB6 = F32(4.89352518554385e-03), F32(2.26843463243900e-03), F
     F32(1.19825839466702e-06)
 
 
+_TANH_P = (_TA13, _TA11, _TA9, _TA7, _TA5, _TA3, _TA1)
+_TANH_Q = (_TB6, _TB4, _TB2, _TB0)
+
+
 @nb.njit(inline="always", **_JIT)
 def _tanh(y):
     """tanh in float32 (rational approximation above; vectorizes: no branch, no libm call)."""
     x = min(max(y, -_TANH_CLAMP), _TANH_CLAMP)
     x2 = x * x
-    p = _TA11 + x2 * _TA13
-    p = _TA9 + x2 * p
-    p = _TA7 + x2 * p
-    p = _TA5 + x2 * p
-    p = _TA3 + x2 * p
-    p = _TA1 + x2 * p
-    q = _TB4 + x2 * _TB6
-    q = _TB2 + x2 * q
-    q = _TB0 + x2 * q
-    return x * p / q
+    return x * _horner(x2, _TANH_P) / _horner(x2, _TANH_Q)
 
 
 # ---------------------------------------------------------------------------------------------
 # the dense micro-kernel (feature-major: activations are [features, TILE], rows contiguous)
 # ---------------------------------------------------------------------------------------------
+@nb.njit(inline="always", **_JIT)
+def _block2(X, xi, n_in, W, wi, ldw, c0, c1, c2, c3, Y, yi, relu):
+    """4 features x 2 vectors of rows: Y[f, r] for the block at X[.., xi], Y[.., yi] (8 accumulators)."""
+    a00 = c0
+    a01 = c0
+    a10 = c1
+    a11 = c1
+    a20 = c2
+    a21 = c2
+    a30 = c3
+    a31 = c3
+    for _i in range(n_in):
+        x0 = _vload(X, xi)
+        x1 = _vload(X, xi + LANES)
+        v = _vsplat(_sload(W, wi))
+        a00 = _vfma(v, x0, a00)
+        a01 = _vfma(v, x1, a01)
+        v = _vsplat(_sload(W, wi + 1))
+        a10 = _vfma(v, x0, a10)
+        a11 = _vfma(v, x1, a11)
+        v = _vsplat(_sload(W, wi + 2))
+        a20 = _vfma(v, x0, a20)
+        a21 = _vfma(v, x1, a21)
+        v = _vsplat(_sload(W, wi + 3))
+        a30 = _vfma(v, x0, a30)
+        a31 = _vfma(v, x1, a31)
+        xi += TILE
+        wi += ldw
+    if relu:
+        a00, a01, a10, a11 = _vrelu(a00), _vrelu(a01), _vrelu(a10), _vrelu(a11)
+        a20, a21, a30, a31 = _vrelu(a20), _vrelu(a21), _vrelu(a30), _vrelu(a31)
+    _vstore(Y, yi, a00)
+    _vstore(Y, yi + LANES, a01)
+    _vstore(Y, yi + TILE, a10)
+    _vstore(Y, yi + TILE + LANES, a11)
+    _vstore(Y, yi + 2 * TILE, a20)
+    _vstore(Y, yi + 2 * TILE + LANES, a21)
+    _vstore(Y, yi + 3 * TILE, a30)
+    _vstore(Y, yi + 3 * TILE + LANES, a31)
+
+
 @nb.njit(**_JIT)
 def _dense(X, xo, nin, W, wo, ldw, nout, B, bo, Y, yo, rows, relu, kin, ko):
     """Y[f, :rows] = act(sum_i W[i, f] X[i, :rows] + B[f]) for f < nout (feature-major, row stride TILE).
 
-    ``W`` is stored [in, out] with row stride ``ldw``; ``nout`` a multiple of 4, ``rows`` of 8. A
-    block of 4 features x 16 rows keeps 8 AVX2 accumulators in registers through the reduction: per
-    input, two vector loads of X and four broadcast weights feed 8 FMAs. ``ko >= 0``: feature group
-    g (4 outputs) reads only the first ``kin[ko + g]`` inputs (a MADE's masks in degree order are a
-    staircase; the rest are structural zeros); ``ko < 0``: all ``nin``.
+    ``W`` is stored [in, out] with row stride ``ldw``; ``nout`` a multiple of 4, ``rows`` of ``STEP``.
+    A block of 4 features x 2 vectors of rows keeps 8 accumulators in registers through the reduction
+    (``_block2``): per input, two vector loads of X and four broadcast weights feed 8 FMAs. ``ko >= 0``:
+    feature group g (4 outputs) reads only the first ``kin[ko + g]`` inputs (a MADE's masks in degree
+    order are a staircase; the rest are structural zeros); ``ko < 0``: all ``nin``.
     """
-    full = rows // 16 * 16
     for f in range(0, nout, 4):
         n_in = nin if ko < 0 else min(nin, kin[ko + f // 4])
         c0 = _vsplat(_sload(B, bo + f))
@@ -246,71 +315,8 @@ def _dense(X, xo, nin, W, wo, ldw, nout, B, bo, Y, yo, rows, relu, kin, ko):
         c2 = _vsplat(_sload(B, bo + f + 2))
         c3 = _vsplat(_sload(B, bo + f + 3))
         y0 = yo + f * TILE
-        for r in range(0, full, 16):
-            a00 = c0
-            a01 = c0
-            a10 = c1
-            a11 = c1
-            a20 = c2
-            a21 = c2
-            a30 = c3
-            a31 = c3
-            for i in range(n_in):
-                xi = xo + i * TILE + r
-                x0 = _vload(X, xi)
-                x1 = _vload(X, xi + 8)
-                wi = wo + i * ldw + f
-                v = _vsplat(_sload(W, wi))
-                a00 = _vfma(v, x0, a00)
-                a01 = _vfma(v, x1, a01)
-                v = _vsplat(_sload(W, wi + 1))
-                a10 = _vfma(v, x0, a10)
-                a11 = _vfma(v, x1, a11)
-                v = _vsplat(_sload(W, wi + 2))
-                a20 = _vfma(v, x0, a20)
-                a21 = _vfma(v, x1, a21)
-                v = _vsplat(_sload(W, wi + 3))
-                a30 = _vfma(v, x0, a30)
-                a31 = _vfma(v, x1, a31)
-            if relu:
-                a00 = _vrelu(a00)
-                a01 = _vrelu(a01)
-                a10 = _vrelu(a10)
-                a11 = _vrelu(a11)
-                a20 = _vrelu(a20)
-                a21 = _vrelu(a21)
-                a30 = _vrelu(a30)
-                a31 = _vrelu(a31)
-            _vstore(Y, y0 + r, a00)
-            _vstore(Y, y0 + r + 8, a01)
-            _vstore(Y, y0 + TILE + r, a10)
-            _vstore(Y, y0 + TILE + r + 8, a11)
-            _vstore(Y, y0 + 2 * TILE + r, a20)
-            _vstore(Y, y0 + 2 * TILE + r + 8, a21)
-            _vstore(Y, y0 + 3 * TILE + r, a30)
-            _vstore(Y, y0 + 3 * TILE + r + 8, a31)
-        if full < rows:  # the last 8 rows
-            r = full
-            a0 = c0
-            a1 = c1
-            a2 = c2
-            a3 = c3
-            for i in range(n_in):
-                x0 = _vload(X, xo + i * TILE + r)
-                wi = wo + i * ldw + f
-                a0 = _vfma(_vsplat(_sload(W, wi)), x0, a0)
-                a1 = _vfma(_vsplat(_sload(W, wi + 1)), x0, a1)
-                a2 = _vfma(_vsplat(_sload(W, wi + 2)), x0, a2)
-                a3 = _vfma(_vsplat(_sload(W, wi + 3)), x0, a3)
-            if relu:
-                a0 = _vrelu(a0)
-                a1 = _vrelu(a1)
-                a2 = _vrelu(a2)
-                a3 = _vrelu(a3)
-            _vstore(Y, y0 + r, a0)
-            _vstore(Y, y0 + TILE + r, a1)
-            _vstore(Y, y0 + 2 * TILE + r, a2)
-            _vstore(Y, y0 + 3 * TILE + r, a3)
+        for r in range(0, rows, 2 * LANES):
+            _block2(X, xo + r, n_in, W, wo + f, ldw, c0, c1, c2, c3, Y, y0 + r, relu)
 
 
 @nb.njit(inline="always", **_JIT)
@@ -393,7 +399,7 @@ def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, ls, ld)
     D, DP, CA, CB, steps, additive, OP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
                                           meta[G_ADD], meta[G_OP])
     cb4 = OP // 2
-    rows = (n + 7) // 8 * 8
+    rows = (n + STEP - 1) // STEP * STEP
     for r in range(rows):
         ld[r] = _ZERO
     _to_tile(x, r0, n, rows, h, D, w, -1, -1, _ONE)
@@ -425,7 +431,7 @@ def _g1d_sample_tile(z, r0, n, temperature, out, w, offs, meta, h, h2, t1, t2, s
     D, DP, CA, CB, steps, additive, OP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
                                           meta[G_ADD], meta[G_OP])
     cb4 = OP // 2
-    rows = (n + 7) // 8 * 8
+    rows = (n + STEP - 1) // STEP * STEP
     _to_tile(z, r0, n, rows, h, D, w, -1, -1, temperature)
     for kk in range(steps):
         k = steps - 1 - kk
@@ -606,7 +612,7 @@ def _made_solve(src, dst, drow, ld, w, offs, k, nj, meta, clamp, pre, t1, t2, mu
 @nb.njit(**_JIT)
 def _maf_lp_tile(x, r0, n, out, w, offs, iperms, kin, meta, const, clamp, h, h2, t1, t2, mo, ld):
     D, DP, blocks, nhid = meta[M_D], meta[M_DP], meta[M_BLOCKS], meta[M_NHID]
-    rows = (n + 7) // 8 * 8
+    rows = (n + STEP - 1) // STEP * STEP
     for r in range(rows):
         ld[r] = _ZERO
     _to_tile(x, r0, n, rows, h, D, w, offs[blocks, 0], offs[blocks, 1], _ONE)
@@ -623,7 +629,7 @@ def _maf_lp_tile(x, r0, n, out, w, offs, iperms, kin, meta, const, clamp, h, h2,
 def _maf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, nj, meta, clamp, u, xs, pre, t1, t2, mu,
                      al):
     D, blocks, nhid = meta[M_D], meta[M_BLOCKS], meta[M_NHID]
-    rows = (n + 7) // 8 * 8
+    rows = (n + STEP - 1) // STEP * STEP
     o = 2 * nhid
     _to_tile(z, r0, n, rows, xs, D, w, -1, -1, temperature)
     for kk in range(blocks):
@@ -698,7 +704,7 @@ def _to_tile_perm(x, r0, n, rows, h, D, src, t):
 @nb.njit(**_JIT)
 def _iaf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, kin, meta, clamp, h, h2, t1, t2, mo):
     D, DP, blocks = meta[M_D], meta[M_DP], meta[M_BLOCKS]
-    rows = (n + 7) // 8 * 8
+    rows = (n + STEP - 1) // STEP * STEP
     _to_tile_perm(z, r0, n, rows, h, D, iperms[blocks - 1], temperature)  # the last block's inverse permutation
     for kk in range(blocks):
         k = blocks - 1 - kk
@@ -711,7 +717,7 @@ def _iaf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, kin, me
 @nb.njit(**_JIT)
 def _iaf_lp_tile(x, r0, n, out, w, offs, iperms, nj, meta, const, clamp, h, h2, pre, t1, t2, mu, al, ld):
     D, blocks = meta[M_D], meta[M_BLOCKS]
-    rows = (n + 7) // 8 * 8
+    rows = (n + STEP - 1) // STEP * STEP
     for r in range(rows):
         ld[r] = _ZERO
     _to_tile(x, r0, n, rows, h, D, w, offs[blocks, 0], offs[blocks, 1], _ONE)

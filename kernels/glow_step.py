@@ -49,7 +49,6 @@ for the whole flow it is ``folded.log_prob`` / ``folded.sample``.
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Sequence
 
 import torch
@@ -58,7 +57,7 @@ from torch import Tensor
 
 from . import _env
 from . import configs as _configs
-from ._env import alloc, device_fn, next_pow2, version_key
+from ._env import alloc, device_fn, next_pow2
 
 _env.select_mode()
 
@@ -70,9 +69,9 @@ from nfkd.flows.base import LOG_2PI  # noqa: E402
 from ._device import mm as _mm  # noqa: E402
 from .configs import DOT_PRECISION  # noqa: E402
 
-__all__ = ["glow_log_prob_triton", "glow_sample_triton", "glow_step_forward", "glow_step_inverse",
-           "step_forward_reference", "step_inverse_reference", "pack_affine", "reference_log_prob",
-           "reference_sample", "LAYOUTS", "DEFAULT_LAYOUT"]
+__all__ = ["GlowPack", "pack", "glow_log_prob_triton", "glow_sample_triton", "glow_step_forward", "glow_step_inverse",
+           "step_forward_reference", "step_inverse_reference", "pack_affine",
+           "LAYOUTS", "DEFAULT_LAYOUT"]
 
 LAYOUTS = {"nhwc": torch.channels_last, "nchw": torch.contiguous_format}
 DEFAULT_LAYOUT = "nhwc"
@@ -263,7 +262,7 @@ def _launch_cfg(kernel, CA: int, CB: int, use_dot: bool | None, device: torch.de
     if cfg is None:
         if block_p is None and use_dot is None:
             raise ValueError(f"no checked launch configuration for {kernel.__name__} with CAP={cap}, CBP={cbp} "
-                             f"on {device} (kernels/configs.py); the dispatcher uses PyTorch for this flow")
+                             f"on {device} (kernels/configs.py); the triton Runner uses PyTorch for this flow")
         return block_p or 64, 4, 3
     return block_p or cfg.block, cfg.num_warps, cfg.num_stages
 
@@ -273,9 +272,9 @@ def supports(folded) -> bool:
     if getattr(folded, "arch", "") != "glow" or not all(len(steps) > 0 for steps in folded.levels):
         return False
     dev = _configs.device_arch(folded.top_logs.device)
-    for lv in pack(folded).levels:
-        cap, ud = _half_pad(lv["CA"], None)
-        cbp, _ = _half_pad(lv["C"] - lv["CA"], ud)
+    for c, ca, _h, _w in _level_shapes(folded):
+        cap, ud = _half_pad(ca, None)
+        cbp, _ = _half_pad(c - ca, ud)
         if any(_configs.lookup(k, dev, CAP=cap, CBP=cbp, USE_DOT=ud) is None for k in ("glow_fwd", "glow_inv")):
             return False
     return True
@@ -399,13 +398,26 @@ def step_inverse_reference(ya, yb, hnet, weight_inv, bias_inv, additive=False):
 # ---------------------------------------------------------------------------------------------
 # whole folded Glow
 # ---------------------------------------------------------------------------------------------
-class _GlowPack:
+def _level_shapes(folded) -> list[tuple[int, int, int, int]]:
+    """(C, CA, H, W) of every level's squeezed state (CA: the coupling's a-half)."""
+    out = []
+    c, h, w = folded.event_shape
+    for lvl in range(len(folded.levels)):
+        c, h, w = c * 4, h // 2, w // 2
+        out.append((c, c // 2, h, w))
+        if lvl < len(folded.levels) - 1:
+            c = c // 2
+    return out
+
+
+class GlowPack:
+    """A folded Glow's step matrices in the kernels' layout, with the folded flow whose coupling
+    nets and priors run between the launches (a snapshot: the triton Runner packs once, at load)."""
+
     def __init__(self, folded, use_dot: bool | None) -> None:
+        self.folded, self.use_dot = folded, use_dot
         self.levels = []  # per level: list of (fwd_pack, inv_pack) per step, plus (C, CA)
-        c, h, w = folded.event_shape
-        for lvl, steps in enumerate(folded.levels):
-            c, h, w = c * 4, h // 2, w // 2
-            ca = c // 2
+        for steps, (c, ca, h, w) in zip(folded.levels, _level_shapes(folded)):
             cap, ud = _half_pad(ca, use_dot)
             cbp, _ = _half_pad(c - ca, ud)
             packs = [(pack_affine(st.mix.weight, st.mix.bias, ca, cap, cbp),
@@ -413,47 +425,37 @@ class _GlowPack:
                      for st in steps]
             additive = [bool(st.coupling.additive) for st in steps]
             self.levels.append(dict(C=c, CA=ca, H=h, W=w, packs=packs, additive=additive))
-            if lvl < len(folded.levels) - 1:
-                c = c // 2
         from nfkd.fold import constant_logdet
 
         self.const = constant_logdet(folded).float().to(folded.top_logs.device) - 0.5 * math.prod(folded.event_shape) * LOG_2PI
         self.top_inv_std = torch.exp(-folded.top_logs)
 
 
-_PACK_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def pack(folded, use_dot: bool | None = None) -> _GlowPack:
-    key = version_key(folded)
-    per = _PACK_CACHE.get(folded)
-    if per is None or per.get("key") != key:
-        per = {"key": key}
-        _PACK_CACHE[folded] = per
-    if use_dot not in per:
-        with torch.no_grad():
-            per[use_dot] = _GlowPack(folded, use_dot)
-    return per[use_dot]
-
-
-def _check_folded(folded, t: Tensor) -> None:
+def pack(folded, use_dot: bool | None = None) -> GlowPack:
+    """Pack a folded float32 Glow for ``glow_log_prob_triton`` / ``glow_sample_triton``
+    (``use_dot``: None lets each level choose ``tl.dot`` by its padded width)."""
     from nfkd.fold import is_folded
 
     if getattr(folded, "arch", "") != "glow" or not is_folded(folded):
         raise ValueError("expected a folded Glow (nfkd.fold.fold(glow))")
     if folded.dtype != torch.float32:
         raise ValueError("the Glow kernels run float32: fold(flow, torch.float32)")
-    if folded.top_logs.device != t.device:
-        raise ValueError(f"folded flow is on {folded.top_logs.device}, input on {t.device}")
+    with torch.no_grad():
+        return GlowPack(folded, use_dot)
 
 
-def glow_log_prob_triton(folded, x: Tensor, *, layout: str = DEFAULT_LAYOUT, block_p: int | None = None,
-                         use_dot: bool | None = None, precision: str | None = None) -> Tensor:
-    """``folded.log_prob(x)`` of a folded Glow with one fused kernel per step (float32)."""
-    _check_folded(folded, x)
+def _check_device(pk: GlowPack, t: Tensor) -> None:
+    if pk.folded.top_logs.device != t.device:
+        raise ValueError(f"folded flow is on {pk.folded.top_logs.device}, input on {t.device}")
+
+
+def glow_log_prob_triton(pk: GlowPack, x: Tensor, *, layout: str = DEFAULT_LAYOUT, block_p: int | None = None,
+                         precision: str | None = None) -> Tensor:
+    """``folded.log_prob(x)`` of a packed Glow (``pack(folded)``) with one fused kernel per step (float32)."""
+    folded, use_dot = pk.folded, pk.use_dot
+    _check_device(pk, x)
     _check_launch(_glow_fwd_kernel, x)
     mf = LAYOUTS[layout]
-    pk = pack(folded, use_dot)
     if x.dtype != torch.float32:
         x = x.float()
     B = x.shape[0]
@@ -489,15 +491,15 @@ def glow_log_prob_triton(folded, x: Tensor, *, layout: str = DEFAULT_LAYOUT, blo
     return pk.const + ld.sum(1) + extra
 
 
-def glow_sample_triton(folded, noise: Sequence[Tensor], temperature: float | Tensor = 1.0, *,
+def glow_sample_triton(pk: GlowPack, noise: Sequence[Tensor], temperature: float | Tensor = 1.0, *,
                        layout: str = DEFAULT_LAYOUT, out: Tensor | None = None, block_p: int | None = None,
-                       use_dot: bool | None = None, precision: str | None = None) -> Tensor:
-    """``folded.sample(noise, temperature)`` of a folded Glow with one fused kernel per step."""
+                       precision: str | None = None) -> Tensor:
+    """``folded.sample(noise, temperature)`` of a packed Glow with one fused kernel per step."""
+    folded, use_dot = pk.folded, pk.use_dot
     noise = list(noise)
-    _check_folded(folded, noise[0])
+    _check_device(pk, noise[0])
     _check_launch(_glow_inv_kernel, noise[0])
     mf = LAYOUTS[layout]
-    pk = pack(folded, use_dot)
     noise = [z.float() * temperature for z in noise]
     B = noise[0].shape[0]
     dev = noise[0].device
@@ -534,14 +536,3 @@ def glow_sample_triton(folded, noise: Sequence[Tensor], temperature: float | Ten
                                 unsqueeze_out=True, **geo, **kw)
             z1 = dest
     return dest
-
-
-def reference_log_prob(folded, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return folded.log_prob(x)
-
-
-def reference_sample(folded, noise, temperature=1.0) -> Tensor:
-    noise = list(noise)
-    with torch.no_grad():
-        return folded.sample(noise[0].shape[0], temperature, noise=noise)

@@ -3,8 +3,9 @@
 One launch computes a whole flow for BLOCK_B rows per program: the state of those rows stays in
 registers from the input load to the final store (no intermediate tensor in global memory), and
 each program reads every weight once per step/block from one packed buffer (L2-resident; reused
-across its BLOCK_B rows).  The packed buffer is derived once from ``fold()`` output (cached on the
-folded module, invalidated when its buffers change) - it is a re-layout, not a second model:
+across its BLOCK_B rows).  The packed buffer is derived once from ``fold()`` output by ``pack``
+(the triton Runner packs at load and owns the result; the launchers take it) - it is a
+re-layout, not a second model:
 
 * the layout (which field sits where) is described once, in ``kernels/layout.py``: the packer
   writes by it and the kernels read their compile-time offsets from it;
@@ -26,12 +27,10 @@ sampling (``iaf_sample``) packs an IAF exactly like a MAF and runs ONE MADE pass
 block's input (the MAF density kernel's work with the affine direction flipped); an IAF's density
 (D sequential passes) has no kernel and runs the folded PyTorch path.
 
-PyTorch reference: ``folded.log_prob`` / ``folded.sample`` of the same ``fold()`` output
-(``reference_log_prob`` / ``reference_sample`` below).
+PyTorch reference: ``folded.log_prob`` / ``folded.sample`` of the same ``fold()`` output.
 """
 from __future__ import annotations
 
-import weakref
 from typing import Sequence
 
 import torch
@@ -39,7 +38,7 @@ from torch import Tensor
 
 from . import _env
 from . import configs as _configs
-from ._env import alloc, device_fn, next_pow2, version_key
+from ._env import alloc, device_fn, next_pow2
 
 _env.select_mode()
 
@@ -52,8 +51,8 @@ from . import layout  # noqa: E402
 from ._device import mm as _mm  # noqa: E402
 from .configs import DOT_PRECISION  # noqa: E402  fp32 exact; "tf32x3" is the tensor-core alternative (bench)
 
-__all__ = ["tabular_log_prob", "maf_sample", "iaf_sample", "glow1d_sample", "tabular_sample", "pack", "unpack", "supports",
-           "reference_log_prob", "reference_sample"]
+__all__ = ["Packed", "SAMPLERS", "tabular_log_prob", "maf_sample", "iaf_sample", "glow1d_sample", "tabular_sample", "pack", "unpack",
+           "supports"]
 
 # the widest padded dims with a checked launch configuration (kernels/configs.py); wider: PyTorch
 MAX_D = max(dict(c.shape)["DP"] for c in _configs.CONFIGS if c.kernel in ("glow1d_log_prob", "maf_log_prob"))
@@ -353,16 +352,13 @@ def _iaf_sample_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
-# packing (once per folded module, cached) and launchers
+# packing (once, at load: the Runner owns the result) and launchers
 # ---------------------------------------------------------------------------------------------
 class Packed:
     """Padded weight buffer of one folded tabular flow plus its launch constants."""
 
     def __init__(self, **kw) -> None:
         self.__dict__.update(kw)
-
-
-_PACK_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, Packed]]" = weakref.WeakKeyDictionary()
 
 
 def _coupling_layers(step) -> list[tuple[Tensor, Tensor]]:
@@ -518,18 +514,12 @@ def _pack_maf(folded) -> Packed:
 
 
 def pack(folded) -> Packed:
-    """The packed weights of a folded Glow-1D / MAF / IAF, cached until its buffers change."""
-    key = version_key(folded)
-    hit = _PACK_CACHE.get(folded)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+    """The packed weights of a folded Glow-1D / MAF / IAF (a snapshot: pack again after changing it)."""
     op = "sample" if getattr(folded, "arch", "") == "iaf" else "log_prob"  # IAF: a sampling kernel only
     if not supports(folded, (op,)):  # structure and dims; each launcher also checks its op's record
         raise ValueError(f"tabular kernels do not support this {getattr(folded, 'arch', '?')} flow")
     with torch.no_grad():
-        p = _pack_glow1d(folded) if folded.arch == "glow1d" else _pack_maf(folded)
-    _PACK_CACHE[folded] = (key, p)
-    return p
+        return _pack_glow1d(folded) if folded.arch == "glow1d" else _pack_maf(folded)
 
 
 def _get(buf: Tensor, off: int, rows: int, cols: int) -> Tensor:
@@ -598,7 +588,7 @@ def _launch_cfg(p: Packed, kernel, op: str, device: torch.device, block_b: int |
     cfg = _configs.lookup(f"{p.arch}_{op}", _configs.device_arch(device), DP=p.DP, HP=p.HP)
     if cfg is None:
         raise ValueError(f"no checked launch configuration for {p.arch}_{op} with DP={p.DP}, HP={p.HP} on {device} "
-                         f"(kernels/configs.py); use the PyTorch path (kernels.fast_log_prob falls back itself)")
+                         f"(kernels/configs.py); use the PyTorch path (the triton Runner falls back to it at load)")
     return block_b or cfg.block, num_warps or cfg.num_warps, cfg.num_stages
 
 
@@ -610,13 +600,12 @@ def _check_device(kernel, x: Tensor, p: Packed) -> None:
         raise ValueError(f"folded flow is on {p.buf.device}, input on {x.device}")
 
 
-def tabular_log_prob(folded, x: Tensor, *, out: Tensor | None = None, block_b: int | None = None,
+def tabular_log_prob(p: Packed, x: Tensor, *, out: Tensor | None = None, block_b: int | None = None,
                      num_warps: int | None = None, use_dot: bool = True, precision: str | None = None) -> Tensor:
-    """log p(x) [B] of a folded Glow-1D or MAF in one launch (float32)."""
-    p = pack(folded)
+    """log p(x) [B] of a packed Glow-1D or MAF (``pack(folded)``) in one launch (float32)."""
     if p.arch == "iaf":
         raise ValueError("no Triton density kernel for an IAF (its density is D sequential passes per block); "
-                         "use folded.log_prob (kernels.fast_log_prob does)")
+                         "use folded.log_prob (the triton Runner does)")
     kernel = _glow1d_log_prob_kernel if p.arch == "glow1d" else _maf_log_prob_kernel
     _check_device(kernel, x, p)
     if x.dim() != 2 or x.shape[1] != p.D:
@@ -648,8 +637,7 @@ def _noise_temperature(noise, temperature) -> tuple[Tensor, float]:
     return z, float(temperature)
 
 
-def _sample(folded, noise, temperature, out, block_b, num_warps, use_dot, precision, arch) -> Tensor:
-    p = pack(folded)
+def _sample(p: Packed, noise, temperature, out, block_b, num_warps, use_dot, precision, arch) -> Tensor:
     if p.arch != arch:
         raise ValueError(f"expected a folded {arch}, got {p.arch}")
     z, t = _noise_temperature(noise, temperature)
@@ -674,39 +662,31 @@ def _sample(folded, noise, temperature, out, block_b, num_warps, use_dot, precis
     return out
 
 
-def maf_sample(folded, noise: Tensor | Sequence[Tensor], temperature: float | Tensor = 1.0, *,
+def maf_sample(p: Packed, noise: Tensor | Sequence[Tensor], temperature: float | Tensor = 1.0, *,
                out: Tensor | None = None, block_b: int | None = None, num_warps: int | None = None,
                use_dot: bool = True, precision: str | None = None) -> Tensor:
-    """``folded.sample(noise, temperature)`` of a folded MAF: all blocks x D MADE passes, one launch."""
-    return _sample(folded, noise, temperature, out, block_b, num_warps, use_dot, precision, "maf")
+    """``folded.sample(noise, temperature)`` of a packed MAF: all blocks x D MADE passes, one launch."""
+    return _sample(p, noise, temperature, out, block_b, num_warps, use_dot, precision, "maf")
 
 
-def iaf_sample(folded, noise: Tensor | Sequence[Tensor], temperature: float | Tensor = 1.0, *,
+def iaf_sample(p: Packed, noise: Tensor | Sequence[Tensor], temperature: float | Tensor = 1.0, *,
                out: Tensor | None = None, block_b: int | None = None, num_warps: int | None = None,
                use_dot: bool = True, precision: str | None = None) -> Tensor:
-    """``folded.sample(noise, temperature)`` of a folded IAF: one MADE pass per block, one launch."""
-    return _sample(folded, noise, temperature, out, block_b, num_warps, use_dot, precision, "iaf")
+    """``folded.sample(noise, temperature)`` of a packed IAF: one MADE pass per block, one launch."""
+    return _sample(p, noise, temperature, out, block_b, num_warps, use_dot, precision, "iaf")
 
 
-def glow1d_sample(folded, noise: Tensor | Sequence[Tensor], temperature: float | Tensor = 1.0, *,
+def glow1d_sample(p: Packed, noise: Tensor | Sequence[Tensor], temperature: float | Tensor = 1.0, *,
                   out: Tensor | None = None, block_b: int | None = None, num_warps: int | None = None,
                   use_dot: bool = True, precision: str | None = None) -> Tensor:
-    """``folded.sample(noise, temperature)`` of a folded Glow-1D in one launch."""
-    return _sample(folded, noise, temperature, out, block_b, num_warps, use_dot, precision, "glow1d")
+    """``folded.sample(noise, temperature)`` of a packed Glow-1D in one launch."""
+    return _sample(p, noise, temperature, out, block_b, num_warps, use_dot, precision, "glow1d")
 
 
-def tabular_sample(folded, noise, temperature=1.0, **kw) -> Tensor:
-    fn = {"maf": maf_sample, "iaf": iaf_sample}.get(folded.arch, glow1d_sample)
-    return fn(folded, noise, temperature, **kw)
+#: The sampling launcher of each packed architecture (the triton Runner binds one at load).
+SAMPLERS = {"glow1d": glow1d_sample, "maf": maf_sample, "iaf": iaf_sample}
 
 
-# PyTorch references (the same fold() output, any dtype)
-def reference_log_prob(folded, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return folded.log_prob(x)
-
-
-def reference_sample(folded, noise, temperature=1.0) -> Tensor:
-    noise = [noise] if isinstance(noise, Tensor) else list(noise)
-    with torch.no_grad():
-        return folded.sample(noise[0].shape[0], temperature, noise=noise)
+def tabular_sample(p: Packed, noise, temperature=1.0, **kw) -> Tensor:
+    """The sampling kernel of a packed Glow-1D, MAF or IAF."""
+    return SAMPLERS[p.arch](p, noise, temperature, **kw)

@@ -301,3 +301,55 @@ def test_iaf_packs_in_the_made_degree_order():
     # IAF sampling writes block k's output to block k - 1's input order; block 0's to the flow's own order
     assert pi["drows"][0].tolist() == list(range(6))
     assert pi["drows"][1].tolist() == iaf.blocks[0].perm.perm.tolist()
+
+
+def test_vector_width_follows_the_cpu_and_the_override():
+    """AVX-512 -> 16 lanes, otherwise 8; NFKD_CPU_LANES=8|16 overrides; anything else is one clear error."""
+    from kernels.cpu_engine import choose_lanes
+
+    assert choose_lanes({"avx512f": True, "avx2": True}, "")[0] == 16
+    assert choose_lanes({"avx512f": False, "avx2": True}, "")[0] == 8
+    assert choose_lanes({"avx2": True}, "")[0] == 8
+    assert choose_lanes({"avx2": True}, "16") == (16, "NFKD_CPU_LANES=16")
+    assert choose_lanes({"avx512f": True}, " 8 ")[0] == 8
+    for bad in ("4", "32", "avx"):
+        with pytest.raises(ValueError, match="NFKD_CPU_LANES must be 8 or 16"):
+            choose_lanes({"avx2": True}, bad)
+
+
+def test_info_records_the_vector_width():
+    """``info()`` says which width the kernels were compiled for (and why): the one the environment asked for."""
+    import os
+
+    from kernels import cpu_engine as eng
+
+    want = int(os.environ.get("NFKD_CPU_LANES") or eng.choose_lanes()[0])
+    info = inference.load(_small("maf"), backend="numba", threads=1).info()
+    assert info["vector_lanes"] == eng.LANES == want
+    assert info["vector_lanes_why"] == eng.LANES_WHY
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_the_other_vector_width_is_exact_too(lanes):
+    """The width this host does not pick (16 on AVX2: LLVM splits each vector, slower but exact; 8 on AVX-512),
+    forced with NFKD_CPU_LANES in a child pytest: the float64 equality tests above, the info test, the threads
+    test, at that width (the child compiles afresh: a forced width is never cached)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kernels import cpu_engine as eng
+
+    if os.environ.get("NFKD_CPU_LANES"):
+        pytest.skip("already the child run")
+    if lanes == eng.choose_lanes(env="")[0]:
+        pytest.skip(f"{lanes} lanes is this host's own width: the tests above ran it")
+    root = Path(__file__).resolve().parents[1]
+    pick = ("(glow1d_matches and (d3 or d21 or d64)) or (maf_matches and (d1- or d21 or d64 or d13)) or "
+            "(iaf_matches and (d1- or d21 or d64)) or threads or info_records")
+    env = {**os.environ, "NFKD_CPU_LANES": str(lanes), "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__, "-k", pick],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert " passed" in res.stdout and " failed" not in res.stdout, res.stdout[-2000:]

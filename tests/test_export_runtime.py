@@ -126,7 +126,7 @@ def test_bad_backend_and_device_arguments():
         load(out, backend="tflite")
     with pytest.raises(InputError, match="device must be one of"):
         load(out, device="tpu")
-    with pytest.raises(InputError, match="TensorRT backend runs on the GPU"):
+    with pytest.raises(InputError, match="tensorrt backend runs on the GPU"):
         load(out, backend="tensorrt", device="cpu")
     with pytest.raises(InputError, match="intra_op_threads"):
         load(out, intra_op_threads=0)

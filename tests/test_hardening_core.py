@@ -187,11 +187,11 @@ def test_unknown_load_options_are_refused(option):
         inference.load(MAF(2, blocks=1, hidden=4), backend="eager", **{option: 1})
 
 
-def test_kernels_dispatch_refuses_rows_beyond_float32():
-    """kernels.dispatch.fast_log_prob casts x to the (float32) model's dtype: same check there."""
-    from kernels.dispatch import fast_log_prob
+def test_float32_runner_refuses_rows_beyond_float32():
+    """A Runner casts float64 x to float32 (the kernels' Runner did so through kernels.dispatch): one clear error."""
+    from nfkd import inference
     from nfkd.errors import InputError
 
     flow = perturb(MAF(2, blocks=2, hidden=8)).eval()
     with pytest.raises(InputError, match=r"beyond the float32 range .* in rows \[0\]"):
-        fast_log_prob(flow, torch.tensor([[1e39, 0.0]], dtype=torch.float64))
+        inference.load(flow, backend="folded").log_prob(torch.tensor([[1e39, 0.0]], dtype=torch.float64))

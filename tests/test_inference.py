@@ -189,9 +189,57 @@ def test_numba_backend_says_how_to_install(monkeypatch):
     """Without numba, nfkd still imports and the numba backend says why it is unavailable (issue #14)."""
     from nfkd.inference import registry
 
-    real = registry._has
-    monkeypatch.setattr(registry, "_has", lambda m: False if m == "numba" else real(m))
+    real = registry.has_module
+    monkeypatch.setattr(registry, "has_module", lambda m: False if m == "numba" else real(m))
     st = inference.status("numba")
     assert not st.available and "pip install 'nfkd[cpu]'" in st.reason
     with pytest.raises(InputError, match="not available here"):
         inference.load(make("maf"), backend="numba")
+
+
+# --- the registry is the only list of backends ------------------------------------------------------
+@pytest.fixture
+def toy_backend():
+    """Registers tests/toy_backend.py: the one line a new backend adds to registry.BACKENDS."""
+    from nfkd.inference import registry
+
+    registry.register(registry.BackendSpec("toy", "tests.toy_backend:load", "tests.toy_backend:probe",
+                                           "eager PyTorch under another name", devices=("cpu",),
+                                           aliases=("toy-alias",), label="Toy"))
+    yield "toy"
+    registry.unregister("toy")
+
+
+def test_a_registered_backend_reaches_load_serve_bench_and_ranking(toy_backend, tmp_path):
+    from bench import ranking, suite
+    from nfkd.cli.serve import build_parser
+    from nfkd.serving.backends import load_backend
+
+    assert toy_backend in [b.name for b in inference.backends()] and inference.status("toy").available
+    flow = make("maf")
+    x = torch.randn(5, flow.dim, dtype=torch.float64)
+    with torch.no_grad():
+        ref = copy.deepcopy(flow).double().log_prob(x)
+    for name in ("toy", "toy-alias"):  # an alias names the same backend
+        runner = inference.load(flow, backend=name, device="cpu")
+        assert runner.backend == "toy" and type(runner).__module__ == "tests.toy_backend"
+        assert float((runner.log_prob(x.float()).double() - ref).abs().max()) < 1e-3
+    assert build_parser().parse_args(["m.pt", "--backend", "toy-alias"]).backend == "toy-alias"
+    ckpt = nfkd.save(flow, tmp_path / "maf.pt")
+    assert load_backend(ckpt, "toy").runner.backend == "toy"  # the service, through the registry
+    assert "toy" in suite.nfkd_backends() and "toy" in suite.default_backends(full=False)
+    assert {c.backend for c in suite.cases(suite.QUICK, "density") if c.arch == "maf"} >= {"toy", "eager"}
+    rows = [{"backend": b, "arch": "maf", "direction": "density", "dim": "6", "batch": "1", "median_s": t}
+            for b, t in (("toy", "0.5"), ("eager", "1.0"), ("not-a-backend", "0.1"))]
+    assert ranking.rank(rows) == {"maf": ["toy", "eager"]}
+
+
+def test_register_refuses_a_taken_name_or_a_bad_spec(toy_backend):
+    from nfkd.inference import registry
+
+    with pytest.raises(ValueError, match="taken"):
+        registry.register(registry.BackendSpec("eager2", "a:b", "a:c", "x", aliases=("torch",)))
+    with pytest.raises(ValueError, match="module:function"):
+        registry.register(registry.BackendSpec("other", "no-colon", "a:c", "x"))
+    with pytest.raises(InputError, match="unknown backend 'nope'"):
+        registry.canonical("nope")

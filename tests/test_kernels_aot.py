@@ -192,8 +192,9 @@ def test_unlisted_flows_fall_back_to_pytorch(monkeypatch):
     """supports(): a flow wider than the list, or a GPU architecture the check does not cover."""
     from kernels import glow_step as G
     from kernels import tabular as T
-    from kernels.testing import glow_flow, tabular_flow
     from nfkd.fold import fold
+
+    from .kernel_helpers import glow_flow, tabular_flow
 
     small = fold(tabular_flow("maf", 6, hidden=16, blocks=1), torch.float32)
     wide_hidden = fold(tabular_flow("glow1d", 6, hidden=129, steps=1), torch.float32)

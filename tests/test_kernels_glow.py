@@ -14,8 +14,9 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from kernels import _env  # noqa: E402
-from kernels.testing import fresh_seed, glow_flow, kernel_module, max_rel_err, max_scaled_err  # noqa: E402
 from nfkd.fold import fold  # noqa: E402
+
+from .kernel_helpers import fresh_seed, glow_flow, kernel_module, max_rel_err, max_scaled_err  # noqa: E402
 
 G = kernel_module("glow_step")  # skips with a fix hint if triton was imported too early
 
@@ -96,7 +97,7 @@ def test_glow_log_prob(name, batch, layout, use_dot):
         ref = ref64.log_prob(x)
         torch.testing.assert_close(ref, flow.log_prob(x), rtol=1e-9, atol=1e-8)
     with _env.poison_outputs():
-        got = G.glow_log_prob_triton(f32, x.float().to(DEV), layout=layout, block_p=16, use_dot=use_dot)
+        got = G.glow_log_prob_triton(G.pack(f32, use_dot), x.float().to(DEV), layout=layout, block_p=16)
     assert torch.isfinite(got).all(), f"seed={seed}"
     err = max_rel_err(got.cpu(), ref)
     assert err < LP_TOL, f"{name} B={batch} {layout}: rel err {err:.2e} (seed={seed})"
@@ -113,8 +114,8 @@ def test_glow_sample(name, batch, layout, use_dot):
         torch.testing.assert_close(ref, flow.sample(batch, 0.7, noise=noise), rtol=1e-8, atol=1e-8)
     out = torch.full((batch, *flow.event_shape), float("nan"), device=DEV)
     with _env.poison_outputs():
-        got = G.glow_sample_triton(f32, [z.float().to(DEV) for z in noise], 0.7, layout=layout, out=out,
-                                   block_p=16, use_dot=use_dot)
+        got = G.glow_sample_triton(G.pack(f32, use_dot), [z.float().to(DEV) for z in noise], 0.7, layout=layout,
+                                   out=out, block_p=16)
     assert got is out and torch.isfinite(got).all(), f"unwritten output (seed={seed})"
     err = max_scaled_err(got.cpu(), ref)
     assert err < SAMPLE_TOL, f"{name} B={batch} {layout}: err {err:.2e} (seed={seed})"
@@ -127,10 +128,10 @@ def test_round_trip_and_checks():
     x = torch.rand(1, *flow.event_shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) - 0.5
     with torch.no_grad():
         latents = ref64.forward(x).latents
-    back = G.glow_sample_triton(f32, [z.float().to(DEV) for z in latents], 1.0, block_p=16)
+    back = G.glow_sample_triton(G.pack(f32), [z.float().to(DEV) for z in latents], 1.0, block_p=16)
     assert max_scaled_err(back.cpu(), x) < SAMPLE_TOL, f"seed={seed}"
     with pytest.raises(ValueError):
-        G.glow_log_prob_triton(ref64.to(DEV), x.to(DEV))  # float64 folded: kernels are float32
+        G.pack(ref64.to(DEV))  # float64 folded: kernels are float32
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -144,9 +145,10 @@ def test_half_precision_inputs_and_float32_only_model(dtype):
     noise = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in flow.noise_shapes(2)]
     with torch.no_grad():
         ref_lp, ref_s = ref64.log_prob(x.double()), ref64.sample(len(noise[0]), 0.7, noise=[z.double() for z in noise])
-    lp = G.glow_log_prob_triton(f32, x.to(DEV), block_p=16)
-    s = G.glow_sample_triton(f32, [z.to(DEV) for z in noise], 0.7, block_p=16)
+    pk = G.pack(f32)
+    lp = G.glow_log_prob_triton(pk, x.to(DEV), block_p=16)
+    s = G.glow_sample_triton(pk, [z.to(DEV) for z in noise], 0.7, block_p=16)
     assert max_rel_err(lp.cpu(), ref_lp) < LP_TOL and max_scaled_err(s.cpu(), ref_s) < SAMPLE_TOL, f"seed={seed}"
     half_model = fold(flow, dtype).to(DEV)
     with pytest.raises(ValueError, match=r"run float32: fold\(flow, torch.float32\)"):
-        G.glow_log_prob_triton(half_model, x.to(DEV))
+        G.pack(half_model)

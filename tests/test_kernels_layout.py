@@ -17,9 +17,10 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from kernels import layout  # noqa: E402
-from kernels.testing import kernel_module, tabular_flow  # noqa: E402
 from nfkd.flows.base import LOG_2PI  # noqa: E402
 from nfkd.fold import constant_logdet, fold, linear_layers  # noqa: E402
+
+from .kernel_helpers import kernel_module, tabular_flow  # noqa: E402
 
 T = kernel_module("tabular")
 

@@ -15,8 +15,9 @@ if not torch.cuda.is_available():  # CPU: run the kernels through the Triton int
 import pytest  # noqa: E402
 
 from kernels import _env  # noqa: E402
-from kernels.testing import fresh_seed, kernel_module, max_rel_err, max_scaled_err, tabular_flow  # noqa: E402
 from nfkd.fold import fold  # noqa: E402
+
+from .kernel_helpers import fresh_seed, kernel_module, max_rel_err, max_scaled_err, tabular_flow  # noqa: E402
 
 T = kernel_module("tabular")  # skips with a fix hint if triton was imported too early
 
@@ -68,7 +69,7 @@ def test_log_prob_matches_float64(arch, dim, opts, batch):
         ref_flow = flow.log_prob(x)
     torch.testing.assert_close(ref, ref_flow, rtol=1e-9, atol=1e-9)  # the reference is the flow
     with _env.poison_outputs():
-        got = T.tabular_log_prob(f32, x.float().to(DEV), out=_nan(batch), block_b=BLOCK)
+        got = T.tabular_log_prob(T.pack(f32), x.float().to(DEV), out=_nan(batch), block_b=BLOCK)
     assert torch.isfinite(got).all(), f"unwritten/NaN log p (seed={seed})"
     err = max_rel_err(got.cpu(), ref)
     assert err < LP_TOL, f"{arch} D={dim} B={batch}: rel err {err:.2e} (seed={seed})"
@@ -89,7 +90,7 @@ def test_sample_matches_float64(arch, dim, opts, batch):
     torch.testing.assert_close(ref, ref_flow, rtol=1e-8, atol=1e-8)
     sample = T.maf_sample if arch == "maf" else T.glow1d_sample
     with _env.poison_outputs():
-        got = sample(f32, z.float().to(DEV), 0.8, out=_nan(batch, dim), block_b=BLOCK)
+        got = sample(T.pack(f32), z.float().to(DEV), 0.8, out=_nan(batch, dim), block_b=BLOCK)
     assert torch.isfinite(got).all(), f"unwritten/NaN sample (seed={seed})"
     err = max_scaled_err(got.cpu(), ref)
     assert err < SAMPLE_TOL, f"{arch} D={dim} B={batch}: err {err:.2e} (seed={seed})"
@@ -107,31 +108,33 @@ def test_broadcast_matmul_path_and_strided_input(arch):
     with torch.no_grad():
         ref = ref64.log_prob(x)
     with _env.poison_outputs():
-        got = T.tabular_log_prob(f32, x.float().to(DEV), block_b=BLOCK, use_dot=False)
+        got = T.tabular_log_prob(T.pack(f32), x.float().to(DEV), block_b=BLOCK, use_dot=False)
         z = torch.randn(5, 6, generator=g, dtype=torch.float64)
-        s = T.tabular_sample(f32, z.float().to(DEV), 1.0, block_b=BLOCK, use_dot=False)
+        s = T.tabular_sample(T.pack(f32), z.float().to(DEV), 1.0, block_b=BLOCK, use_dot=False)
     assert max_rel_err(got.cpu(), ref) < LP_TOL, f"seed={seed}"
     assert max_scaled_err(s.cpu(), ref64.sample(len(z), 1.0, noise=[z])) < SAMPLE_TOL, f"seed={seed}"
 
 
-def test_tensor_temperature_and_pack_cache():
+def test_tensor_temperature_and_pack_is_a_snapshot():
     flow, ref64, f32 = _models("maf", 6, {})
-    p1 = T.pack(f32)
-    assert T.pack(f32) is p1  # cached
     seed = fresh_seed()
     z = torch.randn(3, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     temp = torch.tensor([[0.5], [1.0], [1.5]], dtype=torch.float64)
-    got = T.maf_sample(f32, z.float().to(DEV), temp.float().to(DEV), block_b=BLOCK)
+    got = T.maf_sample(T.pack(f32), z.float().to(DEV), temp.float().to(DEV), block_b=BLOCK)
     assert max_scaled_err(got.cpu(), ref64.sample(len(z), temp, noise=[z])) < SAMPLE_TOL, f"seed={seed}"
-    # an in-place change of a folded buffer invalidates the packed copy
+    # the packed buffer is a copy taken once (the triton Runner owns it): a later change of the folded
+    # module is seen by a new pack only
     f32b = fold(flow, torch.float32).to(DEV)
-    T.pack(f32b)
+    before = T.pack(f32b)
     with torch.no_grad():
         f32b.blocks[0].made.net[0].bias.add_(0.5)
-    assert T.pack(f32b) is not T.pack(f32) and T.pack(f32b) is T.pack(f32b)
+    after = T.pack(f32b)
+    assert torch.equal(before.buf, T.pack(f32).buf) and not torch.equal(after.buf, before.buf)
     x = flow.normalize.loc + torch.randn(4, 6, dtype=torch.float64)
-    got = T.tabular_log_prob(f32b, x.float().to(DEV), block_b=BLOCK)
-    assert max_rel_err(got.cpu(), f32b.log_prob(x.float().to(DEV)).cpu()) < LP_TOL
+    with torch.no_grad():
+        for p, model in ((after, f32b), (before, f32)):
+            got = T.tabular_log_prob(p, x.float().to(DEV), block_b=BLOCK)
+            assert max_rel_err(got.cpu(), model.log_prob(x.float().to(DEV)).cpu()) < LP_TOL
 
 
 def test_unsupported_raises():
@@ -141,7 +144,7 @@ def test_unsupported_raises():
     with pytest.raises(ValueError):
         T.pack(fold(wide, torch.float32))
     with pytest.raises(ValueError):
-        T.maf_sample(fold(flow, torch.float32).to(DEV), torch.zeros(2, 6, device=DEV))
+        T.maf_sample(T.pack(fold(flow, torch.float32).to(DEV)), torch.zeros(2, 6, device=DEV))
 
 
 # float16 / bfloat16 inputs: the launchers convert them to float32 on entry (the kernels compute
@@ -160,8 +163,8 @@ def test_half_precision_inputs(arch, dim, opts, dtype):
     with torch.no_grad():  # the reference sees the same rounded values, in float64
         ref_lp, ref_s = ref64.log_prob(x.double()), ref64.sample(len(z), 0.8, noise=[z.double()])
     with _env.poison_outputs():
-        lp = T.tabular_log_prob(f32, x.to(DEV), block_b=BLOCK)
-        s = T.tabular_sample(f32, z.to(DEV), 0.8, block_b=BLOCK)
+        lp = T.tabular_log_prob(T.pack(f32), x.to(DEV), block_b=BLOCK)
+        s = T.tabular_sample(T.pack(f32), z.to(DEV), 0.8, block_b=BLOCK)
     assert lp.dtype == torch.float32 and s.dtype == torch.float32
     assert max_rel_err(lp.cpu(), ref_lp) < LP_TOL, f"{arch} {dtype} (seed={seed})"
     assert max_scaled_err(s.cpu(), ref_s) < SAMPLE_TOL, f"{arch} {dtype} (seed={seed})"
@@ -183,22 +186,27 @@ def test_iaf_sample_matches_float64(arch, dim, opts, batch):
         ref = ref64.sample(batch, 0.8, noise=[z])
     torch.testing.assert_close(ref, flow.sample(batch, 0.8, noise=[z]), rtol=1e-8, atol=1e-8)
     with _env.poison_outputs():
-        got = T.iaf_sample(f32, z.float().to(DEV), 0.8, out=_nan(batch, dim), block_b=BLOCK)
+        got = T.iaf_sample(T.pack(f32), z.float().to(DEV), 0.8, out=_nan(batch, dim), block_b=BLOCK)
     assert torch.isfinite(got).all(), f"unwritten/NaN sample (seed={seed})"
     err = max_scaled_err(got.cpu(), ref)
     assert err < SAMPLE_TOL, f"iaf D={dim} B={batch}: err {err:.2e} (seed={seed})"
-    assert T.tabular_sample(f32, z.float().to(DEV), 0.8, block_b=BLOCK).cpu().equal(got.cpu())
+    assert T.tabular_sample(T.pack(f32), z.float().to(DEV), 0.8, block_b=BLOCK).cpu().equal(got.cpu())
 
 
-def test_iaf_has_no_density_kernel_and_dispatch_falls_back():
-    from kernels.dispatch import _kernel_supported, fast_log_prob, use_kernels
+def test_iaf_has_no_density_kernel_and_the_runner_binds_pytorch_at_load():
+    from kernels.backend import kernel_ops
+    from nfkd import inference
 
     flow, ref64, f32 = _models("iaf", 6, {})
     assert T.supports(f32, ("sample",)) and not T.supports(f32, ("log_prob",))
-    assert _kernel_supported(f32, "sample") and not _kernel_supported(f32, "log_prob")
+    assert kernel_ops(f32) == ["sample"]
     x = flow.normalize.loc + flow.normalize.scale * torch.randn(4, 6, dtype=torch.float64)
     with pytest.raises(ValueError, match="no Triton density kernel"):
-        T.tabular_log_prob(f32, x.float().to(DEV))
-    with use_kernels(True):
-        got = fast_log_prob(f32, x.float().to(DEV))
-    assert max_rel_err(got.cpu(), ref64.log_prob(x)) < LP_TOL
+        T.tabular_log_prob(T.pack(f32), x.float().to(DEV))
+    runner = inference.load(flow, backend="triton", device=DEV.type)
+    assert runner.info()["kernel_ops"] == ["sample"]
+    assert max_rel_err(runner.log_prob(x.float()).cpu(), ref64.log_prob(x)) < LP_TOL
+    z = torch.randn(5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        ref = ref64.sample(5, 0.8, noise=[z])
+    assert max_scaled_err(runner.sample(noise=[z.float()], temperature=0.8).cpu(), ref) < SAMPLE_TOL

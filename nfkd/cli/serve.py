@@ -175,7 +175,9 @@ def main_serve(argv: list[str] | None = None) -> int:
     if args.instances != 1:
         raise InputError("--instances needs --engine triton (the built-in service runs one model thread)")
     backend = _load(args, threads)
-    if backend.name != "tensorrt":
+    from ..inference.registry import BACKENDS
+
+    if getattr(BACKENDS.get(backend.name), "uses_threads", True):  # a GPU engine (TensorRT) takes no thread count
         backend.extra["threads"] = threads
     config = ServeConfig(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_request_rows=args.max_request_rows,

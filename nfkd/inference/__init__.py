@@ -35,12 +35,12 @@ import torch
 from ..errors import InputError
 from .bundle import is_pair_bundle
 from .pair import PairRunner, load_bundle, load_pair
-from .registry import BACKENDS, BackendStatus, backends, loader, ranking, status
+from .registry import BACKENDS, BackendStatus, backends, canonical, loader, ranking, register, status
 from .runner import ModelMeta, Runner, draw_noise
 from .sources import ModelSource, resolve_source
 
 __all__ = ["BACKENDS", "BackendStatus", "ModelMeta", "PairRunner", "Runner", "backends", "draw_noise", "load",
-           "load_pair", "ranking"]
+           "load_pair", "ranking", "register"]
 
 
 def _device(device: str | torch.device | None) -> str:
@@ -60,7 +60,7 @@ def _threads(threads: Any) -> int | None:
     return threads
 
 
-#: The keyword options ``load`` passes on to backends (see export/backends.py).
+#: The keyword options ``load`` passes on to backends (see export/runtime.py).
 OPTIONS = ("cache_dir", "export_dir")
 
 
@@ -77,19 +77,23 @@ def _check_options(options: dict[str, Any], pair: bool = False) -> None:
                          f"backend, device, threads, {', '.join(valid)}")
 
 
+def _kind(source: ModelSource) -> str:
+    """Which of the registry's inputs ``source`` is: 'export', 'checkpoint' or 'flow'."""
+    return "export" if source.export_folder is not None else "checkpoint" if source.checkpoint is not None else "flow"
+
+
 def _choose(source: ModelSource, device: str) -> str:
     tried = []
+    kind = _kind(source)
     order = ranking(device, source.meta.arch)
-    if source.export_folder is not None:  # an export runs on an export runtime, ranked for its arch or not
-        order += [b for b in ("onnxruntime", "tensorrt") if b not in order]
+    if kind == "export":  # an export runs on a backend that takes exports, ranked for its arch or not
+        order += [b for b, s in BACKENDS.items() if s.accepts(kind) and b not in order]
     for name in order:
+        if name not in BACKENDS or not BACKENDS[name].accepts(kind) or not BACKENDS[name].runs(source.meta.arch):
+            continue
         st = status(name)
         if not st.available or device.split(":")[0] not in st.devices:
             tried.append(f"{name}: {st.reason if not st.available else 'not on ' + device}")
-            continue
-        if source.export_folder is not None and name not in ("onnxruntime", "tensorrt"):
-            continue
-        if not BACKENDS[name].runs(source.meta.arch):
             continue
         return name
     raise InputError(f"no backend can run this {source.meta.arch} model on {device}: " + "; ".join(tried))
@@ -113,8 +117,7 @@ def load(model: Any, backend: str = "auto", device: str | torch.device | None = 
     _check_options(options, pair=is_pair_bundle(model))
     device = _device(device)
     threads = _threads(threads)
-    if backend != "auto" and backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}; choose 'auto' or one of {list(BACKENDS)}")
+    backend = canonical(backend)  # an alias ("torch") names its backend; an unknown name is refused
     if is_pair_bundle(model):
         return load_bundle(model, backend=backend, device=device, threads=threads, **options)
     source = resolve_source(os.fspath(model) if isinstance(model, os.PathLike) else model)
@@ -124,6 +127,9 @@ def load(model: Any, backend: str = "auto", device: str | torch.device | None = 
         raise InputError(f"backend {name!r} is not available here: {st.reason}")
     if device.split(":")[0] not in st.devices:
         raise InputError(f"backend {name!r} does not run on {device} here (it runs on {', '.join(st.devices)})")
+    if not BACKENDS[name].accepts(_kind(source)):
+        raise InputError(f"backend {name!r} runs the PyTorch flow and needs the checkpoint file (.pt) or a Flow, "
+                         f"not the export folder {source.export_folder}")
     if not BACKENDS[name].runs(source.meta.arch):
         raise InputError(f"backend {name!r} runs {', '.join(BACKENDS[name].archs or ())} models, not "
                          f"{source.meta.arch}; use backend='auto'")

@@ -1,7 +1,6 @@
-"""What ``load`` was given (a flow, a checkpoint, an export folder) and the PyTorch backends' loaders."""
+"""What ``load`` was given: a flow, a checkpoint or an export folder, resolved once into a ``ModelSource``."""
 from __future__ import annotations
 
-import copy
 import json
 import os
 from dataclasses import dataclass, field
@@ -12,9 +11,8 @@ from ..errors import InputError
 from ..flows import Flow
 from ..folder_files import MAX_MANIFEST_BYTES, read_member
 from .runner import ModelMeta
-from .torch_runners import CompiledRunner, TorchRunner
 
-__all__ = ["ModelSource", "resolve_source", "load_eager", "load_folded", "load_compiled"]
+__all__ = ["ModelSource", "resolve_source", "trained_flow"]
 
 MANIFEST_NAME = "manifest.json"
 
@@ -64,24 +62,9 @@ def resolve_source(model: Any) -> ModelSource:
                        metadata=dict(ckpt.metadata))
 
 
-def _trained(source: ModelSource, backend: str) -> Flow:
+def trained_flow(source: ModelSource, backend: str) -> Flow:
+    """The PyTorch flow a backend runs, or one clear error for an export folder."""
     if source.flow is None:
         raise InputError(f"backend {backend!r} runs the PyTorch flow and needs the checkpoint file (.pt) or a Flow, "
                          f"not the export folder {source.export_folder}")
     return source.flow
-
-
-def load_eager(source: ModelSource, device: str, threads: int | None, options: dict[str, Any]) -> TorchRunner:
-    return TorchRunner(copy.deepcopy(_trained(source, "eager")), source.meta, "eager", device, threads)
-
-
-def load_folded(source: ModelSource, device: str, threads: int | None, options: dict[str, Any]) -> TorchRunner:
-    from ..fold import fold
-
-    return TorchRunner(fold(_trained(source, "folded")), source.meta, "folded", device, threads)
-
-
-def load_compiled(source: ModelSource, device: str, threads: int | None, options: dict[str, Any]) -> CompiledRunner:
-    from ..fold import fold
-
-    return CompiledRunner(fold(_trained(source, "compile")), source.meta, device, threads)

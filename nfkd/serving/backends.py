@@ -33,12 +33,13 @@ from typing import Any
 import numpy as np
 
 from nfkd.errors import InputError
+from nfkd.inference import registry
 from nfkd.inference.runner import draw_noise
 
 __all__ = ["BACKENDS", "ModelBackend", "RunnerBackend", "draw_noise", "load_backend", "load_pair_backend"]
 
-# "torch" is the eager flow (the service's historical name); the rest are nfkd.inference's backends
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch", "eager", "folded", "compile", "triton", "numba")
+# 'auto', nfkd.inference's backends and their aliases ("torch" is eager): a live view of the registry
+BACKENDS = registry.NAMES
 DEFAULT_MAX_BATCH = 1 << 30  # PyTorch backends take any batch; the service's own limits bound requests
 log = logging.getLogger("nfkd.serve")
 PASSED_THROUGH = ("export", "kernel_ops", "pair")  # Runner.info() sections that GET /metadata shows as they are
@@ -128,7 +129,7 @@ def _backend_name(backend: str | None, what: str = "backend") -> str | None:
         return None
     if backend not in BACKENDS:
         raise InputError(f"{what} must be one of {BACKENDS}, got {backend!r}")
-    return "eager" if backend == "torch" else backend
+    return registry.canonical(backend)
 
 
 def _side_options(density_backend: str | None, sampler_backend: str | None) -> dict[str, str]:
@@ -164,7 +165,7 @@ def load_backend(
     sides = _side_options(density_backend, sampler_backend)
     if sides and not pair:
         raise InputError(f"--density-backend / --sampler-backend apply to a pair; {path} is one model: use --backend")
-    if path.is_dir() and not pair and name not in ("auto", "onnxruntime", "tensorrt"):
+    if path.is_dir() and not pair and name != "auto" and not registry.spec(name).accepts("export"):
         raise InputError(f"backend {backend!r} runs the PyTorch flow and needs the checkpoint file (.pt), not the "
                          f"export folder {path}")
     # threads: ONNX Runtime's session, and torch's count set inside the model thread (init_model_thread)

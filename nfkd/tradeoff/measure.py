@@ -117,10 +117,10 @@ def _load(model_src: Any, backend: str, device: str, threads: int, arch: str, ex
         return None, f"runs {', '.join(BACKENDS[backend].archs or ())} models, not {arch}"
     if device not in st.devices:
         return None, f"runs on {', '.join(st.devices)}, not {device}"
-    if backend == "triton" and device == "cpu":
-        return None, "the Triton interpreter (TRITON_INTERPRET=1) checks kernels on CPU; its timings mean nothing"
+    if device not in BACKENDS[backend].devices:  # e.g. the Triton interpreter (TRITON_INTERPRET=1) on CPU
+        return None, f"only emulated on {device} here (for tests); its timings mean nothing"
     options: dict[str, Any] = {}
-    if backend in ("onnxruntime", "tensorrt"):
+    if BACKENDS[backend].runs_exports:
         options = {"cache_dir": export_root / "cache", "export_dir": export_root / f"{name}-{backend}"}
     try:
         return inference.load(model_src, backend, device=device, threads=threads, **options), ""

@@ -1,4 +1,4 @@
-"""Helpers shared by the kernel tests and ``bench/gpu_check.py`` (no triton import here).
+"""Models and error measures shared by the kernel tests and ``bench/gpu_check.py`` (no triton import here).
 
 Models use fixed seeds (well-conditioned, non-identity weights, so failures reproduce); inputs
 are fresh random draws each run with their seed reported in assertion messages.
