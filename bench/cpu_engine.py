@@ -128,7 +128,7 @@ def _sample_error(flow, runner, batch: int) -> float:
 
     noise = draw_noise(runner.noise_shapes, batch, seed=1)
     with torch.no_grad():
-        want = copy.deepcopy(flow).double().sample(batch, 1.0, noise=[torch.from_numpy(z).double() for z in noise])
+        want = copy.deepcopy(flow).double().sample(batch, temperature=1.0, noise=[torch.from_numpy(z).double() for z in noise])
     return float((torch.from_numpy(runner.sample(noise=noise)).double() - want).abs().max())
 
 
@@ -145,7 +145,7 @@ def iaf_sampling(say, dim: int, batch: int, rounds: int) -> None:
                "IAF student, eager": inference.load(iaf, "eager", threads=1)}
     ref = "IAF student, numba"
     errs = {k: _sample_error(iaf if k.startswith("IAF") else maf, r, batch) for k, r in runners.items()}
-    fns = {k: (lambda r=r: r.sample(batch, 1.0, seed=0)) for k, r in runners.items()}
+    fns = {k: (lambda r=r: r.sample(batch, temperature=1.0, seed=0)) for k, r in runners.items()}
     # the same decode from given noise: drawing the unit noise (numpy's default_rng, ~2.6 ms for 4096 x 63 on
     # the bench machine) is shared by every backend and hides the engine's own ratio
     noise = inference.draw_noise(runners[ref].noise_shapes, batch, seed=0)

@@ -258,7 +258,7 @@ class Ctx:
 
     def sample_kernel(self, folded, noise, t, **kw):
         if not self.k:
-            return folded.sample(noise[0].shape[0], t, noise=list(noise))
+            return folded.sample(noise[0].shape[0], temperature=t, noise=list(noise))
         if not folded.tabular:
             from kernels.glow_step import glow_sample_triton
 
@@ -338,7 +338,7 @@ class Ctx:
                      * torch.randn(B, D, generator=g, dtype=torch.float64)).to(self.dev)
                 z = torch.randn(B, D, generator=g, dtype=torch.float64).to(self.dev)
                 ref_lp = f64.log_prob(x)
-                ref_s = f64.sample(len(z), 0.8, noise=[z])
+                ref_s = f64.sample(len(z), temperature=0.8, noise=[z])
                 for prec in precs:
                     kw = {"precision": prec} if prec else {}
                     lp = self.lp_kernel(f32, x.float(), **kw)
@@ -361,7 +361,7 @@ class Ctx:
                 g = torch.Generator(device="cpu").manual_seed(B)
                 x = (torch.rand(B, *flow.event_shape, generator=g, dtype=torch.float64) - 0.5).to(self.dev)
                 noise = [torch.randn(s, generator=g, dtype=torch.float64).to(self.dev) for s in flow.noise_shapes(B)]
-                ref_lp, ref_s = f64.log_prob(x), f64.sample(B, 0.7, noise=noise)
+                ref_lp, ref_s = f64.log_prob(x), f64.sample(B, temperature=0.7, noise=noise)
                 for lay in layouts:
                     kw = {"layout": lay} if lay else {}
                     if self.dry and self.k:
@@ -445,9 +445,9 @@ class Ctx:
         z = torch.randn(Bs, D, device=self.dev)
         sa = {"model": self.name("tab", spec), "op": "sample", "B": Bs}
         sa["flow_ms"] = self.bench(lambda: flow32.inverse([z]).x, max_iters=20)
-        sa["folded_ms"] = self.bench(lambda: f32.sample(len(z), 1.0, noise=[z]), max_iters=20)
+        sa["folded_ms"] = self.bench(lambda: f32.sample(len(z), temperature=1.0, noise=[z]), max_iters=20)
         if f32.one_pass_sampling:  # compiling D x blocks unrolled MADE passes takes minutes
-            decode = lambda noise, t: f32.sample(len(noise[0]), t, noise=noise)  # noqa: E731
+            decode = lambda noise, t: f32.sample(len(noise[0]), temperature=t, noise=noise)  # noqa: E731
             sa["compile_ms"], sa["compile_s"] = self._timed_compile(self._compiled(decode, sa["model"]), [z], 1.0)
         sa["triton_ms"] = self.bench(lambda: self.sample_kernel(f32, [z], 1.0), max_iters=50)
         sa["triton_GB/s"] = (2 * Bs * D * 4 + wbytes) / (sa["triton_ms"] * 1e-3) / 1e9
@@ -466,7 +466,7 @@ class Ctx:
         layouts = ["nhwc", "nchw"] if self.k else ["torch"]
         calls = {  # op: (eager flow, folded module's call, the kernel's call, their inputs)
             "log_prob": (lambda: flow32.log_prob_unchecked(x), f32.log_prob, self.lp_kernel, (x,)),
-            "sample": (lambda: flow32.inverse(noise).x, lambda *a: f32.sample(B, *a[1:], noise=a[0]),
+            "sample": (lambda: flow32.inverse(noise).x, lambda *a: f32.sample(B, temperature=a[1], noise=a[0]),
                        self.sample_kernel, (noise, 1.0)),
         }
         rows = []

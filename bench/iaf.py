@@ -57,7 +57,7 @@ def candidates(dim: int, batch: int, threads: int, direction: str) -> tuple[dict
         for backend in ("eager", "folded"):
             r = inference.load(flow, backend, threads=threads)
             key = f"{name}, {backend}"
-            fns[key] = (lambda r=r: r.sample(batch, 1.0, seed=0)) if direction == "sample" else (lambda r=r: r.log_prob(x))
+            fns[key] = (lambda r=r: r.sample(batch, temperature=1.0, seed=0)) if direction == "sample" else (lambda r=r: r.log_prob(x))
     notes = []
     try:
         cfg = PRESETS["maf-paper"]["student"]

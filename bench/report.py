@@ -7,7 +7,7 @@ batch size, one line per backend and role; one panel per dimension) and ``DIR/<n
 per benchmark, no raw timings). ``DIR`` defaults to the first JSON's folder.
 
 Per benchmark: time per batch = the chosen statistic (``--stat``, default the median over rounds;
-mean ± std is printed beside it), samples per second = batch / time, and speed-up = time of the
+the rounds' interquartile range [Q1–Q3] is printed beside it), samples per second = batch / time, and speed-up = time of the
 *eager teacher* (nfkd's flow as trained, same direction / arch / dim / batch) / time. Several JSON
 files may be combined (e.g. density and sampling run separately); a later file's benchmark replaces
 an earlier one of the same name, and a speed-up whose reference comes from another file (another
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from nfkd.inference.registry import BACKENDS as _REGISTRY
+from nfkd.metrics.uncertainty import is_loaded
 
 STATS = ("median", "min", "mean")
 PEERS = ("nflows", "zuko")
@@ -67,6 +68,8 @@ class Row:
     speedup: float | None = None  # over the eager teacher of the same group
     speedup_other_run: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    peak_gflops: float | None = None  # the matmul peak measured in this row's own run (None: not measured there)
+    loaded: bool = False  # other work held the machine at the start or end of this row's run
 
     @property
     def group(self) -> tuple:
@@ -93,8 +96,10 @@ def load_rows(paths: Sequence[str | Path]) -> tuple[list[Row], list[dict[str, An
     infos = []
     for i, p in enumerate(paths):
         data = json.loads(Path(p).read_text())
-        infos.append({"path": str(p), "datetime": data.get("datetime"), "machine_info": data.get("machine_info", {}),
-                      "version": data.get("version")})
+        m = data.get("machine_info", {})
+        infos.append({"path": str(p), "datetime": data.get("datetime"), "machine_info": m,
+                      "version": data.get("version"), "loaded": run_loaded(m)})
+        peak = (m.get("roofline") or {}).get("peak_gflops")
         for b in data.get("benchmarks", []):
             e = b.get("extra_info") or {}
             if not {"arch", "role", "backend", "batch", "direction"} <= e.keys():
@@ -104,10 +109,26 @@ def load_rows(paths: Sequence[str | Path]) -> tuple[list[Row], list[dict[str, An
                 name=b["name"], direction=e["direction"], arch=e["arch"], dim=int(e.get("dim", 0)),
                 shape=str(e.get("shape", e.get("dim", ""))), batch=int(e["batch"]), role=e["role"],
                 backend=e["backend"], params=int(e.get("params", 0)), preset=str(e.get("preset", "")),
-                stats={k: float(st[k]) for k in ("min", "max", "mean", "stddev", "median") if k in st},
+                stats={k: float(st[k]) for k in ("min", "max", "mean", "stddev", "median", "q1", "q3", "iqr") if k in st},
                 rounds=int(st.get("rounds", 0)), iterations=int(st.get("iterations", 1)), source=i, extra=e,
+                peak_gflops=float(peak) if peak else None, loaded=infos[-1]["loaded"],
             )
     return list(by_name.values()), infos
+
+
+def run_loaded(machine_info: dict[str, Any]) -> bool:
+    """Whether other work loaded the machine at the start or the end of a run (load average vs CPUs; at the end
+    the run's own threads are subtracted)."""
+    cpus, threads = machine_info.get("cpu_count"), int(machine_info.get("bench_threads") or 0)
+    start, end = (machine_info.get(k) for k in ("loadavg_start", "loadavg_end"))
+    first = (lambda v: float(v[0]) if isinstance(v, list) and v else None)
+    return is_loaded(first(start), cpus) or is_loaded(first(end), cpus, threads)
+
+
+def pct_of_peak(r: Row) -> float | None:
+    """GFLOP/s as a share of the matmul peak measured in the same run; None when that run measured no peak."""
+    g = r.extra.get("gflops")
+    return None if g is None or not r.peak_gflops else 100 * g / r.peak_gflops
 
 
 def derive(rows: list[Row], stat: str = "median") -> list[Row]:
@@ -151,10 +172,10 @@ def fmt_ms(seconds: float) -> str:
 
 
 def fmt_time(r: Row) -> str:
-    """Median (mean ± std) in ms, the paper's 'time ± std' with a robust centre."""
-    mean, sd = r.stats.get("mean", math.nan), r.stats.get("stddev", 0.0)
-    sd_txt = fmt_ms(sd) if r.rounds > 1 else "n/a"
-    return f"{fmt_ms(r.time_s)} ({fmt_ms(mean)} ± {sd_txt})"
+    """The chosen statistic with the rounds' IQR in ms: 'time [Q1–Q3]' (a spread one slow round cannot blow up)."""
+    if r.rounds < 2 or "q1" not in r.stats:
+        return f"{fmt_ms(r.time_s)} [n/a]"
+    return f"{fmt_ms(r.time_s)} [{fmt_ms(r.stats['q1'])}–{fmt_ms(r.stats['q3'])}]"
 
 
 def fmt_rate(v: float) -> str:
@@ -210,6 +231,9 @@ def header_section(infos: list[dict[str, Any]], stat: str, rows: list[Row]) -> s
             f"presets {m.get('presets', {})}"
         )
     for info in infos:
+        if info.get("loaded"):
+            out.append(f"  - `{Path(info['path']).name}`: **the machine was loaded** during this run; its times and "
+                       "% of peak measure shared CPUs — compare rows of this run with each other only")
         roof = info["machine_info"].get("roofline")
         if roof:
             out.append(
@@ -224,13 +248,17 @@ def header_section(infos: list[dict[str, Any]], stat: str, rows: list[Row]) -> s
         "",
         *out,
         "",
-        f"Time per batch: **{stat}** over rounds in ms, with (mean ± std); samples/s = batch / time; "
+        f"Time per batch: **{stat}** over rounds in ms, with the rounds' [Q1–Q3] (interquartile range); "
+        "samples/s = batch / time; "
         "speed-up = eager teacher time / time, same direction, architecture, dimension and batch "
         "(eager = the nfkd flow as trained, `flow.log_prob` / `flow.sample` under `torch.no_grad`). "
         "Sampling times include drawing the noise. Models have random (perturbed) weights: speed does "
-        "not depend on training. std 'n/a': a single round (long calls). GFLOP/s = the folded model's "
+        "not depend on training. IQR 'n/a': a single round (long calls). GFLOP/s = the folded model's "
         "useful FLOPs (matmuls and convolutions without a MADE's masked zeros, `bench/roofline.py`) / time; "
-        "% peak = of the matmul peak at the run's thread count.",
+        "% peak = of the matmul peak measured in the same run at its thread count ('-' when that run measured "
+        "none); 'loaded': the run's machine was loaded (1-min load average, less the run's threads, above half "
+        "the CPUs at its start or end), so both the time and the peak measure shared CPUs; above 100 % the peak "
+        "itself was measured under load.",
     ])
 
 
@@ -427,8 +455,14 @@ def _peers(rows: list[Row], idx: dict) -> list[str]:
 
 
 def _fmt_roof(r: Row) -> str:
-    g, pct = r.extra.get("gflops"), r.extra.get("pct_of_peak")
-    return "-" if g is None else f"{g:.2f} ({pct:.1f} %)"
+    """'GFLOP/s (% of the same run's peak)', flagged when that run's machine was loaded or the share is impossible."""
+    g, pct = r.extra.get("gflops"), pct_of_peak(r)
+    if g is None:
+        return "-"
+    if pct is None:
+        return f"{g:.2f} (-)"
+    flag = "; peak measured under load" if pct > 100 else "; loaded" if r.loaded else ""
+    return f"{g:.2f} ({pct:.1f} %{flag})"
 
 
 def full_section(rows: list[Row]) -> str:
@@ -442,7 +476,7 @@ def full_section(rows: list[Row]) -> str:
                      fmt_ms(r.stats.get("min", math.nan)), fmt_rate(r.samples_per_s),
                      fmt_x(r.speedup, r.speedup_other_run), _fmt_roof(r), f"{r.rounds}x{r.iterations}"] for r in sub]
             out.append(f"### {ARCH_LABEL.get(arch, arch)}, {direction}\n\n" + table(
-                ["D" if _tabular(arch) else "shape", "batch", "role", "backend", "params (k)", "ms (mean ± std)", "min ms",
+                ["D" if _tabular(arch) else "shape", "batch", "role", "backend", "params (k)", "ms [IQR]", "min ms",
                  "samples/s", "speed-up", "GFLOP/s (% peak)", "rounds x iter"], body))
     return "\n\n".join(out)
 
@@ -526,7 +560,7 @@ def write_csv(rows: list[Row], path: Path) -> None:
                         r.iterations, f"{r.time_s:.6g}", f"{r.samples_per_s:.6g}",
                         "" if r.speedup is None else f"{r.speedup:.4g}",
                         f"{r.extra['gflops']:.4g}" if "gflops" in r.extra else "",
-                        f"{r.extra['pct_of_peak']:.3g}" if "pct_of_peak" in r.extra else ""])
+                        f"{pct:.3g}" if (pct := pct_of_peak(r)) is not None else ""])
 
 
 def build_report(paths: Sequence[str | Path], out_dir: str | Path | None = None, stem: str = "report",

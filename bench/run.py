@@ -23,6 +23,17 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
+def _warn_if_loaded(threads: int) -> None:
+    """Say before the run when other work holds the CPUs: the report will flag it too, but a user can wait now."""
+    from nfkd.metrics.uncertainty import is_loaded, machine_load
+
+    load, cpus = machine_load(), os.cpu_count()
+    if is_loaded(load, cpus):
+        print(f"bench.run: load average {load:.1f} on {cpus} logical CPUs before the run: other work holds the "
+              f"machine, so its times (and the measured peak) will measure shared CPUs ({threads} threads asked)",
+              file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -48,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         "-v" if progress_enabled() else "-q",  # on a terminal: one line per benchmark as it starts
         "--benchmark-columns=min,median,mean,stddev,rounds,iterations", *extra,
     ]
+    _warn_if_loaded(a.threads)
     print("+", " ".join(cmd), flush=True)
     with phase(f"bench.run: the {name} benchmarks"):
         rc = subprocess.call(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(

@@ -372,7 +372,7 @@ def prepare(meta: dict[str, Any], runtime, seed: int, api: Api) -> dict[str, Any
     for n in (8, 64, 512):
         for t in (0.7, 1.0):
             for s in (1, 2):
-                specs.append(((n, t, s, n == 512), np.asarray(runtime.sample(n, t, seed=s), np.float64)))
+                specs.append(((n, t, s, n == 512), np.asarray(runtime.sample(n, temperature=t, seed=s), np.float64)))
     # .npy answers: decoding 65536 rows of JSON would stall this client's own event loop for ~1 s
     big = [(spec, _chunked_sample(runtime, *spec[:3]).astype(np.float64))
            for spec in ((max_n, 0.8, 11, True), (max_n, 1.0, 12, True))]

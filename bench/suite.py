@@ -444,7 +444,7 @@ class Registry:
         n, b = c.batch, c.backend
         if b in _registry():
             r = self.nfkd(b, c.arch, c.role, c.dim)
-            return lambda: r.sample(n, 1.0, seed=0)
+            return lambda: r.sample(n, temperature=1.0, seed=0)
         if b == "nflows":
             p = self.peer(b, c.role, c.dim)
             return _no_grad(lambda: p.sample(n))
@@ -477,7 +477,7 @@ class Registry:
                     ref = ref64.log_prob(x.cpu().double())
                 else:
                     noise = draw_noise([s[1:] for s in flow.noise_shapes(1)], c.batch, 0)
-                    ref = ref64.sample(c.batch, 1.0, noise=[torch.from_numpy(z).double() for z in noise])
+                    ref = ref64.sample(c.batch, temperature=1.0, noise=[torch.from_numpy(z).double() for z in noise])
             self._cache[key] = ref.numpy()
         ref = self._cache[key]
         out = fn()

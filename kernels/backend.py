@@ -60,7 +60,7 @@ def _bind(folded, ops: list[str]) -> tuple[Callable, Callable]:
 
     def torch_decode(noise: list[torch.Tensor], temperature: float) -> torch.Tensor:
         with torch.no_grad():
-            return folded.sample(noise[0].shape[0], temperature, noise=noise)
+            return folded.sample(noise[0].shape[0], temperature=temperature, noise=noise)
 
     if not ops:
         return torch_log_prob, torch_decode

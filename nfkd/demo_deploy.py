@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .demo_tables import paired_cell, score_cell, selection_lines
 from .experiment import LABELS, train_family
 from .train import TrainConfig
 
@@ -39,11 +40,13 @@ def _bundle(out: Path, runs: Path, data: Any, seed: int) -> dict[str, Any]:
 
 def run_deploy_demo(out: Path, data: Any, teacher_steps: int, student_steps: int, seed: int, log: Callable = print,
                     extra_models: dict[str, Path] | None = None, rounds: int = 3,
-                    batches: tuple[int, ...] = (1, 4096), teacher: str = "MAF teacher") -> dict[str, Any]:
+                    batches: tuple[int, ...] = (1, 4096), teacher: str = "MAF teacher",
+                    references: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Train the MAF family, bundle the pair, measure the trade-off; everything lands in ``out``.
 
     ``extra_models`` (name -> checkpoint) join the trade-off, e.g. the demo's own teacher and student;
-    ``teacher`` names the model the picks compare against ("the teacher itself meets the budget").
+    ``teacher`` names the model the picks compare against ("the teacher itself meets the budget");
+    ``references`` (name -> per-row test log p, e.g. the true density) every model is paired against.
     """
     from .tradeoff import measure_tradeoff
 
@@ -52,7 +55,7 @@ def run_deploy_demo(out: Path, data: Any, teacher_steps: int, student_steps: int
     log(f"deployment: MAF teacher -> MAF student + IAF student ({LABELS['iaf']}) on {data.name}")
     _, _, results = train_family(data, "maf", TrainConfig(steps=teacher_steps, **base),
                                  TrainConfig(steps=student_steps, **base), runs, seed, methods=["none", "iaf"],
-                                 log=lambda m: log(f"  {m}"))
+                                 log=lambda m: log(f"  {m}"), references=references)
     pair = _bundle(out, runs, data, seed)
     log(f"  pair bundle: {out / 'pair'} ({pair['faithfulness']['summary']})")
     models = {"MAF teacher": runs / "teacher" / "model.pt", "MAF student": runs / "none" / "model.pt",
@@ -60,7 +63,8 @@ def run_deploy_demo(out: Path, data: Any, teacher_steps: int, student_steps: int
     log(f"  trade-off: {len(models)} models x {len(DEMO_BACKENDS)} backends, batches {batches}, 1 thread")
     tradeoff = measure_tradeoff({k: str(v) for k, v in models.items()}, data, backends=list(DEMO_BACKENDS),
                                 threads=1, batches=batches, rounds=rounds, log=lambda m: log(f"    {m}"),
-                                teacher=teacher, export_dir=out / "runs" / "deploy_exports", seed=seed)
+                                teacher=teacher, export_dir=out / "runs" / "deploy_exports", seed=seed,
+                                references=references)
     return {"results": results, "pair": pair, "tradeoff": tradeoff}
 
 
@@ -73,15 +77,19 @@ def render_deploy_section(d: dict[str, Any], out: Path) -> str:
              "A MAF teacher, a MAF student (the density model: one pass per block) and an IAF student (the "
              "sampler: one pass per block to sample, D passes for its density) trained by the recipe "
              "(maximum likelihood, with half of every batch from the teacher's samples below 1000 training "
-             "rows). Test log-likelihood in nats ± 2 SE; the sample columns score 2000 samples without the "
+             f"rows). Test log-likelihood in nats ± 2 SE (n = {res['teacher']['n']} test rows); '− teacher' is the "
+             "paired difference on the same rows ± 2 SE; the sample columns score 2000 samples without the "
              "model's own density.", "",
-             "| model | params | test LL | median | teacher median LL of its samples | energy distance |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| model | params | test LL | − teacher (paired) | median | teacher median LL of its samples | "
+             "energy distance | kept step |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     names = {"teacher": "MAF teacher", "none": "MAF student (maximum likelihood)"}
     for name, v in res.items():
-        lines.append(f"| {names.get(name, LABELS[name])} | {v['params']:,} | {v['log_likelihood']:.3f} ± {v['ll_2se']:.3f} | "
-                     f"{v['median_log_likelihood']:.3f} | {v['teacher_ll_of_samples_median']:.3f} | "
-                     f"{v['energy_distance']:.4f} |")
+        kept = v.get("selection")
+        lines.append(f"| {names.get(name, LABELS[name])} | {v['params']:,} | {score_cell(v)} | "
+                     f"{paired_cell(v, 'teacher')} | {v['median_log_likelihood']:.3f} | "
+                     f"{v['teacher_ll_of_samples_median']:.3f} | {v['energy_distance']:.4f} | "
+                     + (f"{kept['best_step']} / {kept['steps']}" if kept else "") + " |")
+    lines += ["", *selection_lines(res, {**LABELS, **names})]
     p = d["pair"]
     lines += ["", f"**The pair** (`{p['folder']}/`, load with `nfkd.inference.load('{p['folder']}')`, serve with "
               f"`python -m nfkd serve {p['folder']}`): `log_prob` from the MAF student, `sample` from the IAF "

@@ -96,13 +96,13 @@ def _fid_all(flows: dict[str, Any], data: Any, fid_n: int, seed: int, log: Calla
 
 def render_image_section(r: dict[str, Any]) -> str:
     """The report.md section: bpd table (with FID columns when computed) and the grids."""
+    from .demo_tables import gap_cell, gap_note, headline_lines, paired_cell, score_cell, selection_lines
     from .experiment import LABELS
 
     res = r["results"]
-    gap = res["none"]["bpd"] - res["teacher"]["bpd"]
     fid = r.get("fid") if "skipped" not in r.get("fid", {}) else None
-    head = "| model | params | test bpd | gap closed | train s |"
-    rule = "|---|---:|---:|---:|---:|"
+    head = "| model | params | test bpd ± 2 SE | − no-KD student (paired) | gap closed | train s |"
+    rule = "|---|---:|---:|---:|---:|---:|"
     if fid:
         first = next(iter(fid.values()))["fid"]["1.0"]
         n, n_ref = first["n_samples"], first["n_reference"]
@@ -111,7 +111,8 @@ def render_image_section(r: dict[str, Any]) -> str:
     lines = [
         f"## Images — {r['dataset']} {'x'.join(map(str, r['shape']))}, {r['n_levels']} levels, Glow",
         "",
-        f"Splits (train/val/test): {r['splits']}. Bits per dimension on the test split (lower is better) ± 2 SE.",
+        f"Splits (train/val/test): {r['splits']}. Bits per dimension on the test split (lower is better), mean ± 2 SE "
+        f"over the n = {res['teacher']['n']} test images; differences paired on the same images ± 2 SE.",
         "",
         f"Distillation method: **{r['kd_method']}**, next to the paper's SKD and a no-KD student. "
         f"Why: {r['kd_method_why']}.",
@@ -119,14 +120,14 @@ def render_image_section(r: dict[str, Any]) -> str:
         head,
         rule,
     ]
-    for name in res:
-        v = res[name]
-        closed = "" if name in ("teacher", "none") or not gap else f"{100 * (res['none']['bpd'] - v['bpd']) / gap:.0f} %"
-        row = f"| {LABELS[name]} | {v['params']:,} | {v['bpd']:.3f} ± {v['bpd_2se']:.3f} | {closed} | {v['seconds']:.0f} |"
+    for name, v in res.items():
+        row = (f"| {LABELS[name]} | {v['params']:,} | {score_cell(v)} | {paired_cell(v, 'none')} | {gap_cell(res, name)} "
+               f"| {v['seconds']:.0f} |")
         if fid:
             f = fid[name]
             row += f" {f['fid']['1.0']['fid']:.1f} | {f['fid']['0.7']['fid']:.1f} | {f['interpolation_fid']['fid']:.1f} |"
         lines.append(row)
+    lines += ["", gap_note(res), "", *headline_lines(res, LABELS), *selection_lines(res, LABELS)]
     if fid:
         lines += ["", f"FID from {n} samples vs {n_ref} test images (Inception-v3 pool features); small-N FID is "
                       "biased upwards, so compare rows with each other, not with published numbers."]

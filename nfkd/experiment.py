@@ -21,20 +21,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from .data.images import ImageSplits
 from .data.splits import TabularSplits
 from .distill.datafree import default_sample_counts, student_like_teacher, teacher_sample_data
 from .distill.recipe import teacher_sized_config
 from .distill.variants import PAPER_VARIANTS, VARIANTS, describe_variants, get_variant
 from .errors import InputError
-from .flows import architectures, flow_class
+from .flows import architectures, bits_per_dim, flow_class
 from .metrics.tabular import sample_quality
-from .pipeline import data_metadata, evaluate, flow_for, get_data, train_data
+from .metrics.uncertainty import Estimate, fmt_diff, gap_share, paired_diff
+from .pipeline import data_metadata, evaluate, flow_for, get_data, split_array, train_data
 from .presets import resolve, student_preset
 from .train import TrainConfig, TrainResult, train_flow
 
-__all__ = ["train_family", "check_methods", "run_experiment", "summarize", "markdown_table", "seed_eta", "main"]
+__all__ = ["train_family", "check_methods", "run_experiment", "summarize", "markdown_table", "seed_eta", "test_scores",
+           "kept_step", "main"]
 
 PROTOCOLS = ("equal-budget", "warm-start")
 QUALITY_KEYS = ("teacher_ll_of_samples_median", "energy_distance")
@@ -44,37 +48,88 @@ LABELS = {"teacher": "Teacher", "base": "Student (no KD, before the extra steps)
 
 
 def _teacher(data: Any, arch: str, cfg: TrainConfig, out: Path, preset: str | None, seed: int,
-             reuse: bool, meta: dict[str, Any]) -> tuple[Any, float]:
-    """Train the seed's teacher, or load it from ``out/model.pt`` when ``reuse`` (pilot -> full run)."""
+             reuse: bool, meta: dict[str, Any]) -> tuple[Any, float, dict[str, Any]]:
+    """Train the seed's teacher, or load it from ``out/model.pt`` when ``reuse`` (pilot -> full run).
+
+    Returns (flow, training seconds, which step was kept and why)."""
     path = out / "model.pt"
     if reuse and path.exists():
         from .checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path)
-        return ckpt.flow.eval(), float(ckpt.metadata.get("training", {}).get("seconds", 0.0))
+        tr = ckpt.metadata.get("training", {})
+        return (ckpt.flow.eval(), float(tr.get("seconds", 0.0)),
+                kept_step(int(tr.get("best_step", -1)), int(tr.get("steps", -1)), cfg))
     torch.manual_seed(seed)
     teacher = flow_for(data, resolve(arch, "teacher", preset))
     res = train_flow(teacher, train_data(data), cfg, out, metadata={**meta, "role": "teacher"})
-    return res.flow, res.seconds
+    return res.flow, res.seconds, kept_step(res.best_step, res.steps_done, cfg)
+
+
+def kept_step(best_step: int, steps_done: int, cfg: TrainConfig) -> dict[str, Any]:
+    """Which step's weights a run kept (selection by validation NLL) and why, in words for a report."""
+    if best_step < 0:
+        why = "no validation evaluation ran: the last weights"
+    elif best_step == steps_done:
+        why = "the last step (validation NLL still improving)"
+    elif steps_done < cfg.steps:
+        why = (f"validation NLL rose after step {best_step}; stopped early at step {steps_done} of {cfg.steps} "
+               f"({cfg.patience} evaluations without improvement)")
+    else:
+        why = f"validation NLL rose after step {best_step} (trained to step {steps_done})"
+    return {"best_step": best_step, "steps": steps_done, "planned_steps": cfg.steps, "why": why}
+
+
+@torch.no_grad()
+def test_scores(flow: Any, data: Any, batch: int = 4096) -> np.ndarray:
+    """Per-row test scores in float64, the rows ``evaluate`` averages: log-likelihood in nats (tables) or
+    bits/dim (images, bin centres). Two models' scores on the same rows give a paired difference."""
+    flow = flow.eval()
+    arr, out = split_array(data, "test"), []
+    for i in range(0, len(arr), batch):
+        x = torch.from_numpy(np.asarray(arr[i : i + batch]))
+        if isinstance(data, ImageSplits):
+            x = (x.float() + 0.5) / int(data.train.n_levels) - 0.5
+        lp = flow.log_prob(x.float()).double()
+        out.append(bits_per_dim(lp, flow.dim, int(data.train.n_levels)) if isinstance(data, ImageSplits) else lp)
+    return torch.cat(out).numpy()
+
+
+def _attach_paired(results: dict[str, Any], scores: dict[str, np.ndarray],
+                   references: dict[str, np.ndarray] | None) -> None:
+    """Each model's paired difference (same test rows) against the teacher, the no-KD student(s) and
+    ``references`` (e.g. the true density): ``vs_<name>`` = mean ± 2 SE of (this model − that one)."""
+    refs = {**{k: scores[k] for k in ("teacher", "none", "base") if k in scores}, **(references or {})}
+    for name, own in scores.items():
+        for ref, other in refs.items():
+            if ref != name:
+                results[name]["vs_" + ref] = paired_diff(own, other).as_dict()
 
 
 def train_family(data: Any, arch: str, teacher_cfg: TrainConfig, student_cfg: TrainConfig, runs_dir: Path,
                  seed: int, preset: str | None = None, methods: list[str] | None = None, log=print,
-                 protocol: str = "equal-budget", warm_steps: int | None = None, reuse_teacher: bool = False):
+                 protocol: str = "equal-budget", warm_steps: int | None = None, reuse_teacher: bool = False,
+                 references: dict[str, np.ndarray] | None = None):
     """A teacher, then one student per method, each from ``seed`` with one budget.
 
     ``equal-budget``: every student starts fresh and trains ``student_cfg.steps`` steps.
     ``warm-start`` (the paper code's tabular setting): a no-KD student trains ``student_cfg.steps``
     steps once ("base"), then every method — the no-KD baseline included — continues from it for
     ``warm_steps`` more, so that the extra steps are not credited to distillation.
+    Every result also carries ``selection`` (the kept step and why) and paired differences on the
+    test rows (``vs_teacher``, ``vs_none``, ``vs_base``, and ``vs_<key>`` for each per-row test
+    score array in ``references``, e.g. the true density's log p).
     Returns (the teacher as a TrainResult-like object, {method: student flow}, {name: test evaluation + seconds}).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     td, meta = train_data(data), data_metadata(data)
-    teacher, t_seconds = _teacher(data, arch, teacher_cfg, runs_dir / "teacher", preset, seed, reuse_teacher, meta)
+    teacher, t_seconds, t_kept = _teacher(data, arch, teacher_cfg, runs_dir / "teacher", preset, seed, reuse_teacher,
+                                          meta)
     quality = _quality_fn(teacher, data, seed)
-    results: dict[str, Any] = {"teacher": {**evaluate(teacher, data), "seconds": t_seconds, **quality(teacher)}}
+    results: dict[str, Any] = {"teacher": {**evaluate(teacher, data), "seconds": t_seconds, **quality(teacher),
+                                           "selection": t_kept}}
+    flows = {"teacher": teacher}
     log(f"teacher: {_describe(results['teacher'])} ({t_seconds:.0f} s)")
     base_state, cfg = None, student_cfg
     if protocol == "warm-start":
@@ -82,7 +137,9 @@ def train_family(data: Any, arch: str, teacher_cfg: TrainConfig, student_cfg: Tr
         base = flow_for(data, resolve(arch, "student", preset))
         b_res = train_flow(base, td, student_cfg, runs_dir / "base", metadata={**meta, "role": "student", "method": "base"})
         base_state = b_res.flow.state_dict()
-        results["base"] = {**evaluate(b_res.flow, data), "seconds": b_res.seconds, **quality(b_res.flow)}
+        results["base"] = {**evaluate(b_res.flow, data), "seconds": b_res.seconds, **quality(b_res.flow),
+                           "selection": kept_step(b_res.best_step, b_res.steps_done, student_cfg)}
+        flows["base"] = b_res.flow
         log(f"base: {_describe(results['base'])} ({b_res.seconds:.0f} s)")
         cfg = replace(student_cfg, steps=student_cfg.steps if warm_steps is None else warm_steps)
     students = {}
@@ -99,8 +156,10 @@ def train_family(data: Any, arch: str, teacher_cfg: TrainConfig, student_cfg: Tr
         students[method] = flow
         results[method] = {**evaluate(flow, data), "seconds": res.seconds if res else 0.0,
                            "skd_excluded": res.skd_excluded if res else 0, **quality(flow),
-                           **({"best_step": res.best_step} if res else {})}
+                           **({"best_step": res.best_step, "selection": kept_step(res.best_step, res.steps_done, cfg)}
+                              if res else {})}
         log(f"{method}: {_describe(results[method])} ({results[method]['seconds']:.0f} s)")
+    _attach_paired(results, {k: test_scores(f, data) for k, f in {**flows, **students}.items()}, references)
     return TrainResult(teacher, math.nan, -1, 0, t_seconds), students, results
 
 
@@ -158,7 +217,11 @@ def check_methods(arch: str, methods: list[str], protocol: str = "equal-budget")
 
 
 def _describe(r: dict[str, Any]) -> str:
-    return f"test bpd {r['bpd']:.4f}" if "bpd" in r else f"test LL {r['log_likelihood']:.4f}"
+    if "bpd" in r:
+        return f"test bpd {r['bpd']:.4f} ± {r['bpd_2se']:.4f} (n={r['n']})"
+    kept = r.get("selection")
+    return (f"test LL {r['log_likelihood']:.4f} ± {r['ll_2se']:.4f} (n={r['n']})"
+            + (f"; kept step {kept['best_step']}: {kept['why']}" if kept else ""))
 
 
 def run_experiment(data_name: str, arch: str, seeds: int, out: Path, preset: str | None = None,
@@ -207,8 +270,16 @@ def _ok(run: dict[str, Any]) -> bool:
     return "failed" not in run
 
 
+def _se2_over_seeds(values: list[float], per_seed_se2: list[Any]) -> float:
+    """2 SE of the mean of per-seed values: from the seeds' spread when there are several (each seed has its own
+    split and training, so that spread holds both noises), else the one seed's 2 SE over its test rows."""
+    if len(values) > 1:
+        return 2 * statistics.stdev(values) / math.sqrt(len(values))
+    return float(per_seed_se2[0]) if per_seed_se2 and per_seed_se2[0] is not None else math.nan
+
+
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per model: mean, std and median over the seeds that ran; failed seeds counted with their reasons."""
+    """Per model: mean, std, 2 SE and median over the seeds that ran; failed seeds counted with their reasons."""
     out: dict[str, dict[str, Any]] = {}
     for name, rs in runs.items():
         ok = [r for r in rs if _ok(r)]
@@ -220,8 +291,10 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
         scores = [_score(r) for r in ok]
         row.update({
             "mean": statistics.fmean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-            "params": ok[0]["params"], "seconds": statistics.fmean(r["seconds"] for r in ok),
+            "se2": _se2_over_seeds(scores, [r.get("bpd_2se" if "bpd" in r else "ll_2se") for r in ok]),
+            "test_rows": ok[0].get("n"), "params": ok[0]["params"], "seconds": statistics.fmean(r["seconds"] for r in ok),
             "nonfinite_rows": sum(int(r.get("nonfinite", 0)) for r in ok),
+            "kept_steps": [r["selection"]["best_step"] for r in ok if "selection" in r],
         })
         medians = [r["median_log_likelihood"] for r in ok if "median_log_likelihood" in r and "bpd" not in r]
         if len(medians) == len(ok):
@@ -239,64 +312,98 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
 
 
 def _paired(runs: dict[str, list[dict[str, Any]]], out: dict[str, dict[str, Any]], ref: str, suffix: str) -> None:
-    """Differences against ``ref``, paired by seed (each seed's models share one split), and the gap closed."""
-    gap = out["teacher"]["mean"] - out[ref]["mean"]
+    """Differences against ``ref``, paired by seed (each seed's models share one split) with their 2 SE, and the
+    share of the teacher's gap closed, given only when that gap is outside its noise."""
     sign = -1.0 if "bpd" in next(r for r in runs[ref] if _ok(r)) else 1.0  # bpd: lower is better
     for name, row in out.items():
         if not row.get("n"):
             continue
-        pairs = [(_score(r), _score(b)) for r, b in zip(runs[name], runs[ref]) if _ok(r) and _ok(b)]
+        pairs = [(_score(r), _score(b), r.get("vs_" + ref, {}).get("se2")) for r, b in zip(runs[name], runs[ref])
+                 if _ok(r) and _ok(b)]
         if not pairs:
             continue
-        deltas = [a - b for a, b in pairs]
-        row["gap_closed" + suffix] = (row["mean"] - out[ref]["mean"]) / gap if gap else float("nan")
+        deltas = [a - b for a, b, _ in pairs]
         row["delta_vs_" + ref] = statistics.fmean(deltas)
         row["delta_std" + suffix] = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
+        row["delta_2se" + suffix] = _se2_over_seeds(deltas, [se for _, _, se in pairs])
         row["seeds_better_than_" + ref] = sum(sign * d > 0 for d in deltas)
         row["paired_n" + suffix] = len(deltas)
+    gap = out["teacher"].get("delta_vs_" + ref, out["teacher"]["mean"] - out[ref]["mean"])
+    gap_est = Estimate(gap, out["teacher"].get("delta_2se" + suffix, math.nan), out["teacher"]["n"])
+    for row in out.values():
+        if "delta_vs_" + ref in row:
+            share = gap_share(Estimate(row["delta_vs_" + ref], 0.0, 1), gap_est)
+            row["gap_closed" + suffix] = math.nan if share is None else share
+            row["gap_within_noise" + suffix] = share is None
 
 
 def _fmt_ll(v: float) -> str:
     return f"{v:.3f}" if math.isfinite(v) and abs(v) < 1e6 else f"{v:.2g}"
 
 
-def markdown_table(result: dict[str, Any]) -> str:
+def _diff_cell(row: dict[str, Any], ref: str, suffix: str) -> str:
+    return fmt_diff(Estimate(row["delta_vs_" + ref], row.get("delta_2se" + suffix, math.nan), row["n"]))
+
+
+def _gap_text(row: dict[str, Any], suffix: str = "") -> str:
+    if row.get("gap_within_noise" + suffix):
+        return "gap within noise"
+    return f"{100 * row['gap_closed' + suffix]:.0f} %"
+
+
+def _table_head(result: dict[str, Any], image: bool, warm: bool) -> list[str]:
     s = result["summary"]
-    image = any("bpd" in r for r in result["runs"]["teacher"] if _ok(r))
     metric = "test bpd (lower is better)" if image else "test log-likelihood, nats (higher is better)"
-    warm = "base" in s and "delta_vs_base" in s.get("none", {})
-    lines = [
+    rows_n = s["teacher"].get("test_rows")
+    seeds = result["seeds"]
+    noise = ("2 SE from the seeds' spread (each seed: its own split and training)" if seeds > 1
+             else f"2 SE over the {rows_n} test rows")
+    return [
         f"### {result['dataset']} — {result['arch']}{' ' + result['preset'] if result.get('preset') else ''}, "
-        f"{result.get('protocol', 'equal-budget')} ({result['seeds']} seeds, mean ± std)",
+        f"{result.get('protocol', 'equal-budget')} ({seeds} seed{'s' if seeds > 1 else ''}, mean ± 2 SE)",
+        "",
+        f"± is {noise}; {rows_n} test rows per seed. Δ: differences paired on the same test rows (and seed), "
+        "'within noise' when |Δ| < 2 SE; gap closed = Δ vs no-KD / the teacher's Δ vs no-KD, given only when the "
+        "teacher's Δ is outside its noise. Kept step: the step each run kept by validation NLL (per seed).",
         "",
         f"| model | params | {metric} | median | non-finite rows | Δ vs no-KD (paired) | better than no-KD | gap closed "
         f"|{' Δ vs before the extra steps (official protocol) | share of that Δ left vs no-KD continued |' if warm else ''}"
-        " train s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if warm else "") + "---:|",
+        " kept step | train s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if warm else "") + "---:|---:|",
     ]
-    for name in [r for r in ROWS if r in s]:
-        row = s[name]
-        key = f" (`{name}`)" if name in VARIANTS else ""
-        if not row.get("n"):
-            reason = "; ".join(dict.fromkeys(row.get("failures", [])))
-            lines.append(f"| {LABELS[name]}{key} | | **failed** ({row['failed']}/{row['failed']} seeds): {reason} | | | | | |"
-                         + (" | |" if warm else "") + " |")
-            continue
-        paired = name != "none" and "delta_vs_none" in row  # absent when the run had no no-KD students
-        student_kd = paired and name != "teacher"
-        gap = f"{100 * row['gap_closed']:.0f} %" if student_kd else ""
-        delta = f"{row['delta_vs_none']:+.3f} ± {row['delta_std']:.3f}" if paired else ""
-        wins = f"{row['seeds_better_than_none']}/{row['paired_n']}" if paired else ""
-        fails = f" ({row['failed']} seed(s) failed: {'; '.join(dict.fromkeys(row['failures']))})" if row["failed"] else ""
-        median = _fmt_ll(row["median"]) if "median" in row else ""
-        cells = (f"| {LABELS[name]}{key} | {row['params'] / 1000:.1f}k | {_fmt_ll(row['mean'])} ± {_fmt_ll(row['std'])}"
-                 f"{fails} | {median} | {row['nonfinite_rows']} | {delta} | {wins} | {gap} |")
-        if warm:
-            asym = name not in ("teacher", "base") and "delta_vs_base" in row
-            kd_row = asym and name != "none" and "delta_vs_none" in row and row["delta_vs_base"]
-            left = f"{100 * row['delta_vs_none'] / row['delta_vs_base']:.0f} %" if kd_row else ""
-            cells += (f" {row['delta_vs_base']:+.3f} ± {row['delta_std_base']:.3f} | {left} |" if asym else " | |")
-        lines.append(cells + f" {row['seconds']:.0f} |")
+
+
+def _table_row(name: str, row: dict[str, Any], warm: bool) -> str:
+    key = f" (`{name}`)" if name in VARIANTS else ""
+    if not row.get("n"):
+        reason = "; ".join(dict.fromkeys(row.get("failures", [])))
+        return (f"| {LABELS[name]}{key} | | **failed** ({row['failed']}/{row['failed']} seeds): {reason} | | | | | |"
+                + (" | |" if warm else "") + " | |")
+    paired = name != "none" and "delta_vs_none" in row  # absent when the run had no no-KD students
+    student_kd = paired and name != "teacher"
+    gap = _gap_text(row) if student_kd else ""
+    delta = _diff_cell(row, "none", "") if paired else ""
+    wins = f"{row['seeds_better_than_none']}/{row['paired_n']}" if paired else ""
+    fails = f" ({row['failed']} seed(s) failed: {'; '.join(dict.fromkeys(row['failures']))})" if row["failed"] else ""
+    median = _fmt_ll(row["median"]) if "median" in row else ""
+    se = _fmt_ll(row["se2"]) if math.isfinite(row.get("se2", math.nan)) else "n/a"
+    cells = (f"| {LABELS[name]}{key} | {row['params'] / 1000:.1f}k | {_fmt_ll(row['mean'])} ± {se}"
+             f"{fails} | {median} | {row['nonfinite_rows']} | {delta} | {wins} | {gap} |")
+    if warm:
+        asym = name not in ("teacher", "base") and "delta_vs_base" in row
+        kd_row = asym and name != "none" and "delta_vs_none" in row and row["delta_vs_base"]
+        left = f"{100 * row['delta_vs_none'] / row['delta_vs_base']:.0f} %" if kd_row else ""
+        cells += (f" {_diff_cell(row, 'base', '_base')} | {left} |" if asym else " | |")
+    kept = ", ".join(map(str, row.get("kept_steps", [])))
+    return cells + f" {kept} | {row['seconds']:.0f} |"
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    s = result["summary"]
+    image = any("bpd" in r for r in result["runs"]["teacher"] if _ok(r))
+    warm = "base" in s and "delta_vs_base" in s.get("none", {})
+    lines = _table_head(result, image, warm)
+    lines += [_table_row(name, s[name], warm) for name in ROWS if name in s]
     names = [r for r in ROWS if r in s and all(k in s[r] for k in QUALITY_KEYS)]
     if names:
         lines += ["", "Samples, scored without the model's own density (2000 samples per model; energy distance "

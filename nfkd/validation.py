@@ -1,11 +1,15 @@
-"""One set of input checks for every way of running a model (flows, inference backends, exports).
+"""One set of input checks for every boundary: flows, inference backends, exports, the HTTP service, the CLI.
 
 Each check raises one ``InputError`` that says what was wrong, what was expected and what to do,
 before anything reaches torch or a runtime: never a silent NaN, never a traceback from inside.
-Both numpy arrays and torch tensors are accepted; the checked value keeps its kind.
+Both numpy arrays and torch tensors are accepted; the checked value keeps its kind. A value over
+a size limit raises ``LimitError`` (an ``InputError``), so the HTTP service can answer 413 for it
+and 422 for the rest (``nfkd.serving.payload`` parses bodies, then calls these). Values in messages
+are shown as JSON would write them (``show_value``), short: a 5000-digit integer is not echoed back.
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from typing import Any, Sequence
@@ -15,9 +19,42 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["check_batch", "check_count", "check_temperature", "check_seed", "dims_text", "FLOAT32_MAX"]
+__all__ = ["check_batch", "check_count", "check_noise", "check_temperature", "check_seed", "dims_text", "show_value", "FLOAT32_MAX",
+           "LimitError", "MAX_SEED", "MAX_TEMPERATURE"]
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: The one seed range: every seeded generator nfkd uses takes it (numpy's RandomState for the data
+#: splits only takes 0 .. 2**32 - 1; default_rng and torch.manual_seed take more).
+MAX_SEED = 2**32 - 1
+MAX_TEMPERATURE = 1e3  # float32 noise * T stays far from overflow through any trained flow's inverse
+
+
+class LimitError(InputError):
+    """A value above a size limit (rows per call or request, samples per request): HTTP 413 where it is rows."""
+
+
+def show_value(v: Any) -> str:
+    """A caller's value for an error message, short and as JSON writes it (``true``, ``null``, ``"4"``)."""
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    if isinstance(v, numbers.Integral):
+        v = int(v)
+        if abs(v) < 10**40:
+            return str(v)
+        digits = len(str(abs(v))) if abs(v).bit_length() < 14000 else int(abs(v).bit_length() * math.log10(2)) + 1
+        return f"a {digits}-digit integer"
+    if isinstance(v, numbers.Real):
+        v = float(v)
+        if math.isnan(v):
+            return "NaN"
+        if math.isinf(v):
+            return "Infinity" if v > 0 else "-Infinity"
+        return f"{v:.8g}"
+    try:
+        text = json.dumps(v)
+    except (TypeError, ValueError):
+        text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def dims_text(shape: Sequence[int]) -> str:
@@ -73,11 +110,13 @@ def _nonfinite_rows(x: np.ndarray | torch.Tensor, b: int) -> list[int]:
 
 def check_batch(
     x: Any, event_shape: Sequence[int], what: str = "x", max_batch: int | None = None, float32: bool = False,
+    limit: str | None = None,
 ) -> np.ndarray | torch.Tensor:
     """A floating [batch, *event_shape] array or tensor with finite values, at most max_batch rows.
 
     ``float32=True`` (the caller casts to float32): values beyond the float32 range are refused too,
-    here, since after the cast they are Inf and the model would return NaN.
+    here, since after the cast they are Inf and the model would return NaN. ``limit`` names the row
+    limit in the message (default: this model's max_batch); above it, ``LimitError``.
     """
     event = tuple(map(int, event_shape))
     x = _as_array(x, what, event)
@@ -87,6 +126,9 @@ def check_batch(
         fix = f"{what}.float()" if is_torch else f"{what}.astype(np.float32)"
         raise InputError(f"{what} has dtype {x.dtype}; expected a floating-point array (convert with {fix})")
     shape = tuple(x.shape)
+    if 0 in shape:
+        raise InputError(f"{what} is an empty batch (shape {shape}); pass at least one row "
+                         f"(shape (batch, {dims_text(event)}))")
     if len(shape) == len(event) and shape == event:
         raise InputError(f"{what} has shape {shape}, one sample without a batch dimension; "
                          f"pass {what}[None] (shape (1, {dims_text(event)}))")
@@ -96,17 +138,15 @@ def check_batch(
                              f"expected (batch, {event[0]}), features in training order")
         raise InputError(f"{what} has shape {shape}; expected (batch, {dims_text(event)})")
     b = shape[0]
-    if b == 0:
-        raise InputError(f"{what} is an empty batch (shape {shape}); pass at least one row")
     if max_batch is not None and b > max_batch:
-        raise InputError(f"{what} has a batch of {b}, above this model's max_batch {max_batch}; "
-                         f"split it into chunks of at most {max_batch} rows")
+        limit = limit or f"this model's max_batch {max_batch}"
+        raise LimitError(f"{what}: batch of {b} rows is above {limit}; split it into chunks of at most {max_batch} rows")
     values = _numpy_view(x) if is_torch else x  # a CPU tensor is checked through numpy, on the same memory
     if values is None:
         values = x
     bad = _nonfinite_rows(values, b)
     if bad:
-        raise InputError(f"{what} contains NaN or Inf (first bad rows: {bad}); remove or impute them")
+        raise InputError(f"{what} contains NaN or Inf (first bad rows: {bad}); remove or impute the values in rows {bad}")
     beyond = _rows_beyond_float32(values, b) if float32 else []
     if beyond:
         raise InputError(f"{what} has values beyond the float32 range (|v| <= {FLOAT32_MAX:.4g}) in rows {beyond}; "
@@ -115,33 +155,51 @@ def check_batch(
     return x
 
 
-def check_count(n: Any, what: str = "n", max_count: int | None = None) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise InputError(f"{what} must be a positive integer, got {n!r}")
+def check_noise(noise: Any, noise_shapes: Sequence[Sequence[int]], max_batch: int | None = None,
+                float32: bool = False, limit: str | None = None) -> list:
+    """Unit noise to decode: one [batch, *shape] array or tensor per level (a lone array: one level), each as
+    ``check_batch`` wants it, the same batch on every level. Flows and Runners check given noise here."""
+    if isinstance(noise, (np.ndarray, torch.Tensor)):
+        noise = [noise]
+    noise = list(noise) if isinstance(noise, (list, tuple)) else [noise]
+    if len(noise) != len(noise_shapes):
+        raise InputError(f"expected {len(noise_shapes)} noise arrays (one per level), got {len(noise)}")
+    arrays = [check_batch(z, s, f"noise[{i}]", max_batch, float32=float32, limit=limit)
+              for i, (z, s) in enumerate(zip(noise, noise_shapes))]
+    if len({a.shape[0] for a in arrays}) != 1:
+        raise InputError(f"noise arrays have different batch sizes {[a.shape[0] for a in arrays]}")
+    return arrays
+
+
+def check_count(n: Any, what: str = "n", max_count: int | None = None, limit: str | None = None) -> int:
+    """A positive integer count; above ``max_count`` (named ``limit`` in the message), ``LimitError``."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise InputError(f"{what} must be a positive integer, got {show_value(n)}")
     n = int(n)
-    if n < 1:
-        raise InputError(f"{what} must be a positive integer, got {n}")
     if max_count is not None and n > max_count:
-        raise InputError(f"{what} = {n} is above this model's max_batch {max_count}; "
-                         f"draw in chunks of at most {max_count}")
+        limit = limit or f"this model's max_batch {max_count}"
+        raise LimitError(f"{what} = {show_value(n)} is above {limit}; draw at most {max_count} at a time")
     return n
 
 
-MAX_TEMPERATURE = 1e3  # float32 noise * T stays far from overflow through any trained flow's inverse
-
-
-def check_temperature(t: Any) -> float:
+def check_temperature(t: Any, max_temperature: float = MAX_TEMPERATURE) -> float:
+    """A temperature in [0, max_temperature], checked on the float32 value a model receives."""
     if isinstance(t, torch.Tensor) and t.numel() == 1:
-        t = float(t)
-    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(float(t)) \
-            or not 0.0 <= float(t) <= MAX_TEMPERATURE:
-        raise InputError(f"temperature must be a finite number in [0, {MAX_TEMPERATURE:g}], got {t!r}")
+        t = t.item()
+    t32 = float("nan")
+    if not isinstance(t, bool) and isinstance(t, numbers.Real) and (not isinstance(t, numbers.Integral) or abs(t) < 10**40):
+        with np.errstate(over="ignore"):
+            t32 = float(np.float32(t))
+    if not 0.0 <= t32 <= max_temperature:
+        raise InputError(f"temperature must be a finite number in [0, {max_temperature:g}], got {show_value(t)}")
     return float(t)
 
 
-def check_seed(seed: Any) -> int | None:
-    if seed is None:
+def check_seed(seed: Any, what: str = "seed", optional: bool = True) -> int | None:
+    """An integer seed in 0 .. MAX_SEED (2**32 - 1), or None (a fresh random draw) when ``optional``."""
+    if seed is None and optional:
         return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
-        raise InputError(f"seed must be a non-negative integer or None, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        none = " (or null / None: a fresh random draw)" if optional else ""
+        raise InputError(f"{what} must be an integer in 0..{MAX_SEED}{none}, got {show_value(seed)}")
     return int(seed)

@@ -2,6 +2,7 @@
 splitting large batches, and one permission mode for every export file."""
 from __future__ import annotations
 
+import copy
 import os
 import stat
 
@@ -12,6 +13,7 @@ import torch
 import nfkd
 from export.file_modes import plain_mode
 from export.onnx import export_onnx
+from export.parity import TOLERANCE
 from export.runtime import load as load_export
 from nfkd import inference
 from nfkd.errors import InputError
@@ -58,6 +60,38 @@ def test_runner_samples_never_require_grad(flow, backend, tmp_path):
     runner = inference.load(flow, backend=backend, device="cpu", cache_dir=tmp_path)
     assert not runner.sample(5, seed=0).requires_grad
     assert not runner.sample(noise=[torch.randn(5, 3, requires_grad=True)]).requires_grad
+
+
+# --- one sample signature: a seed gives the same rows on the flow and every CPU backend -----------------------
+
+SEED_BACKENDS = [b for b in ("eager", "folded", "numba", "onnxruntime") if b in CPU_BACKENDS]
+
+
+@pytest.mark.parametrize("backend", SEED_BACKENDS)
+def test_a_seed_gives_the_flows_samples_on_every_cpu_backend(flow, backend, tmp_path):
+    """``Flow.sample(seed=)`` draws its noise as every Runner does: the flow, its runner on each backend and a
+    float64 decode of numpy's own draw agree, within the export tolerance (float32 round-off elsewhere)."""
+    n, t, seed = 9, 0.8, 11
+    z = np.random.default_rng(seed).standard_normal((n, 3), dtype=np.float32)  # drawn here, not by nfkd
+    ref64 = copy.deepcopy(flow).double()
+    want = ref64.sample(noise=[torch.from_numpy(z).double()], temperature=t).numpy()
+    tol = TOLERANCE["float32"]
+    close = {"rtol": tol["sample_rel"], "atol": tol["sample_abs"]}
+    np.testing.assert_allclose(ref64.sample(n, temperature=t, seed=seed).numpy(), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(flow.sample(n, temperature=t, seed=seed).double().numpy(), want, **close)
+    runner = inference.load(flow, backend=backend, device="cpu", cache_dir=tmp_path)
+    got = runner.sample(n, temperature=t, seed=seed)
+    np.testing.assert_allclose(got.double().numpy(), want, **close)
+    assert runner.sample((3, 3), temperature=t, seed=seed).shape == (3, 3, 3)  # a sample shape, as the flow
+
+
+def test_flow_seed_is_checked_and_excludes_a_generator(flow):
+    with pytest.raises(InputError, match="seed must be an integer in 0"):
+        flow.sample(2, seed=-1)
+    with pytest.raises(InputError, match="not both"):
+        flow.sample(2, seed=0, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError):
+        flow.sample(2, 0.5)  # temperature is keyword-only, as on every Runner
 
 
 # --- sample(sample_shape) as torch.distributions ---------------------------------------------------------

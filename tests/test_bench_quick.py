@@ -91,13 +91,14 @@ def _bench(name, direction, arch, dim, batch, role, backend, median, params=1000
         "extra_info": {"arch": arch, "role": role, "backend": backend, "dim": dim, "batch": batch,
                        "params": params, "direction": direction, "shape": str(dim)},
         "stats": {"min": median * 0.9, "max": median * 1.2, "mean": mean or median, "stddev": std,
-                  "median": median, "rounds": rounds, "iterations": 1},
+                  "median": median, "q1": median * 0.95, "q3": median * 1.1, "iqr": median * 0.15,
+                  "rounds": rounds, "iterations": 1},
     }
 
 
-def _write(path: Path, benches: list[dict]) -> Path:
-    path.write_text(json.dumps({"machine_info": {"bench_mode": "full", "bench_threads": 2}, "datetime": "now",
-                                "version": "5", "benchmarks": benches}))
+def _write(path: Path, benches: list[dict], **machine) -> Path:
+    path.write_text(json.dumps({"machine_info": {"bench_mode": "full", "bench_threads": 2, **machine},
+                                "datetime": "now", "version": "5", "benchmarks": benches}))
     return path
 
 
@@ -124,14 +125,37 @@ def test_report_arithmetic_on_a_hand_made_json(tmp_path):
     assert report.geomean([2.0, 8.0]) == pytest.approx(4.0) and math.isnan(report.geomean([]))
 
     md = report.build_report([js], tmp_path / "out", "t", plots=False).read_text()
-    assert "| MAF | 8 | 10.0 (11.0 ± 1.00) | 410 k | 2.00 (2.00 ± 0.000) | 2.05 M | 5x | 2x |" in md
+    assert "| MAF | 8 | 10.0 [9.50–11.0] | 410 k | 2.00 [1.90–2.20] | 2.05 M | 5x | 2x |" in md  # median [IQR]
     assert "**5x**" in md  # geometric mean of the (single) ORT-student speed-up
     # columns: batch 256, batch 4096 (the lonely sampling row has batch 256 but no teacher)
     assert "| density | MAF | eager PyTorch | - | 2.5x |" in md and "| density | MAF | ONNX Runtime | - | 2.5x |" in md
     assert "| density | teacher | 8 | 4096 | 10.0 | 5.00 (onnxruntime) | 20.0 (2x) | - |" in md
     assert "| 8 | 4096 | 20.0 / 10.0 | 10.0 | 4.00 (2.5x) | 5.00 (2x) | 2.00 (5x) | 20.0 (0.5x) |" in md
-    assert "| 8 | 256 | student | eager PyTorch | 1.0 | 500 (500 ± n/a) |" not in md  # 5 rounds: std shown
-    assert "| 8 | 256 | student | eager PyTorch | 1.0 | 500 (500 ± 0.000) | 450 | 512 | - | - | 5x1 |" in md
+    assert "| 8 | 256 | student | eager PyTorch | 1.0 | 500 [n/a] |" not in md  # 5 rounds: the IQR is shown
+    assert "| 8 | 256 | student | eager PyTorch | 1.0 | 500 [475–550] | 450 | 512 | - | - | 5x1 |" in md
+
+
+def _roof_bench(name, gflops):
+    b = _bench(name, "density", "maf", 8, 4096, "student", "numba", 0.001)
+    b["extra_info"].update({"gflops": gflops, "pct_of_peak": 999.0})  # the stored share is not trusted
+    return b
+
+
+def test_percent_of_peak_only_against_the_same_runs_peak_and_flagged_under_load(tmp_path):
+    roof = {"peak_gflops": 50.0, "peak_gflops_1t": 25.0, "copy_gbs": 10.0, "copy_gbs_1t": 8.0, "threads": 2}
+    quiet = _write(tmp_path / "q.json", [_roof_bench("a", 10.0)], roofline=roof, cpu_count=2,
+                   loadavg_start=[0.2], loadavg_end=[2.1])  # at the end its own 2 threads count: quiet
+    busy = _write(tmp_path / "b.json", [_roof_bench("b", 60.0)], roofline=roof, cpu_count=2,
+                  loadavg_start=[3.5], loadavg_end=[5.0])
+    nopeak = _write(tmp_path / "n.json", [_roof_bench("c", 10.0)], cpu_count=2)
+    rows, infos = report.load_rows([quiet, busy, nopeak])
+    by = {r.name: r for r in rows}
+    assert report.pct_of_peak(by["a"]) == pytest.approx(20.0) and not by["a"].loaded
+    assert report._fmt_roof(by["a"]) == "10.00 (20.0 %)"
+    assert by["b"].loaded and report._fmt_roof(by["b"]) == "60.00 (120.0 %; peak measured under load)"
+    assert report.pct_of_peak(by["c"]) is None and report._fmt_roof(by["c"]) == "10.00 (-)"
+    md = report.render(report.derive(rows), infos, "median")
+    assert "`b.json`: **the machine was loaded**" in md and "`q.json`: **the machine was loaded**" not in md
 
 
 def test_report_marks_speedups_whose_reference_comes_from_another_run(tmp_path):

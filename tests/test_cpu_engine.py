@@ -48,7 +48,7 @@ def _check(flow, runner, n: int, seed: int) -> None:
     assert err <= TOL["log_prob_rel"], f"log_prob rel err {err:.3g}"
     noise = inference.draw_noise(runner.noise_shapes, n, seed=seed + 100)
     with torch.no_grad():
-        xs_ref = ref.sample(n, 0.8, noise=[torch.from_numpy(z).double() for z in noise])
+        xs_ref = ref.sample(n, temperature=0.8, noise=[torch.from_numpy(z).double() for z in noise])
     xs = torch.from_numpy(runner.sample(noise=noise, temperature=0.8)).double()
     bound = TOL["sample_abs"] + TOL["sample_rel"] * xs_ref.abs()
     assert ((xs - xs_ref).abs() <= bound).all(), f"sample err {(xs - xs_ref).abs().max():.3g}"

@@ -50,17 +50,31 @@ def test_demo_quick_writes_full_report(tmp_path):
     assert res["throughput_batch4096"]["student (onnxruntime)"]["rows_per_s"] > 0
     assert res["throughput_batch4096"]["student (numba)"]["rows_per_s"] > 0  # the fused CPU engine (dev extra)
     assert res["results"]["teacher"]["params"] > res["results"]["none"]["params"]
-    # report.md's tables say what results.json says (test LL, params, gap closed; throughput rows)
+    # report.md's tables say what results.json says (test LL ± 2 SE, paired differences, gap closed, kept step)
     report = (out / "report.md").read_text()
-    teacher_ll, none_ll = res["results"]["teacher"]["log_likelihood"], res["results"]["none"]["log_likelihood"]
+    teacher = res["results"]["teacher"]
+    assert teacher["n"] == 3000 and res["truth"]["n"] == 3000  # the synthetic table: 3000 test rows, density known
+    assert "true density's own test LL is" in report and f"{res['truth']['mean']:.3f} ±" in report
+    gap = teacher["vs_none"]
     for name, v in res["results"].items():
         row = next(ln for ln in report.splitlines() if ln.startswith(f"| {LABELS[name]} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[1] == f"{v['params']:,}" and cells[2].startswith(f"{v['log_likelihood']:.3f} ±"), row
+        assert cells[1] == f"{v['params']:,}" and cells[2] == f"{v['log_likelihood']:.3f} ± {v['ll_2se']:.3f}", row
+        # a paired difference's mean is the difference of the two means (same rows, all finite)
+        assert v["vs_truth"]["mean"] == pytest.approx(v["log_likelihood"] - res["truth"]["mean"], abs=1e-6)
+        assert v["selection"]["why"] and cells[6] == f"{v['selection']['best_step']} / {v['selection']['steps']}"
+        if name != "none":
+            assert v["vs_none"]["mean"] == pytest.approx(v["log_likelihood"] - res["results"]["none"]["log_likelihood"],
+                                                         abs=1e-6)
+            assert cells[3].startswith(f"{v['vs_none']['mean']:+.3f} ± {v['vs_none']['se2']:.3f}"), row
         if name not in ("teacher", "none"):
-            assert cells[3] == f"{100 * (v['log_likelihood'] - none_ll) / (teacher_ll - none_ll):.0f} %", row
+            share = f"{round(100 * v['vs_none']['mean'] / gap['mean']):d} %" if abs(gap["mean"]) >= gap["se2"] else None
+            assert cells[4] == (share or "gap within noise"), row
     for name, v in res["throughput_batch4096"].items():
-        assert f"| {name} | {1000 * v['median_s']:.2f} | {v['rows_per_s']:,.0f} |" in report, name
+        assert v["q1_s"] <= v["median_s"] <= v["q3_s"]
+        assert (f"| {name} | {1e3 * v['median_s']:.2f} [{1e3 * v['q1_s']:.2f}–{1e3 * v['q3_s']:.2f}] | "
+                f"{v['rows_per_s']:,.0f} |") in report, name
+    assert "load average" in report and res["machine"]["isa"] in report
     # the deployment part: the IAF row, the density + sampler pair, the trade-off table, picks and plot
     dep = res["deploy"]
     assert set(dep["results"]) == {"teacher", "none", "iaf"} and dep["results"]["iaf"]["arch"] == "iaf"

@@ -23,6 +23,26 @@ def test_summary_mean_std_and_gap_closed():
     # Paired by seed: ILKD minus no-KD = (+1, +2, +3) -> mean 2, std 1, better in 3/3 seeds.
     assert s["ilkd"]["delta_vs_none"] == pytest.approx(2.0) and s["ilkd"]["delta_std"] == pytest.approx(1.0)
     assert s["ilkd"]["seeds_better_than_none"] == 3
+    # 2 SE of a mean over seeds = 2 std / sqrt(seeds); the gap (4 ± 0) is outside its noise.
+    assert s["ilkd"]["delta_2se"] == pytest.approx(2 / 3 ** 0.5) and s["teacher"]["se2"] == pytest.approx(2 / 3 ** 0.5)
+    assert s["ilkd"]["gap_within_noise"] is False
+
+
+def test_gap_closed_only_when_the_gap_is_outside_its_noise():
+    """One seed: the 2 SE come from the per-row paired differences; a teacher within noise of no-KD gets no share."""
+    def run(v, vs_none_se2):
+        return [{"log_likelihood": v, "ll_2se": 1.0, "n": 300, "params": 10, "seconds": 1.0,
+                 "vs_none": {"mean": v + 5.0, "se2": vs_none_se2, "n": 300}}]
+
+    runs = {"teacher": run(-4.5, 0.8), "none": _runs([-5.0]), "skd": run(-4.0, 0.1)}
+    s = summarize(runs)
+    assert s["teacher"]["delta_2se"] == 0.8 and s["teacher"]["gap_within_noise"] is True
+    assert s["skd"]["delta_2se"] == 0.1 and s["skd"]["gap_within_noise"] is True  # the gap is noise, not the row
+    table = markdown_table({"summary": s, "runs": runs, "dataset": "wine", "arch": "glow1d", "seeds": 1})
+    skd = next(line for line in table.splitlines() if line.startswith("| Student + SKD"))
+    assert "+1.000 ± 0.100 |" in skd and "gap within noise" in skd and "-4.000 ± 1.000" in skd
+    teacher = next(line for line in table.splitlines() if line.startswith("| Teacher"))
+    assert "+0.500 ± 0.800 (within noise)" in teacher and "2 SE over the 300 test rows" in table
 
 
 def test_table_without_no_kd_students_has_no_paired_columns():
@@ -31,7 +51,7 @@ def test_table_without_no_kd_students_has_no_paired_columns():
     res = {"summary": summarize(runs), "runs": runs, "dataset": "magic", "arch": "glow1d", "seeds": 2}
     table = markdown_table(res)
     teacher_row = next(line for line in table.splitlines() if line.startswith("| Teacher"))
-    assert "-1.500 ± 0.707" in teacher_row and teacher_row.endswith("|  |  |  | 1 |")
+    assert "-1.500 ± 1.000" in teacher_row and teacher_row.endswith("|  |  |  |  | 1 |")  # 2 std / sqrt(2)
     assert "`fkl`" in table
 
 

@@ -313,7 +313,7 @@ def test_parity_gate_refuses_nonfinite_far_out_density():
     def sample(noise, t):
         with torch.no_grad():
             z = [torch.from_numpy(np.asarray(v, np.float64)) for v in noise]
-            return ref.sample(len(z[0]), t, noise=z).numpy()
+            return ref.sample(len(z[0]), temperature=t, noise=z).numpy()
 
     res = parity.measure(flow, density, sample, parity.tolerance_for(False), batches=(7,))
     assert res["far_out_nonfinite"] > 0 and not res["passed"]

@@ -33,7 +33,7 @@ def test_folded_matches_flow_both_directions(name, factory):
     with torch.no_grad():
         torch.testing.assert_close(folded.log_prob(x), flow.log_prob(x), atol=1e-9, rtol=1e-10)
         noise = flow.sample_noise(5, generator=torch.Generator().manual_seed(1))
-        torch.testing.assert_close(folded.sample(5, 0.7, noise=noise), flow.sample(5, 0.7, noise=noise), atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(folded.sample(5, temperature=0.7, noise=noise), flow.sample(5, temperature=0.7, noise=noise), atol=1e-9, rtol=1e-9)
 
 
 @pytest.mark.parametrize("name,factory", CASES, ids=[c[0] for c in CASES])

@@ -75,7 +75,7 @@ def test_backend_matches_eager_float64(arch, backend, cache_dir):
         # the same seed is the same unit noise on every backend
         noise = inference.draw_noise(runner.noise_shapes, n, seed=10 + n)
         with torch.no_grad():
-            xs_ref = ref.sample(n, 0.8, noise=[torch.from_numpy(z).double() for z in noise])
+            xs_ref = ref.sample(n, temperature=0.8, noise=[torch.from_numpy(z).double() for z in noise])
         xs = runner.sample(n, temperature=0.8, seed=10 + n).double()
         bound = TOL["sample_abs"] + TOL["sample_rel"] * xs_ref.abs()
         assert ((xs - xs_ref).abs() <= bound).all(), f"{backend} sample err {(xs - xs_ref).abs().max():.3g}"
@@ -213,7 +213,7 @@ def toy_backend():
 def test_a_registered_backend_reaches_load_serve_bench_and_ranking(toy_backend, tmp_path):
     from bench import ranking, suite
     from nfkd.cli.serve import build_parser
-    from nfkd.serving.backends import load_backend
+    from nfkd.serving.loading import load_model
 
     assert toy_backend in [b.name for b in inference.backends()] and inference.status("toy").available
     flow = make("maf")
@@ -226,7 +226,7 @@ def test_a_registered_backend_reaches_load_serve_bench_and_ranking(toy_backend, 
         assert float((runner.log_prob(x.float()).double() - ref).abs().max()) < 1e-3
     assert build_parser().parse_args(["m.pt", "--backend", "toy-alias"]).backend == "toy-alias"
     ckpt = nfkd.save(flow, tmp_path / "maf.pt")
-    assert load_backend(ckpt, "toy").runner.backend == "toy"  # the service, through the registry
+    assert load_model(ckpt, "toy").backend == "toy"  # the service, through the registry
     assert "toy" in suite.nfkd_backends() and "toy" in suite.default_backends(full=False)
     assert {c.backend for c in suite.cases(suite.QUICK, "density") if c.arch == "maf"} >= {"toy", "eager"}
     rows = [{"backend": b, "arch": "maf", "direction": "density", "dim": "6", "batch": "1", "median_s": t}

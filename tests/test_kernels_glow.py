@@ -110,8 +110,8 @@ def test_glow_sample(name, batch, layout, use_dot):
     g = torch.Generator().manual_seed(seed)
     noise = [torch.randn(s, generator=g, dtype=torch.float64) for s in flow.noise_shapes(batch)]
     with torch.no_grad():
-        ref = ref64.sample(noise[0].shape[0], 0.7, noise=noise)
-        torch.testing.assert_close(ref, flow.sample(batch, 0.7, noise=noise), rtol=1e-8, atol=1e-8)
+        ref = ref64.sample(noise[0].shape[0], temperature=0.7, noise=noise)
+        torch.testing.assert_close(ref, flow.sample(batch, temperature=0.7, noise=noise), rtol=1e-8, atol=1e-8)
     out = torch.full((batch, *flow.event_shape), float("nan"), device=DEV)
     with _env.poison_outputs():
         got = G.glow_sample_triton(G.pack(f32, use_dot), [z.float().to(DEV) for z in noise], 0.7, layout=layout,
@@ -144,7 +144,7 @@ def test_half_precision_inputs_and_float32_only_model(dtype):
     x = (torch.rand(2, *flow.event_shape, generator=g, dtype=torch.float64) - 0.5).to(dtype)
     noise = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in flow.noise_shapes(2)]
     with torch.no_grad():
-        ref_lp, ref_s = ref64.log_prob(x.double()), ref64.sample(len(noise[0]), 0.7, noise=[z.double() for z in noise])
+        ref_lp, ref_s = ref64.log_prob(x.double()), ref64.sample(len(noise[0]), temperature=0.7, noise=[z.double() for z in noise])
     pk = G.pack(f32)
     lp = G.glow_log_prob_triton(pk, x.to(DEV), block_p=16)
     s = G.glow_sample_triton(pk, [z.to(DEV) for z in noise], 0.7, block_p=16)

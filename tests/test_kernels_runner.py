@@ -75,7 +75,7 @@ def test_runner_matches_the_float64_flow(arch):
     x, noise = _inputs(flow, seed, 5 if arch != "glow" else 2)
     with torch.no_grad():
         ref_lp = flow.log_prob(x)
-        ref_s = flow.sample(x.shape[0], 0.75, noise=noise)
+        ref_s = flow.sample(x.shape[0], temperature=0.75, noise=noise)
     runner = inference.load(flow, backend="triton", device=DEV.type)
     assert runner.info()["kernel_ops"] == ["log_prob", "sample"]
     lp = runner.log_prob(x.float())

@@ -85,8 +85,8 @@ def test_sample_matches_float64(arch, dim, opts, batch):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(batch, dim, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        ref = ref64.sample(len(z), 0.8, noise=[z])
-        ref_flow = flow.sample(batch, 0.8, noise=[z])
+        ref = ref64.sample(len(z), temperature=0.8, noise=[z])
+        ref_flow = flow.sample(batch, temperature=0.8, noise=[z])
     torch.testing.assert_close(ref, ref_flow, rtol=1e-8, atol=1e-8)
     sample = T.maf_sample if arch == "maf" else T.glow1d_sample
     with _env.poison_outputs():
@@ -112,7 +112,7 @@ def test_broadcast_matmul_path_and_strided_input(arch):
         z = torch.randn(5, 6, generator=g, dtype=torch.float64)
         s = T.tabular_sample(T.pack(f32), z.float().to(DEV), 1.0, block_b=BLOCK, use_dot=False)
     assert max_rel_err(got.cpu(), ref) < LP_TOL, f"seed={seed}"
-    assert max_scaled_err(s.cpu(), ref64.sample(len(z), 1.0, noise=[z])) < SAMPLE_TOL, f"seed={seed}"
+    assert max_scaled_err(s.cpu(), ref64.sample(len(z), temperature=1.0, noise=[z])) < SAMPLE_TOL, f"seed={seed}"
 
 
 def test_tensor_temperature_and_pack_is_a_snapshot():
@@ -121,7 +121,7 @@ def test_tensor_temperature_and_pack_is_a_snapshot():
     z = torch.randn(3, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     temp = torch.tensor([[0.5], [1.0], [1.5]], dtype=torch.float64)
     got = T.maf_sample(T.pack(f32), z.float().to(DEV), temp.float().to(DEV), block_b=BLOCK)
-    assert max_scaled_err(got.cpu(), ref64.sample(len(z), temp, noise=[z])) < SAMPLE_TOL, f"seed={seed}"
+    assert max_scaled_err(got.cpu(), ref64.sample(len(z), temperature=temp, noise=[z])) < SAMPLE_TOL, f"seed={seed}"
     # the packed buffer is a copy taken once (the triton Runner owns it): a later change of the folded
     # module is seen by a new pack only
     f32b = fold(flow, torch.float32).to(DEV)
@@ -161,7 +161,7 @@ def test_half_precision_inputs(arch, dim, opts, dtype):
     x = (flow.normalize.loc + flow.normalize.scale * torch.randn(19, dim, generator=g, dtype=torch.float64)).to(dtype)
     z = torch.randn(19, dim, generator=g, dtype=torch.float64).to(dtype)
     with torch.no_grad():  # the reference sees the same rounded values, in float64
-        ref_lp, ref_s = ref64.log_prob(x.double()), ref64.sample(len(z), 0.8, noise=[z.double()])
+        ref_lp, ref_s = ref64.log_prob(x.double()), ref64.sample(len(z), temperature=0.8, noise=[z.double()])
     with _env.poison_outputs():
         lp = T.tabular_log_prob(T.pack(f32), x.to(DEV), block_b=BLOCK)
         s = T.tabular_sample(T.pack(f32), z.to(DEV), 0.8, block_b=BLOCK)
@@ -183,8 +183,8 @@ def test_iaf_sample_matches_float64(arch, dim, opts, batch):
     seed = fresh_seed()
     z = torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     with torch.no_grad():
-        ref = ref64.sample(batch, 0.8, noise=[z])
-    torch.testing.assert_close(ref, flow.sample(batch, 0.8, noise=[z]), rtol=1e-8, atol=1e-8)
+        ref = ref64.sample(batch, temperature=0.8, noise=[z])
+    torch.testing.assert_close(ref, flow.sample(batch, temperature=0.8, noise=[z]), rtol=1e-8, atol=1e-8)
     with _env.poison_outputs():
         got = T.iaf_sample(T.pack(f32), z.float().to(DEV), 0.8, out=_nan(batch, dim), block_b=BLOCK)
     assert torch.isfinite(got).all(), f"unwritten/NaN sample (seed={seed})"
@@ -208,5 +208,5 @@ def test_iaf_has_no_density_kernel_and_the_runner_binds_pytorch_at_load():
     assert max_rel_err(runner.log_prob(x.float()).cpu(), ref64.log_prob(x)) < LP_TOL
     z = torch.randn(5, 6, dtype=torch.float64)
     with torch.no_grad():
-        ref = ref64.sample(5, 0.8, noise=[z])
+        ref = ref64.sample(5, temperature=0.8, noise=[z])
     assert max_scaled_err(runner.sample(noise=[z.float()], temperature=0.8).cpu(), ref) < SAMPLE_TOL

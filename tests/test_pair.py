@@ -258,13 +258,13 @@ def test_tampered_bundles_are_refused(bundle, files, tmp_path):
 # Serving
 # --------------------------------------------------------------------------------------------
 def test_serve_routes_log_prob_and_sample_and_shows_the_pair(bundle, files, wine):
-    from nfkd.serving import ServeConfig, create_app, load_backend, load_pair_backend
+    from nfkd.serving import ServeConfig, create_app, load_model, load_pair_model
     from nfkd.serving.http_server import BackgroundServer
 
     x = _rows(wine, 12)
     record = json.loads((bundle / "pair.json").read_text())
-    for backend in (load_backend(bundle, "torch", threads=1),
-                    load_pair_backend(files["maf"], files["iaf"], "auto", threads=1, sampler_backend="torch")):
+    for backend in (load_model(bundle, "torch", threads=1),
+                    load_pair_model(files["maf"], files["iaf"], "auto", threads=1, sampler_backend="torch")):
         with BackgroundServer(create_app(backend, ServeConfig(max_wait_ms=1))) as srv, \
                 httpx.Client(base_url=srv.url, timeout=30.0) as c:
             r = c.post("/log_prob", json={"x": x.tolist()})
@@ -280,7 +280,7 @@ def test_serve_routes_log_prob_and_sample_and_shows_the_pair(bundle, files, wine
             r = c.post("/log_prob", json={"x": [[0.0] * 5]})
             assert r.status_code == 422 and "13" in r.json()["error"]
     assert meta["pair"]["faithfulness"] is None
-    assert load_backend(bundle, "torch").info()["pair"]["faithfulness"] == record["faithfulness"]
+    assert load_model(bundle, "torch").info()["pair"]["faithfulness"] == record["faithfulness"]
 
 
 def test_serve_cli_refuses_half_a_pair(files, bundle, capsys):

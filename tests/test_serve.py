@@ -36,7 +36,7 @@ from export.manifest import reusable_export
 from export.runtime import load as load_runtime
 from nfkd.errors import InputError
 from nfkd.flows import Glow1D
-from nfkd.serving import ServeConfig, create_app, load_backend
+from nfkd.serving import ServeConfig, create_app, load_model
 from nfkd.serving.admission import Admission, Closed, Overloaded
 from nfkd.serving.batcher import LogProbBatcher, ModelWorker, Stats
 from nfkd.serving.http_server import BackgroundServer
@@ -90,7 +90,7 @@ def runtime():
 def server():
     """ONNX Runtime backend from the checkpoint (the cached export is reused), small limits."""
     ckpt, _ = student()
-    backend = load_backend(ckpt, "onnxruntime", threads=1, cache_dir=CACHE)
+    backend = load_model(ckpt, "onnxruntime", threads=1, cache_dir=CACHE)
     cfg = ServeConfig(max_wait_ms=5, max_request_rows=64, max_sample_n=256, max_body_bytes=32 * 1024)
     with BackgroundServer(create_app(backend, cfg)) as srv:
         yield srv
@@ -192,9 +192,9 @@ def test_sample_matches_the_runtime(client, runtime):
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["n"], body["temperature"], body["seed"]) == (9, 0.7, 5)
-    np.testing.assert_array_equal(np.asarray(body["x"], np.float32), runtime.sample(9, 0.7, seed=5))
+    np.testing.assert_array_equal(np.asarray(body["x"], np.float32), runtime.sample(9, temperature=0.7, seed=5))
     r = client.post("/sample", json={"n": 3, "seed": 1}, headers={"accept": "application/x-npy"})
-    np.testing.assert_array_equal(np.load(io.BytesIO(r.content), allow_pickle=False), runtime.sample(3, 1.0, seed=1))
+    np.testing.assert_array_equal(np.load(io.BytesIO(r.content), allow_pickle=False), runtime.sample(3, temperature=1.0, seed=1))
     r = client.post("/sample", json={"n": 4})  # no seed: random, still valid
     assert np.asarray(r.json()["x"]).shape == (4, DIM)
     assert np.asarray(client.post("/sample", json={"n": 2, "temperature": 0, "seed": 0}).json()["x"]).shape == (2, DIM)
@@ -292,23 +292,24 @@ BAD = [
     ("n-too-large", "/sample", {"json": {"n": 257}}, 422, r"n = 257 is above this server's limit of 256"),
     ("n-missing", "/sample", {"json": {"temperature": 1.0}}, 422, r"missing field 'n'"),
     ("t-nan", "/sample", {"content": b'{"n": 2, "temperature": NaN}', "headers": J}, 422,
-     r"temperature must be a number in \[0, 10\], got NaN"),
+     r"temperature must be a finite number in \[0, 10\], got NaN"),
     ("t-inf", "/sample", {"content": b'{"n": 2, "temperature": Infinity}', "headers": J}, 422, r"temperature must be"),
     ("t-negative", "/sample", {"json": {"n": 2, "temperature": -0.5}}, 422, r"temperature must be .* got -0.5"),
     ("t-string", "/sample", {"json": {"n": 2, "temperature": "hot"}}, 422, r"temperature must be"),
     ("t-huge-int", "/sample", {"content": b'{"n": 2, "temperature": 1' + b"0" * 400 + b"}", "headers": J}, 422,
-     r"temperature must be a number in \[0, 10\]"),
+     r"temperature must be a finite number in \[0, 10\]"),
     ("t-float32-overflow", "/sample", {"json": {"n": 2, "temperature": 1e39}}, 422,
-     r"temperature must be a number in \[0, 10\]"),
+     r"temperature must be a finite number in \[0, 10\]"),
     ("t-1e10", "/sample", {"json": {"n": 2, "temperature": 1e10}}, 422,
-     r"temperature must be a number in \[0, 10\], got 1e\+?10"),
+     r"temperature must be a finite number in \[0, 10\], got 1e\+?10"),
     ("t-above-limit", "/sample", {"json": {"n": 2, "temperature": 10.5}}, 422, r"in \[0, 10\], got 10.5"),
     ("n-huge", "/sample", {"content": b'{"n": 1' + b"0" * 400 + b"}", "headers": J}, 422,
      r"n = a 401-digit integer is above this server's limit of 256"),
     ("seed-huge", "/sample", {"content": b'{"n": 2, "seed": 1' + b"0" * 400 + b"}", "headers": J}, 422,
-     r"seed must be null or an integer in \[0, 2\*\*63 - 1\], got a 401-digit integer"),
-    ("seed-negative", "/sample", {"json": {"n": 2, "seed": -1}}, 422, r"seed must be null or an integer"),
-    ("seed-float", "/sample", {"json": {"n": 2, "seed": 1.5}}, 422, r"seed must be null or an integer"),
+     r"seed must be an integer in 0\.\.4294967295 \(or null.*got a 401-digit integer"),
+    ("seed-above-range", "/sample", {"json": {"n": 2, "seed": 2**32}}, 422, r"seed must be an integer in 0\.\.4294967295"),
+    ("seed-negative", "/sample", {"json": {"n": 2, "seed": -1}}, 422, r"seed must be an integer in 0\.\.4294967295"),
+    ("seed-float", "/sample", {"json": {"n": 2, "seed": 1.5}}, 422, r"seed must be an integer"),
     ("sample-malformed", "/sample", {"content": b"{n: 2}", "headers": J}, 400, r"malformed JSON"),
     ("sample-unknown", "/sample", {"json": {"n": 2, "temp": 0.5}}, 422, r"unknown field\(s\) \['temp'\]"),
 ]
@@ -367,7 +368,7 @@ def test_access_log_lines_are_structured(client, caplog):
 # Other modes: no batching, torch backend
 # --------------------------------------------------------------------------------------------
 def test_no_batching_runs_one_model_call_per_request(runtime):
-    backend = load_backend(student()[1], "onnxruntime", threads=1)
+    backend = load_model(student()[1], "onnxruntime", threads=1)
     with BackgroundServer(create_app(backend, ServeConfig(batching=False))) as srv:
         rng = np.random.default_rng(4)
         xs = [rows(rng, 4) for _ in range(64)]
@@ -382,7 +383,7 @@ def test_no_batching_runs_one_model_call_per_request(runtime):
 
 def test_torch_backend_serves_the_eager_flow(runtime):
     ckpt, folder = student()
-    backend = load_backend(ckpt, "torch")
+    backend = load_model(ckpt, "torch")
     with BackgroundServer(create_app(backend, ServeConfig(max_wait_ms=2))) as srv, \
             httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
         x = rows(np.random.default_rng(5), 16)
@@ -390,21 +391,30 @@ def test_torch_backend_serves_the_eager_flow(runtime):
         ref = runtime.log_prob(x)
         assert np.max(np.abs(got - ref) / np.maximum(1, np.abs(ref))) <= 1e-4
         xs = np.asarray(c.post("/sample", json={"n": 6, "temperature": 0.8, "seed": 2}).json()["x"], np.float32)
-        np.testing.assert_allclose(xs, runtime.sample(6, 0.8, seed=2), rtol=1e-4, atol=1e-4)  # same noise
+        np.testing.assert_allclose(xs, runtime.sample(6, temperature=0.8, seed=2), rtol=1e-4, atol=1e-4)  # same noise
         meta = c.get("/metadata").json()
-        assert meta["backend"] == "torch" and meta["checkpoint_sha256"] == nfkd.load_checkpoint(ckpt).sha256
+        assert meta["backend"] == "eager" and meta["checkpoint_sha256"] == nfkd.load_checkpoint(ckpt).sha256
         assert c.post("/log_prob", json={"x": [[0, 0]]}).status_code == 422
     with pytest.raises(InputError, match="needs the checkpoint file"):
-        load_backend(folder, "torch")
+        load_model(folder, "torch")
 
 
 def test_backend_loading_errors(tmp_path):
     with pytest.raises(InputError, match="model not found"):
-        load_backend(tmp_path / "missing.pt")
+        load_model(tmp_path / "missing.pt")
     with pytest.raises(InputError, match="without manifest.json"):
-        load_backend(tmp_path)
+        load_model(tmp_path)
     with pytest.raises(InputError, match="backend must be one of"):
-        load_backend(student()[0], "tflite")
+        load_model(student()[0], "tflite")
+
+
+def test_backend_choices_are_the_registry_and_its_aliases():
+    from nfkd.inference import registry
+    from nfkd.serving.loading import BACKEND_CHOICES, backend_name
+
+    aliases = {a: s.name for s in registry.BACKENDS.values() for a in s.aliases}
+    assert set(BACKEND_CHOICES) == {"auto", *registry.BACKENDS, *aliases} and aliases.get("torch") == "eager"
+    assert backend_name("torch") == "eager" and backend_name("numba") == "numba" and backend_name(None) is None
 
 
 def test_on_the_fly_export_is_cached_and_verified(tmp_path, monkeypatch):

@@ -24,7 +24,8 @@ import nfkd
 from export.cache import ensure_export
 from export.manifest import Manifest, sha256_file
 from nfkd.errors import InputError
-from nfkd.serving import ModelBackend, ServeConfig, create_app, load_backend, payload
+from nfkd.inference import Runner
+from nfkd.serving import ServeConfig, create_app, load_model, payload
 from nfkd.serving.http_server import BackgroundServer
 
 from .test_serve import DIM, TIMEOUT, rows, student
@@ -54,14 +55,15 @@ def _in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
     return t, box
 
 
-class GatedBackend(ModelBackend):
-    """A real backend whose first sampling call blocks until released; records every model call."""
+class GatedRunner(Runner):
+    """A real Runner's calls, recorded once ``armed`` (after the warm-up); the first sampling call then blocks
+    until released (and, with ``gate_log_prob_above``, the first log_prob call of more rows)."""
 
-    def __init__(self, inner: ModelBackend) -> None:
-        super().__init__(name=inner.name, arch=inner.arch, config=inner.config, event_shape=inner.event_shape,
-                         noise_shapes=inner.noise_shapes, max_batch=inner.max_batch,
-                         checkpoint_sha256=inner.checkpoint_sha256, source=inner.source, device=inner.device)
+    def __init__(self, inner: Runner) -> None:
+        super().__init__(inner.meta, inner.device, inner.threads, inner.max_batch)
+        self.backend = inner.backend
         self.inner = inner
+        self.armed = False
         self.calls: list[tuple[str, int]] = []
         self.entered = threading.Event()
         self.release = threading.Event()
@@ -73,26 +75,31 @@ class GatedBackend(ModelBackend):
 
     gate_log_prob_above = None  # rows: the first log_prob call with more rows blocks too
 
-    def log_prob(self, x):
-        self.calls.append(("log_prob", len(x)))
-        if self.gate_log_prob_above is not None and len(x) > self.gate_log_prob_above:
+    def log_prob(self, x, validate=True):
+        if self.armed:
+            self.calls.append(("log_prob", len(x)))
+            if self.gate_log_prob_above is not None and len(x) > self.gate_log_prob_above:
+                self._gate()
+        return self.inner.log_prob(x, validate=validate)
+
+    def sample(self, n=None, *, temperature=1.0, seed=None, noise=None):
+        if self.armed:
+            self.calls.append(("sample", len(noise[0]) if noise is not None else n))
             self._gate()
-        return self.inner.log_prob(x)
+        return self.inner.sample(n, temperature=temperature, seed=seed, noise=noise)
 
-    def sample(self, n, temperature, seed):
-        self.calls.append(("sample", n))
-        self._gate()
-        return self.inner.sample(n, temperature, seed)
 
-    def decode(self, noise, temperature):
-        self.calls.append(("sample", len(noise[0])))
-        self._gate()
-        return self.inner.decode(noise, temperature)
+@contextlib.contextmanager
+def gated_server(gated: GatedRunner, cfg: ServeConfig):
+    """A server on ``gated``, warmed up (BackgroundServer waits for /ready), then armed."""
+    with BackgroundServer(create_app(gated, cfg)) as srv:
+        gated.armed = True
+        yield srv
 
 
 @pytest.fixture(scope="module")
 def ort_backend():
-    return load_backend(student()[1], "onnxruntime", threads=1)
+    return load_model(student()[1], "onnxruntime", threads=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,9 +160,9 @@ def test_healthz_is_answered_while_a_body_is_being_parsed(monkeypatch, ort_backe
 # 3. /sample: admission control, chunks interleaved with /log_prob
 # --------------------------------------------------------------------------------------------
 def test_sample_rows_count_against_the_queue_limit(ort_backend):
-    gated = GatedBackend(ort_backend)
+    gated = GatedRunner(ort_backend)
     cfg = ServeConfig(max_queue_rows=100, max_request_rows=100, max_sample_n=1000)
-    with BackgroundServer(create_app(gated, cfg)) as srv, httpx.Client(base_url=srv.url, timeout=10.0) as c:
+    with gated_server(gated, cfg) as srv, httpx.Client(base_url=srv.url, timeout=10.0) as c:
         t, box = _in_thread(httpx.post, srv.url + "/sample", json={"n": 80, "seed": 3}, timeout=TIMEOUT)
         try:
             assert gated.entered.wait(30)  # 80 rows in the model thread
@@ -168,50 +175,50 @@ def test_sample_rows_count_against_the_queue_limit(ort_backend):
             gated.release.set()
             t.join(30)
         assert box["value"].status_code == 200, box
-        np.testing.assert_array_equal(np.asarray(box["value"].json()["x"], np.float32), ort_backend.sample(80, 1.0, 3))
+        np.testing.assert_array_equal(np.asarray(box["value"].json()["x"], np.float32), ort_backend.sample(80, temperature=1.0, seed=3))
         assert c.get("/stats").json()["queue"]["rejected_overloaded"] == 2
 
 
-def test_large_samples_are_split_and_log_prob_runs_between_chunks(ort_backend):
-    gated = GatedBackend(ort_backend)
-    with BackgroundServer(create_app(gated, ServeConfig(max_batch=16, max_sample_n=64))) as srv, \
-            httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
-        t, box = _in_thread(httpx.post, srv.url + "/sample", json={"n": 64, "temperature": 0.8, "seed": 7},
-                            timeout=TIMEOUT)
-        x = rows(np.random.default_rng(1), 2)
-        try:
-            assert gated.entered.wait(30)  # the first chunk is in the model thread
-            t2, box2 = _in_thread(c.post, "/log_prob", json={"x": x.tolist()})
-            _wait(lambda: c.get("/stats").json()["model"]["pending_calls"] >= 1, "the log_prob call to be queued")
-        finally:
-            gated.release.set()
-            t.join(30)
+def _small_behind_the_gate(srv, c, gated: GatedRunner, path: str, body: dict, small: np.ndarray) -> tuple[dict, dict]:
+    """POST ``body`` to ``path``; once its first model call is held at the gate, queue a small /log_prob behind
+    it, then release: (the first answer's box, the small one's)."""
+    t, box = _in_thread(httpx.post, srv.url + path, json=body, timeout=TIMEOUT)
+    t2 = None
+    try:
+        assert gated.entered.wait(30)  # the first chunk is in the model thread
+        t2, box2 = _in_thread(c.post, "/log_prob", json={"x": small.tolist()})
+        _wait(lambda: c.get("/stats").json()["model"]["pending_calls"] >= 1, "the small log_prob call to be queued")
+    finally:
+        gated.release.set()
+        t.join(30)
+        if t2 is not None:
             t2.join(30)
+    return box, box2
+
+
+def test_large_samples_are_split_and_log_prob_runs_between_chunks(ort_backend):
+    gated = GatedRunner(ort_backend)
+    with gated_server(gated, ServeConfig(max_batch=16, max_sample_n=64)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
+        x = rows(np.random.default_rng(1), 2)
+        box, box2 = _small_behind_the_gate(srv, c, gated, "/sample", {"n": 64, "temperature": 0.8, "seed": 7}, x)
     assert box["value"].status_code == 200 and box2["value"].status_code == 200
     kinds = [k for k, _ in gated.calls]
     assert all(n <= 16 for k, n in gated.calls if k == "sample") and kinds.count("sample") == 4, gated.calls
     assert kinds.index("log_prob") < len(kinds) - 1 - kinds[::-1].index("sample"), gated.calls  # ran between chunks
     got = np.asarray(box["value"].json()["x"], np.float32)
-    np.testing.assert_allclose(got, ort_backend.sample(64, 0.8, 7), rtol=1e-5, atol=1e-5)  # same seed, same rows
+    np.testing.assert_allclose(got, ort_backend.sample(64, temperature=0.8, seed=7), rtol=1e-5, atol=1e-5)  # same seed, same rows
     np.testing.assert_allclose(box2["value"].json()["log_prob"], ort_backend.log_prob(x), rtol=1e-6, atol=1e-6)
 
 
 def test_large_log_prob_requests_are_chunked_and_small_ones_run_between(ort_backend):
-    gated = GatedBackend(ort_backend)
+    gated = GatedRunner(ort_backend)
     gated.gate_log_prob_above = 2
     big = rows(np.random.default_rng(3), 64)
     small = rows(np.random.default_rng(4), 2)
-    with BackgroundServer(create_app(gated, ServeConfig(max_batch=16, max_request_rows=64))) as srv, \
+    with gated_server(gated, ServeConfig(max_batch=16, max_request_rows=64)) as srv, \
             httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
-        t, box = _in_thread(httpx.post, srv.url + "/log_prob", json={"x": big.tolist()}, timeout=TIMEOUT)
-        try:
-            assert gated.entered.wait(30)  # the first 16-row chunk is in the model thread
-            t2, box2 = _in_thread(c.post, "/log_prob", json={"x": small.tolist()})
-            _wait(lambda: c.get("/stats").json()["model"]["pending_calls"] >= 1, "the small call to be queued")
-        finally:
-            gated.release.set()
-            t.join(30)
-            t2.join(30)
+        box, box2 = _small_behind_the_gate(srv, c, gated, "/log_prob", {"x": big.tolist()}, small)
     assert [n for _, n in gated.calls] == [16, 2, 16, 16, 16], gated.calls
     np.testing.assert_allclose(box["value"].json()["log_prob"], ort_backend.log_prob(big), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(box2["value"].json()["log_prob"], ort_backend.log_prob(small), rtol=1e-6, atol=1e-6)
@@ -223,20 +230,20 @@ def test_large_log_prob_requests_are_chunked_and_small_ones_run_between(ort_back
 def test_torch_threads_are_set_inside_the_model_thread():
     before = torch.get_num_threads()
     k = 1 if before != 1 else 2
-    backend = load_backend(student()[0], "torch", threads=k)
+    backend = load_model(student()[0], "torch", threads=k)
     assert torch.get_num_threads() == before  # loading does not change the caller's thread count
     torch.set_num_threads(before)  # whatever the process does afterwards must not matter
     seen: list[int] = []
     inner = backend.log_prob
 
-    def spy(x):
+    def spy(x, validate=True):
         seen.append(torch.get_num_threads())
-        return inner(x)
+        return inner(x, validate=validate)
 
     backend.log_prob = spy
     with BackgroundServer(create_app(backend, ServeConfig())) as srv:
         r = httpx.post(srv.url + "/log_prob", json={"x": np.zeros((9, DIM)).tolist()}, timeout=TIMEOUT)
-    assert r.status_code == 200 and seen == [k]
+    assert r.status_code == 200 and seen == [k, k]  # the warm-up's call, then the request's
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +271,7 @@ def test_a_tampered_cached_export_is_refused_and_rebuilt(tmp_path, caplog):
     cache = tmp_path / "cache"
     copy = cache / folder.name
     shutil.copytree(folder, copy)
-    intact = load_backend(ckpt, "onnxruntime", threads=1, cache_dir=cache)  # reused after a passing re-check
+    intact = load_model(ckpt, "onnxruntime", threads=1, cache_dir=cache)  # reused after a passing re-check
     parity = intact.info()["export"]["parity"]
     assert parity["rechecked"] is True and parity["recheck"]["passed"] is True
     _tamper(copy)
@@ -277,7 +284,7 @@ def test_a_tampered_cached_export_is_refused_and_rebuilt(tmp_path, caplog):
     bad = load(copy).log_prob(x)
     assert np.max(np.abs(bad - ref)) > 1e-2  # the tampered graph really serves other densities
     with caplog.at_level(logging.WARNING, logger="nfkd.serve"):
-        backend = load_backend(ckpt, "onnxruntime", threads=1, cache_dir=cache)
+        backend = load_model(ckpt, "onnxruntime", threads=1, cache_dir=cache)
     assert any("failed the parity re-check" in r.getMessage() for r in caplog.records)
     got = backend.log_prob(x)
     assert np.max(np.abs(got - ref) / np.maximum(1, np.abs(ref))) <= 1e-4
@@ -449,12 +456,12 @@ def test_large_uploads_beyond_the_memory_budget_get_503_with_retry_after(ort_bac
     """30 concurrent legal 17.7 MB uploads took the probe's server to 1.4 GB: bodies are now reserved
     from Content-Length before they are read; a large one that does not fit gets 503 + Retry-After,
     while small requests still fit in the headroom."""
-    gated = GatedBackend(ort_backend)
+    gated = GatedRunner(ort_backend)
     gated.gate_log_prob_above = 100
     big = json.dumps({"x": rows(np.random.default_rng(7), 1000).tolist()}).encode()  # ~100 KB
     small = {"x": rows(np.random.default_rng(8), 1).tolist()}
     cfg = ServeConfig(max_inflight_bytes=int(2.5 * len(big)))
-    with BackgroundServer(create_app(gated, cfg)) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
+    with gated_server(gated, cfg) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
         post = functools.partial(httpx.post, srv.url + "/log_prob", content=big, headers=J, timeout=TIMEOUT)
         t1, box1 = _in_thread(post)
         try:

@@ -18,7 +18,7 @@ TIMEOUT_S = 30.0
 
 
 class SteppingBackend:
-    """Duck-typed ``ModelBackend``: each ``log_prob`` call records its rows, then waits for one permit."""
+    """Duck-typed ``nfkd.inference.Runner``: each ``log_prob`` call records its rows, then waits for one permit."""
 
     dim = DIM
     event_shape = (DIM,)
@@ -28,7 +28,7 @@ class SteppingBackend:
         self.permits = threading.Semaphore(0)
         self.calls: list[int] = []
 
-    def init_model_thread(self) -> None:
+    def pin_threads(self) -> None:
         pass
 
     @staticmethod
@@ -36,7 +36,7 @@ class SteppingBackend:
         """Row-wise, so any chunking must give exactly these values in this order."""
         return (x * np.arange(1, DIM + 1, dtype=np.float32)).sum(axis=1) - np.float32(0.5)
 
-    def log_prob(self, x: np.ndarray) -> np.ndarray:
+    def log_prob(self, x: np.ndarray, validate: bool = True) -> np.ndarray:
         self.calls.append(int(x.shape[0]))
         assert self.permits.acquire(timeout=TIMEOUT_S), "no permit: the test did not release this call"
         return self.score(x)

@@ -93,6 +93,16 @@ def test_test_ll_is_the_float64_mean_with_2se(measured, flows, data):
         assert m["log_likelihood"] == pytest.approx(float(lp.mean()), rel=1e-12, abs=1e-12)
         assert m["ll_2se"] == pytest.approx(float(2 * lp.std() / math.sqrt(len(lp))), rel=1e-9)
     assert measured["models"]["teacher"]["log_likelihood"] != measured["models"]["iaf"]["log_likelihood"]
+    # the paired difference on the same rows: per-row float64 differences, 2 SE with ddof=1
+    with torch.no_grad():
+        d = (flows["iaf"].double().log_prob(torch.from_numpy(data.test).double())
+             - flows["teacher"].double().log_prob(torch.from_numpy(data.test).double())).numpy()
+    for f in flows.values():
+        f.float()
+    vs = measured["models"]["iaf"]["vs_teacher"]
+    assert vs["n"] == len(d) and vs["mean"] == pytest.approx(d.mean(), rel=1e-9)
+    assert vs["se2"] == pytest.approx(2 * d.std(ddof=1) / math.sqrt(len(d)), rel=1e-9)
+    assert "vs_teacher" not in measured["models"]["teacher"]
 
 
 def _row(model, backend, medians: dict[tuple[str, int], float], agrees=True):
@@ -177,6 +187,9 @@ def test_report_table_plot_and_section(measured, tmp_path):
     assert skipped and all(any(ln.startswith(f"- {r['backend']} for ") and r["model"] in ln for ln in lines)
                            for r in skipped)  # each pair that did not run is listed with its reason
     assert "nothing meets 1 ns" in text
+    vs = measured["models"]["iaf"]["vs_teacher"]
+    assert f"{vs['mean']:+.3f} ± {vs['se2']:.3f}" in text  # the '− teacher' column
+    assert f"load average {m['load_average'][0]:.1f} at start / {m['load_end']:.1f} at end" in text
     front = plot_tradeoff(measured, tmp_path / "t.png", "sample", 1)
     assert (tmp_path / "t.png").stat().st_size > 0 and front
     section = tradeoff_section(measured, tmp_path / "sec")

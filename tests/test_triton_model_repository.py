@@ -153,7 +153,7 @@ def test_repository_models_compute_the_students_values(repo):
     noise = rng.standard_normal((7, DIM)).astype(np.float32)
     xs = samp.run(["x"], {"noise_0": noise, "temperature": np.array([0.8], np.float32)})[0].astype(np.float64)
     with torch.no_grad():
-        xs_ref = flow.sample(7, 0.8, noise=[torch.from_numpy(noise).double()]).numpy()
+        xs_ref = flow.sample(7, temperature=0.8, noise=[torch.from_numpy(noise).double()]).numpy()
     assert (np.abs(xs - xs_ref) <= tol["sample_abs"] + tol["sample_rel"] * np.abs(xs_ref)).all()
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..validation import MAX_SEED
+from ..validation import check_seed as validate_seed
 
 __all__ = ["check_train_config", "check_seed", "check_device", "check_out_dir", "check_cli_run",
     "check_teacher", "check_distill_flags", "OVERRIDE_MAX"]
@@ -25,7 +27,7 @@ _MIN_INT = {"steps": 1, "batch_size": 1, "warmup": 0, "eval_every": 1, "patience
 _FLOAT_RANGE = {"lr": (0.0, math.inf, False), "weight_decay": (0.0, math.inf, True),
                 "clip_grad": (0.0, math.inf, False), "min_lr_ratio": (0.0, 1.0, True),
                 "select_trim": (0.0, 0.49, True)}
-SEED_MAX = 2**32 - 1  # numpy's RandomState (the seeded splits) takes 0 .. 2**32 - 1
+SEED_MAX = MAX_SEED  # the one seed range (nfkd.validation): numpy's RandomState takes 0 .. 2**32 - 1
 #: Largest architecture overrides: ``--hidden 100000000`` allocated until torch failed with a traceback.
 #: The paper's widest model has hidden 512 and the deepest 32 steps per level.
 OVERRIDE_MAX = {"hidden": 16_384, "steps_arch": 1_024}
@@ -62,8 +64,8 @@ def check_train_config(cfg: Any) -> None:
 
 
 def check_seed(seed: Any) -> None:
-    if not _is_int(seed) or not 0 <= seed <= SEED_MAX:
-        raise InputError(f"--seed must be an integer in 0..{SEED_MAX}, got {seed!r}")
+    """``--seed``: required, in ``nfkd.validation.check_seed``'s one range (0 .. MAX_SEED)."""
+    validate_seed(seed, "--seed", optional=False)
 
 
 def check_device(device: Any) -> None:

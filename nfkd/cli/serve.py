@@ -64,19 +64,30 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ..serving.backends import BACKENDS
-
-    ap = argparse.ArgumentParser(prog="python -m nfkd serve", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def _add_model_args(ap: argparse.ArgumentParser, backends: tuple[str, ...]) -> None:
+    """MODEL (or a --density / --sampler pair) and the backend each runs on."""
     ap.add_argument("model", nargs="?", default=None,
                     help="checkpoint (.pt), export folder (with manifest.json) or pair bundle (with pair.json)")
     ap.add_argument("--density", default=None, help="with --sampler, instead of MODEL: the model that answers /log_prob")
     ap.add_argument("--sampler", default=None, help="with --density, instead of MODEL: the model that answers /sample")
-    ap.add_argument("--density-backend", choices=BACKENDS, default=None,
+    ap.add_argument("--backend", choices=backends, default="auto",
+                    help="any nfkd.inference backend; auto (default): the fastest here from the benchmark ranking "
+                         "(CPU: the numba engine for Glow-1D / MAF when installed, else ONNX Runtime; CUDA: "
+                         "TensorRT, then the Triton kernels); torch = eager")
+    ap.add_argument("--density-backend", choices=backends, default=None,
                     help="a pair's density side on this backend (default: --backend)")
-    ap.add_argument("--sampler-backend", choices=BACKENDS, default=None,
+    ap.add_argument("--sampler-backend", choices=backends, default=None,
                     help="a pair's sampler side on this backend (default: --backend)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                    help="default: cuda when a GPU is visible, else cpu")
+    ap.add_argument("--threads", type=_positive_int, default=None,
+                    help="intra-op threads of the model (ONNX Runtime / torch; default: CPU count - 1, at least 1)")
+    ap.add_argument("--cache-dir", default=None,
+                    help="where checkpoints are exported on the fly (default $NFKD_CACHE_DIR or ~/.cache/nfkd/exports)")
+
+
+def _add_engine_args(ap: argparse.ArgumentParser) -> None:
+    """Which server, where it listens, how it logs and stops."""
     ap.add_argument("--engine", choices=("builtin", "triton"), default="builtin",
                     help="builtin (default): FastAPI service; triton: a real Triton Inference Server (KServe v2 "
                          "HTTP + gRPC, metrics; pip install --no-deps nvidia-pytriton==0.7.0)")
@@ -88,12 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--engine triton: Prometheus metrics port (default port+2; any free one with --port 0)")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port, logged)")
-    ap.add_argument("--backend", choices=BACKENDS, default="auto",
-                    help="any nfkd.inference backend; auto (default): the fastest here from the benchmark ranking "
-                         "(CPU: the numba engine for Glow-1D / MAF when installed, else ONNX Runtime; CUDA: "
-                         "TensorRT, then the Triton kernels); torch = eager")
-    ap.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                    help="default: cuda when a GPU is visible, else cpu")
+    ap.add_argument("--graceful-timeout", type=_non_negative_float, default=30.0,
+                    help="seconds to finish in-flight requests on shutdown")
+    ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def _add_limit_args(ap: argparse.ArgumentParser) -> None:
+    """Batching and every limit of ``ServeConfig``."""
     ap.add_argument("--max-batch", type=_positive_int, default=4096, help="rows merged into one model call")
     ap.add_argument("--max-wait-ms", type=_non_negative_float, default=2.0,
                     help="how long a queued request may wait for others to merge with (default 2)")
@@ -121,82 +133,73 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-inflight-bytes", type=_positive_int, default=None,
                     help="request bodies and answers held at once, all clients together; more: 503 with Retry-After "
                          "(default max(4x max-body-bytes, 64 MiB))")
-    ap.add_argument("--threads", type=_positive_int, default=None,
-                    help="intra-op threads of the model (ONNX Runtime / torch; default: CPU count - 1, at least 1)")
-    ap.add_argument("--cache-dir", default=None,
-                    help="where checkpoints are exported on the fly (default $NFKD_CACHE_DIR or ~/.cache/nfkd/exports)")
-    ap.add_argument("--graceful-timeout", type=_non_negative_float, default=30.0,
-                    help="seconds to finish in-flight requests on shutdown")
-    ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..serving.loading import BACKEND_CHOICES
+
+    ap = argparse.ArgumentParser(prog="python -m nfkd serve", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_args(ap, BACKEND_CHOICES)
+    _add_engine_args(ap)
+    _add_limit_args(ap)
     return ap
 
 
 def _load(args: argparse.Namespace, threads: int):
-    """The backend for MODEL, or for the pair --density / --sampler."""
-    from ..serving import load_backend, load_pair_backend
+    """The Runner for MODEL, or for the pair --density / --sampler."""
+    from ..serving.loading import load_model, load_pair_model
 
     sides = {"density_backend": args.density_backend, "sampler_backend": args.sampler_backend}
     common = {"threads": threads, "cache_dir": args.cache_dir, "device": args.device, **sides}
     if args.density or args.sampler:
         if args.model or not (args.density and args.sampler):
             raise InputError("serve one MODEL, or a pair with both --density and --sampler (not MODEL as well)")
-        return load_pair_backend(args.density, args.sampler, args.backend, **common)
+        return load_pair_model(args.density, args.sampler, args.backend, **common)
     if not args.model:
         raise InputError("name the MODEL to serve (a checkpoint, an export folder or a pair bundle), or a pair "
                          "with --density and --sampler")
-    return load_backend(args.model, args.backend, **common)
+    return load_model(args.model, args.backend, **common)
 
 
-def main_serve(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from ..serving import ServeConfig, create_app
-    from ..serving.http_server import bind, uvicorn_config
-    from ..serving.jsonlog import configure_logging
+def _config(args: argparse.Namespace):
+    from ..serving import ServeConfig
 
-    configure_logging(args.log_level)
-    # The event loop releases the GIL at every socket call; with a CPU-bound thread (a large body's
-    # parse, numpy glue of the model thread) it waits up to the switch interval to get it back, each
-    # time. 1 ms instead of 5 keeps /healthz and small requests moving while large bodies are parsed.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    # Leave one core to the event loop (HTTP parsing, JSON): ONNX Runtime's intra-op threads spin while waiting.
-    threads = args.threads or max(1, (os.cpu_count() or 2) - 1)
-    if args.engine == "triton":
-        from ..inference.bundle import is_pair_bundle
-        from ..serving.triton_engine import serve_triton
-
-        if args.model is None or is_pair_bundle(args.model):
-            raise InputError("--engine triton serves one model (a checkpoint or an export folder); serve a density + "
-                             "sampler pair with the built-in engine")
-
-        for name, offset in (("grpc_port", 1), ("metrics_port", 2)):
-            if getattr(args, name) is None:
-                setattr(args, name, args.port + offset if args.port else 0)
-        return serve_triton(args, threads)
-    if args.instances != 1:
-        raise InputError("--instances needs --engine triton (the built-in service runs one model thread)")
-    backend = _load(args, threads)
-    from ..inference.registry import BACKENDS
-
-    if getattr(BACKENDS.get(backend.name), "uses_threads", True):  # a GPU engine (TensorRT) takes no thread count
-        backend.extra["threads"] = threads
-    config = ServeConfig(
+    return ServeConfig(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_request_rows=args.max_request_rows,
         max_sample_n=args.max_sample_n, max_body_bytes=args.max_body_bytes, max_queue_rows=args.max_queue_rows,
         sample_chunk_rows=args.sample_chunk, batching=not args.no_batching, request_timeout_s=args.request_timeout,
         header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
         write_timeout_s=args.write_timeout, max_inflight_bytes=args.max_inflight_bytes,
     )
-    app = create_app(backend, config)
+
+
+def _serve_triton(args: argparse.Namespace, threads: int) -> int:
+    from ..inference.bundle import is_pair_bundle
+    from ..serving.triton_engine import serve_triton
+
+    if args.model is None or is_pair_bundle(args.model):
+        raise InputError("--engine triton serves one model (a checkpoint or an export folder); serve a density + "
+                         "sampler pair with the built-in engine")
+    for name, offset in (("grpc_port", 1), ("metrics_port", 2)):
+        if getattr(args, name) is None:
+            setattr(args, name, args.port + offset if args.port else 0)
+    return serve_triton(args, threads)
+
+
+def _run_uvicorn(app, args: argparse.Namespace, backend: str) -> int:
+    """Listen, serve until SIGTERM / Ctrl-C, drain; 0 after a clean stop."""
+    import uvicorn
+
+    from ..serving.http_server import bind, uvicorn_config
+
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:
         raise InputError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     host, port = sock.getsockname()[:2]
-    log.info("listening", extra={"url": f"http://{host}:{port}", "host": host, "port": port,
-                                 "backend": backend.name,
+    log.info("listening", extra={"url": f"http://{host}:{port}", "host": host, "port": port, "backend": backend,
                                  "model": str(args.model or f"{args.density} + {args.sampler}")})
-    import uvicorn
-
     server = uvicorn.Server(uvicorn_config(app, graceful_timeout_s=args.graceful_timeout))
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; make that a clean exit.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
@@ -212,6 +215,26 @@ def main_serve(argv: list[str] | None = None) -> int:
         return 1
     log.info("stopped")
     return 0
+
+
+def main_serve(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..serving import create_app
+    from ..serving.jsonlog import configure_logging
+
+    configure_logging(args.log_level)
+    # The event loop releases the GIL at every socket call; with a CPU-bound thread (a large body's
+    # parse, numpy glue of the model thread) it waits up to the switch interval to get it back, each
+    # time. 1 ms instead of 5 keeps /healthz and small requests moving while large bodies are parsed.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    # Leave one core to the event loop (HTTP parsing, JSON): ONNX Runtime's intra-op threads spin while waiting.
+    threads = args.threads or max(1, (os.cpu_count() or 2) - 1)
+    if args.engine == "triton":
+        return _serve_triton(args, threads)
+    if args.instances != 1:
+        raise InputError("--instances needs --engine triton (the built-in service runs one model thread)")
+    runner = _load(args, threads)
+    return _run_uvicorn(create_app(runner, _config(args)), args, runner.backend)
 
 
 main = main_serve

@@ -91,7 +91,8 @@ def _report(result, flow, data, args) -> None:
         test = evaluate(flow, data, "test", device=args.device)  # the number a user wants, without `evaluate`
         print(json.dumps({"out": args.out, "best_step": result.best_step, "val": summary, "test": test}, indent=1))
         print(f"test log-likelihood {test['log_likelihood']:.4f} ± {test['ll_2se']:.4f} nats/row (2 SE, n={test['n']})"
-              + (f", {test['bpd']:.4f} bits/dim" if "bpd" in test else ""), file=sys.stderr)
+              + (f", {test['bpd']:.4f} bits/dim" if "bpd" in test else "")
+              + f"; weights of step {result.best_step} of {result.steps_done} (best validation NLL)", file=sys.stderr)
 
 
 def main_train(argv: list[str]) -> int:

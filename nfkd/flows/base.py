@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..validation import check_batch
+from ..noise import SampleCount, draw_noise, sample_shape
+from ..validation import check_batch, check_noise, check_seed
 
 __all__ = ["FlowOutput", "InverseOutput", "standard_normal_logpdf", "check_finite_input", "preset_pair", "Flow",
     "ChainFlow"]
@@ -182,61 +183,49 @@ class Flow(nn.Module):
         return sum(standard_normal_logpdf(z) for z in out.latents) + out.logdet
 
     def sample_noise(
-        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+        self, n: int, *, temperature: float = 1.0, seed: int | None = None, generator: torch.Generator | None = None
     ) -> list[Tensor]:
+        """Noise per level, times ``temperature``: from ``seed`` as every Runner draws it (``nfkd.noise.draw_noise``),
+        else from ``generator`` (training code's torch generators), else from torch's global generator."""
         ref = self._ref()
+        if seed is not None:
+            if generator is not None:
+                raise InputError("pass seed (numpy noise, as every backend draws it) or generator, not both")
+            unit = draw_noise([s[1:] for s in self.noise_shapes(n)], n, check_seed(seed))
+            return [torch.from_numpy(z).to(device=ref.device, dtype=ref.dtype) * temperature for z in unit]
         return [
             torch.randn(s, generator=generator, device=ref.device, dtype=ref.dtype) * temperature
             for s in self.noise_shapes(n)
         ]
 
     def check_noise(self, noise: Sequence[Tensor] | Tensor) -> list[Tensor]:
-        if isinstance(noise, Tensor):
-            noise = [noise]
-        noise = list(noise)
-        if not noise:
-            raise InputError("noise is empty")
-        expected = self.noise_shapes(noise[0].shape[0])
-        if len(noise) != len(expected):
-            raise InputError(f"expected {len(expected)} noise tensors (one per level), got {len(noise)}")
-        for i, (z, s) in enumerate(zip(noise, expected)):
-            if tuple(z.shape) != tuple(s):
-                raise InputError(f"noise[{i}] has shape {tuple(z.shape)}; expected {tuple(s)}")
-            if not bool(torch.isfinite(z).all()):
-                raise InputError(f"noise[{i}] contains NaN or Inf")
-        return noise
+        """Given unit noise, checked as every Runner checks it (``nfkd.validation.check_noise``)."""
+        return check_noise(noise, [s[1:] for s in self.noise_shapes(1)])
 
-    def sample(
-        self,
-        n: int | Sequence[int] | torch.Size | None = None,
-        temperature: float = 1.0,
-        noise: Sequence[Tensor] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def sample(self, n: SampleCount = None, *, temperature: float = 1.0, seed: int | None = None,
+               noise: Sequence[Tensor] | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Draw samples at a temperature, or decode the given per-level (unit) noise; no autograd graph.
 
+        The signature of every ``sample`` in nfkd (Runners too); ``seed`` draws the noise exactly as the
+        Runners do, so ``flow.sample(n, seed=s)`` and ``inference.load(flow, b).sample(n, seed=s)`` agree
+        on every backend; ``generator`` (a torch generator, for training code) is this method's extra.
         ``n`` is a count (-> [n, *event_shape]) or, as in torch.distributions, a sample shape
         (``(3,)`` -> [3, *event_shape]; ``()`` or nothing -> one sample of event_shape; with ``noise``,
         nothing -> one sample per noise row). Like
         ``torch.distributions``, ``sample`` is detached; ``rsample`` keeps the graph for losses.
         """
         with torch.no_grad():
-            return self.rsample(n, temperature, noise, generator)
+            return self.rsample(n, temperature=temperature, seed=seed, noise=noise, generator=generator)
 
-    def rsample(
-        self,
-        n: int | Sequence[int] | torch.Size | None = None,
-        temperature: float = 1.0,
-        noise: Sequence[Tensor] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def rsample(self, n: SampleCount = None, *, temperature: float = 1.0, seed: int | None = None,
+                noise: Sequence[Tensor] | None = None, generator: torch.Generator | None = None) -> Tensor:
         """``sample`` with the reparameterized graph kept (gradients reach the parameters)."""
-        shape = _sample_shape(() if n is None and noise is None else n)
+        shape = sample_shape(() if n is None and noise is None else n)
         if noise is None:
             count = math.prod(shape) if shape is not None else n
             if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
                 raise InputError(f"n must be a positive integer or a sample shape of positive sizes, got {n!r}")
-            noise = self.sample_noise(count, temperature, generator)
+            noise = self.sample_noise(count, temperature=temperature, seed=seed, generator=generator)
         else:
             noise = [z * temperature for z in self.check_noise(noise)]
             if shape is not None and math.prod(shape) != noise[0].shape[0]:
@@ -244,15 +233,6 @@ class Flow(nn.Module):
                                  f"{noise[0].shape[0]} rows")
         x = self.inverse(noise).x
         return x.reshape(*shape, *x.shape[1:]) if shape is not None else x
-
-
-def _sample_shape(n: object) -> tuple[int, ...] | None:
-    """A torch.distributions sample shape as a tuple; None when ``n`` is a plain count."""
-    if isinstance(n, (tuple, list, torch.Size)):
-        if not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in n):
-            raise InputError(f"a sample shape holds positive integers, got {tuple(n)!r}")
-        return tuple(n)
-    return None
 
 
 class ChainFlow(Flow):

@@ -14,7 +14,7 @@ torch.Size([4, 3])
 
 ``load(model, backend="auto", device=None, threads=None, **options)`` takes a ``Flow``, a
 checkpoint path or an export folder and returns a ``Runner`` with ``log_prob(x)``,
-``sample(n, temperature=1.0, noise=None, seed=None)`` and ``info()``. ``backend="auto"`` picks the
+``sample(n, *, temperature=1.0, seed=None, noise=None)`` and ``info()``. ``backend="auto"`` picks the
 fastest backend available here for the device and architecture, in the order measured by the
 benchmark suite (``ranking.json``, written by ``python -m bench.ranking``). The same seed gives
 the same samples on every backend (noise is drawn with ``numpy.random.default_rng(seed)``).

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..noise import SampleCount
 from ..validation import dims_text
 from .bundle import pair_sha256, read_bundle
 from .runner import ModelMeta, Runner
@@ -97,10 +98,10 @@ class PairRunner(Runner):
         """log p(x) from the density model (nats per row, the user's units)."""
         return self.density.log_prob(x, validate=validate)
 
-    def sample(self, n: int | None = None, temperature: float = 1.0, noise: Sequence[Any] | Any | None = None,
-               seed: int | None = None) -> torch.Tensor:
+    def sample(self, n: SampleCount = None, *, temperature: float = 1.0, seed: int | None = None,
+               noise: Sequence[Any] | Any | None = None) -> torch.Tensor:
         """Samples from the sampler (its noise shapes; the same seed gives the sampler's own samples)."""
-        return self.sampler.sample(n, temperature=temperature, noise=noise, seed=seed)
+        return self.sampler.sample(n, temperature=temperature, seed=seed, noise=noise)
 
     def _log_prob(self, x):
         return self.density._log_prob(self.density._to_native(x))

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..validation import check_batch, check_count, check_seed, check_temperature
+from ..noise import SampleCount, draw_noise, sample_shape
+from ..validation import check_batch, check_count, check_noise, check_seed, check_temperature
 
-__all__ = ["ModelMeta", "Runner", "draw_noise"]
+__all__ = ["ModelMeta", "Runner", "draw_noise", "sample_shape"]
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,6 @@ def _refuse_nan(out: np.ndarray | torch.Tensor) -> None:
         rows = (nan.nonzero().flatten() if isinstance(out, torch.Tensor) else np.flatnonzero(nan))[:5].tolist()
         raise InputError(f"x rows {rows} overflow float32 inside the model (values too large for it); rescale "
                          "them, or score them with the float64 flow (flow.double().log_prob)")
-
-
-def draw_noise(noise_shapes: Sequence[Sequence[int]], n: int, seed: int | None) -> list[np.ndarray]:
-    """Unit noise per level from ``numpy.random.default_rng(seed)`` (float32): the same samples on every backend."""
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal((n, *s), dtype=np.float32) for s in noise_shapes]
 
 
 class Runner:
@@ -107,26 +102,32 @@ class Runner:
             _refuse_nan(out)
         return self._to_numpy(out) if as_numpy else self._to_torch(out)
 
-    def sample(self, n: int | None = None, temperature: float = 1.0, noise: Sequence[Any] | Any | None = None,
-               seed: int | None = None) -> torch.Tensor:
-        """n samples at a temperature; noise from ``default_rng(seed)``, or decode the given unit noise.
+    def sample(self, n: SampleCount = None, *, temperature: float = 1.0, seed: int | None = None,
+               noise: Sequence[Any] | Any | None = None) -> torch.Tensor:
+        """n samples at a temperature; noise from ``default_rng(seed)`` (``draw_noise``), or decode the given unit noise.
 
-        Returns a ``torch.Tensor``; numpy arrays when ``noise`` was given as numpy arrays.
+        The one sample signature of nfkd (``Flow.sample`` too). ``n`` is a count or, as in
+        torch.distributions, a sample shape (``(2, 3)`` -> [2, 3, *event_shape]). Returns a
+        ``torch.Tensor``; numpy arrays when ``noise`` was given as numpy arrays.
         """
         temperature = check_temperature(temperature)
+        shape = sample_shape(n)
+        count = math.prod(shape) if shape is not None else n
         as_numpy = False
         if noise is None:
-            if n is None:
+            if count is None:
                 raise InputError("pass n (how many samples) or noise (one unit-noise array per level)")
-            n = check_count(n, "n", self._request_limit)
-            noise = draw_noise(self.noise_shapes, n, check_seed(seed))
+            count = check_count(count, "n", self._request_limit)
+            noise = draw_noise(self.noise_shapes, count, check_seed(seed))
         else:
             noise = self._check_noise(noise)
             as_numpy = isinstance(noise[0], np.ndarray)
-            if n is not None and check_count(n, "n") != noise[0].shape[0]:
+            if count is not None and check_count(count, "n") != noise[0].shape[0]:
                 raise InputError(f"n = {n} but the noise has {noise[0].shape[0]} rows; pass one or the other")
         native = [self._to_native(z) for z in noise]
         out = self._in_chunks(lambda rows: self._decode([z[rows] for z in native], temperature), len(native[0]))
+        if shape is not None:
+            out = out.reshape(*shape, *out.shape[1:])
         # Samples are data, not a graph: never requires_grad, whatever the backend computed them with.
         return self._to_numpy(out) if as_numpy else self._to_torch(out).detach()
 
@@ -163,15 +164,7 @@ class Runner:
         raise NotImplementedError
 
     def _check_noise(self, noise: Sequence[Any] | Any) -> list:
-        if isinstance(noise, (np.ndarray, torch.Tensor)):
-            noise = [noise]
-        noise = list(noise)
-        if len(noise) != len(self.noise_shapes):
-            raise InputError(f"expected {len(self.noise_shapes)} noise arrays (one per level), got {len(noise)}")
-        arrays = [check_batch(z, s, f"noise[{i}]", self._request_limit, float32=True) for i, (z, s) in enumerate(zip(noise, self.noise_shapes))]
-        if len({a.shape[0] for a in arrays}) != 1:
-            raise InputError(f"noise arrays have different batch sizes {[a.shape[0] for a in arrays]}")
-        return arrays
+        return check_noise(noise, self.noise_shapes, self._request_limit, float32=True)
 
     def pin_threads(self) -> None:
         """torch's intra-op thread count is per calling thread (OpenMP): set it where the call runs."""

@@ -95,7 +95,7 @@ def decode_images(
 ) -> tuple[Tensor, int]:
     """Decode given unit noise at a temperature -> (uint8 images on the CPU, # non-finite samples)."""
     dev = _device(flow)
-    x = flow.sample(noise[0].shape[0], temperature, noise=[z.to(dev) for z in noise])
+    x = flow.sample(noise[0].shape[0], temperature=temperature, noise=[z.to(dev) for z in noise])
     return images_from_model_space(x, n_levels)
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-__all__ = ["BODY_SLACK", "BYTES_PER_VALUE", "DEFAULT_SAMPLE_CHUNK", "INFLIGHT_BODIES", "MIN_INFLIGHT_BYTES", "ServeConfig"]
+__all__ = ["BODY_SLACK", "BYTES_PER_VALUE", "DEFAULT_SAMPLE_CHUNK", "INFLIGHT_BODIES", "MIN_INFLIGHT_BYTES", "MODEL_ANY_BATCH",
+           "ServeConfig"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .backends import ModelBackend
+    from nfkd.inference import Runner
 
 # JSON text costs up to ~26 bytes per float32 value ("-1.2345678901234567e-30, "), npy 8 (float64).
 BYTES_PER_VALUE = 32
@@ -18,6 +19,7 @@ BODY_SLACK = 64 * 1024
 DEFAULT_SAMPLE_CHUNK = 1024
 INFLIGHT_BODIES = 4  # default max_inflight_bytes: four largest request bodies,
 MIN_INFLIGHT_BYTES = 64 << 20  # and at least 64 MiB (thousands of small requests at once)
+MODEL_ANY_BATCH = 1 << 30  # a Runner without max_batch takes any batch; the service's own limits bound requests
 
 
 @dataclass
@@ -36,7 +38,8 @@ class ServeConfig:
     write_timeout_s: float = 30.0  # the client falls behind -> it has taken the whole answer (else dropped)
     max_inflight_bytes: int | None = None  # request bodies + answers held at once; default max(4 * max_body_bytes, 64 MiB)
 
-    def resolved(self, backend: "ModelBackend") -> "ServeConfig":
+    def resolved(self, runner: "Runner") -> "ServeConfig":
+        """Defaults filled in and bounded by the model: rows per call at most the Runner's ``max_batch``."""
         c = ServeConfig(**asdict(self))
         for name in ("max_batch", "max_request_rows"):
             if getattr(c, name) < 1:
@@ -44,12 +47,13 @@ class ServeConfig:
         for name in ("header_timeout_s", "body_timeout_s", "request_timeout_s", "write_timeout_s"):
             if not getattr(c, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(c, name)}")
-        c.max_batch = min(int(c.max_batch), int(backend.max_batch))
+        model_max = int(runner.max_batch or MODEL_ANY_BATCH)
+        c.max_batch = min(int(c.max_batch), model_max)
         if c.max_sample_n is None:
-            c.max_sample_n = min(int(c.max_request_rows), int(backend.max_batch))
-        c.max_sample_n = min(int(c.max_sample_n), int(backend.max_batch))
+            c.max_sample_n = min(int(c.max_request_rows), model_max)
+        c.max_sample_n = min(int(c.max_sample_n), model_max)
         if c.max_body_bytes is None:
-            c.max_body_bytes = int(c.max_request_rows) * backend.dim * BYTES_PER_VALUE + BODY_SLACK
+            c.max_body_bytes = int(c.max_request_rows) * int(runner.dim) * BYTES_PER_VALUE + BODY_SLACK
         if c.max_inflight_bytes is None:
             c.max_inflight_bytes = max(INFLIGHT_BODIES * int(c.max_body_bytes), MIN_INFLIGHT_BYTES)
         if c.max_inflight_bytes < 1:

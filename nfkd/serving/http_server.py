@@ -176,7 +176,10 @@ class BackgroundServer:
             httpx.get(srv.url + "/healthz")
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, start_timeout_s: float = 30.0, **kwargs) -> None:
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, start_timeout_s: float = 30.0,
+                 wait_ready: bool = True, **kwargs) -> None:
+        self.app = app
+        self.wait_ready = wait_ready  # start() returns once the model is warmed up (GET /ready would say 200)
         self.sock = bind(host, port)
         self.host, self.port = self.sock.getsockname()[:2]
         self.server = uvicorn.Server(uvicorn_config(app, **kwargs))
@@ -197,11 +200,14 @@ class BackgroundServer:
     def start(self) -> "BackgroundServer":
         self.thread.start()
         deadline = time.monotonic() + self.start_timeout_s
-        while not self.server.started:
+        service = getattr(getattr(self.app, "state", None), "service", None) if self.wait_ready else None
+        while not self.server.started or (service is not None and not service.ready):
             if self.error is not None or not self.thread.is_alive():
                 raise RuntimeError(f"server failed to start: {self.error!r}")
+            if service is not None and service.warmup_error is not None:
+                raise RuntimeError(f"the model's warm-up failed: {service.warmup_error}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"server did not start within {self.start_timeout_s} s")
+                raise TimeoutError(f"server did not start (and warm up) within {self.start_timeout_s} s")
             time.sleep(0.01)
         return self
 

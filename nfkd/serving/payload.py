@@ -1,4 +1,8 @@
-"""Request parsing and validation: bad input becomes one ``ApiError`` (HTTP status + one clear message).
+"""Request bodies: parse the format (JSON / ``.npy``), check with ``nfkd.validation``, answer one ``ApiError``.
+
+This module only knows the body formats; what a valid batch, count, temperature or seed is lives in
+``nfkd.validation`` (the one set of checks of every boundary), whose ``InputError`` becomes 422 and
+``LimitError`` (rows over the limit) 413.
 
 Status codes, one rule each:
 
@@ -23,12 +27,15 @@ from __future__ import annotations
 import ast
 import json
 import math
-import numbers
 import re
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from nfkd.errors import InputError
+from nfkd.validation import LimitError, check_batch, check_count, check_seed, check_temperature
+from nfkd.validation import show_value as show
 
 __all__ = [
     "JSON", "MAX_TEMPERATURE", "NPY", "ApiError", "check_json_row_bound", "check_rows", "json_floats",
@@ -42,9 +49,7 @@ NPY = "application/x-npy"
 NPY_MAGIC = b"\x93NUMPY"
 NPY_KEYS = {"descr", "fortran_order", "shape"}  # exactly what np.save writes
 NPY_MAX_DIMS = 32  # numpy 1.x's limit; a request needs len(event_shape) + 1
-MAX_SEED = 2**63 - 1
 MAX_TEMPERATURE = 10.0  # noise scale; 10 standard deviations is far outside any trained flow's data
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class ApiError(Exception):
@@ -68,25 +73,6 @@ def wants_npy(accept: str | None) -> bool:
 
 def _dims(shape: Sequence[int]) -> str:
     return ", ".join(str(int(v)) for v in shape)
-
-
-def show(v: Any) -> str:
-    """A client's value for an error message, short: a 5000-digit integer is not echoed back."""
-    if isinstance(v, bool) or v is None:
-        return json.dumps(v)
-    if isinstance(v, int):
-        if abs(v) < 10**40:
-            return str(v)
-        digits = len(str(abs(v))) if abs(v).bit_length() < 14000 else int(abs(v).bit_length() * math.log10(2)) + 1
-        return f"a {digits}-digit integer"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "NaN"
-        if math.isinf(v):
-            return "Infinity" if v > 0 else "-Infinity"
-        return f"{v:.8g}"
-    text = json.dumps(v)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,64 +332,47 @@ def _check_dtype(dtype: np.dtype) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Shared row checks
+# The checks: nfkd.validation, its InputError mapped to a status
 # --------------------------------------------------------------------------------------------
+def _validated(check: Callable[..., Any], *args: Any, limit_status: int = 413, **kwargs: Any) -> Any:
+    """``check(*args, **kwargs)`` from ``nfkd.validation``; its error as an ApiError (LimitError: ``limit_status``)."""
+    try:
+        return check(*args, **kwargs)
+    except LimitError as exc:
+        raise ApiError(limit_status, str(exc)) from None
+    except InputError as exc:
+        raise ApiError(422, str(exc)) from None
+
+
 def check_rows(arr: np.ndarray, event_shape: Sequence[int], max_rows: int) -> np.ndarray:
-    event = tuple(int(v) for v in event_shape)
+    """A parsed numeric array -> float32 [B, *event_shape], checked by ``nfkd.validation.check_batch``.
+
+    Integers are accepted (cast to float64 first: exact, and the float32-range check sees them)."""
     _check_dtype(arr.dtype)
-    if arr.size == 0 or (arr.ndim >= 1 and arr.shape[0] == 0):
-        raise ApiError(422, f"x is an empty batch (shape {arr.shape}); send at least one row (shape (batch, {_dims(event)}))")
-    if arr.ndim == len(event) and tuple(arr.shape) == event:
-        raise ApiError(422, f"x has shape {arr.shape}, one sample without a batch dimension; wrap it in a list "
-                            f"(shape (1, {_dims(event)}))")
-    if arr.ndim != len(event) + 1 or tuple(arr.shape[1:]) != event:
-        if len(event) == 1 and arr.ndim == 2:
-            raise ApiError(422, f"x has {arr.shape[1]} features per row; this model expects {event[0]} "
-                                f"(shape (batch, {event[0]}))")
-        raise ApiError(422, f"x has shape {arr.shape}; expected (batch, {_dims(event)})")
-    rows = arr.shape[0]
-    if rows > max_rows:
-        raise ApiError(413, f"batch of {rows} rows is above this server's limit of {max_rows} rows per request; "
-                            f"split it into requests of at most {max_rows} rows")
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = np.ascontiguousarray(arr, dtype=np.float32)
-    finite = np.isfinite(out.reshape(rows, -1)).all(1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)[:5].tolist()
-        raise ApiError(422, f"x contains NaN or Inf (or values beyond the float32 range) in rows {bad}; "
-                            f"remove or impute them")
-    return out
+    if arr.dtype.kind in "iu":
+        arr = arr.astype(np.float64)
+    limit = f"this server's limit of {max_rows} rows per request"
+    arr = _validated(check_batch, arr, event_shape, "x", max_rows, float32=True, limit=limit)
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------
 # /sample
 # --------------------------------------------------------------------------------------------
 def sample_request(body: bytes, max_n: int) -> tuple[int, float, int | None]:
-    """``{"n": int, "temperature": float = 1, "seed": int | null}`` -> validated (n, temperature, seed).
+    """``{"n": int, "temperature": float = 1, "seed": int | null}`` -> checked (n, temperature, seed).
 
     Every number is bounded: ``1 <= n <= max_n``, ``0 <= temperature <= MAX_TEMPERATURE`` (checked
-    on the float32 value the model receives), ``0 <= seed <= 2**63 - 1``.
+    on the float32 value the model receives), ``0 <= seed <= nfkd.validation.MAX_SEED``; all 422.
     """
     example = '{"n": 100, "temperature": 1.0, "seed": 0}'
     obj = parse_json_object(body, example)
     _check_fields(obj, ("n", "temperature", "seed"), ("n",), example)
-    n = obj["n"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ApiError(422, f"n must be a positive integer, got {show(n)}")
-    if n > max_n:
-        raise ApiError(422, f"n = {show(n)} is above this server's limit of {max_n} samples per request; "
-                            f"request at most {max_n} at a time")
-    t = obj.get("temperature", 1.0)
-    t32 = float("nan")
-    if not isinstance(t, bool) and isinstance(t, numbers.Real) and (not isinstance(t, int) or abs(t) < 10**40):
-        with np.errstate(over="ignore"):
-            t32 = float(np.float32(t))
-    if not 0.0 <= t32 <= MAX_TEMPERATURE:
-        raise ApiError(422, f"temperature must be a number in [0, {MAX_TEMPERATURE:g}], got {show(t)}")
-    seed = obj.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
-        raise ApiError(422, f"seed must be null or an integer in [0, 2**63 - 1], got {show(seed)}")
-    return int(n), float(t), seed
+    n = _validated(check_count, obj["n"], "n", max_n, limit=f"this server's limit of {max_n} samples per request",
+                   limit_status=422)
+    t = _validated(check_temperature, obj.get("temperature", 1.0), MAX_TEMPERATURE)
+    seed = _validated(check_seed, obj.get("seed"))
+    return n, t, seed
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
   ``Content-Type: application/x-npy`` -> ``{"log_prob": [...]}`` (or ``.npy`` float32 bytes with
   ``Accept: application/x-npy``). Concurrent requests are micro-batched.
 - ``POST /sample``: ``{"n": 100, "temperature": 1.0, "seed": 0}`` -> ``{"x": [[...], ...]}`` (or ``.npy``).
-- ``GET /healthz``, ``GET /metadata``, ``GET /stats``.
+- ``GET /healthz`` (alive), ``GET /ready`` (503 until the model is warmed up), ``GET /metadata``, ``GET /stats``.
 
 Errors are raised as ``payload.ApiError`` and answered by ``http_errors``.
 """
@@ -24,7 +24,7 @@ from . import payload
 from .admission import Closed, Overloaded
 from .config import BODY_SLACK
 from .memory import RETRY_AFTER_S, BudgetExceeded, reserve, retry_after_s
-from .service import INLINE_BYTES, INLINE_VALUES, Service
+from .service import INLINE_BYTES, INLINE_VALUES, Service, model_info
 
 __all__ = ["json_response", "read_body", "router"]
 
@@ -124,7 +124,7 @@ async def log_prob(request: Request) -> Response:
     ctype = _content_type(request, (payload.JSON, payload.NPY))
     body = await read_body(request, cfg.max_body_bytes, cfg.body_timeout_s)
     parse = payload.npy_rows if ctype == payload.NPY else payload.json_rows  # looked up per call (tests wrap them)
-    x = await svc.parse_sized(len(body), INLINE_BYTES, parse, body, tuple(svc.backend.event_shape),
+    x = await svc.parse_sized(len(body), INLINE_BYTES, parse, body, tuple(svc.runner.event_shape),
                               cfg.max_request_rows)
     request.state.rows = int(x.shape[0])
     lp = await _model(svc.log_prob(x), cfg.request_timeout_s)
@@ -139,7 +139,7 @@ async def sample(request: Request) -> Response:
     body = await read_body(request, min(cfg.max_body_bytes, BODY_SLACK), cfg.body_timeout_s)
     n, temperature, seed = payload.sample_request(body, cfg.max_sample_n)  # at most 64 KiB: parsed in place
     request.state.rows = n
-    values = n * int(svc.backend.dim)
+    values = n * int(svc.runner.dim)
     per_value = ANSWER_BYTES_PER_VALUE["npy" if payload.wants_npy(request.headers.get("accept")) else "json"]
     answer_bytes = values * (per_value + WORK_BYTES_PER_VALUE)
     try:  # the answer's size is known from n: refuse now rather than hold it for a client that may not read
@@ -157,12 +157,26 @@ async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+@router.get("/ready")
+async def ready(request: Request) -> Response:
+    """200 once the model answered its warm-up calls (first-call compilation done); 503 before, and when closing."""
+    svc = _service(request)
+    if svc.closing:
+        return json_response({"status": "shutting down"}, 503)
+    if svc.warmup_error is not None:
+        return json_response({"status": "warm-up failed", "error": svc.warmup_error}, 503)
+    if not svc.ready:
+        return json_response({"status": "warming up"}, 503, {"retry-after": "1"})
+    return json_response({"status": "ready", "warmup_s": round(svc.warmup_s, 3)})
+
+
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     svc = _service(request)
     cfg = svc.cfg
     return json_response({
-        **svc.backend.info(),
+        **model_info(svc.runner),
+        "warmup_s": svc.warmup_s,
         "nfkd_version": nfkd.__version__,
         "max_batch": cfg.max_batch,
         "max_wait_ms": cfg.max_wait_ms,
@@ -181,7 +195,7 @@ async def metadata(request: Request) -> Response:
         "endpoints": {
             "POST /log_prob": 'JSON {"x": [[...], ...]} or application/x-npy; Accept: application/x-npy for npy out',
             "POST /sample": 'JSON {"n": int, "temperature": float = 1.0, "seed": int | null}',
-            "GET /healthz": "liveness", "GET /stats": "counters (requests, model calls, merged-batch histogram)",
+            "GET /healthz": "liveness", "GET /ready": "readiness (after the warm-up)", "GET /stats": "counters (requests, model calls, merged-batch histogram)",
         },
     })
 

@@ -15,11 +15,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..cli.checks import SEED_MAX
 from ..errors import InputError
 from ..flows import architectures, flow_class
-from ..inference import draw_noise
+from ..noise import draw_noise
 from ..train import TrainConfig
+from ..validation import MAX_SEED
 from ._fit import EXACT, Scorer, build, flow_from_bytes, flow_to_bytes, train
 
 __all__ = ["FlowDensity"]
@@ -69,7 +69,7 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) row indices: a seeded shuffle, at least one row on each side."""
     if n < 2:
         raise InputError(f"n_samples = {n}: a flow needs at least 2 samples (one to train, one to validate)")
-    perm = np.random.RandomState(seed % (SEED_MAX + 1)).permutation(n)
+    perm = np.random.RandomState(seed % (MAX_SEED + 1)).permutation(n)
     n_val = min(n - 1, max(1, int(round(fraction * n))))
     return perm[n_val:], perm[:n_val]
 
@@ -193,7 +193,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         return TrainConfig(
             steps=steps, batch_size=int(self.batch_size), lr=float(self.lr), warmup=max(1, min(100, steps // 10)),
             eval_every=max(1, steps // 20), patience=int(self.n_iter_no_change), checkpoint_every=steps + 1,
-            snapshot_every=25, seed=seed % (SEED_MAX + 1), device=self.device, progress=bool(self.verbose),
+            snapshot_every=25, seed=seed % (MAX_SEED + 1), device=self.device, progress=bool(self.verbose),
         )
 
     def _fit_rows(self, X: np.ndarray, loc: np.ndarray, scale: np.ndarray, seed: int, teacher=None, kd=None,
@@ -244,8 +244,10 @@ class FlowDensity(DensityMixin, BaseEstimator):
     def sample(self, n_samples: int = 1, random_state=None):
         """``n_samples`` rows drawn from the fitted density, in the units of the training data.
 
-        The noise comes from ``numpy.random.default_rng(seed)`` as in ``nfkd.inference``: the same
-        integer ``random_state`` gives the same rows on every backend.
+        scikit-learn's ``sample(n_samples, random_state)`` convention (as ``KernelDensity``), the one
+        exception to nfkd's ``sample(n, *, temperature, seed, noise)``. The noise comes from
+        ``nfkd.noise.draw_noise`` as in ``nfkd.inference``: the same integer ``random_state`` gives the
+        same rows on every backend.
         """
         check_is_fitted(self)
         if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
@@ -317,22 +319,30 @@ class FlowDensity(DensityMixin, BaseEstimator):
         return est
 
     def to_onnx(self, path, **options):
-        """Export the fitted flow (``export.onnx.export_onnx``, parity-gated) to the folder ``path``.
+        """Export the fitted flow (parity-gated) to the folder ``path``, through ``nfkd.inference``.
 
         Writes ``density.onnx`` (float32 ``x`` in the units of X -> ``log_prob`` in nats; the
         standardization is inside the graph), ``sample.onnx`` and ``manifest.json``; returns the
-        folder. ``options`` go to ``export_onnx`` (``fp16``, ``opset``, ``maf_sampling``, ...).
+        folder. Without ``options`` this is ``inference.load(..., backend="onnxruntime",
+        export_dir=path)`` (the registry's loader exports and checks it). ``options`` (``fp16``,
+        ``opset``, ``maf_sampling``, ...) go to ``export.onnx.export_onnx``, which ``inference.load``
+        cannot pass on yet.
         """
         import tempfile
 
+        from .. import inference
+
         check_is_fitted(self)
-        try:
-            from export.onnx import export_onnx
-        except ImportError as exc:  # pragma: no cover - export/ ships with nfkd
-            raise InputError(f"ONNX export needs the export package of nfkd and onnx ({exc})") from None
         with tempfile.TemporaryDirectory(prefix="nfkd-sklearn-") as tmp:
             ckpt = Path(tmp) / "model.pt"
             ckpt.write_bytes(flow_to_bytes(self.flow_, self._metadata()))
+            if not options:
+                inference.load(ckpt, backend="onnxruntime", device="cpu", export_dir=path)
+                return Path(path)
+            try:  # export options: not an inference.load option (nfkd/inference OPTIONS), so export is asked
+                from export.onnx import export_onnx
+            except ImportError as exc:  # pragma: no cover - export/ ships with nfkd
+                raise InputError(f"ONNX export needs the export package of nfkd and onnx ({exc})") from None
             export_onnx(ckpt, path, **options)
         return Path(path)
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ..metrics.uncertainty import load_note
+
 __all__ = ["cpu_info", "machine_line"]
 
 
@@ -50,9 +52,10 @@ def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
 
 
 def machine_line(machine: dict[str, Any], threads: int) -> str:
-    """One sentence: 'AMD EPYC (AVX2, 256-bit vectors), 1 thread, ...'."""
+    """One sentence: 'AMD EPYC (AVX2, 256-bit vectors), 1 thread, ..., load average 0.3 at start / 1.2 at end on
+    2 logical CPUs' (flagged when other work loaded the machine)."""
     width = f"{machine['vector_bits']}-bit vectors" if machine.get("vector_bits") else "vector width unknown"
     load = machine.get("load_average")
-    load_txt = f", load average {load[0]:.1f} at start" if load else ""
+    load_txt = (", " + load_note(load[0], machine.get("load_end"), machine.get("logical_cpus"), threads)) if load else ""
     return (f"{machine['cpu']} ({machine['isa']}, {width}), {threads} thread{'s' if threads != 1 else ''}, "
-            f"{machine.get('logical_cpus')} logical CPUs, torch {machine.get('torch')}{load_txt}")
+            f"torch {machine.get('torch')}{load_txt}")

@@ -10,7 +10,6 @@ calls are reported.
 from __future__ import annotations
 
 import copy
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from ..errors import InputError
 from ..flows import Flow
 from ..inference.registry import BACKENDS, status
 from ..inference.runner import draw_noise
+from ..metrics.uncertainty import machine_load, mean_2se, paired_diff, spread
 from ..progress import bar
 from .machine import cpu_info
 
@@ -40,11 +40,9 @@ def float64_test_ll(flow: Flow, test: np.ndarray, chunk: int = 4096) -> tuple[di
     with torch.no_grad():
         lp = np.concatenate([ref.log_prob(torch.from_numpy(np.asarray(test[i:i + chunk], np.float64))).numpy()
                              for i in range(0, len(test), chunk)])
-    n = len(lp)
-    finite = np.isfinite(lp)
-    mean = float(lp.mean()) if n else float("nan")
-    se2 = float(2 * lp.std(ddof=1) / math.sqrt(n)) if n > 1 and finite.all() else (0.0 if n == 1 else float("nan"))
-    return {"log_likelihood": mean, "ll_2se": se2, "n": n, "nonfinite": int((~finite).sum())}, lp
+    est = mean_2se(lp)
+    se2 = 0.0 if est.n == 1 else est.se2
+    return {"log_likelihood": est.mean, "ll_2se": se2, "n": est.n, "nonfinite": int((~np.isfinite(lp)).sum())}, lp
 
 
 def agreement(got: np.ndarray, ref: np.ndarray, rtol: float = 1e-3) -> dict[str, Any]:
@@ -137,16 +135,77 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t
 
 
-def _stats(times: list[float]) -> dict[str, Any]:
-    q1, med, q3 = (float(v) for v in np.percentile(times, [25, 50, 75]))
-    return {"median_s": med, "q1_s": q1, "q3_s": q3, "iqr_s": q3 - q1, "calls": len(times)}
+def _check_args(models: Mapping[str, Any], threads: Any, rounds: Any, teacher: str | None) -> str:
+    """One clear error per bad argument; returns the teacher's name."""
+    if not models:
+        raise InputError("no models given")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"threads must be a positive integer, got {threads!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise InputError(f"rounds must be a positive integer, got {rounds!r}")
+    teacher = teacher if teacher is not None else ("teacher" if "teacher" in models else next(iter(models)))
+    if teacher not in models:
+        raise InputError(f"teacher {teacher!r} is not one of the models {list(models)}")
+    return teacher
+
+
+def _model_infos(resolved: dict[str, tuple[Flow, Any, str]], test: np.ndarray, teacher: str,
+                 references: Mapping[str, np.ndarray] | None, log: Callable[[str], Any]):
+    """({name: arch, params, test LL ± 2 SE, paired differences vs the teacher and references}, per-row refs)."""
+    infos, refs = {}, {}
+    for name, (flow, _, sha) in resolved.items():
+        ll, refs[name] = float64_test_ll(flow, test)
+        infos[name] = {"arch": flow.arch, "params": flow.num_parameters(), "config": dict(flow.config),
+                       "checkpoint_sha256": sha, **ll}
+        log(f"tradeoff: {name} ({flow.arch}, {infos[name]['params']:,} params): test LL "
+            f"{ll['log_likelihood']:.3f} ± {ll['ll_2se']:.3f} nats (float64, n={ll['n']})")
+    for name, info in infos.items():
+        pairs = {teacher: refs[teacher], **(references or {})}
+        for ref, rows in pairs.items():
+            if ref != name:
+                info["vs_" + ("teacher" if ref == teacher else ref)] = paired_diff(refs[name], rows).as_dict()
+    return infos, refs
+
+
+def _load_rows(resolved: dict[str, tuple[Flow, Any, str]], backend_names: list[str], device: str, threads: int,
+               export_root: Path, test: np.ndarray, refs: dict[str, np.ndarray], agree_rows: int, agree_rtol: float,
+               log: Callable[[str], Any]) -> tuple[list[dict[str, Any]], dict]:
+    """One row per (model, backend): loaded and checked against the float64 reference, or skipped with why."""
+    rows, runners = [], {}
+    for name, (flow, src, _) in resolved.items():
+        for backend in backend_names:
+            runner, why = _load(src, backend, device, threads, flow.arch, export_root, name)
+            row: dict[str, Any] = {"model": name, "backend": backend, "status": "ok" if runner else "skipped",
+                                   "reason": why, "timings": {op: {} for op in OPS}}
+            if runner is not None:
+                k = min(agree_rows, len(test))
+                row["agreement"] = agreement(runner.log_prob(test[:k]), refs[name][:k], agree_rtol)
+                runners[(name, backend)] = runner
+                log(f"tradeoff: {name} on {backend}: loaded; log_prob max |diff| vs float64 "
+                    f"{row['agreement']['max_abs_diff']:.2e} nats on {k} test rows")
+            else:
+                log(f"tradeoff: {name} on {backend}: skipped ({why})")
+            rows.append(row)
+    return rows, runners
+
+
+def _time_rounds(tasks: list[dict[str, Any]], rounds: int, log: Callable[[str], Any]) -> None:
+    """Round by round across all pairs; each pair's median [IQR] lands in its row."""
+    for r in range(rounds):
+        for task in bar(tasks, desc=f"tradeoff: round {r + 1}/{rounds}", unit="timing"):
+            for _ in range(task["calls"]):
+                task["times"].append(_timed(task["fn"]))
+        log(f"tradeoff: round {r + 1}/{rounds} done")
+    for task in tasks:
+        task["row"]["timings"][task["op"]][str(task["batch"])] = spread(task["times"])
 
 
 def measure_tradeoff(models: Mapping[str, Flow | str | Path], data: Any, backends: Sequence[str] | None = None,
                      threads: int = 1, batches: Sequence[int] = DEFAULT_BATCHES, rounds: int = 5,
                      log: Callable[[str], Any] = print, teacher: str | None = None, device: str = "cpu",
                      export_dir: str | Path | None = None, agree_rows: int = 256, agree_rtol: float = 1e-3,
-                     max_call_s: float = 5.0, round_s: float = 0.05, seed: int = 0) -> dict[str, Any]:
+                     max_call_s: float = 5.0, round_s: float = 0.05, seed: int = 0,
+                     references: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Test LL per model and log_prob / sample latency per (model, backend, batch), as one JSON-able dict.
 
     ``models``: name -> Flow or checkpoint path; ``teacher``: which name is the teacher (default
@@ -154,21 +213,14 @@ def measure_tradeoff(models: Mapping[str, Flow | str | Path], data: Any, backend
     (default all; the ones that cannot run here or cannot run an architecture are rows with the
     reason). ``export_dir``: where ONNX exports go (default a temporary folder, removed afterwards).
     Each call is timed alone; per round a pair gets ``round_s`` seconds of calls (at least one), and a
-    pair whose single call takes over ``max_call_s`` is skipped with that reason.
+    pair whose single call takes over ``max_call_s`` is skipped with that reason. ``references``:
+    name -> per-row log p of the test rows (e.g. the true density) each model is also paired against.
     """
-    if not models:
-        raise InputError("no models given")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise InputError(f"threads must be a positive integer, got {threads!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise InputError(f"rounds must be a positive integer, got {rounds!r}")
+    teacher = _check_args(models, threads, rounds, teacher)
     dataset, test = _test_split(data)
     if len(test) < 1:
         raise InputError(f"{dataset} has an empty test split")
     dim = test.shape[1]
-    teacher = teacher if teacher is not None else ("teacher" if "teacher" in models else next(iter(models)))
-    if teacher not in models:
-        raise InputError(f"teacher {teacher!r} is not one of the models {list(models)}")
     backend_names, batches = _backends(backends), _check_batches(batches)
     resolved = {name: _resolve(name, m, dim, dataset) for name, m in models.items()}
     started = time.perf_counter()
@@ -178,40 +230,15 @@ def measure_tradeoff(models: Mapping[str, Flow | str | Path], data: Any, backend
     tmp = tempfile.TemporaryDirectory(prefix="nfkd-tradeoff-") if export_dir is None else None
     export_root = Path(tmp.name if tmp else export_dir)
     try:
-        infos, refs = {}, {}
-        for name, (flow, _, sha) in resolved.items():
-            ll, refs[name] = float64_test_ll(flow, test)
-            infos[name] = {"arch": flow.arch, "params": flow.num_parameters(), "config": dict(flow.config),
-                           "checkpoint_sha256": sha, **ll}
-            log(f"tradeoff: {name} ({flow.arch}, {infos[name]['params']:,} params): test LL "
-                f"{ll['log_likelihood']:.3f} ± {ll['ll_2se']:.3f} nats (float64, n={ll['n']})")
-        rows, runners = [], {}
-        for name, (flow, src, _) in resolved.items():
-            for backend in backend_names:
-                runner, why = _load(src, backend, device, threads, flow.arch, export_root, name)
-                row: dict[str, Any] = {"model": name, "backend": backend, "status": "ok" if runner else "skipped",
-                                       "reason": why, "timings": {op: {} for op in OPS}}
-                if runner is not None:
-                    k = min(agree_rows, len(test))
-                    row["agreement"] = agreement(runner.log_prob(test[:k]), refs[name][:k], agree_rtol)
-                    runners[(name, backend)] = runner
-                    log(f"tradeoff: {name} on {backend}: loaded; log_prob max |diff| vs float64 "
-                        f"{row['agreement']['max_abs_diff']:.2e} nats on {k} test rows")
-                else:
-                    log(f"tradeoff: {name} on {backend}: skipped ({why})")
-                rows.append(row)
-        tasks = _tasks(rows, runners, test, batches, seed, max_call_s, round_s, log)
-        for r in range(rounds):
-            for task in bar(tasks, desc=f"tradeoff: round {r + 1}/{rounds}", unit="timing"):
-                for _ in range(task["calls"]):
-                    task["times"].append(_timed(task["fn"]))
-            log(f"tradeoff: round {r + 1}/{rounds} done")
-        for task in tasks:
-            task["row"]["timings"][task["op"]][str(task["batch"])] = _stats(task["times"])
+        infos, refs = _model_infos(resolved, test, teacher, references, log)
+        rows, runners = _load_rows(resolved, backend_names, device, threads, export_root, test, refs, agree_rows,
+                                   agree_rtol, log)
+        _time_rounds(_tasks(rows, runners, test, batches, seed, max_call_s, round_s, log), rounds, log)
     finally:
         torch.set_num_threads(previous_threads)
         if tmp is not None:
             tmp.cleanup()
+    machine["load_end"] = machine_load()
     return {
         "dataset": dataset, "dim": dim, "n_test": len(test), "teacher": teacher, "device": device,
         "threads": threads, "batches": batches, "rounds": rounds, "ops": list(OPS), "machine": machine,

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..metrics.uncertainty import Estimate, fmt_diff
 from .choose import candidates, fmt_seconds, pareto_front, pick
 from .machine import machine_line
 
@@ -46,6 +47,11 @@ def _ll_text(m: dict[str, Any]) -> str:
     return f"{ll:.3f} ± {m['ll_2se']:.3f}"
 
 
+def _vs_teacher(m: dict[str, Any]) -> str:
+    d = m.get("vs_teacher")
+    return "" if d is None else fmt_diff(Estimate(d["mean"], d["se2"], d["n"]))
+
+
 def _agreement_text(row: dict[str, Any]) -> str:
     a = row.get("agreement")
     if not a:
@@ -63,15 +69,17 @@ def render_tradeoff_markdown(result: dict[str, Any], budgets: Sequence[tuple[str
              "",
              f"Machine: {machine_line(result['machine'], result['threads'])}. Teacher: **{result['teacher']}**.",
              "",
-             "Test LL: nats per row (higher is better) ± 2 SE, eager flow in float64, once per model. Latency: "
+             f"Test LL: nats per row (higher is better) ± 2 SE over the {result['n_test']} test rows, eager flow in "
+             "float64, once per model; '− teacher': the paired difference on the same rows ± 2 SE ('within noise' "
+             "when |difference| < 2 SE). Latency: "
              "median [IQR] of single calls, " + result["method"]["timing"] + "; log_prob takes "
              + result["method"]["log_prob"] + "; sample: " + result["method"]["sample"] + ". Agreement: max "
              "|log p − float64 reference| in nats on " + str(next((r["agreement"]["rows"] for r in result["rows"]
                                                                    if r.get("agreement")), 0)) + " test rows.",
              ""]
     head = [f"{op} b={b}" for op in ops for b in batches]
-    lines += ["| model | params | backend | test LL | " + " | ".join(head) + " | agreement |",
-              "|---|---:|---|---:|" + "---:|" * len(head) + "---:|"]
+    lines += ["| model | params | backend | test LL | − teacher | " + " | ".join(head) + " | agreement |",
+              "|---|---:|---|---:|---:|" + "---:|" * len(head) + "---:|"]
     skipped = []
     for row in result["rows"]:
         m = models[row["model"]]
@@ -80,6 +88,7 @@ def render_tradeoff_markdown(result: dict[str, Any], budgets: Sequence[tuple[str
             continue
         cells = [_cell(row["timings"].get(op, {}).get(str(b))) for op in ops for b in batches]
         lines.append(f"| {row['model']} ({m['arch']}) | {m['params']:,} | {row['backend']} | {_ll_text(m)} | "
+                     f"{_vs_teacher(m)} | "
                      + " | ".join(cells) + f" | {_agreement_text(row)} |")
     per_call = [(row, op, b, t["skipped"]) for row in result["rows"] for op in ops for b in batches
                 if "skipped" in (t := row["timings"].get(op, {}).get(str(b)) or {})]
