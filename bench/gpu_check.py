@@ -300,6 +300,14 @@ class Ctx:
         flow = flow.to(self.dev)
         return flow, fold(flow, self.torch.float64), fold(flow, self.torch.float32)
 
+    def affordable(self, section: str, kind: str, cases, seconds: float):
+        """The cases while at least ``seconds`` of the budget are left; each later one is reported skipped."""
+        for spec in cases:
+            if self.budget.left() < seconds:
+                self.rep.skip(f"{section} {self.name(kind, spec)} (budget)")
+                continue
+            yield spec
+
     @staticmethod
     def name(kind, spec) -> str:
         if kind != "tab":
@@ -326,10 +334,7 @@ class Ctx:
         rows = []
         precs = ["ieee", "tf32x3"] if self.k and not self.dry else [None]
         batches = [1, 3] if self.dry else [1, 1027]
-        for spec in self.tabular_cases():
-            if self.budget.left() < 60:
-                self.rep.skip(f"correctness {self.name('tab', spec)} (budget)")
-                continue
+        for spec in self.affordable("correctness", "tab", self.tabular_cases(), 60):
             flow, f64, f32 = self.build("tab", spec)
             D = spec[1]
             for B in batches:
@@ -352,10 +357,7 @@ class Ctx:
                         self.rep.fail(f"correctness {rows[-1]}")
         layouts = ["nhwc", "nchw"] if self.k else [None]
         gb = [1, 2] if self.dry else [1, 5]
-        for spec in self.glow_cases():
-            if self.budget.left() < 60:
-                self.rep.skip(f"correctness {self.name('glow', spec)} (budget)")
-                continue
+        for spec in self.affordable("correctness", "glow", self.glow_cases(), 60):
             flow, f64, f32 = self.build("glow", spec)
             for B in gb:
                 g = torch.Generator(device="cpu").manual_seed(B)
@@ -413,10 +415,7 @@ class Ctx:
         rows: list[dict] = []
         for kind, cases, measure in (("tab", self.tabular_cases(), self._speed_tabular),
                                      ("glow", self.glow_cases(), self._speed_glow)):
-            for spec in cases:
-                if self.budget.left() < 45:
-                    self.rep.skip(f"speed {self.name(kind, spec)} (budget)")
-                    continue
+            for spec in self.affordable("speed", kind, cases, 45):
                 rows.extend(measure(spec))
                 self.rep.section("speed_partial", rows)
         self.rep.data["sections"].pop("speed_partial", None)

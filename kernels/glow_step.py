@@ -79,6 +79,18 @@ DEFAULT_LAYOUT = "nhwc"
 
 
 @device_fn
+def _pixel_tile(pid_p, P, Wq, CA, CB, CAP: tl.constexpr, CBP: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's BLOCK_P pixels (row hh, column ww), both halves' channel ranges and their masks."""
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pm = p < P
+    hh = p // Wq
+    ww = p - hh * Wq
+    ka = tl.arange(0, CAP)
+    kb = tl.arange(0, CBP)
+    return hh, ww, ka, kb, pm[:, None] & (ka < CA)[None, :], pm[:, None] & (kb < CB)[None, :]
+
+
+@device_fn
 def _offsets(b, ch, hh, ww, sb, sc, sh, sw, SQUEEZE: tl.constexpr):
     """Element offsets of a [pixels, channels] tile of sample b; (hh, ww) = squeezed pixel coords.
 
@@ -128,14 +140,7 @@ def _glow_fwd_kernel(
 ):
     pid_p = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    pm = p < P
-    hh = p // Wq
-    ww = p - hh * Wq
-    ka = tl.arange(0, CAP)
-    kb = tl.arange(0, CBP)
-    ma = pm[:, None] & (ka < CA)[None, :]
-    mb = pm[:, None] & (kb < CB)[None, :]
+    hh, ww, ka, kb, ma, mb = _pixel_tile(pid_p, P, Wq, CA, CB, CAP, CBP, BLOCK_P)
     xa = tl.load(xa_ptr + _offsets(b, ka, hh, ww, xa_sb, xa_sc, xa_sh, xa_sw, SQUEEZE_IN), mask=ma, other=0.0)
     if SQUEEZE_IN:  # both halves come from the one un-squeezed tensor
         xb = tl.load(xb_ptr + _offsets(b, kb + CA, hh, ww, xb_sb, xb_sc, xb_sh, xb_sw, SQUEEZE_IN), mask=mb, other=0.0)
@@ -176,14 +181,7 @@ def _glow_inv_kernel(
 ):
     pid_p = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    pm = p < P
-    hh = p // Wq
-    ww = p - hh * Wq
-    ka = tl.arange(0, CAP)
-    kb = tl.arange(0, CBP)
-    ma = pm[:, None] & (ka < CA)[None, :]
-    mb = pm[:, None] & (kb < CB)[None, :]
+    hh, ww, ka, kb, ma, mb = _pixel_tile(pid_p, P, Wq, CA, CB, CAP, CBP, BLOCK_P)
     ya = tl.load(ya_ptr + _offsets(b, ka, hh, ww, ya_sb, ya_sc, ya_sh, ya_sw, False), mask=ma, other=0.0).to(tl.float32)
     yb = tl.load(yb_ptr + _offsets(b, kb, hh, ww, yb_sb, yb_sc, yb_sh, yb_sw, False), mask=mb, other=0.0).to(tl.float32)
     shift = tl.load(hn_ptr + _offsets(b, kb, hh, ww, hn_sb, hn_sc, hn_sh, hn_sw, False), mask=mb, other=0.0)
@@ -210,6 +208,12 @@ def _half_pad(c: int, use_dot: bool | None) -> tuple[int, bool]:
     if use_dot is None:
         use_dot = p > 8
     return (max(p, 16) if use_dot else p), use_dot
+
+
+def _half_pads(ca: int, cb: int, use_dot: bool | None) -> tuple[int, int, bool]:
+    """(CAP, CBP, USE_DOT): both halves padded alike, the dot choice made on the first half."""
+    cap, use_dot = _half_pad(ca, use_dot)
+    return cap, _half_pad(cb, use_dot)[0], use_dot
 
 
 def pack_affine(weight: Tensor, bias: Tensor, ca: int, cap: int, cbp: int) -> Tensor:
@@ -256,8 +260,7 @@ def _launch_cfg(kernel, CA: int, CB: int, use_dot: bool | None, device: torch.de
     without a record (tests, benchmarks) is launched as given; the CPU interpreter uses 16."""
     if _env.is_interpreted(kernel):
         return block_p or 16, 4, 1
-    cap, ud = _half_pad(CA, use_dot)
-    cbp, _ = _half_pad(CB, ud)
+    cap, cbp, ud = _half_pads(CA, CB, use_dot)
     cfg = _configs.lookup(_KERNEL_NAMES[kernel.__name__], _configs.device_arch(device), CAP=cap, CBP=cbp,
                           USE_DOT=ud)
     if cfg is None:
@@ -274,22 +277,26 @@ def supports(folded) -> bool:
         return False
     dev = _configs.device_arch(folded.top_logs.device)
     for c, ca, _h, _w in _level_shapes(folded):
-        cap, ud = _half_pad(ca, None)
-        cbp, _ = _half_pad(c - ca, ud)
+        cap, cbp, ud = _half_pads(ca, c - ca, None)
         if any(_configs.lookup(k, dev, CAP=cap, CBP=cbp, USE_DOT=ud) is None for k in ("glow_fwd", "glow_inv")):
             return False
     return True
 
 
+def _geometry(kernel, like: Tensor, C: int, CA: int, Hq: int, Wq: int, block_p: int | None, use_dot: bool | None,
+              precision: str | None) -> tuple[tuple[int, int], int, int, dict]:
+    """(grid, pixels P, CB, the launch keywords) of one step kernel over ``like``'s batch and device."""
+    CB = C - CA
+    cap, cbp, use_dot = _half_pads(CA, CB, use_dot)
+    P = Hq * Wq
+    bp, nw, ns = _launch_cfg(kernel, CA, CB, use_dot, like.device, block_p)
+    return (triton.cdiv(P, bp), like.shape[0]), P, CB, dict(
+        CAP=cap, CBP=cbp, BLOCK_P=bp, USE_DOT=use_dot, PREC=precision or DOT_PRECISION, num_warps=nw, num_stages=ns)
+
+
 def _launch_fwd(src_a, src_b, hn, out_a, out_b, wpack, ld, *, C, CA, Hq, Wq, squeeze_in, has_coupling,
                 additive, has_affine, block_p, use_dot, precision):
-    CB = C - CA
-    cap, use_dot = _half_pad(CA, use_dot)
-    cbp, _ = _half_pad(CB, use_dot)
-    B = out_b.shape[0]
-    P = Hq * Wq
-    bp, nw, ns = _launch_cfg(_glow_fwd_kernel, CA, CB, use_dot, out_b.device, block_p)
-    grid = (triton.cdiv(P, bp), B)
+    grid, P, CB, cfg = _geometry(_glow_fwd_kernel, out_b, C, CA, Hq, Wq, block_p, use_dot, precision)
     hn_ = hn if hn is not None else out_b
     w_ = wpack if wpack is not None else out_b
     ld_ = ld if ld is not None else out_b
@@ -298,26 +305,18 @@ def _launch_fwd(src_a, src_b, hn, out_a, out_b, wpack, ld, *, C, CA, Hq, Wq, squ
         P, Wq, CA, CB, ld.stride(0) if ld is not None else 0,
         *_strides(src_a), *_strides(src_b), *_strides(hn_), *_strides(out_a), *_strides(out_b),
         SQUEEZE_IN=squeeze_in, HAS_COUPLING=has_coupling, ADDITIVE=additive, HAS_AFFINE=has_affine,
-        CAP=cap, CBP=cbp, BLOCK_P=bp, USE_DOT=use_dot, PREC=precision or DOT_PRECISION, num_warps=nw,
-        num_stages=ns,
+        **cfg,
     )
 
 
 def _launch_inv(ya, yb, hn, out_a, out_b, wpack, *, C, CA, Hq, Wq, additive, unsqueeze_out, block_p, use_dot,
                 precision):
-    CB = C - CA
-    cap, use_dot = _half_pad(CA, use_dot)
-    cbp, _ = _half_pad(CB, use_dot)
-    B = ya.shape[0]
-    P = Hq * Wq
-    bp, nw, ns = _launch_cfg(_glow_inv_kernel, CA, CB, use_dot, ya.device, block_p)
-    grid = (triton.cdiv(P, bp), B)
+    grid, P, CB, cfg = _geometry(_glow_inv_kernel, ya, C, CA, Hq, Wq, block_p, use_dot, precision)
     _glow_inv_kernel[grid](
         ya, yb, hn, out_a, out_b, wpack, P, Wq, CA, CB,
         *_strides(ya), *_strides(yb), *_strides(hn), *_strides(out_a), *_strides(out_b),
         ADDITIVE=additive, UNSQUEEZE_OUT=unsqueeze_out,
-        CAP=cap, CBP=cbp, BLOCK_P=bp, USE_DOT=use_dot, PREC=precision or DOT_PRECISION, num_warps=nw,
-        num_stages=ns,
+        **cfg,
     )
 
 
@@ -342,8 +341,7 @@ def glow_step_forward(xa: Tensor, xb: Tensor, hnet: Tensor | None, weight: Tenso
         oa, ob = out
     wp = None
     if weight is not None:
-        cap, ud = _half_pad(CA, use_dot)
-        cbp, _ = _half_pad(C - CA, ud)
+        cap, cbp, ud = _half_pads(CA, C - CA, use_dot)
         wp = pack_affine(weight, bias, CA, cap, cbp)
     _launch_fwd(xa, xb, hnet, oa, ob, wp, ld_part, C=C, CA=CA, Hq=Hq, Wq=Wq, squeeze_in=False,
                 has_coupling=hnet is not None, additive=additive, has_affine=weight is not None,
@@ -362,8 +360,7 @@ def glow_step_inverse(ya: Tensor, yb: Tensor, hnet: Tensor, weight_inv: Tensor, 
     B, CA, Hq, Wq = ya.shape
     C = CA + yb.shape[1]
     oa, ob = out if out is not None else (alloc(ya.shape, ya.device), alloc(yb.shape, yb.device))
-    cap, ud = _half_pad(CA, use_dot)
-    cbp, _ = _half_pad(C - CA, ud)
+    cap, cbp, ud = _half_pads(CA, C - CA, use_dot)
     wp = pack_affine(weight_inv, bias_inv, CA, cap, cbp)
     _launch_inv(ya, yb, hnet, oa, ob, wp, C=C, CA=CA, Hq=Hq, Wq=Wq, additive=additive, unsqueeze_out=False,
                 block_p=block_p, use_dot=use_dot, precision=precision)
@@ -419,8 +416,7 @@ class GlowPack:
         self.folded, self.use_dot = folded, use_dot
         self.levels = []  # per level: list of (fwd_pack, inv_pack) per step, plus (C, CA)
         for steps, (c, ca, h, w) in zip(folded.levels, _level_shapes(folded)):
-            cap, ud = _half_pad(ca, use_dot)
-            cbp, _ = _half_pad(c - ca, ud)
+            cap, cbp, ud = _half_pads(ca, c - ca, use_dot)
             packs = [(pack_affine(st.mix.weight, st.mix.bias, ca, cap, cbp),
                       pack_affine(st.mix.weight_inv, st.mix.bias_inv, ca, cap, cbp))
                      for st in steps]

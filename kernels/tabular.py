@@ -75,6 +75,20 @@ def _load_vec(ptr, N: tl.constexpr):
 
 
 @device_fn
+def _row_tile(B, D, BLOCK_B: tl.constexpr, DP: tl.constexpr):
+    """This program's BLOCK_B rows and the DP padded columns, with their in-bounds masks."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, DP)
+    return rows, cols, rows < B, cols < D
+
+
+@device_fn
+def _mlp_idx(DP: tl.constexpr, HP: tl.constexpr):
+    """Block offsets of the in (D x H), hidden (H x H) and out (H x D) weight matrices."""
+    return _mat_idx(DP, HP), _mat_idx(HP, HP), _mat_idx(HP, DP)
+
+
+@device_fn
 def _tanh(x):
     # tanh from exp (no libdevice dependency; exact limits +-1 at overflow)
     return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
@@ -135,17 +149,12 @@ def _glow1d_log_prob_kernel(
 ):
     STEP: tl.constexpr = _g1d("SIZE", DP, HP)
     HDR: tl.constexpr = _g1d_header(DP)
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, DP)
-    rm = rows < B
-    cm = cols < D
+    rows, cols, rm, cm = _row_tile(B, D, BLOCK_B, DP)
     is_b = (cols >= CA) & cm
     h = tl.load(x_ptr + rows[:, None].to(tl.int64) * sxb + cols[None, :] * sxd,
                 mask=rm[:, None] & cm[None, :], other=0.0).to(tl.float32)
     i_dd = _mat_idx(DP, DP)
-    i_dh = _mat_idx(DP, HP)
-    i_hh = _mat_idx(HP, HP)
-    i_hd = _mat_idx(HP, DP)
+    i_dh, i_hh, i_hd = _mlp_idx(DP, HP)
     ld = tl.zeros([BLOCK_B], dtype=tl.float32)
     for k in range(n_steps):
         base = w_ptr + HDR + k * STEP
@@ -170,18 +179,13 @@ def _glow1d_sample_kernel(
 ):
     STEP: tl.constexpr = _g1d("SIZE", DP, HP)
     HDR: tl.constexpr = _g1d_header(DP)
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, DP)
-    rm = rows < B
-    cm = cols < D
+    rows, cols, rm, cm = _row_tile(B, D, BLOCK_B, DP)
     is_b = (cols >= CA) & cm
     m2 = rm[:, None] & cm[None, :]
     h = tl.load(z_ptr + rows[:, None].to(tl.int64) * szb + cols[None, :] * szd, mask=m2, other=0.0)
     h = h.to(tl.float32) * temperature
     i_dd = _mat_idx(DP, DP)
-    i_dh = _mat_idx(DP, HP)
-    i_hh = _mat_idx(HP, HP)
-    i_hd = _mat_idx(HP, DP)
+    i_dh, i_hh, i_hd = _mlp_idx(DP, HP)
     for kk in range(n_steps):
         base = w_ptr + HDR + (n_steps - 1 - kk) * STEP
         shift, s = _g1d_net(h, base, i_dh, i_hh, i_hd, DP, HP, ADDITIVE, USE_DOT, PREC)
@@ -231,6 +235,35 @@ def _tail_base(base, NH, DP: tl.constexpr, HP: tl.constexpr):
 
 
 @device_fn
+def _maf_block_size(NH, DP: tl.constexpr, HP: tl.constexpr):
+    """Packed length of one MAF block with NH hidden layers (the stride between blocks)."""
+    return _maf_head("SIZE", DP, HP) + (NH - 1) * _maf_hidden("SIZE", HP) + _maf_tail("SIZE", DP, HP)
+
+
+@device_fn
+def _undo_batch_norm(h, tail, DP: tl.constexpr, HP: tl.constexpr):
+    """u from a block's output h: the inverse of its folded batch-norm h = u * PS + PSH."""
+    return (h - _load_vec(tail + _maf_tail("PSH", DP, HP), DP)[None, :]) \
+        / _load_vec(tail + _maf_tail("PS", DP, HP), DP)[None, :]
+
+
+@device_fn
+def _permuted_noise(z_ptr, gidx_ptr, rows, cols, m2, szb, szd, temperature):
+    """The tile of noise z * temperature, its columns gathered through the accumulated inverse
+    permutation at ``gidx_ptr`` (padded with 0) so the blocks run in the folded order."""
+    g = tl.load(gidx_ptr + cols)
+    h = tl.load(z_ptr + rows[:, None].to(tl.int64) * szb + g[None, :] * szd, mask=m2, other=0.0)
+    return h.to(tl.float32) * temperature
+
+
+@device_fn
+def _store_denormalized(out_ptr, h, w_ptr, rows, cols, m2, sob, sod, DP: tl.constexpr):
+    """Store h * SCALE + LOC: the data-space rows, undoing the flow's input normalisation."""
+    h = h * _load_vec(w_ptr + _maf_hdr("SCALE", DP), DP)[None, :] + _load_vec(w_ptr + _maf_hdr("LOC", DP), DP)[None, :]
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * sob + cols[None, :] * sod, h, mask=m2)
+
+
+@device_fn
 def _made(x, base, NH, i_dh, i_hh, i_hd, DP: tl.constexpr, HP: tl.constexpr, TANH: tl.constexpr,
           USE_DOT: tl.constexpr, PREC: tl.constexpr):
     """mu and soft-clamped alpha of one (permutation-folded) MADE block."""
@@ -258,19 +291,14 @@ def _maf_log_prob_kernel(
     USE_DOT: tl.constexpr, PREC: tl.constexpr,
 ):
     HDR: tl.constexpr = _maf_hdr("SIZE", DP)
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, DP)
-    rm = rows < B
-    cm = cols < D
+    rows, cols, rm, cm = _row_tile(B, D, BLOCK_B, DP)
     x = tl.load(x_ptr + rows[:, None].to(tl.int64) * sxb + cols[None, :] * sxd,
                 mask=rm[:, None] & cm[None, :], other=0.0).to(tl.float32)
     h = (x - _load_vec(w_ptr + _maf_hdr("LOC", DP), DP)[None, :]) \
         * _load_vec(w_ptr + _maf_hdr("INV_SCALE", DP), DP)[None, :]
     h = tl.where(cm[None, :], h, 0.0)
-    bstep = _maf_head("SIZE", DP, HP) + (NH - 1) * _maf_hidden("SIZE", HP) + _maf_tail("SIZE", DP, HP)
-    i_dh = _mat_idx(DP, HP)
-    i_hh = _mat_idx(HP, HP)
-    i_hd = _mat_idx(HP, DP)
+    bstep = _maf_block_size(NH, DP, HP)
+    i_dh, i_hh, i_hd = _mlp_idx(DP, HP)
     ld = tl.zeros([BLOCK_B], dtype=tl.float32)
     for k in range(n_blocks):
         base = w_ptr + HDR + k * bstep
@@ -292,30 +320,20 @@ def _maf_sample_kernel(
     USE_DOT: tl.constexpr, PREC: tl.constexpr,
 ):
     HDR: tl.constexpr = _maf_hdr("SIZE", DP)
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, DP)
-    rm = rows < B
-    cm = cols < D
+    rows, cols, rm, cm = _row_tile(B, D, BLOCK_B, DP)
     m2 = rm[:, None] & cm[None, :]
-    g = tl.load(gidx_ptr + cols)  # accumulated inverse permutation (padded with 0)
-    h = tl.load(z_ptr + rows[:, None].to(tl.int64) * szb + g[None, :] * szd, mask=m2, other=0.0)
-    h = h.to(tl.float32) * temperature
-    bstep = _maf_head("SIZE", DP, HP) + (NH - 1) * _maf_hidden("SIZE", HP) + _maf_tail("SIZE", DP, HP)
-    i_dh = _mat_idx(DP, HP)
-    i_hh = _mat_idx(HP, HP)
-    i_hd = _mat_idx(HP, DP)
+    h = _permuted_noise(z_ptr, gidx_ptr, rows, cols, m2, szb, szd, temperature)
+    bstep = _maf_block_size(NH, DP, HP)
+    i_dh, i_hh, i_hd = _mlp_idx(DP, HP)
     for kk in range(n_blocks):
         base = w_ptr + HDR + (n_blocks - 1 - kk) * bstep
-        tail = _tail_base(base, NH, DP, HP)
-        u = (h - _load_vec(tail + _maf_tail("PSH", DP, HP), DP)[None, :]) \
-            / _load_vec(tail + _maf_tail("PS", DP, HP), DP)[None, :]
+        u = _undo_batch_norm(h, _tail_base(base, NH, DP, HP), DP, HP)
         x = tl.zeros([BLOCK_B, DP], dtype=tl.float32)
         for _it in range(D):  # pass i fixes coordinate i (autoregressive order); D passes in all
             mu, alpha = _made(x, base, NH, i_dh, i_hh, i_hd, DP, HP, TANH, USE_DOT, PREC)
             x = u * tl.exp(alpha) + mu
         h = x
-    h = h * _load_vec(w_ptr + _maf_hdr("SCALE", DP), DP)[None, :] + _load_vec(w_ptr + _maf_hdr("LOC", DP), DP)[None, :]
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * sob + cols[None, :] * sod, h, mask=m2)
+    _store_denormalized(out_ptr, h, w_ptr, rows, cols, m2, sob, sod, DP)
 
 
 @triton.jit
@@ -328,28 +346,18 @@ def _iaf_sample_kernel(
     block's input, x = u * exp(alpha(u)) + mu(u) (``nfkd.flows.layers.InverseMADE``); same packed
     layout (an IAF block is a MAF block without batch-norm: PS = 1, PSH = 0)."""
     HDR: tl.constexpr = _maf_hdr("SIZE", DP)
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, DP)
-    rm = rows < B
-    cm = cols < D
+    rows, cols, rm, cm = _row_tile(B, D, BLOCK_B, DP)
     m2 = rm[:, None] & cm[None, :]
-    g = tl.load(gidx_ptr + cols)  # accumulated inverse permutation (padded with 0)
-    h = tl.load(z_ptr + rows[:, None].to(tl.int64) * szb + g[None, :] * szd, mask=m2, other=0.0)
-    h = h.to(tl.float32) * temperature
+    h = _permuted_noise(z_ptr, gidx_ptr, rows, cols, m2, szb, szd, temperature)
     h = tl.where(cm[None, :], h, 0.0)
-    bstep = _maf_head("SIZE", DP, HP) + (NH - 1) * _maf_hidden("SIZE", HP) + _maf_tail("SIZE", DP, HP)
-    i_dh = _mat_idx(DP, HP)
-    i_hh = _mat_idx(HP, HP)
-    i_hd = _mat_idx(HP, DP)
+    bstep = _maf_block_size(NH, DP, HP)
+    i_dh, i_hh, i_hd = _mlp_idx(DP, HP)
     for kk in range(n_blocks):
         base = w_ptr + HDR + (n_blocks - 1 - kk) * bstep
-        tail = _tail_base(base, NH, DP, HP)
-        u = (h - _load_vec(tail + _maf_tail("PSH", DP, HP), DP)[None, :]) \
-            / _load_vec(tail + _maf_tail("PS", DP, HP), DP)[None, :]
+        u = _undo_batch_norm(h, _tail_base(base, NH, DP, HP), DP, HP)
         mu, alpha = _made(u, base, NH, i_dh, i_hh, i_hd, DP, HP, TANH, USE_DOT, PREC)
         h = u * tl.exp(alpha) + mu  # padded columns: u = 0, mu = alpha = 0 (zero-padded weights)
-    h = h * _load_vec(w_ptr + _maf_hdr("SCALE", DP), DP)[None, :] + _load_vec(w_ptr + _maf_hdr("LOC", DP), DP)[None, :]
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * sob + cols[None, :] * sod, h, mask=m2)
+    _store_denormalized(out_ptr, h, w_ptr, rows, cols, m2, sob, sod, DP)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,10 @@
 """Shared test utilities: random (non-identity) parameters and brute-force references."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from nfkd.testing import perturb  # noqa: F401  (re-exported for the tests)
@@ -18,3 +22,22 @@ def brute_logabsdet(fn, x: torch.Tensor) -> torch.Tensor:
         jac = torch.autograd.functional.jacobian(flat, xi.reshape(-1))
         out.append(torch.linalg.slogdet(jac)[1])
     return torch.stack(out)
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """Run ``nfkd ARGV`` in-process; it must exit 2 with one ``error:`` line and no traceback."""
+    from nfkd.__main__ import main
+
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, (argv, err)
+    assert err.count("\n") == 1 and "error: " in err and "Traceback" not in err, err
+    return err
+
+
+def run_nfkd(*args: str, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m nfkd ARGS`` in a subprocess (from the repository root); it must exit 0."""
+    r = subprocess.run([sys.executable, "-m", "nfkd", *args], capture_output=True, text=True,
+                       cwd=cwd or Path(__file__).resolve().parents[1], timeout=timeout)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r

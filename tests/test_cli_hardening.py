@@ -17,20 +17,14 @@ from nfkd.__main__ import main as nfkd_main
 from nfkd.flows import MAF, Glow1D
 from nfkd.train import TrainConfig, TrainData, Trainer
 
+from .helpers import one_line_error
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 # In-process `--threads 1` sets torch's thread count: tests/conftest.py gives later tests theirs back.
 FAST = ["--data", "wine", "--steps", "20", "--batch-size", "32", "--eval-every", "10", "--checkpoint-every", "10",
         "--no-progress", "--threads", "1", "--steps-arch", "2", "--hidden", "8"]
-
-
-def _one_line_error(capsys, argv: list[str]) -> str:
-    rc = nfkd_main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, (argv, err)
-    assert err.count("\n") == 1 and "error: " in err and "Traceback" not in err, err
-    return err
 
 
 def _replace(args: list[str], flag: str, value: str) -> list[str]:
@@ -65,7 +59,7 @@ def _replace(args: list[str], flag: str, value: str) -> list[str]:
 def test_bad_settings_are_one_line_and_write_nothing(tmp_path, capsys, command, flag, value, match):
     teacher = nfkd.save(MAF(13, blocks=2, hidden=8), tmp_path / "teacher.pt")
     extra = ["--arch", "maf"] if command == "train" else ["--teacher", str(teacher)]
-    err = _one_line_error(capsys, [command, *_replace(FAST, flag, value), *extra, "--out", str(tmp_path / "o")])
+    err = one_line_error(capsys, [command, *_replace(FAST, flag, value), *extra, "--out", str(tmp_path / "o")])
     assert __import__("re").search(match, err), err
     assert not (tmp_path / "o").exists(), "nothing may be written for a refused command line"
 
@@ -83,28 +77,28 @@ def test_bad_settings_are_one_line_and_write_nothing(tmp_path, capsys, command, 
 def test_bad_distill_flags_are_one_line_before_any_work(tmp_path, capsys, flag, value, match):
     """Issue 24 #6: checked before the teacher is even read (it does not exist here)."""
     argv = ["distill", *FAST, flag, value, "--teacher", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]
-    err = _one_line_error(capsys, argv)
+    err = one_line_error(capsys, argv)
     assert __import__("re").search(match, err), err
     assert not (tmp_path / "o").exists()
 
 
 def test_out_pointing_at_a_file(tmp_path, capsys):
     (tmp_path / "taken").write_text("my notes")
-    err = _one_line_error(capsys, ["train", *FAST, "--arch", "maf", "--out", str(tmp_path / "taken")])
+    err = one_line_error(capsys, ["train", *FAST, "--arch", "maf", "--out", str(tmp_path / "taken")])
     assert "is an existing file" in err and (tmp_path / "taken").read_text() == "my notes"
-    err = _one_line_error(capsys, ["train", *FAST, "--arch", "maf", "--out", str(tmp_path / "taken" / "sub")])
+    err = one_line_error(capsys, ["train", *FAST, "--arch", "maf", "--out", str(tmp_path / "taken" / "sub")])
     assert "is a file, so the folder cannot be created" in err
 
 
 def test_distill_with_a_teacher_of_another_dimension(tmp_path, capsys):
     teacher = nfkd.save(MAF(30, blocks=2, hidden=8), tmp_path / "t30.pt", metadata={"dataset": "breast_cancer"})
-    err = _one_line_error(capsys, ["distill", *FAST, "--teacher", str(teacher), "--out", str(tmp_path / "s")])
+    err = one_line_error(capsys, ["distill", *FAST, "--teacher", str(teacher), "--out", str(tmp_path / "s")])
     assert "teacher models 30 inputs but dataset 'wine' has 13" in err and "'breast_cancer'" in err
     assert not (tmp_path / "s" / "model.pt").exists()
 
 
 def test_arch_of_the_wrong_kind_is_one_line(tmp_path, capsys):
-    err = _one_line_error(capsys, ["train", *FAST, "--arch", "glow", "--out", str(tmp_path / "g")])
+    err = one_line_error(capsys, ["train", *FAST, "--arch", "glow", "--out", str(tmp_path / "g")])
     assert "glow is for images" in err
 
 
@@ -137,19 +131,19 @@ def test_resume_refuses_foreign_damaged_or_mismatched_state(tmp_path, capsys):
     capsys.readouterr()
 
     state.write_bytes(good[: len(good) // 2])
-    assert "truncated, corrupt or not a training state" in _one_line_error(capsys, resume)
+    assert "truncated, corrupt or not a training state" in one_line_error(capsys, resume)
     torch.save({"weights": torch.zeros(3)}, state)
-    assert "not a training state written by nfkd (missing step" in _one_line_error(capsys, resume)
+    assert "not a training state written by nfkd (missing step" in one_line_error(capsys, resume)
     marker = tmp_path / "ran"
     state.write_bytes(pickle.dumps({"step": _RunsCode(marker)}))
-    assert "cannot resume" in _one_line_error(capsys, resume) and not marker.exists()
+    assert "cannot resume" in one_line_error(capsys, resume) and not marker.exists()
 
     state.write_bytes(good)
-    err = _one_line_error(capsys, _replace(resume, "--hidden", "12"))
+    err = one_line_error(capsys, _replace(resume, "--hidden", "12"))
     assert "written for another run (hidden 8 vs 12 now)" in err
-    err = _one_line_error(capsys, _replace(resume, "--data", "breast_cancer"))
+    err = one_line_error(capsys, _replace(resume, "--data", "breast_cancer"))
     assert "dim 13 vs 30 now" in err
-    err = _one_line_error(capsys, _replace(resume, "--seed", "1"))  # same shapes, other rows
+    err = one_line_error(capsys, _replace(resume, "--seed", "1"))  # same shapes, other rows
     assert "different data" in err
     assert state.read_bytes() == good, "a refused resume must leave the state untouched"
 
@@ -160,7 +154,7 @@ def test_training_on_unusable_statistics_is_one_line(tmp_path, capsys):
     np.save(tmp_path / "power" / "data.npy", raw)
     argv = ["train", *_replace(FAST, "--data", "power"), "--data-root", str(tmp_path), "--arch", "maf",
             "--out", str(tmp_path / "o")]
-    assert "not finite" in _one_line_error(capsys, argv)
+    assert "not finite" in one_line_error(capsys, argv)
     assert not (tmp_path / "o" / "model.pt").exists()
 
 
@@ -246,7 +240,7 @@ def test_disk_full_while_training_is_one_line_and_keeps_the_last_state(tmp_path,
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", full_for_states)
-    err = _one_line_error(capsys, ["train", *_replace(FAST, "--steps", "40"), "--arch", "maf", "--out", str(out),
+    err = one_line_error(capsys, ["train", *_replace(FAST, "--steps", "40"), "--arch", "maf", "--out", str(out),
                                    "--resume"])
     assert "cannot write" in err and "No space left on device" in err and "previous train_state.pt is kept" in err
     assert all(p.read_bytes() == b for p, b in before.items())
@@ -297,7 +291,7 @@ def test_resume_refuses_edited_state_fields(tmp_path, capsys):
     ]
     for changes, match in cases:
         _edit_state(good, state, **changes)
-        err = _one_line_error(capsys, resume)
+        err = one_line_error(capsys, resume)
         assert match in err, (changes, err)
     state.write_bytes(good)
     assert nfkd_main(resume) == 0  # the unedited state resumes

@@ -34,6 +34,21 @@ def _check_result(ds, train, val, test, exact: bool = False) -> None:
     assert ds.dim == train.shape[1]
 
 
+def _maf_reference_split(data: np.ndarray, standardize: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The MAF code's tail split and train+val standardisation, written as it is there (the reference)."""
+    N_test = int(0.1 * data.shape[0])
+    test = data[-N_test:]
+    data = data[0:-N_test]
+    N_validate = int(0.1 * data.shape[0])
+    val = data[-N_validate:]
+    train = data[0:-N_validate]
+    if not standardize:  # GAS standardises before the split
+        return train, val, test
+    both = np.vstack((train, val))
+    mu, s = both.mean(axis=0), both.std(axis=0)
+    return (train - mu) / s, (val - mu) / s, (test - mu) / s
+
+
 # ---------------------------------------------------------------------------------- POWER
 
 def _write_power(root: Path, raw: np.ndarray) -> Path:
@@ -66,15 +81,7 @@ def test_power_matches_maf_preprocessing(tmp_path):
     sm_noise = rng.rand(N, 3)
     time_noise = np.zeros((N, 1))
     data = data + np.hstack((gap_noise, voltage_noise, sm_noise, time_noise))
-    N_test = int(0.1 * data.shape[0])
-    test = data[-N_test:]
-    data = data[0:-N_test]
-    N_validate = int(0.1 * data.shape[0])
-    val = data[-N_validate:]
-    train = data[0:-N_validate]
-    both = np.vstack((train, val))
-    mu, s = both.mean(axis=0), both.std(axis=0)
-    train, val, test = (train - mu) / s, (val - mu) / s, (test - mu) / s
+    train, val, test = _maf_reference_split(data)
 
     ds = load_power(tmp_path)
     assert ds.name == "power" and ds.dim == 6
@@ -122,12 +129,7 @@ def test_gas_matches_maf_preprocessing(tmp_path):
     assert cols == [1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15]  # s0, s8 (dups of s9) and s3 gone
     y = x[:, cols]
     y = (y - y.mean(axis=0)) / y.std(axis=0, ddof=1)
-    N_test = int(0.1 * y.shape[0])
-    test = y[-N_test:]
-    train = y[0:-N_test]
-    N_validate = int(0.1 * train.shape[0])
-    val = train[-N_validate:]
-    train = train[0:-N_validate]
+    train, val, test = _maf_reference_split(y, standardize=False)
 
     ds = load_gas(tmp_path)
     assert ds.dim == 13 and ds.sizes == (389, 43, 48)
@@ -260,18 +262,9 @@ def test_miniboone_matches_maf_preprocessing(tmp_path):
     raw = np.random.RandomState(5).standard_gamma(2.0, size=(611, 43)) * np.linspace(1, 50, 43)
     _write_npy(tmp_path, "miniboone", raw)
 
-    N_test = int(0.1 * raw.shape[0])
-    test = raw[-N_test:]
-    data = raw[0:-N_test]
-    N_validate = int(0.1 * data.shape[0])
-    val = data[-N_validate:]
-    train = data[0:-N_validate]
-    both = np.vstack((train, val))
-    mu, s = both.mean(axis=0), both.std(axis=0)
-
     ds = load_miniboone(tmp_path)
     assert ds.dim == 43 and ds.sizes == (495, 55, 61)
-    _check_result(ds, (train - mu) / s, (val - mu) / s, (test - mu) / s, exact=True)
+    _check_result(ds, *_maf_reference_split(raw), exact=True)
 
 
 def test_miniboone_wrong_column_count(tmp_path):

@@ -11,7 +11,7 @@ from nfkd.distill.align import Aligner, rotate_channels
 from nfkd.flows import MAF, Glow, Glow1D
 from nfkd.flows.layers import Permutation
 
-from .helpers import perturb
+from .helpers import perturb, run_nfkd
 
 
 def _maf(blocks: int, perm: str = "random", seed: int = 0) -> MAF:
@@ -178,22 +178,13 @@ def test_teacher_pool_is_drawn_from_and_overflow_is_dropped():
 
 @pytest.mark.slow
 def test_cli_distill_with_the_new_options(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     import nfkd
 
-    repo = Path(__file__).resolve().parents[1]
     common = ["--data", "wine", "--steps", "12", "--batch-size", "32", "--eval-every", "6", "--no-progress",
               "--threads", "1"]
-    run = lambda *a: subprocess.run([sys.executable, "-m", "nfkd", *a], capture_output=True, text=True, cwd=repo,
-                                    timeout=300)
-    t = run("train", *common, "--arch", "glow1d", "--out", str(tmp_path / "t"))
-    assert t.returncode == 0, t.stderr[-2000:]
-    s = run("distill", *common, "--teacher", str(tmp_path / "t" / "model.pt"), "--method", "fkl",
-            "--teacher-pool", "300", "--init-from-teacher", "--kd-scale", "mean", "--out", str(tmp_path / "s"))
-    assert s.returncode == 0, s.stderr[-2000:]
+    run_nfkd("train", *common, "--arch", "glow1d", "--out", str(tmp_path / "t"))
+    run_nfkd("distill", *common, "--teacher", str(tmp_path / "t" / "model.pt"), "--method", "fkl",
+             "--teacher-pool", "300", "--init-from-teacher", "--kd-scale", "mean", "--out", str(tmp_path / "s"))
     meta = nfkd.load_checkpoint(tmp_path / "s" / "model.pt").metadata
     kd = meta["training"]["kd"]
     assert kd["method"] == "fkl" and kd["teacher_pool"] == 300 and kd["init_from_teacher"] and kd["kd_scale"] == "mean"

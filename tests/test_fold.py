@@ -25,11 +25,16 @@ def _flow(factory):
     return perturb(flow, scale=0.1, seed=7).eval()
 
 
+def _folded_case(factory, dtype: torch.dtype):
+    """(flow, its fold in ``dtype``, 5 float64 inputs) for the flow-vs-fold comparisons."""
+    flow = _flow(factory)
+    folded = fold(flow, dtype=dtype)
+    return flow, folded, torch.randn(5, *flow.event_shape, dtype=torch.float64) * 0.4
+
+
 @pytest.mark.parametrize("name,factory", CASES, ids=[c[0] for c in CASES])
 def test_folded_matches_flow_both_directions(name, factory):
-    flow = _flow(factory)
-    folded = fold(flow, dtype=torch.float64)
-    x = torch.randn(5, *flow.event_shape, dtype=torch.float64) * 0.4
+    flow, folded, x = _folded_case(factory, torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(folded.log_prob(x), flow.log_prob(x), atol=1e-9, rtol=1e-10)
         noise = flow.sample_noise(5, generator=torch.Generator().manual_seed(1))
@@ -38,9 +43,7 @@ def test_folded_matches_flow_both_directions(name, factory):
 
 @pytest.mark.parametrize("name,factory", CASES, ids=[c[0] for c in CASES])
 def test_folded_float32_close(name, factory):
-    flow = _flow(factory)
-    folded = fold(flow, dtype=torch.float32)
-    x = torch.randn(5, *flow.event_shape, dtype=torch.float64) * 0.4
+    flow, folded, x = _folded_case(factory, torch.float32)
     with torch.no_grad():
         ref = flow.log_prob(x)
         got = folded.log_prob(x.float()).double()

@@ -83,7 +83,8 @@ def _leaking_density_graph(dim: int) -> onnx.ModelProto:
 # --------------------------------------------------------------------------------------------
 # Defect 1: external data
 # --------------------------------------------------------------------------------------------
-def test_a_graph_with_external_data_is_refused_not_read_from_the_working_directory(tmp_path, monkeypatch):
+def _leaking_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """(an export folder whose density graph points at ``secret.txt``, a working folder holding that file)."""
     folder = _copy(tmp_path)
     dim = Manifest.load(folder).dim
     (folder / "density.onnx").write_bytes(_leaking_density_graph(dim).SerializeToString())
@@ -91,6 +92,11 @@ def test_a_graph_with_external_data_is_refused_not_read_from_the_working_directo
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     (cwd / "secret.txt").write_bytes(SECRET)
+    return folder, cwd
+
+
+def test_a_graph_with_external_data_is_refused_not_read_from_the_working_directory(tmp_path, monkeypatch):
+    folder, cwd = _leaking_folder(tmp_path)
     monkeypatch.chdir(cwd)
     with pytest.raises(ExportError, match="external data .*secret.txt.*refused") as exc:
         load(folder)  # the old runtime loaded it and answered the file's bytes as log-densities
@@ -218,13 +224,7 @@ def test_a_manifest_whose_shapes_disagree_with_its_graph_is_one_clear_error(tmp_
 
 def test_nfkd_serve_refuses_the_leaking_folder_in_one_line(tmp_path):
     """The probe's reproduction end to end: ``nfkd serve FOLDER`` run from a folder holding secret.txt."""
-    folder = _copy(tmp_path)
-    dim = Manifest.load(folder).dim
-    (folder / "density.onnx").write_bytes(_leaking_density_graph(dim).SerializeToString())
-    _rehash(folder, "density")
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    (cwd / "secret.txt").write_bytes(SECRET)
+    folder, cwd = _leaking_folder(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-m", "nfkd", "serve", str(folder), "--port", "0", "--backend",
                         "onnxruntime", "--device", "cpu"], cwd=cwd, env=env, capture_output=True, text=True,

@@ -25,6 +25,8 @@ from nfkd.tradeoff import (
     tradeoff_section,
 )
 
+from .helpers import one_line_error
+
 BATCHES = (1, 8)
 
 
@@ -222,25 +224,17 @@ def test_cli_writes_the_three_files(tmp_path, data, capsys):
     assert "Which model for a latency budget" in (out / "tradeoff.md").read_text()
 
 
-def _one_line_error(capsys, argv: list[str]) -> str:
-    rc = nfkd_main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, (argv, err)
-    assert err.count("\n") == 1 and "error: " in err and "Traceback" not in err, err
-    return err
-
-
 def test_cli_refuses_bad_input_in_one_line(tmp_path, data, capsys):
     paths = _checkpoints(tmp_path, data)
     base = ["--data", "breast_cancer", "--rounds", "1", "--batches", "1", "--out", str(tmp_path / "o")]
-    assert "model not found" in _one_line_error(capsys, ["tradeoff", str(tmp_path / "nope.pt"), *base])
-    assert "unknown backend 'cuda-magic'" in _one_line_error(
+    assert "model not found" in one_line_error(capsys, ["tradeoff", str(tmp_path / "nope.pt"), *base])
+    assert "unknown backend 'cuda-magic'" in one_line_error(
         capsys, ["tradeoff", *paths, *base, "--backends", "eager", "cuda-magic"])
     wine = tmp_path / "wine.pt"
     nfkd.save(flow_for(get_data("wine"), {"arch": "maf", "blocks": 1, "hidden": 8}), wine)
-    err = _one_line_error(capsys, ["tradeoff", paths[0], str(wine), *base, "--backends", "eager"])
+    err = one_line_error(capsys, ["tradeoff", paths[0], str(wine), *base, "--backends", "eager"])
     assert "takes 13 features but breast_cancer has 30 columns" in err
-    assert "--names gives 1 names for 2 models" in _one_line_error(capsys, ["tradeoff", *paths, *base, "--names", "a"])
+    assert "--names gives 1 names for 2 models" in one_line_error(capsys, ["tradeoff", *paths, *base, "--names", "a"])
     assert not (tmp_path / "o").exists()
 
 

@@ -16,6 +16,8 @@ from nfkd.distill import KDConfig
 from nfkd.flows import MAF, Glow1D
 from nfkd.train import TrainConfig, TrainData, Trainer
 
+from .helpers import run_nfkd
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -43,24 +45,21 @@ def _student() -> Glow1D:
     return Glow1D(4, steps=2, hidden=8)
 
 
+def _pair(method: str) -> tuple[MAF | None, Glow1D | MAF]:
+    """(teacher, student) drawn the same way each call: no teacher for ``none``."""
+    if method == "none":
+        return None, _student()
+    torch.manual_seed(7)
+    return MAF(4, blocks=4, hidden=8).eval(), MAF(4, blocks=2, hidden=8)
+
+
 @pytest.mark.parametrize("method", ["none", "skd"])
 def test_resume_matches_uninterrupted(tmp_path, method):
-    teacher = MAF(4, blocks=4, hidden=8) if method != "none" else None
-    if teacher is not None:
-        torch.manual_seed(7)
-        teacher = MAF(4, blocks=4, hidden=8).eval()
-        student = MAF(4, blocks=2, hidden=8)
-    else:
-        student = _student()
     kd = KDConfig(method)
+    teacher, student = _pair(method)
     full = Trainer(student, _data(), _cfg(), tmp_path / "full", teacher, kd).run()
 
-    if teacher is not None:
-        torch.manual_seed(7)
-        teacher = MAF(4, blocks=4, hidden=8).eval()
-        student2 = MAF(4, blocks=2, hidden=8)
-    else:
-        student2 = _student()
+    teacher, student2 = _pair(method)
     crashed = Trainer(student2, _data(), _cfg(), tmp_path / "resumed", teacher, kd)
 
     def crash(step, loss):
@@ -146,15 +145,10 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
 def test_cli_train_distill_evaluate(tmp_path):
     common = ["--data", "wine", "--steps", "20", "--batch-size", "32", "--eval-every", "10", "--no-progress",
               "--threads", "1"]
-    run = lambda *a: subprocess.run([sys.executable, "-m", "nfkd", *a], capture_output=True, text=True, cwd=REPO,
-                                    timeout=300)
-    t = run("train", *common, "--arch", "maf", "--out", str(tmp_path / "t"))
-    assert t.returncode == 0, t.stderr[-2000:]
-    s = run("distill", *common, "--teacher", str(tmp_path / "t" / "model.pt"), "--method", "ilkd",
-            "--distance", "mse", "--out", str(tmp_path / "s"))
-    assert s.returncode == 0, s.stderr[-2000:]
-    e = run("evaluate", str(tmp_path / "s" / "model.pt"), "--split", "test")
-    assert e.returncode == 0, e.stderr[-2000:]
+    run_nfkd("train", *common, "--arch", "maf", "--out", str(tmp_path / "t"))
+    run_nfkd("distill", *common, "--teacher", str(tmp_path / "t" / "model.pt"), "--method", "ilkd",
+             "--distance", "mse", "--out", str(tmp_path / "s"))
+    e = run_nfkd("evaluate", str(tmp_path / "s" / "model.pt"), "--split", "test")
     res = json.loads(e.stdout)
     assert res["dataset"] == "wine" and res["n"] == 17 and res["nonfinite"] == 0
     assert res["params"] < nfkd.load(tmp_path / "t" / "model.pt").num_parameters()

@@ -50,13 +50,20 @@ def _maf_tail_split(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return tail_split(data, n_val, n_test)
 
 
+def _load_checked_npy(name: str, root: str | Path, columns: int) -> tuple[Path, np.ndarray]:
+    """(path, table) of a one-file ``.npy`` benchmark, refused unless it has ``columns`` finite columns
+    and enough rows: the checks POWER and MINIBOONE share."""
+    (path,) = require_maf_files(name, Path(root))
+    data = load_npy(path)
+    check_table(data, columns, path)
+    check_finite(data, path)
+    require_rows(name.upper(), data.shape[0], path)
+    return path, data
+
+
 def load_power(root: str | Path) -> TabularSplits:
     """UCI household electric power (6-d): shuffle (seed 42), drop 2 columns, add uniform noise."""
-    (path,) = require_maf_files("power", Path(root))
-    raw = load_npy(path)
-    check_table(raw, POWER_COLUMNS, path)
-    check_finite(raw, path)
-    require_rows("POWER", raw.shape[0], path)
+    path, raw = _load_checked_npy("power", root, POWER_COLUMNS)
     rng = np.random.RandomState(42)
     # rng.shuffle(data) then np.delete(columns 3 and 1): a row shuffle draws the same numbers as
     # rng.permutation(N) (both depend only on N), and it commutes with dropping columns, so a
@@ -213,11 +220,7 @@ def load_hepmass(root: str | Path) -> TabularSplits:
 
 def load_miniboone(root: str | Path) -> TabularSplits:
     """UCI MiniBooNE particle identification (43-d), already cleaned in the published file."""
-    (path,) = require_maf_files("miniboone", Path(root))
-    data = load_npy(path)
-    check_table(data, MINIBOONE_COLUMNS, path)
-    check_finite(data, path)
-    require_rows("MINIBOONE", data.shape[0], path)
+    path, data = _load_checked_npy("miniboone", root, MINIBOONE_COLUMNS)
     data = _float(data)
     train, val, test = _maf_tail_split(data)
     fit = data[: len(train) + len(val)]  # == np.vstack((train, val))
