@@ -425,7 +425,7 @@ def _peers(rows: list[Row], idx: dict) -> list[str]:
             for role in ("teacher", "student"):
                 for dim in sorted({r.dim for r in peer_rows}):
                     for batch in sorted({r.batch for r in peer_rows}):
-                        n = idx.get((direction, "maf", dim, batch, role, "eager"))
+                        n = idx.get((direction, "maf", dim, batch, role, REFERENCE))
                         if n is None:
                             continue
                         best = min((r for r in rows if r.group == n.group and r.role == role
@@ -442,8 +442,8 @@ def _peers(rows: list[Row], idx: dict) -> list[str]:
             summary = []
             for direction in ("density", "sample"):
                 for p in PEERS:
-                    vals = [speedup(idx[k].time_s, idx[(*k[:5], "eager")].time_s)
-                            for k in idx if k[0] == direction and k[5] == p and (*k[:5], "eager") in idx]
+                    vals = [speedup(idx[k].time_s, idx[(*k[:5], REFERENCE)].time_s)
+                            for k in idx if k[0] == direction and k[5] == p and (*k[:5], REFERENCE) in idx]
                     if vals:
                         summary.append(f"{direction}: {p} time / nfkd eager time = {fmt_x(geomean(vals))} (geometric mean, "
                                        f"{len(vals)} cases)")
