@@ -31,6 +31,9 @@ STATS = ("median", "min", "mean")
 PEERS = ("nflows", "zuko")
 BACKEND_ORDER = (*_REGISTRY, *PEERS)  # nfkd's backends in the registry's order, then the outside references
 BACKEND_LABEL = {**{name: spec.title for name, spec in _REGISTRY.items()}, **{p: p for p in PEERS}}
+#: The rows the report's summaries compare (a choice of presentation, not a capability): speed-ups are
+#: against the eager teacher; the portable summary shows the ONNX Runtime export; the engine summary numba.
+REFERENCE, PORTABLE, CPU_ENGINE = "eager", "onnxruntime", "numba"
 ARCH_LABEL = {"glow1d": "Glow-1D", "maf": "MAF", "glow": "Glow (images)"}  # also the order of the sections
 DIRECTION_LABEL = {"density": "density: time to compute the log-likelihood of a batch", "sample": "sampling: time to draw a batch"}
 
@@ -139,7 +142,7 @@ def derive(rows: list[Row], stat: str = "median") -> list[Row]:
     for r in rows:
         r.time_s = r.stats[stat]
         r.samples_per_s = samples_per_second(r.batch, r.time_s)
-        if r.backend == "eager" and r.role == "teacher":
+        if r.backend == REFERENCE and r.role == "teacher":
             ref[r.group] = r
     for r in rows:
         base = ref.get(r.group)
@@ -283,8 +286,8 @@ def table2_section(rows: list[Row]) -> str:
             head += [f"{'T' if role == 'teacher' else 'S'} {BACKEND_LABEL.get(b, b)}" for b, role in cols]
             body = []
             for dim, batch in sorted({(r.dim, r.batch) for r in sub}):
-                pt = idx.get((direction, arch, dim, batch, "teacher", "eager"))
-                ps = idx.get((direction, arch, dim, batch, "student", "eager"))
+                pt = idx.get((direction, arch, dim, batch, "teacher", REFERENCE))
+                ps = idx.get((direction, arch, dim, batch, "student", REFERENCE))
                 shape = next(r.shape for r in sub if r.dim == dim)
                 params = f"{fmt_k(pt.params) if pt else '-'} / {fmt_k(ps.params) if ps else '-'}"
                 cells = [shape, str(batch), params]
@@ -292,7 +295,7 @@ def table2_section(rows: list[Row]) -> str:
                     r = idx.get((direction, arch, dim, batch, role, b))
                     if r is None:
                         cells.append("-")
-                    elif b == "eager" and role == "teacher":
+                    elif b == REFERENCE and role == "teacher":
                         cells.append(f"{fmt_ms(r.time_s)}")
                     else:
                         cells.append(f"{fmt_ms(r.time_s)} ({fmt_x(r.speedup, r.speedup_other_run)})")
@@ -316,14 +319,14 @@ def _ort_vs_teacher(rows: list[Row], idx: dict) -> list[str]:
     parts: list[str] = []
     dens = [r for r in rows if r.direction == "density" and _tabular(r.arch)]
     batches = sorted({r.batch for r in dens})
-    if dens and any(r.backend == "onnxruntime" and r.role == "student" for r in dens):
+    if dens and any(r.backend == PORTABLE and r.role == "student" for r in dens):
         hb = 4096 if 4096 in batches else max(batches)
         body, gains = [], []
         for arch in _tabular_archs():
             for dim in sorted({r.dim for r in dens if r.arch == arch}):
-                t = idx.get(("density", arch, dim, hb, "teacher", "eager"))
-                s = idx.get(("density", arch, dim, hb, "student", "onnxruntime"))
-                st = idx.get(("density", arch, dim, hb, "teacher", "onnxruntime"))
+                t = idx.get(("density", arch, dim, hb, "teacher", REFERENCE))
+                s = idx.get(("density", arch, dim, hb, "student", PORTABLE))
+                st = idx.get(("density", arch, dim, hb, "teacher", PORTABLE))
                 if t is None or s is None:
                     continue
                 gains.append(s.speedup)
@@ -343,7 +346,7 @@ def _ort_vs_teacher(rows: list[Row], idx: dict) -> list[str]:
 
 def _engine(rows: list[Row], idx: dict) -> list[str]:
     """The numba CPU engine's student vs ONNX Runtime's student and zuko's MAF of the same size (issue #14)."""
-    eng = [r for r in rows if r.backend == "numba" and r.role == "student"]
+    eng = [r for r in rows if r.backend == CPU_ENGINE and r.role == "student"]
     if not eng:
         return []
     hb = 4096 if any(r.batch == 4096 for r in eng) else max(r.batch for r in eng)
@@ -351,10 +354,10 @@ def _engine(rows: list[Row], idx: dict) -> list[str]:
     for direction in ("density", "sample"):
         for arch in _tabular_archs():
             for dim in sorted({r.dim for r in eng if r.arch == arch}):
-                n = idx.get((direction, arch, dim, hb, "student", "numba"))
+                n = idx.get((direction, arch, dim, hb, "student", CPU_ENGINE))
                 if n is None:
                     continue
-                o = idx.get((direction, arch, dim, hb, "student", "onnxruntime"))
+                o = idx.get((direction, arch, dim, hb, "student", PORTABLE))
                 z = idx.get((direction, "maf", dim, hb, "student", "zuko"))
                 if o:
                     vs_ort.append(speedup(o.time_s, n.time_s))
@@ -422,7 +425,7 @@ def _peers(rows: list[Row], idx: dict) -> list[str]:
             for role in ("teacher", "student"):
                 for dim in sorted({r.dim for r in peer_rows}):
                     for batch in sorted({r.batch for r in peer_rows}):
-                        n = idx.get((direction, "maf", dim, batch, role, "eager"))
+                        n = idx.get((direction, "maf", dim, batch, role, REFERENCE))
                         if n is None:
                             continue
                         best = min((r for r in rows if r.group == n.group and r.role == role
@@ -439,8 +442,8 @@ def _peers(rows: list[Row], idx: dict) -> list[str]:
             summary = []
             for direction in ("density", "sample"):
                 for p in PEERS:
-                    vals = [speedup(idx[k].time_s, idx[(*k[:5], "eager")].time_s)
-                            for k in idx if k[0] == direction and k[5] == p and (*k[:5], "eager") in idx]
+                    vals = [speedup(idx[k].time_s, idx[(*k[:5], REFERENCE)].time_s)
+                            for k in idx if k[0] == direction and k[5] == p and (*k[:5], REFERENCE) in idx]
                     if vals:
                         summary.append(f"{direction}: {p} time / nfkd eager time = {fmt_x(geomean(vals))} (geometric mean, "
                                        f"{len(vals)} cases)")

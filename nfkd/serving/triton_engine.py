@@ -28,7 +28,7 @@ def serve_triton(args: argparse.Namespace, threads: int) -> int:
     from .triton_binary import TritonServer, triton_home
 
     triton_home()  # fail before loading anything when the wheel is missing
-    runner = inference.load(args.model, backend="eager" if args.backend == "torch" else args.backend,
+    runner = inference.load(args.model, backend=args.backend,
                             device="cpu", threads=threads, cache_dir=args.cache_dir)
     backend, event_shape = runner.backend, tuple(runner.event_shape)
     del runner

@@ -27,41 +27,46 @@ __all__ = ["TritonPythonModel", "check_density_rows", "check_sample_args"]
 
 
 def check_density_rows(x: np.ndarray, event_shape: tuple[int, ...]) -> str | None:
-    """The built-in service's finite-value check (Triton already checked dtype, shape and the row limit)."""
-    finite = np.isfinite(x.reshape(x.shape[0], -1)).all(1)
-    if finite.all():
+    """``nfkd.validation``'s finite-value check, as the built-in service runs it (Triton already checked
+    dtype, shape and the row limit): the message, or None."""
+    from nfkd.errors import InputError
+    from nfkd.validation import check_batch
+
+    try:
+        check_batch(x, event_shape, "x", float32=True)
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
+def _one(a: np.ndarray | None, what: str, kind: str) -> Any:
+    """The single value of a shape-[1] input (None when absent)."""
+    from nfkd.errors import InputError
+
+    if a is None:
         return None
-    bad = np.flatnonzero(~finite)[:5].tolist()
-    return f"x contains NaN or Inf (or values beyond the float32 range) in rows {bad}; remove or impute them"
+    if a.size != 1:
+        raise InputError(f"{what} must be one {kind} (shape [1])")
+    return a.reshape(-1)[0].item()
 
 
 def check_sample_args(n: np.ndarray | None, t: np.ndarray | None, seed: np.ndarray | None,
                       max_n: int) -> tuple[int, float, int | None] | str:
-    """(n, temperature, seed), or the built-in service's message for the first bad value."""
+    """(n, temperature, seed) checked by ``nfkd.validation`` with the built-in service's bounds and
+    messages (``payload.sample_request``), or the message for the first bad value."""
+    from nfkd.errors import InputError
+    from nfkd.validation import check_count, check_seed, check_temperature
+
     from .payload import MAX_TEMPERATURE
 
-    if n is None or n.size != 1:
-        return "n must be one integer (shape [1])"
-    v = int(n.reshape(-1)[0])
-    if v < 1:
-        return f"n must be a positive integer, got {v}"
-    if v > max_n:
-        return f"n = {v} is above this server's limit of {max_n} samples per request; request at most {max_n} at a time"
-    temp = 1.0
-    if t is not None:
-        if t.size != 1:
-            return "temperature must be one number (shape [1])"
-        temp = float(t.reshape(-1)[0])
-        if not 0.0 <= temp <= MAX_TEMPERATURE:
-            return f"temperature must be a number in [0, {MAX_TEMPERATURE:g}], got {temp}"
-    s = None
-    if seed is not None:
-        if seed.size != 1:
-            return "seed must be one integer (shape [1])"
-        s = int(seed.reshape(-1)[0])
-        if s < 0:
-            return f"seed must be null or an integer in [0, 2**63 - 1], got {s}"
-    return v, temp, s
+    try:
+        if n is None:
+            raise InputError("n must be one integer (shape [1])")
+        v = check_count(_one(n, "n", "integer"), "n", max_n, limit=f"this server's limit of {max_n} samples per request")
+        temp = 1.0 if t is None else check_temperature(_one(t, "temperature", "number"), MAX_TEMPERATURE)
+        return v, temp, check_seed(_one(seed, "seed", "integer"))
+    except InputError as exc:
+        return str(exc)
 
 
 class TritonPythonModel:
