@@ -94,8 +94,7 @@ def compile_one(kernel_key: str, cfg: C.Config, flags: dict[str, Any], arch: int
         out.update(ok=True, shared=int(md.shared), num_warps=int(md.num_warps), num_stages=int(md.num_stages),
                    cubin_bytes=len(compiled.asm.get("cubin", b"")))
     except Exception as exc:  # the compiler's error is the result
-        msg = str(exc).strip() or type(exc).__name__
-        out["error"] = f"{type(exc).__name__}: {msg}"
+        out["error"] = compiler_error(exc)
         out["traceback"] = traceback.format_exc(limit=3)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
@@ -252,6 +251,16 @@ def format_table(rows: Sequence[Row], markdown: bool = False) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
     return "\n".join(lines)
+
+
+def compiler_error(exc: BaseException) -> str:
+    """``Type: message`` of a compile failure; inside a called ``@triton.jit`` helper Triton raises at the
+    call site and keeps the real reason (e.g. "power of 2") on ``__cause__``: that message comes last."""
+    parts = []
+    while exc is not None and len(parts) < 4:
+        parts.append(f"{type(exc).__name__}: {str(exc).strip() or type(exc).__name__}")
+        exc = exc.__cause__
+    return "\n".join(parts)
 
 
 def summary(problem: str) -> str:
