@@ -41,3 +41,14 @@ def run_nfkd(*args: str, cwd=None, timeout: float = 300) -> subprocess.Completed
                        cwd=cwd or Path(__file__).resolve().parents[1], timeout=timeout)
     assert r.returncode == 0, r.stderr[-2000:]
     return r
+
+
+def cli_teacher_then_student(tmp_path: Path, arch: str, steps: int, *distill_args: str) -> Path:
+    """``nfkd train`` a teacher on wine, then ``nfkd distill`` a student from it (fresh processes); the
+    student's checkpoint path."""
+    common = ["--data", "wine", "--steps", str(steps), "--batch-size", "32", "--eval-every", str(steps // 2),
+              "--no-progress", "--threads", "1"]
+    run_nfkd("train", *common, "--arch", arch, "--out", str(tmp_path / "t"))
+    run_nfkd("distill", *common, "--teacher", str(tmp_path / "t" / "model.pt"), *distill_args,
+             "--out", str(tmp_path / "s"))
+    return tmp_path / "s" / "model.pt"

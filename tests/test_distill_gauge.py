@@ -11,7 +11,7 @@ from nfkd.distill.align import Aligner, rotate_channels
 from nfkd.flows import MAF, Glow, Glow1D
 from nfkd.flows.layers import Permutation
 
-from .helpers import perturb, run_nfkd
+from .helpers import cli_teacher_then_student, perturb
 
 
 def _maf(blocks: int, perm: str = "random", seed: int = 0) -> MAF:
@@ -180,11 +180,8 @@ def test_teacher_pool_is_drawn_from_and_overflow_is_dropped():
 def test_cli_distill_with_the_new_options(tmp_path):
     import nfkd
 
-    common = ["--data", "wine", "--steps", "12", "--batch-size", "32", "--eval-every", "6", "--no-progress",
-              "--threads", "1"]
-    run_nfkd("train", *common, "--arch", "glow1d", "--out", str(tmp_path / "t"))
-    run_nfkd("distill", *common, "--teacher", str(tmp_path / "t" / "model.pt"), "--method", "fkl",
-             "--teacher-pool", "300", "--init-from-teacher", "--kd-scale", "mean", "--out", str(tmp_path / "s"))
+    cli_teacher_then_student(tmp_path, "glow1d", 12, "--method", "fkl", "--teacher-pool", "300",
+                             "--init-from-teacher", "--kd-scale", "mean")
     meta = nfkd.load_checkpoint(tmp_path / "s" / "model.pt").metadata
     kd = meta["training"]["kd"]
     assert kd["method"] == "fkl" and kd["teacher_pool"] == 300 and kd["init_from_teacher"] and kd["kd_scale"] == "mean"

@@ -16,7 +16,7 @@ from nfkd.distill import KDConfig
 from nfkd.flows import MAF, Glow1D
 from nfkd.train import TrainConfig, TrainData, Trainer
 
-from .helpers import run_nfkd
+from .helpers import cli_teacher_then_student, run_nfkd
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,11 +143,7 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_cli_train_distill_evaluate(tmp_path):
-    common = ["--data", "wine", "--steps", "20", "--batch-size", "32", "--eval-every", "10", "--no-progress",
-              "--threads", "1"]
-    run_nfkd("train", *common, "--arch", "maf", "--out", str(tmp_path / "t"))
-    run_nfkd("distill", *common, "--teacher", str(tmp_path / "t" / "model.pt"), "--method", "ilkd",
-             "--distance", "mse", "--out", str(tmp_path / "s"))
+    cli_teacher_then_student(tmp_path, "maf", 20, "--method", "ilkd", "--distance", "mse")
     e = run_nfkd("evaluate", str(tmp_path / "s" / "model.pt"), "--split", "test")
     res = json.loads(e.stdout)
     assert res["dataset"] == "wine" and res["n"] == 17 and res["nonfinite"] == 0
