@@ -303,7 +303,8 @@ def _throughput_lines(r: dict[str, Any]) -> list[str]:
     m = r.get("machine", {})
     th = f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}"
     where = (f"{m.get('cpu', '?')} ({m.get('isa', '?')}), {th}; "
-             + load_note(m.get("load_start"), m.get("load_end"), m.get("logical_cpus"), r["threads"]))
+             + load_note(m.get("load_start"), m.get("load_end"), m.get("logical_cpus"), r["threads"],
+                         busy_before=r["threads"]))  # it trained on these threads just before
     lines = [f"## Density throughput, batch 4096, {th}", "",
              f"Median [Q1–Q3] of single calls, interleaved round by round; {where}.", "",
              "| backend | ms / batch, median [IQR] | rows / s | vs eager teacher |", "|---|---:|---:|---:|"]

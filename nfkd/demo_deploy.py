@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from .demo_tables import paired_cell, score_cell, selection_lines
 from .experiment import LABELS, train_family
@@ -61,10 +62,12 @@ def run_deploy_demo(out: Path, data: Any, teacher_steps: int, student_steps: int
     models = {"MAF teacher": runs / "teacher" / "model.pt", "MAF student": runs / "none" / "model.pt",
               "IAF student": runs / "iaf" / "model.pt", **(extra_models or {})}
     log(f"  trade-off: {len(models)} models x {len(DEMO_BACKENDS)} backends, batches {batches}, 1 thread")
+    trained_on = torch.get_num_threads()  # the threads the training just before kept busy
     tradeoff = measure_tradeoff({k: str(v) for k, v in models.items()}, data, backends=list(DEMO_BACKENDS),
                                 threads=1, batches=batches, rounds=rounds, log=lambda m: log(f"    {m}"),
                                 teacher=teacher, export_dir=out / "runs" / "deploy_exports", seed=seed,
                                 references=references)
+    tradeoff["machine"]["busy_before"] = trained_on  # the load average still holds that work: not other work
     return {"results": results, "pair": pair, "tradeoff": tradeoff}
 
 

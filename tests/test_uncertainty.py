@@ -71,6 +71,8 @@ def test_load_flags():
     assert not is_loaded(0.4, 2) and is_loaded(1.5, 2) and not is_loaded(None, 2)
     assert not is_loaded(2.2, 2, own_threads=2)  # at the end the run's own threads count in the average
     assert "loaded" in load_note(1.9, 2.0, 2, 2) and "loaded" not in load_note(0.2, 2.3, 2, 2)
+    # right after its own training on 2 threads the average still holds that work: not other work
+    assert "loaded" not in load_note(1.8, 2.0, 2, 2, busy_before=2) and "loaded" in load_note(3.5, 2.0, 2, 2, busy_before=2)
 
 
 def test_ring_mixture_log_prob_against_scipy_gaussian_mixture():

@@ -117,15 +117,17 @@ def is_loaded(load: float | None, cpus: int | None, own_threads: int = 0) -> boo
     return load - own_threads > 0.5 * cpus
 
 
-def load_note(start: float | None, end: float | None, cpus: int | None, threads: int) -> str:
+def load_note(start: float | None, end: float | None, cpus: int | None, threads: int, busy_before: int = 0) -> str:
     """'load average 0.4 at start / 2.1 at end on 2 CPUs', with a warning when the machine was loaded.
 
-    At the start nothing of the run is running yet; at the end its own threads still count in the average.
+    At the end the run's own threads still count in the average; at the start, ``busy_before``: the
+    threads this process itself kept busy just before (the demo times right after training, and the
+    1-minute average still remembers that work — it is not other work).
     """
     def f(v: float | None) -> str:
         return "?" if v is None else f"{v:.1f}"
 
     text = f"load average {f(start)} at start / {f(end)} at end on {cpus or '?'} logical CPUs"
-    if is_loaded(start, cpus) or is_loaded(end, cpus, threads):
+    if is_loaded(start, cpus, busy_before) or is_loaded(end, cpus, threads):
         text += " — **the machine was loaded: timings measure shared CPUs, compare only within this run**"
     return text

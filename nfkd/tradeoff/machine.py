@@ -56,6 +56,7 @@ def machine_line(machine: dict[str, Any], threads: int) -> str:
     2 logical CPUs' (flagged when other work loaded the machine)."""
     width = f"{machine['vector_bits']}-bit vectors" if machine.get("vector_bits") else "vector width unknown"
     load = machine.get("load_average")
-    load_txt = (", " + load_note(load[0], machine.get("load_end"), machine.get("logical_cpus"), threads)) if load else ""
+    load_txt = (", " + load_note(load[0], machine.get("load_end"), machine.get("logical_cpus"), threads,
+                                  int(machine.get("busy_before", 0)))) if load else ""
     return (f"{machine['cpu']} ({machine['isa']}, {width}), {threads} thread{'s' if threads != 1 else ''}, "
             f"torch {machine.get('torch')}{load_txt}")
