@@ -66,3 +66,21 @@ def _keep_torch_threads():
     yield
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _keep_loggers():
+    """A test that runs the service's CLI in-process points nfkd's loggers at that test's captured stderr
+    (``configure_logging``); once the capture closes, a later log line would print a logging error into
+    another test's stderr. Each test gets the loggers back as they were."""
+    import logging
+
+    names = ("nfkd", "uvicorn", "uvicorn.error")
+    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).level, logging.getLogger(n).propagate)
+             for n in names}
+    yield
+    for n, (handlers, level, propagate) in saved.items():
+        lg = logging.getLogger(n)
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
