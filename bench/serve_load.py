@@ -589,7 +589,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from nfkd.inference import registry
 
     # an export folder where the backend runs one (the server's memory is then serving alone), else the checkpoint
-    model = folder if registry.spec(args.backend).runs_exports else checkpoint
+    model = folder if args.backend != "auto" and registry.spec(args.backend).runs_exports else checkpoint
     runtime = load(folder, intra_op_threads=1)  # the reference every answer is checked against
     max_sample_n = min(args.max_request_rows, int(runtime.max_batch))  # the built-in service's default, both engines
     t_start = time.perf_counter()
