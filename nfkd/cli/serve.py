@@ -117,7 +117,7 @@ def _add_limit_args(ap: argparse.ArgumentParser) -> None:
                     help="request body limit (default: from max-request-rows and the event size)")
     ap.add_argument("--max-queue-rows", type=_positive_int, default=None,
                     help="rows of /log_prob and /sample queued or running before requests are refused with 503 "
-                         "(default 4x max(max-request-rows, max-batch))")
+                         "(default 4x max(max-request-rows, max-batch); --engine triton: per model instance, UNAVAILABLE / 503)")
     ap.add_argument("--sample-chunk", type=_positive_int, default=None,
                     help="rows per sampling model call; larger /sample requests are split so /log_prob runs "
                          "between chunks (default min(max-batch, 1024))")
