@@ -45,7 +45,7 @@ def serve_triton(args: argparse.Namespace, threads: int) -> int:
             cache_dir=args.cache_dir)
         port = args.port if args.port else 0
         server = TritonServer(work / "repository", host=args.host, http_port=port, grpc_port=args.grpc_port,
-                              metrics_port=args.metrics_port, exit_timeout_s=int(args.graceful_timeout),
+                              metrics_port=args.metrics_port, http_threads=args.http_threads, exit_timeout_s=int(args.graceful_timeout),
                               log_file=work / "tritonserver.log")
         stop = threading.Event()
         previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}

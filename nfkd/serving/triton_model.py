@@ -28,6 +28,7 @@ arrays (wrong strides in, "output tensor shape does not match size" out).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Hashable
 
@@ -36,6 +37,8 @@ import numpy as np
 from .triton_scheduler import Job, Piece
 
 __all__ = ["TritonPythonModel", "check_density_rows", "check_sample_args"]
+
+SWITCH_INTERVAL_S = 0.001
 
 
 def check_density_rows(x: np.ndarray, event_shape: tuple[int, ...]) -> str | None:
@@ -93,6 +96,9 @@ class TritonPythonModel:
         from .triton_scheduler import ChunkScheduler
 
         self.pb = pb
+        # execute (the stub's thread) and the scheduler's worker share the GIL: with the default 5 ms switch
+        # interval each hand-over can cost execute up to 5 ms (the built-in service sets the same 1 ms)
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         config = json.loads(args["model_config"])
         p = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.kind = p["nfkd_kind"]
@@ -160,8 +166,6 @@ class TritonPythonModel:
 
     def _job(self, request: Any, sender: Any) -> Job | str:
         """The request's work, or the message of its one error."""
-        from nfkd.inference import draw_noise
-
         out = "log_prob" if self.kind == "density" else "x"
 
         def reply(result: np.ndarray | None, error: str | None) -> None:
@@ -178,17 +182,22 @@ class TritonPythonModel:
         if isinstance(args, str):
             return args
         n, temperature, seed = args
-        return Job(n, float(temperature), draw_noise(self.runner.noise_shapes, n, seed), reply)
+        return Job(n, float(temperature), {"seed": seed, "noise": None}, reply)
 
     def _compute(self, key: Hashable, pieces: list[Piece]) -> list[np.ndarray]:
         """One runner call over the pieces' rows (the scheduler's worker thread), split back per piece."""
+        from nfkd.inference import draw_noise
+
         if self.kind == "density":
             x = np.concatenate([job.data[a:b] for job, a, b in pieces]) if len(pieces) > 1 else \
                 pieces[0][0].data[pieces[0][1]:pieces[0][2]]
             out = np.asarray(self.runner.log_prob(x, validate=False), np.float32)[:, None]
         else:
-            levels = range(len(pieces[0][0].data))
-            noise = [np.concatenate([job.data[lv][a:b] for job, a, b in pieces]) for lv in levels]
+            for job, _, _ in pieces:  # drawn here, not in execute: execute must stay short (Triton queues behind it)
+                if job.data["noise"] is None:
+                    job.data["noise"] = draw_noise(self.runner.noise_shapes, job.rows, job.data["seed"])
+            levels = range(len(self.runner.noise_shapes))
+            noise = [np.concatenate([job.data["noise"][lv][a:b] for job, a, b in pieces]) for lv in levels]
             out = np.asarray(self.runner.sample(noise=noise, temperature=float(key)), np.float32)
         bounds = np.cumsum([0] + [b - a for _, a, b in pieces])
         return [out[bounds[i]:bounds[i + 1]] for i in range(len(pieces))]
