@@ -307,6 +307,15 @@ async def slowloris(ctx, end: float, rng: random.Random) -> None:
             ctx["tally"].status["slowloris"]["held_to_end"] += 1
 
 
+async def loop_lag(ctx, end: float) -> None:
+    """How late this client's own event loop wakes up from a 10 ms sleep: the part of every latency above
+    that is the load generator's, not the server's."""
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        await asyncio.sleep(0.01)
+        ctx["loop_lag"].append(time.perf_counter() - t0 - 0.01)
+
+
 async def healthz(ctx, end: float) -> None:
     conn = Conn(ctx["host"], ctx["port"])
     while time.monotonic() < end:
@@ -413,7 +422,7 @@ async def run(ctx: dict[str, Any], duration: float, clients: int, n_slowloris: i
         tasks += [slowloris(ctx, end, random.Random(rng.random())) for _ in range(n_slowloris)]
         tasks += [slow_reader(ctx, end) for _ in range(ctx["slow_readers"])]
         tasks += [upload_client(ctx, end) for _ in range(ctx["uploads"])]
-    tasks += [healthz(ctx, end), rss_probe(ctx, end, ctx["pid"])]
+    tasks += [healthz(ctx, end), rss_probe(ctx, end, ctx["pid"]), loop_lag(ctx, end)]
     t0 = time.perf_counter()
     await asyncio.gather(*tasks)
     return time.perf_counter() - t0
@@ -451,6 +460,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="model threads (per instance with --engine triton)")
     ap.add_argument("--engine", choices=("builtin", "triton"), default="builtin")
     ap.add_argument("--instances", type=int, default=1, help="--engine triton: model instances")
+    ap.add_argument("--http-threads", type=int, default=None, help="--engine triton: the server's --http-threads")
+    ap.add_argument("--max-queue-rows", type=int, default=None,
+                    help="the server's --max-queue-rows (default: its own; per model instance with --engine triton)")
     ap.add_argument("--backend", default="auto", help="the server's --backend (torch / eager: the checkpoint is "
                     "served, else its export folder)")
     ap.add_argument("--no-batching", action="store_true",
@@ -470,9 +482,10 @@ def server_args(args: argparse.Namespace, max_sample_n: int) -> list[str]:
     """The ``nfkd serve`` options both engines share, and each engine's own."""
     extra = ["--threads", str(args.threads), "--max-request-rows", str(args.max_request_rows),
              "--max-sample-n", str(max_sample_n), "--log-level", "info", "--engine", args.engine,
-             "--backend", args.backend]
+             "--backend", args.backend] + (["--max-queue-rows", str(args.max_queue_rows)] if args.max_queue_rows else [])
     if args.engine == "triton":
-        return extra + ["--instances", str(args.instances)]
+        return extra + ["--instances", str(args.instances)] + (["--http-threads", str(args.http_threads)]
+                                                               if args.http_threads else [])
     return extra + ["--header-timeout", str(args.header_timeout)] + (["--no-batching"] if args.no_batching else [])
 
 
@@ -517,6 +530,27 @@ def class_rows(t: Tally) -> dict[str, Any]:
     } for cls in classes}
 
 
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the server: its whole process group (tritonserver and its
+    Python-backend stubs) when it has its own, else the one process; and of this load generator."""
+    tick = os.sysconf("SC_CLK_TCK")
+    group = os.getpgid(pid)
+    out: dict[str, float] = defaultdict(float)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        fields = rest.split()
+        if int(entry) == pid or (group != os.getpgid(0) and int(fields[2]) == group):
+            out[head.split("(", 1)[1]] += (int(fields[11]) + int(fields[12])) / tick
+    out["load generator"] = time.process_time()
+    return dict(out)
+
+
 def server_memory(rss_kb: list[int], vm: dict[str, int]) -> dict[str, float | None]:
     return {"rss_at_start": round(rss_kb[0] / 1024, 1) if rss_kb else None,
             "rss_peak_sampled": round(max(rss_kb) / 1024, 1) if rss_kb else None,
@@ -537,6 +571,7 @@ def report(args: argparse.Namespace, ctx: dict[str, Any], readiness_s: float, wa
     meta = ctx["meta"]
     return {
         "engine": args.engine, "instances": args.instances if args.engine == "triton" else None,
+        "max_queue_rows": args.max_queue_rows, "http_threads": args.http_threads,
         "backend": args.backend, "batching": not args.no_batching, "readiness_s": round(readiness_s, 2),
         "duration_s": round(wall, 1), "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
         "model": {"arch": meta["arch"], "dim": meta["dim"], "config": meta["config"]},
@@ -557,6 +592,8 @@ def report(args: argparse.Namespace, ctx: dict[str, Any], readiness_s: float, wa
         "throughput_rows_per_s": round(sum(t.checked_rows.values()) / wall, 1),
         "small_requests_per_s": round(sum(v for k, v in t.status["small"].items() if k == "200") / wall, 1),
         "server_memory_mb": server_memory(ctx["rss_kb"], vm),
+        "client_loop_lag_ms": {"p50": pct(ctx["loop_lag"], 50), "p99": pct(ctx["loop_lag"], 99),
+                               "max": pct(ctx["loop_lag"], 100)},
         "slow_readers": {"sent": t.status["slow_reader"]["sent"], "clients": args.slow_readers},
         "server_side_latency_ms": _server_latency(records),
         "server_log": log_counts(records),
@@ -598,16 +635,19 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     try:
         host, port, meta, api, pid = engine_api(args, rec, proc, runtime, max_sample_n)
         ctx = {"host": host, "port": port, "meta": meta, "tally": Tally(), "think_s": args.think_s, "api": api,
-               "pid": pid, "rss_kb": [], "slow_readers": args.slow_readers, "uploads": args.uploads,
+               "pid": pid, "rss_kb": [], "loop_lag": [], "slow_readers": args.slow_readers, "uploads": args.uploads,
                **prepare(meta, runtime, args.seed, api)}
+        cpu0 = cpu_seconds(pid)
         wall = asyncio.run(run(ctx, args.duration, args.clients, args.slowloris, args.seed, not args.no_hostile))
+        cpu = {k: round(v - cpu0.get(k, 0.0), 1) for k, v in cpu_seconds(pid).items()}
         stats = server_stats(args.engine, host, port, rec)
         with open(f"/proc/{pid}/status") as f:
             vm = {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.startswith(("VmHWM", "VmRSS"))}
     finally:
         stop_server(proc)
     records = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.startswith("{")]
-    return {**report(args, ctx, readiness_s, wall, stats, vm, records), "served_backend": rec.get("backend")}
+    return {**report(args, ctx, readiness_s, wall, stats, vm, records), "served_backend": rec.get("backend"),
+            "cpu_seconds_during_run": cpu}
 
 
 if __name__ == "__main__":

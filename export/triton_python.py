@@ -16,11 +16,16 @@ runner (numba, onnxruntime, eager torch) with the same code path as ``python -m 
 Contract (KServe v2, the same limits and messages as the built-in service):
 
 - ``<name>_density``: ``x`` FP32 [B, *event] -> ``log_prob`` FP32 [B, 1]. ``max_batch_size`` = the
-  per-request row limit (Triton refuses larger requests with 400); the dynamic batcher merges
-  requests up to ``preferred_batch_size`` rows, waiting at most ``max_queue_delay_microseconds``.
+  per-request row limit (Triton refuses larger requests with 400); the dynamic batcher hands
+  requests to ``execute`` in groups up to ``preferred_batch_size`` rows, waiting at most
+  ``max_queue_delay_microseconds``. ``execute`` only validates and queues: the model's own scheduler
+  runs the rows shortest-first in calls of ``nfkd_chunk_rows`` (``nfkd.serving.triton_model``), so a
+  small request never waits behind a whole 65536-row one; past ``nfkd_max_queue_rows`` rows queued
+  per instance, requests get UNAVAILABLE (HTTP 503) with the built-in service's "overloaded" message.
 - ``<name>_sample``: ``n`` INT64 [1], optional ``temperature`` FP32 [1] (default 1) and ``seed``
   INT64 [1] -> ``x`` FP32 [n, *event]. ``max_batch_size: 0``: one call per request, never merged
-  (two temperatures must not share a call). Unlike the ONNX variant, the server draws the noise
+  (two temperatures must not share a call; the scheduler merges only samples of one temperature
+  and splits large ``n`` into chunks, the same as density rows). Unlike the ONNX variant, the server draws the noise
   (``numpy.random.default_rng(seed)``): the same samples as every nfkd backend for that seed.
 
 ``model.py`` imports ``nfkd``: the server's Python environment must have nfkd installed (the
@@ -92,25 +97,30 @@ def write_python_repository(
     max_batch: int = 4096,
     queue_delay_us: int = 2000,
     max_sample_n: int | None = None,
+    max_queue_rows: int | None = None,
     copy_model: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Write ``<name>_density`` and ``<name>_sample`` (Python backend, KIND_CPU) into ``out_dir``.
 
+    ``max_queue_rows``: rows queued or running per model instance before requests get UNAVAILABLE (default
+    4x max(max_request_rows, max_batch), the built-in service's ``--max-queue-rows``).
     ``copy_model``: copy the export folder / checkpoint into each model (a self-contained repository for
     shared storage); else the models name ``model`` by its absolute path (``nfkd serve --engine triton``).
     """
     from .triton_model_repository import model_name
 
-    if min(instances, max_request_rows, max_batch) < 1 or queue_delay_us < 0 or (threads is not None and threads < 1):
-        raise InputError("instances, threads, max_request_rows and max_batch must be >= 1, queue_delay_us >= 0")
+    if (min(instances, max_request_rows, max_batch, max_queue_rows or 1) < 1 or queue_delay_us < 0
+            or (threads is not None and threads < 1)):
+        raise InputError("instances, threads, max_request_rows, max_batch and max_queue_rows must be >= 1, "
+                         "queue_delay_us >= 0")
     src = Path(model)
     if not src.exists():
         raise InputError(f"model not found: {src}")
     base = model_name(name)
     max_batch = min(int(max_batch), int(max_request_rows))
     params = {"nfkd_backend": backend, "nfkd_threads": threads, "nfkd_chunk_rows": max_batch,
-              "nfkd_max_sample_n": max_sample_n or max_request_rows,
+              "nfkd_max_sample_n": max_sample_n or max_request_rows, "nfkd_max_queue_rows": max_queue_rows,
               "nfkd_cache_dir": str(Path(cache_dir).resolve()) if cache_dir else None}
     configs = {
         "density": python_density_config(f"{base}_density", event_shape, max_request_rows, [max_batch],

@@ -37,6 +37,7 @@ needs_wheel = pytest.mark.skipif(not HAVE_WHEEL, reason="nvidia-pytriton is not 
                                                         "pip install --no-deps nvidia-pytriton==0.7.0")
 TOL = TOLERANCE["float32"]
 MAX_ROWS, MAX_N = 64, 256
+TIGHT_QUEUE_ROWS = 160  # the "tight" model: one-row chunks, room for one 128-row request at a time
 
 
 def infer_body(x: np.ndarray, name: str = "x", datatype: str = "FP32") -> dict:
@@ -204,6 +205,34 @@ def test_concurrent_requests_are_merged_by_the_dynamic_batcher(cli):
     assert re.search(r'nv_inference_exec_count\{model="student_density",version="1"\} \d+', metrics)
 
 
+@pytest.mark.slow
+@needs_wheel
+def test_big_and_small_requests_together_are_all_answered_equal_to_eager(cli):
+    """Requests larger than the chunk (32 rows) and small ones at once: the model's scheduler splits the big
+    ones and runs the small ones between their chunks; every answer is whole and equals the eager float64 flow
+    (rows kept within the queue budget, so none is refused)."""
+    _, info, _ = cli
+    big = [rows(np.random.default_rng(40 + i), MAX_ROWS) for i in range(2)]
+    small = [rows(np.random.default_rng(50 + i), 1 + i % 3) for i in range(20)]
+    samples = [(MAX_N, 0.7, 1), (MAX_N, 0.9, 2), (3, 0.7, 3), (3, 1.0, 4), (2, 0.9, 5), (1, 0.5, 6)]
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=info["url"], timeout=60) as c:
+            lp = [c.post("/v2/models/student_density/infer", json=infer_body(x)) for x in big + small]
+            xs = [c.post("/v2/models/student_sample/infer", json=sample_body(*s)) for s in samples]
+            return await asyncio.gather(*lp, *xs)
+
+    answers = asyncio.run(fire())
+    xs_in = big + small
+    lp = np.concatenate([output(r, "log_prob")[:, 0] for r in answers[:len(xs_in)]])
+    assert_gate(lp, eager(np.concatenate(xs_in), draw_noise([(DIM,)], 1, 0), 1.0)[0])
+    for (n, t, seed), r in zip(samples, answers[len(xs_in):]):
+        got = output(r, "x")
+        assert got.shape == (n, DIM)
+        _, ref = eager(xs_in[0][:1], draw_noise([(DIM,)], n, seed), np.float32(t).item())
+        assert np.all(np.abs(got - ref) <= TOL["sample_abs"] + TOL["sample_rel"] * np.abs(ref))
+
+
 BAD = [  # (model, body, status, message fragment); the last two are Triton 2.51's own front end
     ("density", infer_body(np.zeros((2, DIM + 1), np.float32)), 400, "unexpected shape for input 'x'"),
     ("density", infer_body(np.zeros((2, DIM)), datatype="FP64"), 400, "data-type is 'FP64', but model"),
@@ -349,8 +378,9 @@ def test_sigterm_stops_cleanly_with_no_orphan_processes(cli):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """One real server on a repository holding: export.triton_model_repository's Python-backend variant (ONNX
-    Runtime runner), the same variant with the numba runner (written from the checkpoint), the ONNX Runtime
-    variant, and a copy of that one with a misspelt field."""
+    Runtime runner), the same variant with the numba runner (written from the checkpoint), one with a queue
+    budget of a single large request ("tight"), the ONNX Runtime variant, and a copy of that one with a
+    misspelt field."""
     if not HAVE_WHEEL:
         pytest.skip("nvidia-pytriton is not installed: pip install --no-deps nvidia-pytriton==0.7.0")
     from export.triton_python import write_python_repository
@@ -362,6 +392,8 @@ def exported(tmp_path_factory):
                             "--max-batch", "128"]) == 0
     write_python_repository(ckpt, repo, (DIM,), "nb", backend="numba", threads=1, max_request_rows=128,
                             max_batch=128, cache_dir=CACHE)
+    write_python_repository(folder, repo, (DIM,), "tight", backend="onnxruntime", threads=1, max_request_rows=128,
+                            max_batch=1, max_queue_rows=TIGHT_QUEUE_ROWS)
     assert repository_main([str(folder), "-o", str(repo), "--platform", "onnx", "--cpu", "--name", "ort"]) == 0
     broken = repo / "broken_density"  # the same config with one typo: the server's own parser must refuse it
     shutil.copytree(repo / "ort_density", broken)
@@ -401,6 +433,33 @@ def test_numba_runner_inside_triton_equals_eager_float64(exported):
     srv, client = exported
     served_equal_eager(client, "nb")
     assert "backend='numba'" in srv.log_path.read_text()
+
+
+@pytest.mark.slow
+@needs_wheel
+def test_requests_beyond_the_queue_budget_get_503_with_the_builtin_message(exported):
+    """24 concurrent 128-row requests at a model instance that holds one at a time (TIGHT_QUEUE_ROWS rows queued or
+    running; one-row chunks make each take a while): the others are refused at once with UNAVAILABLE (HTTP 503)
+    and the built-in service's message, every admitted one equals the eager flow, and the server stays ready."""
+    _, client = exported
+    xs = [rows(np.random.default_rng(60 + i), 128) for i in range(24)]
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=client.base_url, timeout=60) as c:
+            return await asyncio.gather(*[c.post("/v2/models/tight_density/infer", json=infer_body(x)) for x in xs])
+
+    answers = asyncio.run(fire())
+    codes = [r.status_code for r in answers]
+    assert set(codes) == {200, 503}, codes
+    for r in answers:
+        if r.status_code == 503:
+            assert re.fullmatch(r"the server is overloaded \(\d+ rows queued or running, limit 159 for a request of "
+                                r"128 rows\); retry later", r.json()["error"]), r.text
+    ok = [i for i, c in enumerate(codes) if c == 200]
+    lp = np.concatenate([output(answers[i], "log_prob")[:, 0] for i in ok])
+    assert_gate(lp, eager(np.concatenate([xs[i] for i in ok]), draw_noise([(DIM,)], 1, 0), 1.0)[0])
+    assert client.get("/v2/health/ready").status_code == 200
+    assert output(client.post("/v2/models/tight_density/infer", json=infer_body(xs[0])), "log_prob").shape == (128, 1)
 
 
 @pytest.mark.slow

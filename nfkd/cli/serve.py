@@ -97,6 +97,9 @@ def _add_engine_args(ap: argparse.ArgumentParser) -> None:
                     help="--engine triton: KServe v2 gRPC port (default port+1; any free one with --port 0)")
     ap.add_argument("--metrics-port", type=int, default=None,
                     help="--engine triton: Prometheus metrics port (default port+2; any free one with --port 0)")
+    ap.add_argument("--http-threads", type=_positive_int, default=None,
+                    help="--engine triton: HTTP front-end threads (default: Triton's own, 8); each connection is "
+                         "served by one, so a large JSON body blocks the others on its thread while it is parsed")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port, logged)")
     ap.add_argument("--graceful-timeout", type=_non_negative_float, default=30.0,
@@ -117,7 +120,7 @@ def _add_limit_args(ap: argparse.ArgumentParser) -> None:
                     help="request body limit (default: from max-request-rows and the event size)")
     ap.add_argument("--max-queue-rows", type=_positive_int, default=None,
                     help="rows of /log_prob and /sample queued or running before requests are refused with 503 "
-                         "(default 4x max(max-request-rows, max-batch))")
+                         "(default 4x max(max-request-rows, max-batch); --engine triton: per model instance, UNAVAILABLE / 503)")
     ap.add_argument("--sample-chunk", type=_positive_int, default=None,
                     help="rows per sampling model call; larger /sample requests are split so /log_prob runs "
                          "between chunks (default min(max-batch, 1024))")

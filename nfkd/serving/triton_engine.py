@@ -3,7 +3,9 @@
 The model is loaded once here (to resolve ``auto``, export and parity-check on the fly, and fail
 early with one clear line), a Python-backend repository is written to a temporary folder
 (``export.triton_python``), and the wheel's ``tritonserver`` serves it: KServe v2 over HTTP and gRPC,
-the dynamic batcher, Prometheus metrics, ``--instances`` stub processes of ``--threads`` threads each.
+the dynamic batcher, Prometheus metrics, ``--instances`` stub processes of ``--threads`` threads each;
+inside each, the rows run shortest-first in chunks of ``--max-batch`` rows (``--max-queue-rows`` per
+instance, then 503), so small requests do not queue behind bulk ones (``nfkd.serving.triton_scheduler``).
 SIGTERM / Ctrl-C stop Triton gracefully (in-flight requests finish) and remove the repository.
 """
 from __future__ import annotations
@@ -38,11 +40,12 @@ def serve_triton(args: argparse.Namespace, threads: int) -> int:
         res = write_python_repository(
             args.model, work / "repository", event_shape, name, backend=backend, threads=threads,
             instances=args.instances, max_request_rows=args.max_request_rows, max_batch=args.max_batch,
-            queue_delay_us=int(args.max_wait_ms * 1000), max_sample_n=args.max_sample_n, copy_model=False,
+            queue_delay_us=int(args.max_wait_ms * 1000), max_sample_n=args.max_sample_n,
+            max_queue_rows=args.max_queue_rows, copy_model=False,
             cache_dir=args.cache_dir)
         port = args.port if args.port else 0
         server = TritonServer(work / "repository", host=args.host, http_port=port, grpc_port=args.grpc_port,
-                              metrics_port=args.metrics_port, exit_timeout_s=int(args.graceful_timeout),
+                              metrics_port=args.metrics_port, http_threads=args.http_threads, exit_timeout_s=int(args.graceful_timeout),
                               log_file=work / "tritonserver.log")
         stop = threading.Event()
         previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
