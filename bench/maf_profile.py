@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,14 +50,20 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
 }
 
 
-def variant_module(name: str, folder: Path):
-    """The engine's source with VARIANTS[name] applied, imported as a fresh module (compiled afresh)."""
-    src = _ENGINE.read_text().replace("cache=_CACHE", "cache=False")
-    for old, new in VARIANTS[name]:
+def variant_module(name: str, folder: Path, rev: str | None = None):
+    """The engine's source with VARIANTS[name] applied (``rev``: the engine at that git revision, unpatched),
+    imported as a fresh module (compiled afresh)."""
+    if rev is not None:
+        src = subprocess.run(["git", "show", f"{rev}:kernels/cpu_engine.py"], cwd=_ENGINE.parent, check=True,
+                             capture_output=True, text=True).stdout
+    else:
+        src = _ENGINE.read_text()
+    src = src.replace("cache=_CACHE", "cache=False")
+    for old, new in VARIANTS.get(name, []) if rev is None else []:
         if src.count(old) != 1:
             raise RuntimeError(f"variant {name!r}: its patch no longer matches kernels/cpu_engine.py: {old[:60]!r}")
         src = src.replace(old, new)
-    path = folder / f"engine_{abs(hash(name))}.py"
+    path = folder / f"engine_{abs(hash((name, rev)))}.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     mod = importlib.util.module_from_spec(spec)
@@ -85,11 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=31)
     ap.add_argument("--only", action="append", help="variant names (default: all)")
+    ap.add_argument("--against", action="append", default=[], help="also time the engine at this git revision")
     a = ap.parse_args(argv)
     names = a.only or list(VARIANTS)
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, tmp)
         mods = {n: variant_module(n, Path(tmp)) for n in names}
+        mods.update({f"engine at {rev}": variant_module(rev, Path(tmp), rev) for rev in a.against})
+        names = list(mods)
         print(f"load average {os.getloadavg()[0]:.2f}; batch {a.batch}, 1 thread, median of {a.rounds} interleaved"
               f" rounds, thread CPU ms; engine lanes {mods[names[0]].LANES}")
         for dim in a.dims:
