@@ -182,6 +182,60 @@ def _pow2i(typingctx, k):
     return types.float32(k), codegen
 
 
+def _fop(name: str):
+    """An element-wise <LANES x float> op, LLVM's ``name`` instruction with the ``fast`` flags (contraction,
+    reciprocal: ``fdiv`` becomes a reciprocal estimate + a Newton step, as numba's fastmath scalar loops get)."""
+    @intrinsic
+    def op(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            ins = getattr(builder, name)(args[0], args[1])
+            ins.flags.append("fast")
+            return ins
+
+        return fv(fv, fv), codegen
+
+    return op
+
+
+def _llvm_vfn(builder, name: str, nargs: int):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VT, [_VT] * nargs), f"llvm.{name}.v{LANES}f32")
+
+
+def _fcall2(name: str):
+    """An element-wise binary <LANES x float> LLVM intrinsic (``llvm.<name>.v<LANES>f32``), fast-math flags on."""
+    @intrinsic
+    def op(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            return builder.call(_llvm_vfn(builder, name, 2), list(args), fastmath=("fast",))
+
+        return fv(fv, fv), codegen
+
+    return op
+
+
+@intrinsic
+def _vfloor(typingctx, a):
+    def codegen(context, builder, sig, args):
+        return builder.call(_llvm_vfn(builder, "floor", 1), list(args), fastmath=("fast",))
+
+    return fv(fv), codegen
+
+
+_vadd, _vsub, _vmul, _vdiv = _fop("fadd"), _fop("fsub"), _fop("fmul"), _fop("fdiv")
+_vmin, _vmax = _fcall2("minnum"), _fcall2("maxnum")
+
+
+@intrinsic
+def _vpow2i(typingctx, k):
+    """2**k per lane for integral float k in [-126, 127] (exponent bits), the vector ``_pow2i``."""
+    def codegen(context, builder, sig, args):
+        vi = ir.VectorType(ir.IntType(32), LANES)
+        e = builder.add(builder.fptosi(args[0], vi), ir.Constant(vi, [127] * LANES))
+        return builder.bitcast(builder.shl(e, ir.Constant(vi, [23] * LANES)), _VT)
+
+    return fv(fv), codegen
+
+
 _NO_KIN = np.zeros(1, np.int64)  # ``_dense(..., _NO_KIN, -1)``: every input row of W is used
 
 # error_model="numpy": no ZeroDivisionError branch on float division, which would block vectorization
@@ -254,6 +308,34 @@ def _tanh(y):
     return x * _horner(x2, _TANH_P) / _horner(x2, _TANH_Q)
 
 
+# The same three functions on <LANES x float> values, for epilogues written as explicit vector code: rows
+# are a multiple of STEP, so a loop over vectors has no remainder, no alias check and no scalar fallback
+# (LLVM's auto-vectorized row loops carry all three, measured as most of the MAF density epilogue's cost).
+@nb.njit(inline="always", **_JIT)
+def _vhorner(x, c):
+    s = _vsplat(c[0])
+    for i in range(1, len(c)):
+        s = _vfma(x, s, _vsplat(c[i]))
+    return s
+
+
+@nb.njit(inline="always", **_JIT)
+def _vexp(x):
+    """``_exp`` per lane (same clamp, reduction and polynomial)."""
+    x = _vmin(_vmax(x, _vsplat(_EXP_LO)), _vsplat(_EXP_HI))
+    k = _vfloor(_vfma(x, _vsplat(_LOG2E), _vsplat(_HALF)))
+    r = _vfma(k, _vsplat(-_LN2_LO), _vfma(k, _vsplat(-_LN2_HI), x))
+    return _vmul(_vhorner(r, _EXP_SERIES), _vpow2i(k))
+
+
+@nb.njit(inline="always", **_JIT)
+def _vtanh(y):
+    """``_tanh`` per lane (same clamp and rational fit; the division is a reciprocal estimate + Newton step)."""
+    x = _vmin(_vmax(y, _vsplat(-_TANH_CLAMP)), _vsplat(_TANH_CLAMP))
+    x2 = _vmul(x, x)
+    return _vdiv(_vmul(x, _vhorner(x2, _TANH_P)), _vhorner(x2, _TANH_Q))
+
+
 # ---------------------------------------------------------------------------------------------
 # the dense micro-kernel (feature-major: activations are [features, TILE], rows contiguous)
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +380,42 @@ def _block2(X, xi, n_in, W, wi, ldw, c0, c1, c2, c3, Y, yi, relu):
     _vstore(Y, yi + 3 * TILE + LANES, a31)
 
 
+@nb.njit(inline="always", **_JIT)
+def _block4(X, xi, n_in, W, wi, ldw, c0, c1, c2, c3, Y, yi, relu):
+    """4 features x 4 vectors of rows (16 accumulators: AVX-512's 32 registers hold them): per input, four
+    loads of X and four broadcast weights feed 16 FMAs, half the broadcasts per FMA of ``_block2``."""
+    a00, a01, a02, a03 = c0, c0, c0, c0
+    a10, a11, a12, a13 = c1, c1, c1, c1
+    a20, a21, a22, a23 = c2, c2, c2, c2
+    a30, a31, a32, a33 = c3, c3, c3, c3
+    for _i in range(n_in):
+        x0 = _vload(X, xi)
+        x1 = _vload(X, xi + LANES)
+        x2 = _vload(X, xi + 2 * LANES)
+        x3 = _vload(X, xi + 3 * LANES)
+        v = _vsplat(_sload(W, wi))
+        a00, a01, a02, a03 = _vfma(v, x0, a00), _vfma(v, x1, a01), _vfma(v, x2, a02), _vfma(v, x3, a03)
+        v = _vsplat(_sload(W, wi + 1))
+        a10, a11, a12, a13 = _vfma(v, x0, a10), _vfma(v, x1, a11), _vfma(v, x2, a12), _vfma(v, x3, a13)
+        v = _vsplat(_sload(W, wi + 2))
+        a20, a21, a22, a23 = _vfma(v, x0, a20), _vfma(v, x1, a21), _vfma(v, x2, a22), _vfma(v, x3, a23)
+        v = _vsplat(_sload(W, wi + 3))
+        a30, a31, a32, a33 = _vfma(v, x0, a30), _vfma(v, x1, a31), _vfma(v, x2, a32), _vfma(v, x3, a33)
+        xi += TILE
+        wi += ldw
+    if relu:
+        a00, a01, a02, a03 = _vrelu(a00), _vrelu(a01), _vrelu(a02), _vrelu(a03)
+        a10, a11, a12, a13 = _vrelu(a10), _vrelu(a11), _vrelu(a12), _vrelu(a13)
+        a20, a21, a22, a23 = _vrelu(a20), _vrelu(a21), _vrelu(a22), _vrelu(a23)
+        a30, a31, a32, a33 = _vrelu(a30), _vrelu(a31), _vrelu(a32), _vrelu(a33)
+    for f, (b0, b1, b2, b3) in enumerate(((a00, a01, a02, a03), (a10, a11, a12, a13), (a20, a21, a22, a23),
+                                          (a30, a31, a32, a33))):
+        _vstore(Y, yi + f * TILE, b0)
+        _vstore(Y, yi + f * TILE + LANES, b1)
+        _vstore(Y, yi + f * TILE + 2 * LANES, b2)
+        _vstore(Y, yi + f * TILE + 3 * LANES, b3)
+
+
 @nb.njit(**_JIT)
 def _dense(X, xo, nin, W, wo, ldw, nout, B, bo, Y, yo, rows, relu, kin, ko):
     """Y[f, :rows] = act(sum_i W[i, f] X[i, :rows] + B[f]) for f < nout (feature-major, row stride TILE).
@@ -315,8 +433,14 @@ def _dense(X, xo, nin, W, wo, ldw, nout, B, bo, Y, yo, rows, relu, kin, ko):
         c2 = _vsplat(_sload(B, bo + f + 2))
         c3 = _vsplat(_sload(B, bo + f + 3))
         y0 = yo + f * TILE
-        for r in range(0, rows, 2 * LANES):
+        r = 0
+        if LANES == 16:  # a compile-time constant: the 16-accumulator block only where 32 registers hold it
+            while r + 4 * LANES <= rows:
+                _block4(X, xo + r, n_in, W, wo + f, ldw, c0, c1, c2, c3, Y, y0 + r, relu)
+                r += 4 * LANES
+        while r < rows:
             _block2(X, xo + r, n_in, W, wo + f, ldw, c0, c1, c2, c3, Y, y0 + r, relu)
+            r += 2 * LANES
 
 
 @nb.njit(inline="always", **_JIT)
@@ -500,18 +624,19 @@ def glow1d_sample_par(z, temperature, out, w, offs, meta, h, h2, t1, t2, sh):
 @nb.njit(**_JIT)
 def _made_scale(h, mo, ld, D, d4, rows, clamp, out, iperm, w, loc, inv):
     """u_j = (x_j - mu_j) exp(-alpha_j), alpha_j = c tanh(raw_j / c); ld -= sum_j alpha_j; and u_j goes
-    straight to its row after the block's permutation and batch-norm: out[iperm[j]] = (u_j - loc) * inv
-    (one pass: no separate permutation copy)."""
-    inv_clamp = _ONE / clamp
-    for j in range(D):
-        c = iperm[j]
-        xj, mu, al, dst, lc, ic = _row(h, j), _row(mo, j), _row(mo, d4 + j), _row(out, c), w[loc + c], w[inv + c]
-        for r in range(rows):  # three short loops, not one: measured ~15 % faster (each vectorizes on its own)
-            al[r] = clamp * _tanh(al[r] * inv_clamp)
-        for r in range(rows):
-            ld[r] -= al[r]
-        for r in range(rows):
-            dst[r] = ((xj[r] - mu[r]) * _exp(-al[r]) - lc) * ic
+    straight to its row after the block's permutation and batch-norm: out[iperm[j]] = (u_j - loc) * inv.
+
+    One pass of explicit vector code: per vector of rows, every feature, the log-det kept in a register."""
+    nc, ic = _vsplat(-clamp), _vsplat(_ONE / clamp)
+    for r in range(0, rows, LANES):
+        acc = _vload(ld, r)
+        for j in range(D):
+            c = iperm[j]
+            na = _vmul(nc, _vtanh(_vmul(_vload(mo, (d4 + j) * TILE + r), ic)))  # -alpha_j
+            acc = _vadd(acc, na)
+            u = _vmul(_vsub(_vload(h, j * TILE + r), _vload(mo, j * TILE + r)), _vexp(na))
+            _vstore(out, c * TILE + r, _vmul(_vsub(u, _vsplat(_sload(w, loc + c))), _vsplat(_sload(w, inv + c))))
+        _vstore(ld, r, acc)
 
 
 @nb.njit(**_JIT)
