@@ -168,7 +168,9 @@ def test_sample_rows_count_against_the_queue_limit(ort_backend):
             assert gated.entered.wait(30)  # 80 rows in the model thread
             r = c.post("/sample", json={"n": 80, "seed": 4})
             assert r.status_code == 503 and "overloaded" in r.json()["error"], r.text
-            r = c.post("/log_prob", json={"x": np.zeros((30, DIM)).tolist()})
+            # a large log_prob too (60 rows > the 50-row headroom); small ones would still get the headroom
+            # beside the 80 rows (tests/test_serve.py::test_admission_keeps_headroom_beside_a_request_...)
+            r = c.post("/log_prob", json={"x": np.zeros((60, DIM)).tolist()})
             assert r.status_code == 503 and "overloaded" in r.json()["error"], r.text
             assert c.get("/healthz").status_code == 200
         finally:

@@ -113,6 +113,26 @@ def test_admission_refuses_beyond_the_budget_with_the_builtin_message_and_keeps_
     assert sched.submit(job(3, 1, answers)) == "the server is shutting down"
 
 
+def test_small_jobs_keep_the_headroom_beside_a_job_larger_than_the_budget():
+    """A job larger than the whole budget, admitted while idle, no longer locks small jobs out (the 16384-row
+    budget of the load test answered 3018 small requests 503 behind one 65536-row upload)."""
+    rec, answers = Recorder(hold=True), {}
+    sched = ChunkScheduler(rec, chunk=4, admission=Admission(20, headroom=4)).start()
+    big = job(0, 50, answers)
+    assert sched.submit(big) is None  # idle: admitted
+    assert rec.inside.wait(10)
+    small = job(1, 4, answers)
+    assert sched.submit(small) is None  # the headroom is still the small jobs'
+    assert sched.submit(job(2, 1, answers)) is not None  # and it is full
+    assert sched.submit(job(3, 5, answers)) is not None  # a large job waits for the big one
+    rec.release.set()
+    wait_all([big, small])
+    np.testing.assert_array_equal(answers[1][0], 2 * small.data["x"])
+    np.testing.assert_array_equal(answers[0][0], 2 * big.data["x"])
+    assert sched.pending_rows() == 0 and sched.admission.large == 0
+    sched.close()
+
+
 def test_a_failing_call_answers_its_jobs_with_the_error_and_the_worker_goes_on():
     rec, answers = Recorder(fail_key=9.0), {}
     sched = ChunkScheduler(rec, chunk=8, admission=Admission(1000)).start()

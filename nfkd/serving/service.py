@@ -127,8 +127,8 @@ class Service:
             raise
         self._sync_rows()
 
-    def _release(self, rows: int) -> None:
-        self.admission.release(rows)
+    def _release(self, rows: int, request_rows: int | None = None) -> None:
+        self.admission.release(rows, request_rows)
         self._sync_rows()
 
     def _sync_rows(self) -> None:
@@ -193,14 +193,14 @@ class Service:
                 if on_call is not None:
                     on_call(done, time.perf_counter() - t0)
                 remaining -= done
-                self._release(done)
+                self._release(done, rows)
             return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
         try:
             return await asyncio.wait_for(run(), self.cfg.request_timeout_s)
         finally:
             if remaining:
-                self._release(remaining)
+                self._release(remaining, rows)
 
     def stats_dict(self) -> dict[str, Any]:
         return {**self.stats.to_dict(), "model": self.worker.to_dict(), "warmup_s": self.warmup_s,
