@@ -222,6 +222,24 @@ def _vfloor(typingctx, a):
 
 
 _vadd, _vsub, _vmul, _vdiv = _fop("fadd"), _fop("fsub"), _fop("fmul"), _fop("fdiv")
+
+
+@intrinsic
+def _vabs(typingctx, a):
+    def codegen(context, builder, sig, args):
+        return builder.call(_llvm_vfn(builder, "fabs", 1), list(args))
+
+    return fv(fv), codegen
+
+
+@intrinsic
+def _vsel_nonneg(typingctx, s, a, b):
+    """a where s >= 0 else b, per lane (a blend, no branch)."""
+    def codegen(context, builder, sig, args):
+        cond = builder.fcmp_ordered(">=", args[0], ir.Constant(_VT, [0.0] * LANES))
+        return builder.select(cond, args[1], args[2])
+
+    return fv(fv, fv, fv), codegen
 _vmin, _vmax = _fcall2("minnum"), _fcall2("maxnum")
 
 
@@ -326,6 +344,13 @@ def _vexp(x):
     k = _vfloor(_vfma(x, _vsplat(_LOG2E), _vsplat(_HALF)))
     r = _vfma(k, _vsplat(-_LN2_LO), _vfma(k, _vsplat(-_LN2_HI), x))
     return _vmul(_vhorner(r, _EXP_SERIES), _vpow2i(k))
+
+
+@nb.njit(inline="always", **_JIT)
+def _vlog1p_unit(e):
+    """``_log1p_unit`` per lane."""
+    t = _vdiv(e, _vadd(_vsplat(_TWO), e))
+    return _vmul(_vmul(_vsplat(_TWO), t), _vhorner(_vmul(t, t), _LOG1P_SERIES))
 
 
 @nb.njit(inline="always", **_JIT)
@@ -519,6 +544,25 @@ def _g1d_net(h, w, offs, k, meta, t1, t2, net_out, rows):
 
 
 @nb.njit(**_JIT)
+def _g1d_affine(h, sh, ld, CA, CB, cb4, rows):
+    """The affine coupling's density half: y_j = (x_j + shift_j) sigmoid(s_j) for the CB rows after CA, and
+    ld += sum_j log sigmoid(s_j). One pass of explicit vector code (the log-det in a register), as the MAF's
+    ``_made_scale``: sigmoid and log sigmoid from e = exp(-|s|), stable for any s."""
+    one, zero = _vsplat(_ONE), _vsplat(_ZERO)
+    for r in range(0, rows, LANES):
+        acc = _vload(ld, r)
+        for j in range(CB):
+            s = _vload(sh, (cb4 + j) * TILE + r)
+            e = _vexp(_vsub(zero, _vabs(s)))
+            inv1pe = _vdiv(one, _vadd(one, e))
+            acc = _vadd(acc, _vsub(_vmin(s, zero), _vlog1p_unit(e)))
+            sig = _vmul(inv1pe, _vsel_nonneg(s, one, e))
+            y = (CA + j) * TILE + r
+            _vstore(h, y, _vmul(_vadd(_vload(h, y), _vload(sh, j * TILE + r)), sig))
+        _vstore(ld, r, acc)
+
+
+@nb.njit(**_JIT)
 def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, ls, ld):
     D, DP, CA, CB, steps, additive, OP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
                                           meta[G_ADD], meta[G_OP])
@@ -531,21 +575,13 @@ def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, ls, ld)
         # folded ActNorm + LU (+ input normalization at step 0): h2 = W h + b
         _dense(h, 0, D, w, offs[k, 0], DP, DP, w, offs[k, 1], h2, 0, rows, False, _NO_KIN, -1)
         _g1d_net(h2, w, offs, k, meta, t1, t2, sh, rows)
-        for j in range(CB):
-            hj, shift = _row(h2, CA + j), _row(sh, j)
-            if additive:
+        if additive:
+            for j in range(CB):
+                hj, shift = _row(h2, CA + j), _row(sh, j)
                 for r in range(rows):
                     hj[r] += shift[r]
-            else:
-                s, lsj = _row(sh, cb4 + j), _row(ls, j)
-                for r in range(rows):  # sigmoid(s) in place of s, log sigmoid(s) -> ls
-                    e = _exp(-abs(s[r]))
-                    inv1pe = _ONE / (_ONE + e)
-                    lsj[r] = min(s[r], _ZERO) - _log1p_unit(e)
-                    s[r] = inv1pe if s[r] >= _ZERO else e * inv1pe
-                for r in range(rows):
-                    hj[r] = (hj[r] + shift[r]) * s[r]
-                    ld[r] += lsj[r]
+        else:
+            _g1d_affine(h2, sh, ld, CA, CB, cb4, rows)
         h, h2 = h2, h
     _finish_log_prob(h, ld, n, D, const, out, r0)
 
