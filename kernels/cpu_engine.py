@@ -709,6 +709,31 @@ def _made_shift(h, mo, D, d4, rows, clamp, out, drow):
             _vstore(out, drow[j] * TILE + r, _vfma(_vload(h, j * TILE + r), _vexp(al), _vload(mo, j * TILE + r)))
 
 
+@nb.njit(inline="always", **_JIT)
+def _solve_output(a, m, w, wm, wa, bm, ba, src, si, dst, di, ld, pre, HP, w0j, clamp, rows, density):
+    """``_made_solve``'s step for one coordinate j, per vector of rows in registers: mu_j and alpha_j from
+    the m hidden units of ``a``, the coordinate (MAF sampling: x = u exp(alpha) + mu; IAF density:
+    z = (x - mu) exp(-alpha), ld -= alpha) to ``dst`` at ``di``, and its rank-1 term into the first layer's
+    pre-activation ``pre`` (HP units). Explicit vector code, as ``_made_scale``."""
+    pc, ic = _vsplat(clamp), _vsplat(_ONE / clamp)
+    for r in range(0, rows, LANES):
+        vm, va = _vsplat(bm), _vsplat(ba)
+        for c in range(m):
+            ac = _vload(a, c * TILE + r)
+            vm = _vfma(ac, _vsplat(_sload(w, wm + c)), vm)
+            va = _vfma(ac, _vsplat(_sload(w, wa + c)), va)
+        alpha = _vmul(pc, _vtanh(_vmul(va, ic)))
+        sv = _vload(src, si + r)
+        if density:
+            _vstore(ld, r, _vsub(_vload(ld, r), alpha))
+            d = _vmul(_vsub(sv, vm), _vexp(_vsub(_vsplat(_ZERO), alpha)))
+        else:
+            d = _vfma(sv, _vexp(alpha), vm)
+        _vstore(dst, di + r, d)
+        for c in range(HP):
+            _vstore(pre, c * TILE + r, _vfma(d, _vsplat(_sload(w, w0j + c)), _vload(pre, c * TILE + r)))
+
+
 @nb.njit(**_JIT)
 def _made_solve(src, dst, drow, ld, w, offs, k, nj, meta, clamp, pre, t1, t2, mu, al, rows, density):
     """The triangular direction of block k's MADE, one coordinate at a time; the conditioner reads ``dst``.
@@ -719,7 +744,6 @@ def _made_solve(src, dst, drow, ld, w, offs, k, nj, meta, clamp, pre, t1, t2, mu
     layer; the first layer's pre-activation ``pre`` gets one rank-1 term per solved coordinate.
     """
     D, HP, nhid, tanh_act = meta[M_D], meta[M_HP], meta[M_NHID], meta[M_TANH]
-    inv_clamp = _ONE / clamp
     o = 2 * nhid
     ob0, oW0, oWoT, obo = offs[k, 1], offs[k, 0], offs[k, o + 2], offs[k, o + 1]
     d4 = meta[M_OP] // 2
@@ -743,33 +767,8 @@ def _made_solve(src, dst, drow, ld, w, offs, k, nj, meta, clamp, pre, t1, t2, mu
             if tanh_act:
                 _tanh_rows(b, m4, rows)
             a, b = b, a
-        wm = oWoT + j * HP
-        wa = oWoT + (D + j) * HP
-        bm, ba = w[obo + j], w[obo + d4 + j]
-        for r in range(rows):
-            mu[r] = bm
-            al[r] = ba
-        for c in range(m):
-            ac, wmc, wac = _row(a, c), w[wm + c], w[wa + c]
-            for r in range(rows):
-                mu[r] += ac[r] * wmc
-                al[r] += ac[r] * wac
-        sj, dj = _row(src, j), _row(dst, drow[j])
-        if density:
-            for r in range(rows):
-                al[r] = clamp * _tanh(al[r] * inv_clamp)
-            for r in range(rows):
-                ld[r] -= al[r]
-            for r in range(rows):
-                dj[r] = (sj[r] - mu[r]) * _exp(-al[r])
-        else:
-            for r in range(rows):
-                dj[r] = sj[r] * _exp(clamp * _tanh(al[r] * inv_clamp)) + mu[r]
-        w0j = oW0 + j * HP
-        for c in range(HP):
-            pc, wc = _row(pre, c), w[w0j + c]
-            for r in range(rows):
-                pc[r] += dj[r] * wc
+        _solve_output(a, m, w, oWoT + j * HP, oWoT + (D + j) * HP, w[obo + j], w[obo + d4 + j], src, j * TILE,
+                      dst, drow[j] * TILE, ld, pre, HP, oW0 + j * HP, clamp, rows, density)
 
 
 @nb.njit(**_JIT)
