@@ -304,7 +304,7 @@ class NumbaRunner(Runner):
                     (pk["w"], pk["offs"], pk["meta"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"]))
         if not self.kind.one_pass_density:  # IAF density: the triangular solve; sampling: one full MADE pass per block
             return (eng.iaf_log_prob_par if par else eng.iaf_log_prob,
-                    (pk["w"], pk["offs"], pk["iperms"], pk["nj"], pk["meta"], pk["const"], pk["clamp"], s["h"],
+                    (pk["w"], pk["offs"], pk["iperms"], pk["nj"], pk["kin"], pk["meta"], pk["const"], pk["clamp"], s["h"],
                      s["h2"], s["pre"], s["t1"], s["t2"], s["mu"], s["al"], s["ld"]),
                     eng.iaf_sample_par if par else eng.iaf_sample,
                     (pk["w"], pk["offs"], pk["iperms"], pk["drows"], pk["kin"], pk["meta"], pk["clamp"], s["h"],
@@ -313,7 +313,7 @@ class NumbaRunner(Runner):
                 (pk["w"], pk["offs"], pk["iperms"], pk["kin"], pk["meta"], pk["const"], pk["clamp"], s["h"], s["h2"],
                  s["t1"], s["t2"], s["mo"], s["ld"]),
                 eng.maf_sample_par if par else eng.maf_sample,
-                (pk["w"], pk["offs"], pk["iperms"], pk["drows"], pk["nj"], pk["meta"], pk["clamp"], s["h"], s["h2"],
+                (pk["w"], pk["offs"], pk["iperms"], pk["drows"], pk["nj"], pk["kin"], pk["meta"], pk["clamp"], s["h"], s["h2"],
                  s["pre"], s["t1"], s["t2"], s["mu"], s["al"]))
 
     def _serial(self) -> tuple:

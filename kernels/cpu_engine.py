@@ -735,7 +735,7 @@ def _solve_output(a, m, w, wm, wa, bm, ba, src, si, dst, di, ld, pre, HP, w0j, c
 
 
 @nb.njit(**_JIT)
-def _made_solve(src, dst, drow, ld, w, offs, k, nj, meta, clamp, pre, t1, t2, mu, al, rows, density):
+def _made_solve(src, dst, drow, ld, w, offs, k, nj, kin, meta, clamp, pre, t1, t2, mu, al, rows, density):
     """The triangular direction of block k's MADE, one coordinate at a time; the conditioner reads ``dst``.
 
     MAF sampling (``density`` false): x_j = u_j exp(alpha_j) + mu_j; IAF density (true):
@@ -743,7 +743,7 @@ def _made_solve(src, dst, drow, ld, w, offs, k, nj, meta, clamp, pre, t1, t2, mu
     Exact without D full passes: output j depends only on a prefix of ``nj[k, j]`` hidden units per
     layer; the first layer's pre-activation ``pre`` gets one rank-1 term per solved coordinate.
     """
-    D, HP, nhid, tanh_act = meta[M_D], meta[M_HP], meta[M_NHID], meta[M_TANH]
+    D, HP, nhid, tanh_act, G = meta[M_D], meta[M_HP], meta[M_NHID], meta[M_TANH], meta[M_GROUPS]
     o = 2 * nhid
     ob0, oW0, oWoT, obo = offs[k, 1], offs[k, 0], offs[k, o + 2], offs[k, o + 1]
     d4 = meta[M_OP] // 2
@@ -763,7 +763,7 @@ def _made_solve(src, dst, drow, ld, w, offs, k, nj, meta, clamp, pre, t1, t2, mu
         a, b = t1, t2
         for li in range(1, nhid):
             _dense(a, 0, m, w, offs[k, 2 * li], HP, m4, w, offs[k, 2 * li + 1], b, 0, rows, not tanh_act,
-                   _NO_KIN, -1)
+                   kin, li * G)  # the staircase's zeros skipped, as in the full pass
             if tanh_act:
                 _tanh_rows(b, m4, rows)
             a, b = b, a
@@ -788,7 +788,7 @@ def _maf_lp_tile(x, r0, n, out, w, offs, iperms, kin, meta, const, clamp, h, h2,
 
 
 @nb.njit(**_JIT)
-def _maf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, nj, meta, clamp, u, xs, pre, t1, t2, mu,
+def _maf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, nj, kin, meta, clamp, u, xs, pre, t1, t2, mu,
                      al):
     D, blocks, nhid = meta[M_D], meta[M_BLOCKS], meta[M_NHID]
     rows = (n + STEP - 1) // STEP * STEP
@@ -804,7 +804,7 @@ def _maf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, nj, met
             for r in range(rows):
                 uj[r] = src[r] * sj + lj
         # (no log-det in this direction: mu stands in for ld, untouched)
-        _made_solve(u, xs, drows[k], mu, w, offs, k, nj, meta, clamp, pre, t1, t2, mu, al, rows, False)
+        _made_solve(u, xs, drows[k], mu, w, offs, k, nj, kin, meta, clamp, pre, t1, t2, mu, al, rows, False)
     oloc, osc = offs[blocks, 0], offs[blocks, 2]
     _from_tile(xs, r0, n, out, D, w, oloc, osc)
 
@@ -827,20 +827,20 @@ def maf_log_prob_par(x, out, w, offs, iperms, kin, meta, const, clamp, h, h2, t1
 
 
 @nb.njit(**_JIT)
-def maf_sample(z, temperature, out, w, offs, iperms, drows, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
+def maf_sample(z, temperature, out, w, offs, iperms, drows, nj, kin, meta, clamp, u, xs, pre, t1, t2, mu, al):
     B = z.shape[0]
     for r0 in range(0, B, TILE):
-        _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, iperms, drows, nj, meta, clamp,
+        _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, iperms, drows, nj, kin, meta, clamp,
                          u, xs, pre, t1, t2, mu, al)
 
 
 @nb.njit(parallel=True, **_JIT)
-def maf_sample_par(z, temperature, out, w, offs, iperms, drows, nj, meta, clamp, u, xs, pre, t1, t2, mu, al):
+def maf_sample_par(z, temperature, out, w, offs, iperms, drows, nj, kin, meta, clamp, u, xs, pre, t1, t2, mu, al):
     B = z.shape[0]
     for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
         r0 = t * TILE
-        _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, iperms, drows, nj, meta, clamp,
+        _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, iperms, drows, nj, kin, meta, clamp,
                          u[i], xs[i], pre[i], t1[i], t2[i], mu[i], al[i])
 
 
@@ -877,7 +877,7 @@ def _iaf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, kin, me
 
 
 @nb.njit(**_JIT)
-def _iaf_lp_tile(x, r0, n, out, w, offs, iperms, nj, meta, const, clamp, h, h2, pre, t1, t2, mu, al, ld):
+def _iaf_lp_tile(x, r0, n, out, w, offs, iperms, nj, kin, meta, const, clamp, h, h2, pre, t1, t2, mu, al, ld):
     D, blocks = meta[M_D], meta[M_BLOCKS]
     rows = (n + STEP - 1) // STEP * STEP
     for r in range(rows):
@@ -885,7 +885,7 @@ def _iaf_lp_tile(x, r0, n, out, w, offs, iperms, nj, meta, const, clamp, h, h2, 
     _to_tile(x, r0, n, rows, h, D, w, offs[blocks, 0], offs[blocks, 1], _ONE)
     for k in range(blocks):
         # z_j goes to row iperm[j]: the block's forward permutation, applied on the way
-        _made_solve(h, h2, iperms[k], ld, w, offs, k, nj, meta, clamp, pre, t1, t2, mu, al, rows, True)
+        _made_solve(h, h2, iperms[k], ld, w, offs, k, nj, kin, meta, clamp, pre, t1, t2, mu, al, rows, True)
         h, h2 = h2, h
     _finish_log_prob(h, ld, n, D, const, out, r0)
 
@@ -909,18 +909,18 @@ def iaf_sample_par(z, temperature, out, w, offs, iperms, drows, kin, meta, clamp
 
 
 @nb.njit(**_JIT)
-def iaf_log_prob(x, out, w, offs, iperms, nj, meta, const, clamp, h, h2, pre, t1, t2, mu, al, ld):
+def iaf_log_prob(x, out, w, offs, iperms, nj, kin, meta, const, clamp, h, h2, pre, t1, t2, mu, al, ld):
     B = x.shape[0]
     for r0 in range(0, B, TILE):
-        _iaf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, iperms, nj, meta, const, clamp, h, h2, pre, t1, t2,
+        _iaf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, iperms, nj, kin, meta, const, clamp, h, h2, pre, t1, t2,
                      mu, al, ld)
 
 
 @nb.njit(parallel=True, **_JIT)
-def iaf_log_prob_par(x, out, w, offs, iperms, nj, meta, const, clamp, h, h2, pre, t1, t2, mu, al, ld):
+def iaf_log_prob_par(x, out, w, offs, iperms, nj, kin, meta, const, clamp, h, h2, pre, t1, t2, mu, al, ld):
     B = x.shape[0]
     for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
         r0 = t * TILE
-        _iaf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, iperms, nj, meta, const, clamp, h[i], h2[i], pre[i],
+        _iaf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, iperms, nj, kin, meta, const, clamp, h[i], h2[i], pre[i],
                      t1[i], t2[i], mu[i], al[i], ld[i])
