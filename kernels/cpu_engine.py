@@ -730,7 +730,7 @@ def _solve_output(a, m, w, wm, wa, bm, ba, src, si, dst, di, ld, pre, HP, w0j, c
         else:
             d = _vfma(sv, _vexp(alpha), vm)
         _vstore(dst, di + r, d)
-        for c in range(HP):
+        for c in range(m, HP):  # the first m units have degree <= j: x_j's weights to them are masked zeros
             _vstore(pre, c * TILE + r, _vfma(d, _vsplat(_sload(w, w0j + c)), _vload(pre, c * TILE + r)))
 
 
