@@ -287,9 +287,9 @@ class NumbaRunner(Runner):
         dp, hp = pk["dp"], pk["hp"]
         s = {"h": z(dp), "h2": z(dp), "t1": z(hp), "t2": z(hp), "ld": z(1)}
         if issubclass(self.kind, Glow1D):
-            s.update(sh=z(pk["op"]), ls=z(pk["op"]))
-        else:  # MAF and IAF: mo for the full MADE pass, pre / mu / al for the triangular solve
-            s.update(mo=z(pk["op"]), mu=z(1), al=z(1), pre=z(hp))
+            s.update(sh=z(pk["op"]))
+        else:  # MAF and IAF: mo for the full MADE pass, pre for the triangular solve
+            s.update(mo=z(pk["op"]), pre=z(hp))
         return s
 
     def _bind(self, par: bool, s: dict[str, np.ndarray]) -> tuple:
@@ -299,13 +299,13 @@ class NumbaRunner(Runner):
         if issubclass(self.kind, Glow1D):
             return (eng.glow1d_log_prob_par if par else eng.glow1d_log_prob,
                     (pk["w"], pk["offs"], pk["meta"], pk["const"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"],
-                     s["ls"], s["ld"]),
+                     s["ld"]),
                     eng.glow1d_sample_par if par else eng.glow1d_sample,
                     (pk["w"], pk["offs"], pk["meta"], s["h"], s["h2"], s["t1"], s["t2"], s["sh"]))
         if not self.kind.one_pass_density:  # IAF density: the triangular solve; sampling: one full MADE pass per block
             return (eng.iaf_log_prob_par if par else eng.iaf_log_prob,
                     (pk["w"], pk["offs"], pk["iperms"], pk["nj"], pk["kin"], pk["meta"], pk["const"], pk["clamp"], s["h"],
-                     s["h2"], s["pre"], s["t1"], s["t2"], s["mu"], s["al"], s["ld"]),
+                     s["h2"], s["pre"], s["t1"], s["t2"], s["ld"]),
                     eng.iaf_sample_par if par else eng.iaf_sample,
                     (pk["w"], pk["offs"], pk["iperms"], pk["drows"], pk["kin"], pk["meta"], pk["clamp"], s["h"],
                      s["h2"], s["t1"], s["t2"], s["mo"]))
@@ -314,7 +314,7 @@ class NumbaRunner(Runner):
                  s["t1"], s["t2"], s["mo"], s["ld"]),
                 eng.maf_sample_par if par else eng.maf_sample,
                 (pk["w"], pk["offs"], pk["iperms"], pk["drows"], pk["nj"], pk["kin"], pk["meta"], pk["clamp"], s["h"], s["h2"],
-                 s["pre"], s["t1"], s["t2"], s["mu"], s["al"]))
+                 s["pre"], s["t1"], s["t2"], s["ld"]))
 
     def _serial(self) -> tuple:
         bound = getattr(self._local, "bound", None)

@@ -223,6 +223,8 @@ def _vfloor(typingctx, a):
 
 _vadd, _vsub, _vmul, _vdiv = _fop("fadd"), _fop("fsub"), _fop("fmul"), _fop("fdiv")
 
+_vmin, _vmax = _fcall2("minnum"), _fcall2("maxnum")
+
 
 @intrinsic
 def _vabs(typingctx, a):
@@ -240,7 +242,6 @@ def _vsel_nonneg(typingctx, s, a, b):
         return builder.select(cond, args[1], args[2])
 
     return fv(fv, fv, fv), codegen
-_vmin, _vmax = _fcall2("minnum"), _fcall2("maxnum")
 
 
 @intrinsic
@@ -563,7 +564,7 @@ def _g1d_affine(h, sh, ld, CA, CB, cb4, rows):
 
 
 @nb.njit(**_JIT)
-def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, ls, ld):
+def _g1d_lp_tile(x, r0, n, out, w, offs, meta, const, h, h2, t1, t2, sh, ld):
     D, DP, CA, CB, steps, additive, OP = (meta[G_D], meta[G_DP], meta[G_CA], meta[G_CB], meta[G_STEPS],
                                           meta[G_ADD], meta[G_OP])
     cb4 = OP // 2
@@ -611,21 +612,21 @@ def _g1d_sample_tile(z, r0, n, temperature, out, w, offs, meta, h, h2, t1, t2, s
 
 
 @nb.njit(**_JIT)
-def glow1d_log_prob(x, out, w, offs, meta, const, h, h2, t1, t2, sh, ls, ld):
+def glow1d_log_prob(x, out, w, offs, meta, const, h, h2, t1, t2, sh, ld):
     """One thread: tiles in order (scratch for one tile: see ``kernels.cpu_backend``)."""
     B = x.shape[0]
     for r0 in range(0, B, TILE):
-        _g1d_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, meta, const, h, h2, t1, t2, sh, ls, ld)
+        _g1d_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, meta, const, h, h2, t1, t2, sh, ld)
 
 
 @nb.njit(parallel=True, **_JIT)
-def glow1d_log_prob_par(x, out, w, offs, meta, const, h, h2, t1, t2, sh, ls, ld):
+def glow1d_log_prob_par(x, out, w, offs, meta, const, h, h2, t1, t2, sh, ld):
     """Threads over row tiles; scratch has one row per thread (numba.get_thread_id)."""
     B = x.shape[0]
     for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
         r0 = t * TILE
-        _g1d_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, meta, const, h[i], h2[i], t1[i], t2[i], sh[i], ls[i],
+        _g1d_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, meta, const, h[i], h2[i], t1[i], t2[i], sh[i],
                      ld[i])
 
 
@@ -735,7 +736,7 @@ def _solve_output(a, m, w, wm, wa, bm, ba, src, si, dst, di, ld, pre, HP, w0j, c
 
 
 @nb.njit(**_JIT)
-def _made_solve(src, dst, drow, ld, w, offs, k, nj, kin, meta, clamp, pre, t1, t2, mu, al, rows, density):
+def _made_solve(src, dst, drow, ld, w, offs, k, nj, kin, meta, clamp, pre, t1, t2, rows, density):
     """The triangular direction of block k's MADE, one coordinate at a time; the conditioner reads ``dst``.
 
     MAF sampling (``density`` false): x_j = u_j exp(alpha_j) + mu_j; IAF density (true):
@@ -788,8 +789,8 @@ def _maf_lp_tile(x, r0, n, out, w, offs, iperms, kin, meta, const, clamp, h, h2,
 
 
 @nb.njit(**_JIT)
-def _maf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, nj, kin, meta, clamp, u, xs, pre, t1, t2, mu,
-                     al):
+def _maf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, nj, kin, meta, clamp, u, xs, pre, t1, t2,
+                     ld):
     D, blocks, nhid = meta[M_D], meta[M_BLOCKS], meta[M_NHID]
     rows = (n + STEP - 1) // STEP * STEP
     o = 2 * nhid
@@ -803,8 +804,8 @@ def _maf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, nj, kin
             uj, src, sj, lj = _row(u, j), _row(xs, pinv[j]), w[bsc + j], w[bl + j]
             for r in range(rows):
                 uj[r] = src[r] * sj + lj
-        # (no log-det in this direction: mu stands in for ld, untouched)
-        _made_solve(u, xs, drows[k], mu, w, offs, k, nj, kin, meta, clamp, pre, t1, t2, mu, al, rows, False)
+        # (no log-det in this direction: ld is scratch, untouched)
+        _made_solve(u, xs, drows[k], ld, w, offs, k, nj, kin, meta, clamp, pre, t1, t2, rows, False)
     oloc, osc = offs[blocks, 0], offs[blocks, 2]
     _from_tile(xs, r0, n, out, D, w, oloc, osc)
 
@@ -827,21 +828,21 @@ def maf_log_prob_par(x, out, w, offs, iperms, kin, meta, const, clamp, h, h2, t1
 
 
 @nb.njit(**_JIT)
-def maf_sample(z, temperature, out, w, offs, iperms, drows, nj, kin, meta, clamp, u, xs, pre, t1, t2, mu, al):
+def maf_sample(z, temperature, out, w, offs, iperms, drows, nj, kin, meta, clamp, u, xs, pre, t1, t2, ld):
     B = z.shape[0]
     for r0 in range(0, B, TILE):
         _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, iperms, drows, nj, kin, meta, clamp,
-                         u, xs, pre, t1, t2, mu, al)
+                         u, xs, pre, t1, t2, ld)
 
 
 @nb.njit(parallel=True, **_JIT)
-def maf_sample_par(z, temperature, out, w, offs, iperms, drows, nj, kin, meta, clamp, u, xs, pre, t1, t2, mu, al):
+def maf_sample_par(z, temperature, out, w, offs, iperms, drows, nj, kin, meta, clamp, u, xs, pre, t1, t2, ld):
     B = z.shape[0]
     for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
         r0 = t * TILE
         _maf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, iperms, drows, nj, kin, meta, clamp,
-                         u[i], xs[i], pre[i], t1[i], t2[i], mu[i], al[i])
+                         u[i], xs[i], pre[i], t1[i], t2[i], ld[i])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -877,7 +878,7 @@ def _iaf_sample_tile(z, r0, n, temperature, out, w, offs, iperms, drows, kin, me
 
 
 @nb.njit(**_JIT)
-def _iaf_lp_tile(x, r0, n, out, w, offs, iperms, nj, kin, meta, const, clamp, h, h2, pre, t1, t2, mu, al, ld):
+def _iaf_lp_tile(x, r0, n, out, w, offs, iperms, nj, kin, meta, const, clamp, h, h2, pre, t1, t2, ld):
     D, blocks = meta[M_D], meta[M_BLOCKS]
     rows = (n + STEP - 1) // STEP * STEP
     for r in range(rows):
@@ -885,7 +886,7 @@ def _iaf_lp_tile(x, r0, n, out, w, offs, iperms, nj, kin, meta, const, clamp, h,
     _to_tile(x, r0, n, rows, h, D, w, offs[blocks, 0], offs[blocks, 1], _ONE)
     for k in range(blocks):
         # z_j goes to row iperm[j]: the block's forward permutation, applied on the way
-        _made_solve(h, h2, iperms[k], ld, w, offs, k, nj, kin, meta, clamp, pre, t1, t2, mu, al, rows, True)
+        _made_solve(h, h2, iperms[k], ld, w, offs, k, nj, kin, meta, clamp, pre, t1, t2, rows, True)
         h, h2 = h2, h
     _finish_log_prob(h, ld, n, D, const, out, r0)
 
@@ -909,18 +910,18 @@ def iaf_sample_par(z, temperature, out, w, offs, iperms, drows, kin, meta, clamp
 
 
 @nb.njit(**_JIT)
-def iaf_log_prob(x, out, w, offs, iperms, nj, kin, meta, const, clamp, h, h2, pre, t1, t2, mu, al, ld):
+def iaf_log_prob(x, out, w, offs, iperms, nj, kin, meta, const, clamp, h, h2, pre, t1, t2, ld):
     B = x.shape[0]
     for r0 in range(0, B, TILE):
         _iaf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, iperms, nj, kin, meta, const, clamp, h, h2, pre, t1, t2,
-                     mu, al, ld)
+                     ld)
 
 
 @nb.njit(parallel=True, **_JIT)
-def iaf_log_prob_par(x, out, w, offs, iperms, nj, kin, meta, const, clamp, h, h2, pre, t1, t2, mu, al, ld):
+def iaf_log_prob_par(x, out, w, offs, iperms, nj, kin, meta, const, clamp, h, h2, pre, t1, t2, ld):
     B = x.shape[0]
     for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
         r0 = t * TILE
         _iaf_lp_tile(x, r0, min(TILE, B - r0), out, w, offs, iperms, nj, kin, meta, const, clamp, h[i], h2[i], pre[i],
-                     t1[i], t2[i], mu[i], al[i], ld[i])
+                     t1[i], t2[i], ld[i])
