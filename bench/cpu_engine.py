@@ -134,6 +134,8 @@ def _sample_error(flow, runner, batch: int) -> float:
 
 def iaf_sampling(say, dim: int, batch: int, rounds: int) -> None:
     """IAF student sampling vs zuko's MAF sampling and the MAF student's numba sampling, interleaved (issue #29)."""
+    import numpy as np
+
     from nfkd import inference
     from nfkd.presets import PRESETS
 
@@ -146,11 +148,17 @@ def iaf_sampling(say, dim: int, batch: int, rounds: int) -> None:
     ref = "IAF student, numba"
     errs = {k: _sample_error(iaf if k.startswith("IAF") else maf, r, batch) for k, r in runners.items()}
     fns = {k: (lambda r=r: r.sample(batch, temperature=1.0, seed=0)) for k, r in runners.items()}
-    # the same decode from given noise: drawing the unit noise (numpy's default_rng, ~2.6 ms for 4096 x 63 on
-    # the bench machine) is shared by every backend and hides the engine's own ratio
+    # the same decode from given noise: drawing the unit noise is shared by every backend and hides the
+    # engine's own ratio. The draw itself, both ways (the same values: numba's copy of numpy's normals is
+    # what ``seed=`` uses once numba is imported, see nfkd.noise); and the IAF with numpy's own draw
     noise = inference.draw_noise(runners[ref].noise_shapes, batch, seed=0)
     for k in ("IAF student, numba", "MAF student, numba"):
         fns[f"{k}, given noise"] = lambda r=runners[k]: r.sample(noise=noise)
+    shape = (batch, *runners[ref].noise_shapes[0])
+    fns["the draw alone, numba's copy of numpy's normals"] = lambda: inference.draw_noise([shape[1:]], batch, 0)
+    fns["the draw alone, numpy"] = lambda: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    fns["IAF student, numba, numpy's own draw"] = lambda r=runners[ref]: r.sample(
+        noise=[np.random.default_rng(0).standard_normal(shape, dtype=np.float32)])
     cfg = PRESETS["maf-paper"]["student"]
     try:
         peer = build_peer("zuko", dim, cfg["blocks"], cfg["hidden"], cfg["n_hidden"])
