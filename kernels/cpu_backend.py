@@ -74,7 +74,10 @@ class _Packer:
         return self.add(v)
 
     def buffer(self) -> np.ndarray:
-        return np.concatenate(self.parts + [np.zeros(16)]).astype(F32)
+        flat = np.concatenate(self.parts + [np.zeros(16)])
+        out = _aligned_zeros(flat.shape)  # the same cache-line start in every process (see _aligned_zeros)
+        out[:] = flat
+        return out
 
 
 def _linears(net: torch.nn.Module) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -282,7 +285,7 @@ class NumbaRunner(Runner):
         pk, eng = self.packed, self._eng
 
         def z(width: int) -> np.ndarray:  # [width features, TILE rows], feature-major
-            return np.zeros((*lead, width * eng.TILE), F32)
+            return _aligned_zeros((*lead, width * eng.TILE))
 
         dp, hp = pk["dp"], pk["hp"]
         s = {"h": z(dp), "h2": z(dp), "t1": z(hp), "t2": z(hp), "ld": z(1)}
@@ -352,6 +355,16 @@ class NumbaRunner(Runner):
             _, _, fn, args = self._serial()
             fn(z, F32(temperature), out, *args)
         return out
+
+def _aligned_zeros(shape: tuple[int, ...], align: int = 64) -> np.ndarray:
+    """float32 zeros whose every last-axis row starts on a cache line (``align`` bytes; rows are multiples of
+    TILE = 64 floats): numpy only promises 16 bytes, and a vector load that straddles two lines costs two.
+    The engine's scratch was aligned by the allocator's luck, differently per array and per process."""
+    n = int(np.prod(shape))
+    raw = np.zeros(n + align // 4, F32)
+    start = (-raw.ctypes.data % align) // 4
+    return raw[start: start + n].reshape(shape)
+
 
 def load_cpu_engine(source, device: str, threads: int | None, options: dict[str, Any]) -> NumbaRunner:
     """``nfkd.inference.load(..., backend="numba")``: Glow-1D, MAF and IAF on CPU."""

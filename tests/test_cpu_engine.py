@@ -353,3 +353,40 @@ def test_the_other_vector_width_is_exact_too(lanes):
                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert " passed" in res.stdout and " failed" not in res.stdout, res.stdout[-2000:]
+
+
+def test_block_transpose_matches_numpy():
+    """kernels.cpu_engine._transpose (the tile <-> rows copies) on random blocks: partial rows and lanes, a
+    permuted destination; masked lanes are neither read past the array nor written (sentinels stay)."""
+    import numba as nb
+
+    from kernels import cpu_engine as eng
+
+    @nb.njit
+    def tr(src, so, lds, nsrc, slanes, dst, dmap, dmo, do, ldd, ndst, dlanes):
+        eng._transpose(src, so, lds, nsrc, slanes, dst, dmap, dmo, do, ldd, ndst, dlanes)
+
+    L, rng = eng.LANES, np.random.default_rng(0)
+    for trial in range(300):
+        R, C = (int(v) for v in rng.integers(1, 3 * L, 2))
+        src = rng.standard_normal((R, C)).astype(np.float32)
+        nsrc, slanes = int(rng.integers(0, min(L, R) + 1)), int(rng.integers(0, min(L, C) + 1))
+        r0, c0 = int(rng.integers(0, R - nsrc + 1)), int(rng.integers(0, C - slanes + 1))
+        dst = np.full((C + 3, R + 5), -7.0, np.float32)
+        perm = rng.permutation(C + 3).astype(np.int64)
+        dmo = int(rng.integers(0, C + 3 - slanes + 1))
+        tr(src, r0 * C + c0, C, nsrc, slanes, dst, perm, dmo, 2, R + 5, slanes, nsrc)
+        want = np.full_like(dst, -7.0)
+        want[perm[dmo: dmo + slanes], 2: 2 + nsrc] = src[r0: r0 + nsrc, c0: c0 + slanes].T
+        assert np.array_equal(dst, want), trial
+
+
+def test_scratch_and_weights_start_on_cache_lines():
+    from kernels.cpu_backend import _aligned_zeros
+
+    for shape in [(1,), (64,), (3, 4096), (7, 5)]:
+        a = _aligned_zeros(shape)
+        assert a.shape == shape and a.dtype == np.float32 and a.ctypes.data % 64 == 0 and not a.any()
+    runner = inference.load(MAF(5, blocks=2, hidden=8), backend="numba", threads=1)
+    _, args, _, _ = runner._serial()
+    assert all(a.ctypes.data % 64 == 0 for a in args if isinstance(a, np.ndarray) and a.dtype == np.float32)
