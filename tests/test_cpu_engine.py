@@ -390,3 +390,36 @@ def test_scratch_and_weights_start_on_cache_lines():
     runner = inference.load(MAF(5, blocks=2, hidden=8), backend="numba", threads=1)
     _, args, _, _ = runner._serial()
     assert all(a.ctypes.data % 64 == 0 for a in args if isinstance(a, np.ndarray) and a.dtype == np.float32)
+
+
+def test_glow1d_affine_epilogue_matches_float64_at_extremes():
+    """kernels.cpu_engine._g1d_affine (the log-det summed as one log per run of (1 + e) factors) against float64
+    numpy, with |s| up to 95 (sigmoid at float32's ends) and more coupling features than one run holds."""
+    import numba as nb
+
+    from kernels import cpu_engine as eng
+
+    @nb.njit
+    def affine(h, sh, ld, CA, CB, cb4, rows):
+        eng._g1d_affine(h, sh, ld, CA, CB, cb4, rows)
+
+    T, rng = eng.TILE, np.random.default_rng(1)
+    for CA, CB, scale in [(1, 1, None), (3, 5, None), (31, 32, None), (70, 2 * eng._LOG_RUN + 3, None),
+                          (9, 3 * eng._LOG_RUN + 1, 1e-3)]:  # s ~ 0: every factor 1 + e ~ 2, a run's product ~2^64
+        cb4 = -(-CB // 4) * 4
+        s = rng.standard_normal((2 * cb4, T)) * (scale or rng.choice([0.1, 3.0, 40.0], size=(2 * cb4, 1)))
+        if scale is None:
+            s[cb4: cb4 + CB: 7] = 95.0 * np.sign(s[cb4: cb4 + CB: 7])
+        x = rng.standard_normal((CA + CB, T))
+        ld0 = rng.standard_normal(T)
+        h, sh, ld = x.astype(np.float32).ravel(), s.astype(np.float32).ravel(), ld0.astype(np.float32)
+        affine(h, sh, ld, CA, CB, cb4, T)
+        s64 = s.astype(np.float32).astype(np.float64)
+        sc = s64[cb4: cb4 + CB]
+        sig = 1.0 / (1.0 + np.exp(-sc))
+        want_h = (x.astype(np.float32)[CA:] + s64[:CB]) * sig
+        want_ld = ld0.astype(np.float32) + np.sum(np.minimum(sc, 0) - np.log1p(np.exp(-np.abs(sc))), axis=0)
+        got_h = h.reshape(CA + CB, T)[CA:]
+        assert np.allclose(got_h, want_h, rtol=2e-6, atol=1e-30), (CA, CB)
+        assert np.allclose(h.reshape(CA + CB, T)[:CA], x.astype(np.float32)[:CA])  # the first half untouched
+        assert np.max(np.abs(ld - want_ld) / np.maximum(1.0, np.abs(want_ld))) < 2e-6, (CA, CB)
