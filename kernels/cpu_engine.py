@@ -800,17 +800,23 @@ def _made_scale(h, mo, ld, D, d4, rows, clamp, out, iperm, w, loc, inv):
     """u_j = (x_j - mu_j) exp(-alpha_j), alpha_j = c tanh(raw_j / c); ld -= sum_j alpha_j; and u_j goes
     straight to its row after the block's permutation and batch-norm: out[iperm[j]] = (u_j - loc) * inv.
 
-    One pass of explicit vector code: per vector of rows, every feature, the log-det kept in a register."""
+    Explicit vector code in two passes: alpha (tanh, the log-det kept in a register; -alpha back in place of
+    raw alpha), then u (exp, batch-norm). One pass kept ~30 polynomial constants live and LLVM shuffled them
+    through the 32 registers on every vector; two passes hold ~15 each (1.07-1.10x at D = 63, bit-identical)."""
     nc, ic = _vsplat(-clamp), _vsplat(_ONE / clamp)
     for r in range(0, rows, LANES):
         acc = _vload(ld, r)
         for j in range(D):
-            c = iperm[j]
-            na = _vmul(nc, _vtanh(_vmul(_vload(mo, (d4 + j) * TILE + r), ic)))  # -alpha_j
+            a = (d4 + j) * TILE + r
+            na = _vmul(nc, _vtanh(_vmul(_vload(mo, a), ic)))  # -alpha_j, back in place of raw alpha_j
             acc = _vadd(acc, na)
-            u = _vmul(_vsub(_vload(h, j * TILE + r), _vload(mo, j * TILE + r)), _vexp(na))
-            _vstore(out, c * TILE + r, _vmul(_vsub(u, _vsplat(_sload(w, loc + c))), _vsplat(_sload(w, inv + c))))
+            _vstore(mo, a, na)
         _vstore(ld, r, acc)
+    for r in range(0, rows, LANES):
+        for j in range(D):
+            c = iperm[j]
+            u = _vmul(_vsub(_vload(h, j * TILE + r), _vload(mo, j * TILE + r)), _vexp(_vload(mo, (d4 + j) * TILE + r)))
+            _vstore(out, c * TILE + r, _vmul(_vsub(u, _vsplat(_sload(w, loc + c))), _vsplat(_sload(w, inv + c))))
 
 
 @nb.njit(**_JIT)
@@ -839,11 +845,15 @@ def _made_shift(h, mo, D, d4, rows, clamp, out, drow):
     """IAF sampling's epilogue: x_j = u_j exp(alpha_j) + mu_j, written straight to row ``drow[j]`` (the next
     block's input order: no separate permutation copy).
 
-    Explicit vector code, as ``_made_scale``: no remainder, alias check or scalar fallback per row loop."""
+    Explicit vector code in two passes (alpha in place of raw alpha, then the affine), as ``_made_scale``."""
     pc, ic = _vsplat(clamp), _vsplat(_ONE / clamp)
     for r in range(0, rows, LANES):
         for j in range(D):
-            al = _vmul(pc, _vtanh(_vmul(_vload(mo, (d4 + j) * TILE + r), ic)))
+            a = (d4 + j) * TILE + r
+            _vstore(mo, a, _vmul(pc, _vtanh(_vmul(_vload(mo, a), ic))))
+    for r in range(0, rows, LANES):
+        for j in range(D):
+            al = _vload(mo, (d4 + j) * TILE + r)
             _vstore(out, drow[j] * TILE + r, _vfma(_vload(h, j * TILE + r), _vexp(al), _vload(mo, j * TILE + r)))
 
 
