@@ -34,9 +34,10 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
          "def _made_scale(h, mo, ld, D, d4, rows, clamp, out, iperm, w, loc, inv):\n    for j in range(D):\n"
          "        xj, dst = _row(h, j), _row(out, j)\n        for r in range(rows):\n            dst[r] = xj[r]\n"
          "    return\n")],
-    "epilogue without tanh": [("na = _vmul(nc, _vtanh(_vmul(_vload(mo, (d4 + j) * TILE + r), ic)))",
-                               "na = _vmul(nc, _vmul(_vload(mo, (d4 + j) * TILE + r), ic))")],
-    "epilogue without exp": [("_vexp(na))", "na)")],
+    "epilogue without tanh": [("na = _vmul(nc, _vtanh(_vmul(_vload(mo, a), ic)))",
+                               "na = _vmul(nc, _vmul(_vload(mo, a), ic))")],
+    "epilogue without exp": [("_vexp(_vload(mo, (d4 + j) * TILE + r)))\n            _vstore(out, c * TILE + r,",
+                              "_vload(mo, (d4 + j) * TILE + r))\n            _vstore(out, c * TILE + r,")],
     "no dense layers": [('    The pass MAF density and IAF sampling share: hidden layers skip the staircase\'s zeros (``kin``)."""',
                          '    The pass MAF density and IAF sampling share: hidden layers skip the staircase\'s zeros (``kin``)."""'
                          '\n    return')],
