@@ -11,12 +11,14 @@
   the door must not copy, convert or check twice);
 - IAF student sampling (one MADE pass per block) against zuko's MAF sampling and the MAF student's
   numba sampling, D = 63, batch 4096 (``--only iaf --only door``: these two sections alone);
+- the engine's % of the 1-thread peak from adjacent engine / matmul pairs (``--only peak``: the ratio per
+  pair, median and quartiles; the VM's speed drifts too much between a median and a median);
 - batch-1 ``log_prob`` latency p50 / p99 through ``Runner.log_prob`` (what a service calls);
 - issue #29's second pass (``bench.engine_scaling``): scaling with batch, D and threads (each row named
   overhead / compute / memory from its numbers), the paper's own tabular Glow code (``bench.paper_glow``)
   against nfkd's Glow-1D of the same size, and the engine at 8 and at 16 float32 lanes.
 
-``--only SECTION`` (repeatable) runs a subset: iaf, door, density, sampling, latency, scaling, paper, lanes.
+``--only SECTION`` (repeatable) runs a subset: iaf, door, density, peak, sampling, latency, scaling, paper, lanes.
 
 Backends of one group are timed round-robin (A, B, C, A, B, C, ...) so that the load of a shared
 machine hits them alike; the median per backend is reported. Every nfkd backend goes through
@@ -292,6 +294,51 @@ def density_table(say, reg, dims: list[int], batch: int, rounds: int, chosen: li
     say()
 
 
+def peak_pairs(say, reg, dims: list[int], batch: int, pairs: int) -> None:
+    """The numba engine's fraction of the 1-thread peak, each figure a ratio of two adjacent timings.
+
+    Why: this VM's speed drifts by up to 1.5x from minute to minute (and within one), so a median engine time
+    over a median peak time from other moments moves +-10 % between runs. Here every sample is one block of
+    engine calls (~10 ms) and the 1024^3 matmul right after it, both in thread CPU time; the ratio of the
+    two rates is taken per pair, and the table gives the median and the quartiles of those ratios."""
+    mm, mm_flops = _peak_call()
+    say(f"### % of the 1-thread peak, adjacent pairs (numba engine, batch {batch}, {pairs} pairs per row)")
+    say()
+    say("Each pair: a block of engine `log_prob` calls (~10 ms), then one 1024^3 float32 matmul; ratio of the two "
+        "useful-GFLOP/s rates per pair; median [quartiles] of the pairs. Peak column: the median matmul rate.")
+    say()
+    say("| arch | D | engine ms / call | useful GFLOP/s | peak GFLOP/s | % of peak, median [q1, q3] |")
+    say("|---|---|---|---|---|---|")
+    for arch in TABLE_ARCHS:
+        for dim in dims:
+            fns, flops, notes = _callables(reg, "density", arch, dim, batch, ["numba"])
+            if "numba" not in fns:
+                say(f"| {arch} | {dim} | - | - | - | {notes.get('numba', '')} |")
+                continue
+            fn = fns["numba"]
+            fn()
+            c = time.thread_time()
+            fn()
+            calls = max(1, int(0.010 / max(time.thread_time() - c, 1e-5)))
+            ratios, eng, pk = [], [], []
+            for _ in range(pairs):
+                c = time.thread_time()
+                for _ in range(calls):
+                    fn()
+                te = (time.thread_time() - c) / calls
+                c = time.thread_time()
+                mm()
+                tp = time.thread_time() - c
+                eng.append(te)
+                pk.append(mm_flops / tp / 1e9)
+                ratios.append((flops["numba"] / te) / (mm_flops / tp))
+            q1, med, q3 = statistics.quantiles(ratios, n=4)
+            te = statistics.median(eng)
+            say(f"| {arch} | {dim} | {te * 1e3:.3f} | {flops['numba'] / te / 1e9:.1f} | {statistics.median(pk):.0f} | "
+                f"**{100 * med:.0f} %** [{100 * q1:.0f}, {100 * q3:.0f}] |")
+    say()
+
+
 def sampling_table(say, reg, dim: int, batch: int, rounds: int) -> None:
     """MAF student sampling on every sampling backend, round-robin."""
     say(f"### MAF student sampling, D = {dim}, batch {batch}, 1 thread (median of {rounds} rounds; "
@@ -332,7 +379,7 @@ def latency_table(say, reg, calls: int) -> None:
     say()
 
 
-SECTIONS = ("iaf", "door", "density", "sampling", "latency", "scaling", "paper", "lanes")
+SECTIONS = ("iaf", "door", "density", "peak", "sampling", "latency", "scaling", "paper", "lanes")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -347,6 +394,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default=",".join(DENSITY_BACKENDS), help="density backends (comma list)")
     p.add_argument("--iaf-dim", type=int, default=63)
     p.add_argument("--iaf-rounds", type=int, default=15)
+    p.add_argument("--peak-pairs", type=int, default=21, help="engine/matmul pairs per row of the peak section")
     p.add_argument("--only", choices=SECTIONS, action="append", default=[],
                    help="run only these sections (repeatable; default: all)")
     return p
@@ -384,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         "door": lambda: door_cost(say, (6, 63), a.batch, a.iaf_rounds),
         "density": lambda: density_table(say, reg, dims, a.batch, a.rounds, [b for b in a.backends.split(",") if b],
                                          peak),
+        "peak": lambda: peak_pairs(say, reg, dims, a.batch, a.peak_pairs),
         "sampling": lambda: sampling_table(say, reg, a.sample_dim, a.batch, a.sample_rounds),
         "latency": lambda: latency_table(say, reg, a.latency_calls),
         "scaling": lambda: scaling_table(say, peak, bw),
