@@ -358,7 +358,7 @@ class NumbaRunner(Runner):
 
 def _aligned_zeros(shape: tuple[int, ...], align: int = 64) -> np.ndarray:
     """float32 zeros whose every last-axis row starts on a cache line (``align`` bytes; rows are multiples of
-    TILE = 64 floats): numpy only promises 16 bytes, and a vector load that straddles two lines costs two.
+    TILE floats): numpy only promises 16 bytes, and a vector load that straddles two lines costs two.
     The engine's scratch was aligned by the allocator's luck, differently per array and per process."""
     n = int(np.prod(shape))
     raw = np.zeros(n + align // 4, F32)

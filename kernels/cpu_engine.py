@@ -48,7 +48,7 @@ __all__ = [
     "maf_log_prob", "maf_log_prob_par", "maf_sample", "maf_sample_par", "pad4",
 ]
 
-TILE = 64  # rows per tile, both directions; a multiple of 32 (the 16-lane micro-kernel's rows); chosen by measurement
+TILE = 128  # rows per tile, both directions; a multiple of 64 (the 16-lane micro-kernel's rows); chosen by measurement
 
 # meta indices, Glow-1D
 G_D, G_DP, G_CA, G_CB, G_H, G_HP, G_OP, G_STEPS, G_DEPTH, G_ADD = range(10)

@@ -24,7 +24,7 @@ from nfkd.testing import perturb
 numba = pytest.importorskip("numba", reason="numba is not installed (pip install 'nfkd[cpu]')")
 
 TOL = TOLERANCE["float32"]
-BATCHES = (1, 7, 67, 131)  # 67, 131: a partial tile after full tiles of 64 rows
+BATCHES = (1, 7, 67, 131, 259)  # 67 a partial tile; 131, 259: a partial tile after full tiles of TILE = 128 rows
 
 
 def _normalized(flow, seed: int):
