@@ -223,27 +223,40 @@ def _vfloor(typingctx, a):
     return fv(fv), codegen
 
 
-@intrinsic
-def _vexponent(typingctx, a):
+def _lanewise(ir_fn):
+    """A <LANES x float> -> <LANES x float> intrinsic whose LLVM IR is ``ir_fn(builder, a, vi)`` (vi: the
+    <LANES x i32> type, for the exponent-bit tricks)."""
+    @intrinsic
+    def op(typingctx, a):
+        def codegen(context, builder, sig, args):
+            return ir_fn(builder, args[0], ir.VectorType(ir.IntType(32), LANES))
+
+        return fv(fv), codegen
+
+    op.__doc__ = ir_fn.__doc__
+    return op
+
+
+def _i32s(vi, v):
+    return ir.Constant(vi, [v] * LANES)
+
+
+def _exponent_ir(b, a, vi):
     """floor(log2 a) per lane as float, for positive normal a (the exponent bits less the bias)."""
-    def codegen(context, builder, sig, args):
-        vi = ir.VectorType(ir.IntType(32), LANES)
-        bits = builder.bitcast(args[0], vi)
-        e = builder.sub(builder.lshr(bits, ir.Constant(vi, [23] * LANES)), ir.Constant(vi, [127] * LANES))
-        return builder.sitofp(e, _VT)
-
-    return fv(fv), codegen
+    return b.sitofp(b.sub(b.lshr(b.bitcast(a, vi), _i32s(vi, 23)), _i32s(vi, 127)), _VT)
 
 
-@intrinsic
-def _vmantissa(typingctx, a):
+def _mantissa_ir(b, a, vi):
     """a / 2^floor(log2 a) in [1, 2) per lane, for positive normal a (the exponent bits set to the bias)."""
-    def codegen(context, builder, sig, args):
-        vi = ir.VectorType(ir.IntType(32), LANES)
-        bits = builder.and_(builder.bitcast(args[0], vi), ir.Constant(vi, [0x007FFFFF] * LANES))
-        return builder.bitcast(builder.or_(bits, ir.Constant(vi, [0x3F800000] * LANES)), _VT)
+    return b.bitcast(b.or_(b.and_(b.bitcast(a, vi), _i32s(vi, 0x007FFFFF)), _i32s(vi, 0x3F800000)), _VT)
 
-    return fv(fv), codegen
+
+def _pow2i_ir(b, k, vi):
+    """2**k per lane for integral float k in [-126, 127] (exponent bits), the vector ``_pow2i``."""
+    return b.bitcast(b.shl(b.add(b.fptosi(k, vi), _i32s(vi, 127)), _i32s(vi, 23)), _VT)
+
+
+_vexponent, _vmantissa, _vpow2i = _lanewise(_exponent_ir), _lanewise(_mantissa_ir), _lanewise(_pow2i_ir)
 
 
 _vadd, _vsub, _vmul, _vdiv = _fop("fadd"), _fop("fsub"), _fop("fmul"), _fop("fdiv")
@@ -267,17 +280,6 @@ def _vsel_nonneg(typingctx, s, a, b):
         return builder.select(cond, args[1], args[2])
 
     return fv(fv, fv, fv), codegen
-
-
-@intrinsic
-def _vpow2i(typingctx, k):
-    """2**k per lane for integral float k in [-126, 127] (exponent bits), the vector ``_pow2i``."""
-    def codegen(context, builder, sig, args):
-        vi = ir.VectorType(ir.IntType(32), LANES)
-        e = builder.add(builder.fptosi(args[0], vi), ir.Constant(vi, [127] * LANES))
-        return builder.bitcast(builder.shl(e, ir.Constant(vi, [23] * LANES)), _VT)
-
-    return fv(fv), codegen
 
 
 def _transpose_codegen(context, builder, sig, args):
@@ -588,25 +590,36 @@ def _tanh_rows(Y, nfeat, rows):
 
 
 @nb.njit(**_JIT)
-def _to_tile(x, r0, n, rows, h, D, w, loc, inv, t):
-    """h[c, r] = (x[r0 + r, c] - w[loc + c]) * w[inv + c] * t (loc < 0: x * t) for r < n; 0 up to ``rows``.
+def _rows_to_tile(x, r0, n, rows, h, D, dst, permuted):
+    """h[row(c), r] = x[r0 + r, c] for r < n, 0 up to ``rows``; row(c) = dst[c] if ``permuted`` else c.
 
-    The tile's transpose, LANES x LANES blocks in registers (``_transpose``: rows past n load as zeros),
-    then the affine per feature on the real rows."""
+    LANES x LANES blocks transposed in registers (``_transpose``: rows past n load as zeros); a column block
+    narrower than LANES / 2 goes per column (measured faster than half-empty registers)."""
     xt = x[r0: r0 + n]
     for c0 in range(0, D, LANES):
         nc = min(LANES, D - c0)
-        if 2 * nc < LANES:  # a narrow block: per column (measured faster than half-empty registers)
+        if 2 * nc < LANES:
             for c in range(c0, D):
-                hc = _row(h, c)
+                hc = _row(h, dst[c] if permuted else c)
                 for r in range(n):
                     hc[r] = xt[r, c]
                 for r in range(n, rows):
                     hc[r] = _ZERO
             continue
         for rb in range(0, rows, LANES):
-            _transpose(x, (r0 + rb) * D + c0, D, max(0, min(LANES, n - rb)), nc, h, _IOTA, 0, c0 * TILE + rb, TILE,
-                       nc, LANES)
+            nr = max(0, min(LANES, n - rb))
+            if permuted:
+                _transpose(x, (r0 + rb) * D + c0, D, nr, nc, h, dst, c0, rb, TILE, nc, LANES)
+            else:
+                _transpose(x, (r0 + rb) * D + c0, D, nr, nc, h, _IOTA, 0, c0 * TILE + rb, TILE, nc, LANES)
+
+
+@nb.njit(**_JIT)
+def _to_tile(x, r0, n, rows, h, D, w, loc, inv, t):
+    """h[c, r] = (x[r0 + r, c] - w[loc + c]) * w[inv + c] * t (loc < 0: x * t) for r < n; 0 up to ``rows``.
+
+    The tile's transpose (``_rows_to_tile``), then the affine per feature on the real rows."""
+    _rows_to_tile(x, r0, n, rows, h, D, _IOTA, False)
     if loc >= 0 or t != _ONE:
         for c in range(D):
             hc = _row(h, c)
@@ -1001,21 +1014,9 @@ def maf_sample_par(z, temperature, out, w, offs, iperms, drows, nj, kin, meta, c
 # block k - 1 (its forward permutation; identity for block 0, which the input normalization follows).
 @nb.njit(**_JIT)
 def _to_tile_perm(x, r0, n, rows, h, D, dst, t):
-    """h[dst[c], r] = x[r0 + r, c] * t for r < n, 0 up to ``rows``: the tile's transpose (``_transpose``
-    blocks), each column stored straight to its permuted row."""
-    xt = x[r0: r0 + n]
-    for c0 in range(0, D, LANES):
-        nc = min(LANES, D - c0)
-        if 2 * nc < LANES:
-            for c in range(c0, D):
-                hc = _row(h, dst[c])
-                for r in range(n):
-                    hc[r] = xt[r, c]
-                for r in range(n, rows):
-                    hc[r] = _ZERO
-            continue
-        for rb in range(0, rows, LANES):
-            _transpose(x, (r0 + rb) * D + c0, D, max(0, min(LANES, n - rb)), nc, h, dst, c0, rb, TILE, nc, LANES)
+    """h[dst[c], r] = x[r0 + r, c] * t for r < n, 0 up to ``rows``: the tile's transpose (``_rows_to_tile``),
+    each column stored straight to its permuted row."""
+    _rows_to_tile(x, r0, n, rows, h, D, dst, True)
     if t != _ONE:
         for j in range(D):
             hj = _row(h, j)
