@@ -19,7 +19,8 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["check_batch", "check_count", "check_noise", "check_temperature", "check_seed", "dims_text", "show_value", "FLOAT32_MAX",
+__all__ = ["check_batch", "check_count", "check_noise", "check_temperature", "check_seed", "dims_text", "numpy_view",
+           "show_value", "FLOAT32_MAX",
            "LimitError", "MAX_SEED", "MAX_TEMPERATURE"]
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -83,7 +84,7 @@ def _rows_beyond_float32(x: np.ndarray | torch.Tensor, b: int) -> list[int]:
     return np.flatnonzero((np.abs(x.reshape(b, -1)) > FLOAT32_MAX).any(1))[:5].tolist()
 
 
-def _numpy_view(x: torch.Tensor) -> np.ndarray | None:
+def numpy_view(x: torch.Tensor) -> np.ndarray | None:
     """A CPU tensor's own memory as a numpy array (no copy), or None where numpy cannot view it (GPU, bfloat16).
 
     Why: ``torch.isfinite`` is composite (x == x, |x| != inf, then and: three passes and two temporaries);
@@ -141,7 +142,7 @@ def check_batch(
     if max_batch is not None and b > max_batch:
         limit = limit or f"this model's max_batch {max_batch}"
         raise LimitError(f"{what}: batch of {b} rows is above {limit}; split it into chunks of at most {max_batch} rows")
-    values = _numpy_view(x) if is_torch else x  # a CPU tensor is checked through numpy, on the same memory
+    values = numpy_view(x) if is_torch else x  # a CPU tensor is checked through numpy, on the same memory
     if values is None:
         values = x
     bad = _nonfinite_rows(values, b)

@@ -177,7 +177,12 @@ def test_torch_tensor_at_the_door_costs_what_numpy_costs(arch, monkeypatch):
     monkeypatch.setattr(torch, "isfinite", no_torch_check)
     seen: dict = {}
     _record(runner, "_log_prob", seen)
+    views = []
+    real_numpy = torch.Tensor.numpy
+    monkeypatch.setattr(torch.Tensor, "numpy", lambda t, *a, **k: views.append(1) or real_numpy(t, *a, **k))
     got = runner.log_prob(x)
+    assert len(views) == 1, "the tensor was viewed as numpy more than once"  # checks and engine share one view
+    monkeypatch.setattr(torch.Tensor, "numpy", real_numpy)
     assert isinstance(got, torch.Tensor) and len(calls) == 1
     assert np.shares_memory(seen["in"], x.numpy()), "the input was copied"
     assert np.shares_memory(got.numpy(), seen["out"]), "the output was copied"
@@ -189,6 +194,23 @@ def test_torch_tensor_at_the_door_costs_what_numpy_costs(arch, monkeypatch):
     xs = runner.sample(noise=[z])
     assert np.shares_memory(seen["in"], z.numpy()) and np.shares_memory(xs.numpy(), seen["out"])
     np.testing.assert_array_equal(xs.numpy(), runner.sample(noise=[z.numpy()]))
+
+
+def test_a_tensor_gets_the_same_errors_as_an_array():
+    runner = inference.load(MAF(3, blocks=1, hidden=8), backend="numba", threads=1)
+    bad = np.zeros((4, 3), np.float32)
+    bad[2, 1] = np.nan
+    for x in (bad, torch.from_numpy(bad)):
+        with pytest.raises(InputError, match=r"NaN or Inf \(first bad rows: \[2\]\)"):
+            runner.log_prob(x)
+    for x in (np.zeros((4, 5), np.float32), torch.zeros(4, 5)):
+        with pytest.raises(InputError, match="x has 5 features per row; this model expects 3"):
+            runner.log_prob(x)
+    big = torch.full((2, 3), 1e39, dtype=torch.float64)
+    with pytest.raises(InputError, match="beyond the float32 range"):
+        runner.log_prob(big)
+    with pytest.raises(InputError, match=r"dtype torch.int64.*x.float\(\)"):
+        runner.log_prob(torch.zeros(2, 3, dtype=torch.int64))
 
 
 def test_tensors_numpy_cannot_view_are_still_checked():

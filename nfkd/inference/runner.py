@@ -16,7 +16,7 @@ import torch
 
 from ..errors import InputError
 from ..noise import SampleCount, draw_noise, sample_shape
-from ..validation import check_batch, check_count, check_noise, check_seed, check_temperature
+from ..validation import check_batch, check_count, check_noise, check_seed, check_temperature, numpy_view
 
 __all__ = ["ModelMeta", "Runner", "draw_noise", "sample_shape"]
 
@@ -93,10 +93,15 @@ class Runner:
         ``validate=False`` skips the input checks, for callers that already ran them (the service
         checks every request body once, before batching).
         """
+        # A CPU float tensor on a numpy-native backend is viewed as numpy once, here: the checks and the
+        # backend read that view (the same memory), so a tensor pays no second detach / conversion (issue #29)
+        view = numpy_view(x) if isinstance(x, torch.Tensor) and self.native == "numpy" else None
         if validate:
-            x = check_batch(x, self.event_shape, "x", self._request_limit, float32=True)
+            checked = check_batch(x if view is None else view, self.event_shape, "x", self._request_limit,
+                                  float32=True)
+            x, view = (checked, None) if view is None else (x, checked)
         as_numpy = isinstance(x, np.ndarray)
-        native = self._to_native(x)
+        native = self._to_native(x if view is None else view)
         out = self._in_chunks(lambda rows: self._log_prob(native[rows]), len(native))
         if validate:  # the service maps a non-finite score to its own answer
             _refuse_nan(out)
@@ -174,7 +179,8 @@ class Runner:
     def _to_native(self, a):
         if self.native == "numpy":
             if isinstance(a, torch.Tensor):
-                a = a.detach().cpu().numpy()
+                view = numpy_view(a)  # a CPU float tensor's own memory; else a copy to the CPU
+                a = view if view is not None else a.detach().cpu().float().numpy()
             return np.ascontiguousarray(a, dtype=np.float32)
         t = torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
         return t.to(device=self.device, dtype=torch.float32)
