@@ -26,7 +26,7 @@ SampleCount = int | Sequence[int] | torch.Size | None
 
 
 #: Draws of at least this many values may take numba's bit-identical copy of numpy's normals
-#: (``kernels.cpu_noise``, ~2.5x faster); below it numpy's per-call cost is small anyway.
+#: (``kernels.cpu_noise``, 1.8-3.3x faster); below it numpy's per-call cost is small anyway.
 FAST_NOISE_MIN = 1 << 15
 #: ``NFKD_NOISE``: "numpy" always draws with numpy, "numba" with numba's copy whenever numba is installed; unset
 #: (auto), with numba's copy once the process has imported numba (the numba backend, the server): a torch-only
