@@ -173,3 +173,25 @@ def test_report_marks_speedups_whose_reference_comes_from_another_run(tmp_path):
     rows, _ = report.load_rows([a, b, c])
     report.derive(rows)
     assert {r.name: r for r in rows}["s"].speedup == pytest.approx(8.0)
+
+
+def test_cpu_engine_peak_pairs_and_iaf_sections_run(capsys):
+    """bench.cpu_engine's adjacent-pair % of peak and the IAF section (with the draw rows) on tiny sizes:
+    every row present, every ratio a finite positive number (their timings are not asserted)."""
+    pytest.importorskip("numba")
+    pytest.importorskip("zuko")
+    import re
+
+    from bench import cpu_engine
+
+    assert cpu_engine.main(["--only", "peak", "--only", "iaf", "--dims", "6", "--batch", "256", "--peak-pairs", "3",
+                            "--iaf-dim", "6", "--iaf-rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    for arch in ("glow1d", "maf"):
+        row = re.search(rf"^\| {arch} \| 6 \| .*\*\*(\d+) %\*\* \[(\d+), (\d+)\] \|$", out, re.M)
+        assert row, out[-2000:]
+        q1, med, q3 = int(row.group(2)), int(row.group(1)), int(row.group(3))
+        assert 0 < q1 <= med <= q3
+    for label in ("the draw alone, numba's copy of numpy's normals", "the draw alone, numpy",
+                  "IAF student, numba, numpy's own draw", "IAF student, numba, given noise"):
+        assert re.search(rf"^\| {re.escape(label)} \| [\d.]+ \|", out, re.M), label
