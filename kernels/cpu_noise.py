@@ -214,7 +214,10 @@ def available() -> bool:
     if not _status:
         with _lock:
             if not _status:
-                why = self_check()
+                try:
+                    why = self_check()
+                except Exception as exc:  # numba could not compile it here (an LLVM or numba quirk): numpy draws
+                    why = f"it failed to compile or run: {type(exc).__name__}: {str(exc)[:200]}"
                 if why is not None:
                     warnings.warn(f"nfkd draws noise with numpy: its numba copy is not exact here ({why})",
                                   RuntimeWarning, stacklevel=3)

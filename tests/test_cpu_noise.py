@@ -102,3 +102,16 @@ def test_draw_noise_uses_numba_only_where_allowed(monkeypatch):
     assert calls == []
     noise.draw_noise([(1,)], big, 0)
     assert calls == [(big, 1)]
+
+
+def test_a_copy_that_cannot_compile_falls_back_to_numpy(monkeypatch):
+    monkeypatch.setattr(cpu_noise, "_status", [])
+
+    def broken(rng, shape):
+        raise RuntimeError("LLVM ERROR: pretend the JIT failed")
+
+    monkeypatch.setattr(cpu_noise, "_draw", broken)
+    with pytest.warns(RuntimeWarning, match="failed to compile or run: RuntimeError"):
+        assert cpu_noise.standard_normal_f32(np.random.default_rng(0), (5,)) is None
+    monkeypatch.setenv(noise.NOISE_ENV, "numba")
+    assert np.array_equal(noise.draw_noise([(63,)], 4096, 9)[0], _numpy(9, (4096, 63)))
