@@ -163,7 +163,9 @@ def pack_maf(folded) -> dict[str, Any]:
     tanh = int(blocks[0].made.activation == "tanh")
     meta = np.array([d, dp, hidden, hp, len(blocks), nhid, tanh, op, kin.shape[1]], np.int64)
     iperms = np.stack([blk.perm.inv_perm.cpu().numpy() for blk in blocks]).astype(np.int64)  # both directions
-    return {"w": p.buffer(), "offs": offs, "iperms": iperms, "drows": _solve_rows(folded),
+    # IAF sampling reads unit noise column c into tile row zrow[c] (the last block's inverse permutation, inverted)
+    zrow = np.argsort(iperms[-1]).astype(np.int64)
+    return {"w": p.buffer(), "offs": offs, "iperms": iperms, "zrow": zrow, "drows": _solve_rows(folded),
             "nj": np.tile(nj_row, (len(blocks), 1)), "kin": kin.ravel(), "meta": meta, "const": _log_const(folded),
             "clamp": F32(blocks[0].made.alpha_clamp), "dp": dp, "hp": hp, "op": op}
 
@@ -310,7 +312,7 @@ class NumbaRunner(Runner):
                     (pk["w"], pk["offs"], pk["iperms"], pk["nj"], pk["kin"], pk["meta"], pk["const"], pk["clamp"], s["h"],
                      s["h2"], s["pre"], s["t1"], s["t2"], s["ld"]),
                     eng.iaf_sample_par if par else eng.iaf_sample,
-                    (pk["w"], pk["offs"], pk["iperms"], pk["drows"], pk["kin"], pk["meta"], pk["clamp"], s["h"],
+                    (pk["w"], pk["offs"], pk["zrow"], pk["drows"], pk["kin"], pk["meta"], pk["clamp"], s["h"],
                      s["h2"], s["t1"], s["t2"], s["mo"]))
         return (eng.maf_log_prob_par if par else eng.maf_log_prob,
                 (pk["w"], pk["offs"], pk["iperms"], pk["kin"], pk["meta"], pk["const"], pk["clamp"], s["h"], s["h2"],

@@ -348,7 +348,7 @@ def _transpose(typingctx, src, so, lds, nsrc, slanes, dst, dmap, dmo, do, ldd, n
                       types.intp, types.intp, types.intp), _transpose_codegen
 
 
-_IOTA = np.arange(64, dtype=np.int64)  # ``_transpose``'s dmap for plain strided stores (m -> m)
+_IOTA = np.arange(LANES, dtype=np.int64)  # ``_transpose``'s dmap for plain strided stores (m -> m)
 
 _NO_KIN = np.zeros(1, np.int64)  # ``_dense(..., _NO_KIN, -1)``: every input row of W is used
 
@@ -1015,22 +1015,13 @@ def maf_sample_par(z, temperature, out, w, offs, iperms, drows, nj, kin, meta, c
 @nb.njit(**_JIT)
 def _to_tile_perm(x, r0, n, rows, h, D, dst, t):
     """h[dst[c], r] = x[r0 + r, c] * t for r < n, 0 up to ``rows``: the tile's transpose (``_rows_to_tile``),
-    each column stored straight to its permuted row."""
+    each column stored straight to its permuted row (``dst``: the packed ``zrow``)."""
     _rows_to_tile(x, r0, n, rows, h, D, dst, True)
     if t != _ONE:
         for j in range(D):
             hj = _row(h, j)
             for r in range(n):
                 hj[r] = hj[r] * t
-
-
-@nb.njit(**_JIT)
-def _inverse(perm):
-    """The inverse permutation (``_to_tile_perm`` stores column c at row inv[c])."""
-    inv = np.empty_like(perm)
-    for j in range(perm.size):
-        inv[perm[j]] = j
-    return inv
 
 
 @nb.njit(**_JIT)
@@ -1061,18 +1052,17 @@ def _iaf_lp_tile(x, r0, n, out, w, offs, iperms, nj, kin, meta, const, clamp, h,
 
 
 @nb.njit(**_JIT)
-def iaf_sample(z, temperature, out, w, offs, iperms, drows, kin, meta, clamp, h, h2, t1, t2, mo):
+def iaf_sample(z, temperature, out, w, offs, zrow, drows, kin, meta, clamp, h, h2, t1, t2, mo):
+    """``zrow``: the tile row of each noise column (the last block's inverse permutation, inverted at packing)."""
     B = z.shape[0]
-    zrow = _inverse(iperms[meta[M_BLOCKS] - 1])  # block reads row iperm[j]: z's column c goes to row inv[c]
     for r0 in range(0, B, TILE):
         _iaf_sample_tile(z, r0, min(TILE, B - r0), temperature, out, w, offs, zrow, drows, kin, meta, clamp,
                          h, h2, t1, t2, mo)
 
 
 @nb.njit(parallel=True, **_JIT)
-def iaf_sample_par(z, temperature, out, w, offs, iperms, drows, kin, meta, clamp, h, h2, t1, t2, mo):
+def iaf_sample_par(z, temperature, out, w, offs, zrow, drows, kin, meta, clamp, h, h2, t1, t2, mo):
     B = z.shape[0]
-    zrow = _inverse(iperms[meta[M_BLOCKS] - 1])
     for t in nb.prange((B + TILE - 1) // TILE):
         i = nb.get_thread_id()
         r0 = t * TILE

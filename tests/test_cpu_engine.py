@@ -323,6 +323,8 @@ def test_iaf_packs_in_the_made_degree_order():
     # IAF sampling writes block k's output to block k - 1's input order; block 0's to the flow's own order
     assert pi["drows"][0].tolist() == list(range(6))
     assert pi["drows"][1].tolist() == iaf.blocks[0].perm.perm.tolist()
+    # and reads noise column c into row zrow[c]: where the last block's inverse permutation takes it from
+    assert [pi["iperms"][-1][pi["zrow"][c]] for c in range(6)] == list(range(6))
 
 
 def test_vector_width_follows_the_cpu_and_the_override():

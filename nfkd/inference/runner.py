@@ -99,7 +99,8 @@ class Runner:
         if validate:
             checked = check_batch(x if view is None else view, self.event_shape, "x", self._request_limit,
                                   float32=True)
-            x, view = (checked, None) if view is None else (x, checked)
+            if view is None:
+                x = checked  # a list becomes an array
         as_numpy = isinstance(x, np.ndarray)
         native = self._to_native(x if view is None else view)
         out = self._in_chunks(lambda rows: self._log_prob(native[rows]), len(native))
